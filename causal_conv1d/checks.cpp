@@ -1,0 +1,465 @@
+#include "checks.h"
+
+#include <string>
+#include <vector>
+
+#include <ATen/MemoryOverlap.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace causal_conv1d {
+namespace {
+
+std::string shape_str(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(t.size(i));
+  }
+  return s + "]";
+}
+
+std::string shape_str(const std::vector<int64_t>& sizes) {
+  std::string s = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(sizes[i]);
+  }
+  return s + "]";
+}
+
+// Everything one check needs to phrase its message.
+struct Ctx {
+  const char* op;      // public function name, e.g. "causal_conv1d_fn"
+  at::Device device;   // where x lives; every tensor must be there
+};
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return DType::Float16;
+    case at::kBFloat16: return DType::BFloat16;
+    case at::kDouble: return DType::Float64;
+    default: return DType::Float32;
+  }
+}
+
+void check_device(const Ctx& c, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == c.device, c.op, ": ", name, " must be on ", c.device,
+                    " like x, got ", t.device());
+}
+
+// rank and exact sizes; a size of -1 matches anything.
+void check_shape(const Ctx& c, const at::Tensor& t, const char* name,
+                 const std::vector<int64_t>& sizes, const char* meaning) {
+  bool ok = t.dim() == static_cast<int64_t>(sizes.size());
+  for (size_t i = 0; ok && i < sizes.size(); ++i) ok = sizes[i] < 0 || t.size(i) == sizes[i];
+  if (ok) return;
+  std::string want = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (i) want += ", ";
+    want += sizes[i] < 0 ? std::string("*") : std::to_string(sizes[i]);
+  }
+  want += "]";
+  TORCH_CHECK_VALUE(false, c.op, ": ", name, " must have shape ", want, " ", meaning, ", got ",
+                    shape_str(t));
+}
+
+void check_dtype(const Ctx& c, const at::Tensor& t, const char* name, at::ScalarType want,
+                 const char* why) {
+  TORCH_CHECK_TYPE(t.scalar_type() == want, c.op, ": ", name, " must be ", want, " (", why,
+                   "), got ", t.scalar_type());
+}
+
+void check_int32(const Ctx& c, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, c.op, ": ", name, " must be int32 (torch.int32), got ",
+                   t.scalar_type());
+}
+
+void check_float(const Ctx& c, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), c.op, ": ", name,
+                   " must be float32, float16 or bfloat16 (float64 on CPU), got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() != at::kDouble || t.device().is_cpu(), c.op, ": ", name,
+                   " is float64, which is supported on CPU only");
+}
+
+// x and weight: any of fp32/fp16/bf16 in any pairing; fp64 only with fp64.
+void check_x_weight_dtypes(const Ctx& c, const at::Tensor& x, const at::Tensor& weight) {
+  check_float(c, x, "x");
+  check_float(c, weight, "weight");
+  bool x64 = x.scalar_type() == at::kDouble, w64 = weight.scalar_type() == at::kDouble;
+  TORCH_CHECK_TYPE(x64 == w64, c.op, ": float64 x needs float64 weight and vice versa, got x ",
+                   x.scalar_type(), " and weight ", weight.scalar_type());
+}
+
+void check_width(const Ctx& c, const at::Tensor& weight) {
+  int64_t w = weight.size(-1);
+  TORCH_CHECK_VALUE(w >= 1 && w <= kMaxWidth, c.op, ": weight width (last dimension) must be in [1, ",
+                    kMaxWidth, "], got ", w);
+}
+
+void check_no_overlap(const Ctx& c, const at::Tensor& out, const char* out_name,
+                      const at::Tensor& in, const char* in_name) {
+  if (!out.defined() || !in.defined() || out.numel() == 0 || in.numel() == 0) return;
+  TORCH_CHECK_VALUE(at::get_overlap_status(out, in) == at::MemOverlapStatus::No, c.op, ": ",
+                    out_name, " must not share memory with ", in_name);
+}
+
+void check_writable(const Ctx& c, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, c.op, ": ", name,
+                    " has overlapping elements (e.g. an expanded view) and cannot be written");
+}
+
+Strided view3(const at::Tensor& t) {
+  return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
+}
+Strided view2(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), 0}; }
+Strided view1(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), 0, 0}; }
+
+// Shared by fwd and bwd: x (B, D, L), weight (D, W), bias, seq_idx, initial_states.
+ConvParams conv_inputs(const Ctx& c, const at::Tensor& x, const at::Tensor& weight,
+                       OptTensorRef bias, OptTensorRef seq_idx, OptTensorRef initial_states,
+                       bool silu) {
+  TORCH_CHECK_VALUE(x.dim() == 3, c.op, ": x must be 3-D (batch, dim, seqlen), got shape ",
+                    shape_str(x));
+  TORCH_CHECK_VALUE(weight.dim() == 2, c.op, ": weight must be 2-D (dim, width), got shape ",
+                    shape_str(weight));
+  check_device(c, weight, "weight");
+  check_x_weight_dtypes(c, x, weight);
+  check_width(c, weight);
+  const int64_t B = x.size(0), D = x.size(1), L = x.size(2), W = weight.size(1);
+  TORCH_CHECK_VALUE(weight.size(0) == D, c.op, ": weight must have shape [", D,
+                    ", width] to match x's dim, got ", shape_str(weight));
+
+  ConvParams p;
+  p.batch = B;
+  p.dim = D;
+  p.seqlen = L;
+  p.width = W;
+  p.silu = silu;
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.weight_dtype = to_dtype(weight.scalar_type());
+  p.x = view3(x);
+  p.weight = view2(weight);
+  if (bias) {
+    check_device(c, *bias, "bias");
+    check_shape(c, *bias, "bias", {D}, "(dim,)");
+    check_dtype(c, *bias, "bias", weight.scalar_type(), "bias has weight's dtype");
+    p.bias = view1(*bias);
+  }
+  if (seq_idx) {
+    check_device(c, *seq_idx, "seq_idx");
+    check_int32(c, *seq_idx, "seq_idx");
+    check_shape(c, *seq_idx, "seq_idx", {B, L}, "(batch, seqlen)");
+    p.seq_idx = view2(*seq_idx);
+  }
+  if (initial_states) {
+    check_device(c, *initial_states, "initial_states");
+    check_shape(c, *initial_states, "initial_states", {B, D, W - 1}, "(batch, dim, width - 1)");
+    check_dtype(c, *initial_states, "initial_states", x.scalar_type(), "states have x's dtype");
+    p.initial_states = view3(*initial_states);
+  }
+  return p;
+}
+
+// An output of x's dtype and the given shape that must not alias any input.
+void check_output(const Ctx& c, const at::Tensor& t, const char* name,
+                  const std::vector<int64_t>& sizes, const char* meaning, at::ScalarType dtype,
+                  std::initializer_list<std::pair<const at::Tensor*, const char*>> inputs) {
+  check_device(c, t, name);
+  check_shape(c, t, name, sizes, meaning);
+  check_dtype(c, t, name, dtype, "outputs have x's dtype");
+  check_writable(c, t, name);
+  for (auto& [in, in_name] : inputs) check_no_overlap(c, t, name, *in, in_name);
+}
+
+const at::Tensor& or_undefined(OptTensorRef t) {
+  static const at::Tensor undefined;
+  return t ? *t : undefined;
+}
+
+// Host-side value checks for int32 index tensors (skipped for device tensors:
+// device kernels guard every index themselves instead).
+bool on_host(const at::Tensor& t) { return t.device().is_cpu(); }
+
+void check_cu_seqlens(const Ctx& c, const at::Tensor& cu, int64_t total) {
+  check_device(c, cu, "cu_seqlens");
+  check_int32(c, cu, "cu_seqlens");
+  TORCH_CHECK_VALUE(cu.dim() == 1 && cu.size(0) >= 1, c.op,
+                    ": cu_seqlens must be 1-D (batch + 1,) with at least one entry, got shape ",
+                    shape_str(cu));
+  if (!on_host(cu)) return;
+  auto a = cu.accessor<int32_t, 1>();
+  TORCH_CHECK_VALUE(a[0] >= 0, c.op, ": cu_seqlens[0] must be >= 0, got ", a[0]);
+  for (int64_t i = 1; i < cu.size(0); ++i)
+    TORCH_CHECK_VALUE(a[i] >= a[i - 1], c.op, ": cu_seqlens must be non-decreasing, but cu_seqlens[",
+                      i, "] = ", a[i], " < cu_seqlens[", i - 1, "] = ", a[i - 1]);
+  TORCH_CHECK_VALUE(a[cu.size(0) - 1] <= total, c.op, ": cu_seqlens[-1] = ", a[cu.size(0) - 1],
+                    " is past the end of x's ", total, " tokens");
+}
+
+// Pool row per batch row: < 0 or == pad_slot_id marks padding; the others
+// must be in [0, N) and distinct (two rows writing one pool row would race).
+void check_pool_indices(const Ctx& c, const at::Tensor& idx, const char* name, int64_t N,
+                        int64_t pad_slot_id) {
+  auto a = idx.accessor<int32_t, 1>();
+  std::vector<bool> used(N, false);
+  for (int64_t i = 0; i < idx.size(0); ++i) {
+    if (a[i] < 0 || a[i] == pad_slot_id) continue;
+    TORCH_CHECK_VALUE(a[i] < N, c.op, ": ", name, "[", i, "] = ", a[i],
+                      " is out of range for a state pool of ", N,
+                      " rows (negative values mark padding)");
+    TORCH_CHECK_VALUE(!used[a[i]], c.op, ": ", name, " uses pool row ", a[i],
+                      " twice; each live row needs its own state");
+    used[a[i]] = true;
+  }
+}
+
+}  // namespace
+
+ConvParams fwd_params(const at::Tensor& x, const at::Tensor& weight, OptTensorRef bias,
+                      OptTensorRef seq_idx, OptTensorRef initial_states, const at::Tensor& out,
+                      OptTensorRef final_states, bool silu) {
+  Ctx c{"causal_conv1d_fn", x.device()};
+  ConvParams p = conv_inputs(c, x, weight, bias, seq_idx, initial_states, silu);
+  const int64_t B = p.batch, D = p.dim, L = p.seqlen, W = p.width;
+  const auto& b = or_undefined(bias);
+  const auto& s = or_undefined(seq_idx);
+  const auto& init = or_undefined(initial_states);
+  check_output(c, out, "out", {B, D, L}, "(batch, dim, seqlen)", x.scalar_type(),
+               {{&x, "x"}, {&weight, "weight"}, {&b, "bias"}, {&s, "seq_idx"},
+                {&init, "initial_states"}});
+  p.out = view3(out);
+  if (final_states) {
+    check_output(c, *final_states, "final_states_out", {B, D, W - 1}, "(batch, dim, width - 1)",
+                 x.scalar_type(),
+                 {{&x, "x"}, {&weight, "weight"}, {&b, "bias"}, {&s, "seq_idx"},
+                  {&init, "initial_states"}, {&out, "out"}});
+    p.final_states = view3(*final_states);
+  }
+  return p;
+}
+
+ConvParams bwd_params(const at::Tensor& x, const at::Tensor& weight, OptTensorRef bias,
+                      OptTensorRef seq_idx, OptTensorRef initial_states, const at::Tensor& dout,
+                      OptTensorRef dfinal_states, const at::Tensor& dx,
+                      OptTensorRef dinitial_states, const at::Tensor& dweight_acc,
+                      OptTensorRef dbias_acc, bool silu, bool deterministic) {
+  Ctx c{"causal_conv1d_fn backward", x.device()};
+  ConvParams p = conv_inputs(c, x, weight, bias, seq_idx, initial_states, silu);
+  const int64_t B = p.batch, D = p.dim, L = p.seqlen, W = p.width;
+  check_device(c, dout, "dout");
+  check_shape(c, dout, "dout", {B, D, L}, "(batch, dim, seqlen)");
+  check_dtype(c, dout, "dout", x.scalar_type(), "gradients have x's dtype");
+  p.dout = view3(dout);
+  if (dfinal_states) {
+    check_device(c, *dfinal_states, "dfinal_states");
+    check_shape(c, *dfinal_states, "dfinal_states", {B, D, W - 1}, "(batch, dim, width - 1)");
+    check_dtype(c, *dfinal_states, "dfinal_states", x.scalar_type(), "gradients have x's dtype");
+    p.dfinal_states = view3(*dfinal_states);
+  }
+  check_output(c, dx, "dx", {B, D, L}, "(batch, dim, seqlen)", x.scalar_type(),
+               {{&x, "x"}, {&dout, "dout"}});
+  p.dx = view3(dx);
+  if (initial_states) {
+    TORCH_CHECK_VALUE(dinitial_states.has_value(), c.op,
+                      ": dinitial_states is required when initial_states is given");
+    check_output(c, *dinitial_states, "dinitial_states", {B, D, W - 1}, "(batch, dim, width - 1)",
+                 x.scalar_type(), {{&x, "x"}, {&dout, "dout"}, {&dx, "dx"}});
+    p.dinitial_states = view3(*dinitial_states);
+  }
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK_VALUE(dweight_acc.is_contiguous() && dweight_acc.scalar_type() == acc_type &&
+                        dweight_acc.dim() == 2 && dweight_acc.size(0) == D &&
+                        dweight_acc.size(1) == W && dweight_acc.device() == x.device(),
+                    c.op, ": internal dweight accumulator must be contiguous ", acc_type, " [", D,
+                    ", ", W, "]");
+  p.dweight_acc = dweight_acc.data_ptr();
+  if (bias) {
+    TORCH_CHECK_VALUE(dbias_acc && dbias_acc->is_contiguous() &&
+                          dbias_acc->scalar_type() == acc_type && dbias_acc->numel() == D &&
+                          dbias_acc->device() == x.device(),
+                      c.op, ": internal dbias accumulator must be contiguous ", acc_type, " [", D,
+                      "]");
+    p.dbias_acc = dbias_acc->data_ptr();
+  }
+  p.deterministic = deterministic;
+  return p;
+}
+
+ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
+                         const at::Tensor& weight, OptTensorRef bias, OptTensorRef cache_seqlens,
+                         OptTensorRef conv_state_indices, const at::Tensor& out, bool silu) {
+  Ctx c{"causal_conv1d_update", x.device()};
+  TORCH_CHECK_VALUE(x.dim() == 3, c.op,
+                    ": x must be 2-D (batch, dim) or 3-D (batch, dim, seqlen), got shape ",
+                    shape_str(x));
+  TORCH_CHECK_VALUE(weight.dim() == 2, c.op, ": weight must be 2-D (dim, width), got shape ",
+                    shape_str(weight));
+  check_device(c, weight, "weight");
+  check_x_weight_dtypes(c, x, weight);
+  check_width(c, weight);
+  const int64_t B = x.size(0), D = x.size(1), L = x.size(2), W = weight.size(1);
+  TORCH_CHECK_VALUE(weight.size(0) == D, c.op, ": weight must have shape [", D,
+                    ", width] to match x's dim, got ", shape_str(weight));
+  check_device(c, conv_state, "conv_state");
+  TORCH_CHECK_VALUE(conv_state.dim() == 3, c.op,
+                    ": conv_state must be 3-D (batch or pool size, dim, state_len), got shape ",
+                    shape_str(conv_state));
+  check_dtype(c, conv_state, "conv_state", x.scalar_type(), "states have x's dtype");
+  const int64_t N = conv_state.size(0), S = conv_state.size(2);
+  TORCH_CHECK_VALUE(conv_state.size(1) == D, c.op, ": conv_state must have dim ", D,
+                    " (x's dim) in dimension 1, got shape ", shape_str(conv_state));
+  TORCH_CHECK_VALUE(S >= W - 1, c.op, ": conv_state's state_len (last dimension) must be >= width - 1 = ",
+                    W - 1, ", got ", S);
+  check_writable(c, conv_state, "conv_state");
+  check_no_overlap(c, conv_state, "conv_state", x, "x");
+  check_no_overlap(c, conv_state, "conv_state", weight, "weight");
+
+  ConvParams p;
+  p.batch = B;
+  p.dim = D;
+  p.seqlen = L;
+  p.width = W;
+  p.silu = silu;
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.weight_dtype = to_dtype(weight.scalar_type());
+  p.x = view3(x);
+  p.weight = view2(weight);
+  p.conv_state = view3(conv_state);
+  p.state_len = S;
+  p.num_states = N;
+  if (bias) {
+    check_device(c, *bias, "bias");
+    check_shape(c, *bias, "bias", {D}, "(dim,)");
+    check_dtype(c, *bias, "bias", weight.scalar_type(), "bias has weight's dtype");
+    p.bias = view1(*bias);
+  }
+  if (cache_seqlens) {
+    check_device(c, *cache_seqlens, "cache_seqlens");
+    check_int32(c, *cache_seqlens, "cache_seqlens");
+    check_shape(c, *cache_seqlens, "cache_seqlens", {B}, "(batch,)");
+    if (on_host(*cache_seqlens)) {
+      auto a = cache_seqlens->accessor<int32_t, 1>();
+      for (int64_t i = 0; i < B; ++i)
+        TORCH_CHECK_VALUE(a[i] >= 0, c.op, ": cache_seqlens must be >= 0, got cache_seqlens[", i,
+                          "] = ", a[i]);
+    }
+    p.cache_seqlens = view1(*cache_seqlens);
+  }
+  if (conv_state_indices) {
+    check_device(c, *conv_state_indices, "conv_state_indices");
+    check_int32(c, *conv_state_indices, "conv_state_indices");
+    check_shape(c, *conv_state_indices, "conv_state_indices", {B}, "(batch,)");
+    if (on_host(*conv_state_indices)) check_pool_indices(c, *conv_state_indices, "conv_state_indices", N, -1);
+    p.state_indices = view1(*conv_state_indices);
+  } else {
+    TORCH_CHECK_VALUE(N == B, c.op, ": conv_state must have batch ", B,
+                      " rows (x's batch) when conv_state_indices is not given, got ", N);
+  }
+  const auto& b = or_undefined(bias);
+  check_output(c, out, "out", {B, D, L}, "(batch, dim, seqlen)", x.scalar_type(),
+               {{&x, "x"}, {&weight, "weight"}, {&b, "bias"}, {&conv_state, "conv_state"}});
+  p.out = view3(out);
+  return p;
+}
+
+ConvParams varlen_states_params(const at::Tensor& x, const at::Tensor& cu_seqlens,
+                                int64_t state_len, const at::Tensor& out) {
+  Ctx c{"causal_conv1d_varlen_states", x.device()};
+  TORCH_CHECK_VALUE(x.dim() == 2, c.op, ": x must be 2-D (total_tokens, dim), got shape ",
+                    shape_str(x));
+  check_float(c, x, "x");
+  TORCH_CHECK_VALUE(state_len >= 0, c.op, ": state_len must be >= 0, got ", state_len);
+  check_cu_seqlens(c, cu_seqlens, x.size(0));
+  const int64_t T = x.size(0), D = x.size(1), B = cu_seqlens.size(0) - 1;
+  check_output(c, out, "out", {B, D, state_len}, "(batch, dim, state_len)", x.scalar_type(),
+               {{&x, "x"}, {&cu_seqlens, "cu_seqlens"}});
+  ConvParams p;
+  p.batch = B;
+  p.dim = D;
+  p.seqlen = T;
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.x = {x.data_ptr(), 0, x.stride(1), x.stride(0)};
+  p.cu_seqlens = view1(cu_seqlens);
+  p.state_len = state_len;
+  p.out = view3(out);
+  return p;
+}
+
+ConvParams fwd_packed_params(const at::Tensor& x, const at::Tensor& weight, OptTensorRef bias,
+                             const at::Tensor& cu_seqlens, const at::Tensor& conv_states,
+                             OptTensorRef cache_indices, OptTensorRef has_initial_state,
+                             int64_t pad_slot_id, const at::Tensor& out, bool silu) {
+  Ctx c{"causal_conv1d_packed_fwd", x.device()};
+  TORCH_CHECK_VALUE(x.dim() == 2, c.op, ": x must be 2-D packed tokens, got shape ", shape_str(x));
+  TORCH_CHECK_VALUE(weight.dim() == 2, c.op, ": weight must be 2-D (dim, width), got shape ",
+                    shape_str(weight));
+  check_device(c, weight, "weight");
+  check_x_weight_dtypes(c, x, weight);
+  check_width(c, weight);
+  const int64_t D = x.size(0), T = x.size(1), W = weight.size(1);
+  TORCH_CHECK_VALUE(weight.size(0) == D, c.op, ": weight must have shape [", D,
+                    ", width] to match x's dim, got ", shape_str(weight));
+  check_cu_seqlens(c, cu_seqlens, T);
+  const int64_t B = cu_seqlens.size(0) - 1;
+  check_device(c, conv_states, "conv_states");
+  TORCH_CHECK_VALUE(conv_states.dim() == 3 && conv_states.size(1) == D, c.op,
+                    ": conv_states must be 3-D (pool size, dim=", D, ", state_len), got shape ",
+                    shape_str(conv_states));
+  check_dtype(c, conv_states, "conv_states", x.scalar_type(), "states have x's dtype");
+  const int64_t N = conv_states.size(0), S = conv_states.size(2);
+  TORCH_CHECK_VALUE(S >= W - 1, c.op, ": conv_states' state_len (last dimension) must be >= width - 1 = ",
+                    W - 1, ", got ", S);
+  check_writable(c, conv_states, "conv_states");
+  check_no_overlap(c, conv_states, "conv_states", x, "x");
+  check_no_overlap(c, conv_states, "conv_states", weight, "weight");
+
+  ConvParams p;
+  p.batch = B;
+  p.dim = D;
+  p.seqlen = T;
+  p.width = W;
+  p.silu = silu;
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.weight_dtype = to_dtype(weight.scalar_type());
+  p.x = {x.data_ptr(), 0, x.stride(0), x.stride(1)};
+  p.weight = view2(weight);
+  p.cu_seqlens = view1(cu_seqlens);
+  p.conv_state = view3(conv_states);
+  p.state_len = S;
+  p.num_states = N;
+  p.pad_slot_id = pad_slot_id;
+  if (bias) {
+    check_device(c, *bias, "bias");
+    check_shape(c, *bias, "bias", {D}, "(dim,)");
+    check_dtype(c, *bias, "bias", weight.scalar_type(), "bias has weight's dtype");
+    p.bias = view1(*bias);
+  }
+  if (cache_indices) {
+    check_device(c, *cache_indices, "cache_indices");
+    check_int32(c, *cache_indices, "cache_indices");
+    check_shape(c, *cache_indices, "cache_indices", {B}, "(batch,)");
+    if (on_host(*cache_indices)) check_pool_indices(c, *cache_indices, "cache_indices", N, pad_slot_id);
+    p.state_indices = view1(*cache_indices);
+  } else {
+    TORCH_CHECK_VALUE(N >= B, c.op, ": conv_states needs at least ", B,
+                      " rows (one per sequence) when cache_indices is not given, got ", N);
+  }
+  if (has_initial_state) {
+    check_device(c, *has_initial_state, "has_initial_state");
+    check_dtype(c, *has_initial_state, "has_initial_state", at::kBool, "one flag per sequence");
+    check_shape(c, *has_initial_state, "has_initial_state", {B}, "(batch,)");
+    p.has_initial_state = view1(*has_initial_state);
+  }
+  const auto& b = or_undefined(bias);
+  check_output(c, out, "out", {D, T}, "(dim, total_tokens)", x.scalar_type(),
+               {{&x, "x"}, {&weight, "weight"}, {&b, "bias"}, {&conv_states, "conv_states"}});
+  p.out = {out.data_ptr(), 0, out.stride(0), out.stride(1)};
+  return p;
+}
+
+}  // namespace causal_conv1d

@@ -1,0 +1,8 @@
+// The avx2 tier: kernels.h compiled with this tier's flags (build.toml).
+#include "kernels.h"
+
+namespace causal_conv1d::cpu {
+
+KernelTable avx2_table() { return CPU_CAPABILITY::make_table("avx2"); }
+
+}  // namespace causal_conv1d::cpu

@@ -1,0 +1,142 @@
+#include "ops.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <numeric>
+#include <vector>
+
+#include <ATen/Context.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/DeviceGuard.h>
+
+#include "backend.h"
+#include "checks.h"
+
+namespace causal_conv1d {
+namespace {
+
+// A new dense tensor with t's sizes, dtype and stride order, so that a
+// channel-last x gives a channel-last out.
+Tensor empty_with_layout_of(const Tensor& t) {
+  const int64_t n = t.dim();
+  std::vector<int64_t> order(n);  // dims, outermost first
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    // size-1 dims have meaningless strides: keep them in their place.
+    if (t.size(a) == 1 || t.size(b) == 1) return false;
+    return t.stride(a) > t.stride(b);
+  });
+  std::vector<int64_t> permuted(n), inverse(n);
+  for (int64_t i = 0; i < n; ++i) {
+    permuted[i] = t.size(order[i]);
+    inverse[order[i]] = i;
+  }
+  return at::empty(permuted, t.options()).permute(inverse);
+}
+
+// 0-element placeholder for an optional output that was not asked for.
+Tensor none_like(const Tensor& t) { return at::empty({0}, t.options()); }
+
+bool deterministic_requested(bool asked) {
+  if (asked || at::globalContext().deterministicAlgorithms()) return true;
+  const char* env = std::getenv("CAUSAL_CONV1D_DETERMINISTIC");
+  return env != nullptr && env[0] == '1';
+}
+
+}  // namespace
+
+void fwd_out(const Tensor& x, const Tensor& weight, const OptTensor& bias,
+             const OptTensor& seq_idx, const OptTensor& initial_states, const Tensor& out,
+             const OptTensor& final_states_out, bool silu) {
+  c10::OptionalDeviceGuard guard(x.device());
+  ConvParams p = fwd_params(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu);
+  if (p.batch == 0 || p.dim == 0) return;
+  run_fwd(p);
+}
+
+std::tuple<Tensor, Tensor> fwd(const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                               const OptTensor& seq_idx, const OptTensor& initial_states,
+                               bool return_final_states, bool silu) {
+  // Shapes are validated by fwd_out before anything is written; allocation
+  // only needs x and weight to have the ranks fwd_params insists on.
+  const bool shaped = x.dim() == 3 && weight.dim() == 2;
+  Tensor out = shaped ? empty_with_layout_of(x) : none_like(x);
+  Tensor final_states =
+      return_final_states && shaped
+          ? at::empty({x.size(0), x.size(1), std::max<int64_t>(weight.size(1) - 1, 0)},
+                      x.options())
+          : none_like(x);
+  fwd_out(x, weight, bias, seq_idx, initial_states, out,
+          return_final_states ? OptTensor(final_states) : std::nullopt, silu);
+  return {out, final_states};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& x, const Tensor& weight,
+                                               const OptTensor& bias, const OptTensor& seq_idx,
+                                               const OptTensor& initial_states,
+                                               const Tensor& dout,
+                                               const OptTensor& dfinal_states, bool silu,
+                                               bool deterministic) {
+  c10::OptionalDeviceGuard guard(x.device());
+  const bool shaped = x.dim() == 3 && weight.dim() == 2;
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = x.options().dtype(acc_type);
+  Tensor dx = shaped ? empty_with_layout_of(x) : none_like(x);
+  Tensor dweight_acc = shaped ? at::zeros({weight.size(0), weight.size(1)}, acc) : none_like(x);
+  Tensor dbias_acc = bias && shaped ? at::zeros({weight.size(0)}, acc) : none_like(x);
+  Tensor dinit = initial_states && shaped
+                     ? at::empty({x.size(0), x.size(1), std::max<int64_t>(weight.size(1) - 1, 0)},
+                                 x.options())
+                     : none_like(x);
+  ConvParams p = bwd_params(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, dx,
+                            initial_states ? OptTensor(dinit) : std::nullopt, dweight_acc,
+                            bias ? OptTensor(dbias_acc) : std::nullopt, silu,
+                            deterministic_requested(deterministic));
+  if (p.batch * p.dim * p.seqlen > 0 || (p.batch * p.dim > 0 && p.dfinal_states.given())) {
+    run_bwd(p);
+  } else if (dinit.numel() > 0) {
+    dinit.zero_();
+  }
+  Tensor dweight = dweight_acc.to(weight.scalar_type());
+  Tensor dbias = bias ? dbias_acc.to(weight.scalar_type()) : none_like(weight);
+  return {dx, dweight, dbias, dinit};
+}
+
+Tensor update(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
+              const OptTensor& bias, const OptTensor& cache_seqlens,
+              const OptTensor& conv_state_indices, bool silu) {
+  c10::OptionalDeviceGuard guard(x.device());
+  const bool single_token = x.dim() == 2;
+  Tensor x3 = single_token ? x.unsqueeze(-1) : x;
+  Tensor out = x3.dim() == 3 ? empty_with_layout_of(x3) : none_like(x);
+  ConvParams p =
+      update_params(x3, conv_state, weight, bias, cache_seqlens, conv_state_indices, out, silu);
+  if (p.batch * p.dim * p.seqlen > 0) run_update(p);
+  return single_token ? out.squeeze(-1) : out;
+}
+
+Tensor varlen_states(const Tensor& x, const Tensor& cu_seqlens, int64_t state_len) {
+  c10::OptionalDeviceGuard guard(x.device());
+  const bool shaped = x.dim() == 2 && cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 &&
+                      state_len >= 0;
+  Tensor out = shaped ? at::empty({cu_seqlens.size(0) - 1, x.size(1), state_len}, x.options())
+                      : none_like(x);
+  ConvParams p = varlen_states_params(x, cu_seqlens, state_len, out);
+  if (out.numel() > 0) run_varlen_states(p);
+  return out;
+}
+
+Tensor fwd_packed(const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                  const Tensor& cu_seqlens, const Tensor& conv_states,
+                  const OptTensor& cache_indices, const OptTensor& has_initial_state,
+                  int64_t pad_slot_id, bool silu) {
+  c10::OptionalDeviceGuard guard(x.device());
+  Tensor out = x.dim() == 2 ? empty_with_layout_of(x) : none_like(x);
+  ConvParams p = fwd_packed_params(x, weight, bias, cu_seqlens, conv_states, cache_indices,
+                                   has_initial_state, pad_slot_id, out, silu);
+  if (p.batch > 0 && p.dim > 0) run_fwd_packed(p);
+  return out;
+}
+
+}  // namespace causal_conv1d

@@ -1,0 +1,55 @@
+// The operators registered with torch.library (see torch-ext/torch_binding.cpp).
+// Each validates its arguments (checks.cpp), allocates what it returns, and
+// runs the kernels of the backend linked into this variant (backend.h).
+#pragma once
+
+#include <optional>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+
+namespace causal_conv1d {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// -> (out, final_states). out has x's dtype and stride order; final_states
+// is (B, D, W-1) when return_final_states, else an empty tensor.
+std::tuple<Tensor, Tensor> fwd(const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                               const OptTensor& seq_idx, const OptTensor& initial_states,
+                               bool return_final_states, bool silu);
+
+// Same computation into caller-provided out (and final_states_out if given).
+void fwd_out(const Tensor& x, const Tensor& weight, const OptTensor& bias,
+             const OptTensor& seq_idx, const OptTensor& initial_states, const Tensor& out,
+             const OptTensor& final_states_out, bool silu);
+
+// -> (dx, dweight, dbias, dinitial_states). dweight/dbias in weight's dtype
+// (accumulated in fp32); dbias empty when bias is None; dinitial_states empty
+// when initial_states is None.
+std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& x, const Tensor& weight,
+                                               const OptTensor& bias, const OptTensor& seq_idx,
+                                               const OptTensor& initial_states,
+                                               const Tensor& dout,
+                                               const OptTensor& dfinal_states, bool silu,
+                                               bool deterministic);
+
+// Decode step. x (B, D) or (B, D, L); conv_state (B or N, D, S) updated in
+// place. -> out shaped like x.
+Tensor update(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
+              const OptTensor& bias, const OptTensor& cache_seqlens,
+              const OptTensor& conv_state_indices, bool silu);
+
+// x (T, D), cu_seqlens (B+1,) int32 -> (B, D, state_len).
+Tensor varlen_states(const Tensor& x, const Tensor& cu_seqlens, int64_t state_len);
+
+// Packed prefill with paged states. x (D, T) (any strides; pass a (T, D)
+// tensor transposed), cu_seqlens (B+1,) int32, conv_states (N, D, S) updated
+// in place, cache_indices (B,) int32, has_initial_state (B,) bool.
+// -> out (D, T) with x's stride order.
+Tensor fwd_packed(const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                  const Tensor& cu_seqlens, const Tensor& conv_states,
+                  const OptTensor& cache_indices, const OptTensor& has_initial_state,
+                  int64_t pad_slot_id, bool silu);
+
+}  // namespace causal_conv1d

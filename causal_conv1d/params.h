@@ -1,0 +1,68 @@
+// The one parameter block every backend receives. Built and validated on the
+// host by checks.cpp; read by the CPU and CUDA kernels alike. Plain data only
+// (no ATen types) so it can be passed by value to CUDA kernels.
+#pragma once
+
+#include <cstdint>
+
+namespace causal_conv1d {
+
+enum class DType : int8_t { Float32, Float16, BFloat16, Float64 };
+
+// A strided view of up to three dimensions: element (i, j, k) lives at
+// data + i * s0 + j * s1 + k * s2 (strides in elements, 64-bit).
+// data == nullptr means "not given".
+struct Strided {
+  void* data = nullptr;
+  int64_t s0 = 0, s1 = 0, s2 = 0;
+  bool given() const { return data != nullptr; }
+};
+
+struct ConvParams {
+  // ---- sizes -------------------------------------------------------------
+  int64_t batch = 0;   // B (number of sequences for packed ops)
+  int64_t dim = 0;     // D channels
+  int64_t seqlen = 0;  // L (tokens per row; total tokens T for packed ops)
+  int64_t width = 0;   // W
+
+  // ---- options -----------------------------------------------------------
+  bool silu = false;
+  DType x_dtype = DType::Float32;       // x, out, states, dout, dx use this
+  DType weight_dtype = DType::Float32;  // weight and bias use this
+
+  // ---- forward / backward tensors -----------------------------------------
+  Strided x;               // (B, D, L)          packed ops: (1, D, T)
+  Strided weight;          // (D, W)             s0 = dim stride, s1 = width stride
+  Strided bias;            // (D,)               s0
+  Strided out;             // (B, D, L)          same convention as x
+  Strided seq_idx;         // (B, L) int32       s0 = batch, s1 = position
+  Strided initial_states;  // (B, D, W-1)        x dtype
+  Strided final_states;    // (B, D, W-1)        x dtype, written by fwd
+
+  // ---- backward only --------------------------------------------------------
+  Strided dout;             // (B, D, L)
+  Strided dfinal_states;    // (B, D, W-1), optional incoming gradient
+  Strided dx;               // (B, D, L)
+  Strided dinitial_states;  // (B, D, W-1), written when initial_states given
+  // Accumulators: contiguous (D, W) and (D,), float32 (float64 for fp64 x),
+  // zero-filled by the host before the launch.
+  void* dweight_acc = nullptr;
+  void* dbias_acc = nullptr;  // nullptr when bias is not given
+  bool deterministic = false;
+
+  // ---- decode (update) and pooled states ------------------------------------
+  // conv_state: (N, D, S) pool, x dtype. For update without indices N == B.
+  Strided conv_state;
+  int64_t state_len = 0;     // S
+  int64_t num_states = 0;    // N, rows in the pool
+  Strided cache_seqlens;     // (B,) int32, s0; circular-buffer write positions
+  Strided state_indices;     // (B,) int32, s0; row of the pool per batch row,
+                             // < 0 (or == pad_slot_id) marks a padding row
+
+  // ---- packed sequences (varlen_states, fwd_packed) -------------------------
+  Strided cu_seqlens;          // (B+1,) int32, s0; offsets into the T tokens
+  Strided has_initial_state;   // (B,) bool, s0; fwd_packed only
+  int64_t pad_slot_id = -1;    // fwd_packed: cache index meaning "skip"
+};
+
+}  // namespace causal_conv1d

@@ -1,0 +1,119 @@
+"""Fake (meta) kernels and autograd for the registered operators.
+
+Registered through add_op_namespace_prefix so that each build's unique
+namespace is used; this makes torch.compile and torch.library.opcheck work.
+The fake kernels mirror the shapes and stride orders the native operators
+return (causal_conv1d/ops.cpp).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._ops import add_op_namespace_prefix, ops
+
+
+def _empty_with_layout_of(t: torch.Tensor) -> torch.Tensor:
+    """Dense tensor with t's sizes, dtype and stride order (ops.cpp's rule)."""
+    order = list(range(t.dim()))
+    # stable sort by stride, outermost first; size-1 dims keep their place
+    for i in range(1, len(order)):
+        j = i
+        while j > 0:
+            a, b = order[j - 1], order[j]
+            if t.size(a) == 1 or t.size(b) == 1 or not t.stride(b) > t.stride(a):
+                break
+            order[j - 1], order[j] = b, a
+            j -= 1
+    inverse = [0] * len(order)
+    for i, d in enumerate(order):
+        inverse[d] = i
+    return t.new_empty([t.size(d) for d in order]).permute(inverse)
+
+
+def _none_like(t: torch.Tensor) -> torch.Tensor:
+    return t.new_empty((0,))
+
+
+@torch.library.register_fake(add_op_namespace_prefix("fwd"))
+def _fwd_fake(x, weight, bias, seq_idx, initial_states, return_final_states, silu):
+    out = _empty_with_layout_of(x)
+    if return_final_states:
+        final = x.new_empty((x.shape[0], x.shape[1], max(weight.shape[1] - 1, 0)))
+    else:
+        final = _none_like(x)
+    return out, final
+
+
+@torch.library.register_fake(add_op_namespace_prefix("fwd_out"))
+def _fwd_out_fake(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu):
+    return None
+
+
+@torch.library.register_fake(add_op_namespace_prefix("bwd"))
+def _bwd_fake(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu, deterministic):
+    dx = _empty_with_layout_of(x)
+    dweight = weight.new_empty(weight.shape)
+    dbias = weight.new_empty((weight.shape[0],)) if bias is not None else _none_like(weight)
+    if initial_states is not None:
+        dinit = x.new_empty((x.shape[0], x.shape[1], max(weight.shape[1] - 1, 0)))
+    else:
+        dinit = _none_like(x)
+    return dx, dweight, dbias, dinit
+
+
+@torch.library.register_fake(add_op_namespace_prefix("update"))
+def _update_fake(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu):
+    if x.dim() == 2:
+        return _empty_with_layout_of(x.unsqueeze(-1)).squeeze(-1)
+    return _empty_with_layout_of(x)
+
+
+@torch.library.register_fake(add_op_namespace_prefix("varlen_states"))
+def _varlen_states_fake(x, cu_seqlens, state_len):
+    return x.new_empty((cu_seqlens.shape[0] - 1, x.shape[1], state_len))
+
+
+@torch.library.register_fake(add_op_namespace_prefix("fwd_packed"))
+def _fwd_packed_fake(
+    x, weight, bias, cu_seqlens, conv_states, cache_indices, has_initial_state, pad_slot_id, silu
+):
+    return _empty_with_layout_of(x)
+
+
+# ---------------------------------------------------------------------------
+# autograd for fwd: the backward operator recomputes silu from x.
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    x, weight, bias, seq_idx, initial_states, return_final_states, silu = inputs
+    ctx.save_for_backward(x, weight, bias, seq_idx, initial_states)
+    ctx.silu = silu
+    ctx.has_bias = bias is not None
+    ctx.has_initial_states = initial_states is not None
+    ctx.return_final_states = return_final_states
+
+
+def _fwd_backward(ctx, dout, dfinal_states):
+    x, weight, bias, seq_idx, initial_states = ctx.saved_tensors
+    if not ctx.return_final_states:
+        dfinal_states = None
+    if dout is None:
+        dout = torch.zeros_like(x)
+    dx, dweight, dbias, dinit = ops.bwd(
+        x, weight, bias, seq_idx, initial_states, dout, dfinal_states, ctx.silu, False
+    )
+    return (
+        dx,
+        dweight,
+        dbias if ctx.has_bias else None,
+        None,
+        dinit if ctx.has_initial_states else None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    add_op_namespace_prefix("fwd"), _fwd_backward, setup_context=_fwd_setup_context
+)

@@ -1,0 +1,194 @@
+"""The semantics, in plain PyTorch: every backend is tested against these.
+
+They compute in float64 when given float64 inputs (tests always do that) and
+in float32 otherwise, return results in x's dtype, and are differentiable
+with torch.autograd. Shapes: B batch, D channels, L length, W width,
+S state length, T packed tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "causal_conv1d_ref",
+    "causal_conv1d_update_ref",
+    "causal_conv1d_varlen_states_ref",
+    "causal_conv1d_packed_fwd_ref",
+]
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _act(y: torch.Tensor, activation: Optional[str]) -> torch.Tensor:
+    return F.silu(y) if activation in ("silu", "swish") else y
+
+
+def causal_conv1d_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    seq_idx: Optional[torch.Tensor] = None,
+    initial_states: Optional[torch.Tensor] = None,
+    return_final_states: bool = False,
+    final_states_out: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+):
+    """Causal depthwise conv1d: x (B, D, L), weight (D, W) -> out (B, D, L).
+
+    out[b, d, t] = act(bias[d] + sum_k weight[d, k] * xin[b, d, t - (W-1) + k]),
+    where xin at positions < 0 is initial_states (B, D, W-1) (last column is
+    position -1) or zero. With seq_idx (B, L) int32, position p feeds token t
+    only if seq_idx[p] == seq_idx[t]; initial states feed only tokens of the
+    first segment (id == seq_idx[b, 0]); tokens with id < 0 output 0.
+    final_states (B, D, W-1) are the last W-1 inputs of the stream (initial
+    states included), restricted to the last token's segment with seq_idx.
+    """
+    B, D, L = x.shape
+    W = weight.shape[1]
+    ct = _compute_dtype(x)
+    xc, wc = x.to(ct), weight.to(ct)
+    init = (
+        initial_states.to(ct)
+        if initial_states is not None
+        else torch.zeros(B, D, W - 1, dtype=ct, device=x.device)
+    )
+    xin = torch.cat([init, xc], dim=-1)  # (B, D, W-1+L); xin[..., W-1+p] is position p
+    if L == 0:
+        seq_idx = None  # no tokens: nothing to separate
+    if seq_idx is not None:
+        seq = seq_idx.long()
+        first = seq[:, :1]
+        # id of each input position, as seen from token t: positions < 0
+        # carry the first segment's id so they match exactly its tokens.
+        ids_in = torch.cat([first.expand(B, W - 1), seq], dim=1)  # (B, W-1+L)
+    out = torch.zeros(B, D, L, dtype=ct, device=x.device)
+    if bias is not None:
+        out = out + bias.to(ct)[None, :, None]
+    for k in range(W):
+        window = xin[..., k : k + L]  # position t - (W-1) + k
+        term = wc[None, :, k, None] * window
+        if seq_idx is not None:
+            same = (ids_in[:, k : k + L] == seq).to(ct)[:, None, :]
+            term = term * same
+        out = out + term
+    out = _act(out, activation)
+    if seq_idx is not None:
+        out = out * (seq >= 0).to(ct)[:, None, :]
+    out = out.to(x.dtype)
+    if not return_final_states:
+        return out
+    final = xin[..., L:]  # the last W-1 positions, L-(W-1) .. L-1
+    if seq_idx is not None and W > 1:
+        final = final * (ids_in[:, L:] == seq[:, -1:]).to(ct)[:, None, :]
+    final = final.to(x.dtype)
+    if final_states_out is not None:
+        final_states_out.copy_(final)
+        final = final_states_out
+    return out, final
+
+
+def causal_conv1d_update_ref(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+    cache_seqlens: Optional[torch.Tensor] = None,
+    conv_state_indices: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Decode step: x (B, D) or (B, D, L); conv_state (B or N, D, S), updated in place.
+
+    Without cache_seqlens the state holds the last S inputs in order (oldest
+    first); with it, it is a circular buffer whose next write position is
+    cache_seqlens[b] % S. conv_state_indices (B,) picks pool rows; a row
+    with index < 0 outputs 0 and leaves the pool untouched.
+    """
+    squeeze = x.dim() == 2
+    x3 = x.unsqueeze(-1) if squeeze else x
+    B, D, L = x3.shape
+    W = weight.shape[1]
+    S = conv_state.shape[-1]
+    out = torch.zeros_like(x3)
+    for b in range(B):
+        row = int(conv_state_indices[b]) if conv_state_indices is not None else b
+        if row < 0:
+            continue
+        state = conv_state[row]  # (D, S)
+        if cache_seqlens is None:
+            history = state  # oldest .. newest
+        else:
+            start = int(cache_seqlens[b]) % S  # oldest element in circular order
+            order = (torch.arange(S, device=x.device) + start) % S
+            history = state[:, order]
+        stream = torch.cat([history, x3[b]], dim=-1)  # (D, S + L)
+        init = stream[:, S - (W - 1) : S] if W > 1 else stream[:, :0]
+        y = causal_conv1d_ref(
+            x3[b : b + 1], weight, bias, initial_states=init[None], activation=activation
+        )
+        out[b] = y[0]
+        if cache_seqlens is None:
+            state.copy_(stream[:, -S:])
+        else:
+            pos = (int(cache_seqlens[b]) + torch.arange(L, device=x.device)) % S
+            # later tokens overwrite earlier ones when L > S
+            for i in range(L):
+                state[:, pos[i]] = x3[b, :, i]
+    return out.squeeze(-1) if squeeze else out
+
+
+def causal_conv1d_varlen_states_ref(
+    x: torch.Tensor, cu_seqlens: torch.Tensor, state_len: int
+) -> torch.Tensor:
+    """x (T, D) packed, cu_seqlens (B+1,) -> (B, D, state_len): each sequence's
+    last state_len tokens, right-aligned, zero-filled where it is shorter."""
+    B = cu_seqlens.shape[0] - 1
+    D = x.shape[1]
+    states = torch.zeros(B, D, state_len, dtype=x.dtype, device=x.device)
+    for b in range(B):
+        start, end = int(cu_seqlens[b]), int(cu_seqlens[b + 1])
+        n = min(end - start, state_len)
+        if n > 0:
+            states[b, :, state_len - n :] = x[end - n : end].t()
+    return states
+
+
+def causal_conv1d_packed_fwd_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    cu_seqlens: torch.Tensor,
+    conv_states: torch.Tensor,
+    cache_indices: Optional[torch.Tensor] = None,
+    has_initial_state: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+    pad_slot_id: int = -1,
+) -> torch.Tensor:
+    """Packed prefill with a state pool. x (T, D) packed tokens; conv_states
+    (N, D, S) updated in place. Sequence b uses pool row cache_indices[b]
+    (default b): when has_initial_state[b] its initial state is the row's last
+    W-1 columns, and afterwards the row holds the last S inputs of the state
+    followed by the sequence. Rows equal to pad_slot_id (or < 0) are skipped
+    (output 0, pool untouched). Returns out (T, D)."""
+    T, D = x.shape
+    W = weight.shape[1]
+    S = conv_states.shape[-1]
+    out = torch.zeros_like(x)
+    for b in range(cu_seqlens.shape[0] - 1):
+        start, end = int(cu_seqlens[b]), int(cu_seqlens[b + 1])
+        row = int(cache_indices[b]) if cache_indices is not None else b
+        if row == pad_slot_id or row < 0:
+            continue
+        has_init = bool(has_initial_state[b]) if has_initial_state is not None else False
+        state = conv_states[row] if has_init else torch.zeros_like(conv_states[row])
+        seq = x[start:end].t()[None]  # (1, D, len)
+        init = state[None, :, S - (W - 1) :] if W > 1 else state[None, :, :0]
+        y = causal_conv1d_ref(seq, weight, bias, initial_states=init, activation=activation)
+        out[start:end] = y[0].t()
+        conv_states[row].copy_(torch.cat([state, seq[0]], dim=-1)[:, -S:])
+    return out

@@ -1,0 +1,44 @@
+#include <torch/library.h>
+
+#include "registration.h"
+#include "torch_binding.h"
+
+// Schemas. Functional ops allocate what they return; `(a!)` marks tensors an
+// op writes in place. Fake (meta) kernels and autograd are registered in
+// Python (torch-ext/causal_conv1d/_registrations.py).
+TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
+  ops.def(
+      "fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? seq_idx, Tensor? initial_states, "
+      "bool return_final_states, bool silu) -> (Tensor out, Tensor final_states)");
+  ops.def(
+      "fwd_out(Tensor x, Tensor weight, Tensor? bias, Tensor? seq_idx, Tensor? initial_states, "
+      "Tensor(a!) out, Tensor(b!)? final_states_out, bool silu) -> ()");
+  ops.def(
+      "bwd(Tensor x, Tensor weight, Tensor? bias, Tensor? seq_idx, Tensor? initial_states, "
+      "Tensor dout, Tensor? dfinal_states, bool silu, bool deterministic) -> "
+      "(Tensor dx, Tensor dweight, Tensor dbias, Tensor dinitial_states)");
+  ops.def(
+      "update(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, "
+      "Tensor? cache_seqlens, Tensor? conv_state_indices, bool silu) -> Tensor");
+  ops.def("varlen_states(Tensor x, Tensor cu_seqlens, int state_len) -> Tensor");
+  ops.def(
+      "fwd_packed(Tensor x, Tensor weight, Tensor? bias, Tensor cu_seqlens, "
+      "Tensor(a!) conv_states, Tensor? cache_indices, Tensor? has_initial_state, "
+      "int pad_slot_id, bool silu) -> Tensor");
+
+#if defined(CPU_KERNEL)
+  const auto key = c10::DeviceType::CPU;
+#elif defined(CUDA_KERNEL)
+  const auto key = c10::DeviceType::CUDA;
+#else
+#error "build with CPU_KERNEL or CUDA_KERNEL defined"
+#endif
+  ops.impl("fwd", key, &causal_conv1d::fwd);
+  ops.impl("fwd_out", key, &causal_conv1d::fwd_out);
+  ops.impl("bwd", key, &causal_conv1d::bwd);
+  ops.impl("update", key, &causal_conv1d::update);
+  ops.impl("varlen_states", key, &causal_conv1d::varlen_states);
+  ops.impl("fwd_packed", key, &causal_conv1d::fwd_packed);
+}
+
+REGISTER_EXTENSION(TORCH_EXTENSION_NAME)
