@@ -222,7 +222,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", choices=["cpu", "cuda"], help="default: the backend of the installed torch")
     ap.add_argument("--cuda-capabilities", help="comma list overriding build.toml, e.g. 9.0")
-    ap.add_argument("--out", default="build", help="output root (default: build)")
+    ap.add_argument("--out", default=str(ROOT / "build"),
+                    help="output root (default: ./build); objects go to <out>/../.local-build")
     ap.add_argument("--sanitize", action="store_true",
                     help="AddressSanitizer + UndefinedBehaviorSanitizer (CPU; output is for tests only)")
     ap.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2)
@@ -241,7 +242,8 @@ def main() -> int:
     variant = facts["variant"]
     ext_id = f"_{module}_{backend}_{unique_suffix()}"
     flavor = variant + ("-sanitize" if args.sanitize else "")
-    objdir = ROOT / ".local-build" / flavor
+    out_root = Path(args.out).resolve()
+    objdir = out_root.parent / ".local-build" / flavor
     objdir.mkdir(parents=True, exist_ok=True)
     log(f"variant {variant}, id {ext_id}")
 
@@ -298,12 +300,13 @@ def main() -> int:
     objects = []
 
     def add_source(src: str, extra_cxx: list[str], extra_cuda: list[str], includes: list[str]) -> None:
-        path = ROOT / src
+        path = ROOT / src  # an absolute src (generated file) stays as it is
         if not path.exists():
             sys.exit(f"error: build.toml lists {src}, which does not exist")
         if path.suffix in (".h", ".cuh", ".hpp"):
             return
-        obj = objdir / "obj" / (src.replace("/", "__") + ".o")
+        stem = path.name if Path(src).is_absolute() else src.replace("/", "__")
+        obj = objdir / "obj" / (stem + ".o")
         inc = [f"-I{ROOT / i}" for i in includes] + [f"-I{gen}"]
         if path.suffix == ".cu":
             host = ",".join(f for f in cxx_common + extra_cxx if not f.startswith("-I") and not f.startswith("-isystem") and not f.startswith("-std") and not f.startswith("-D"))
@@ -328,7 +331,7 @@ def main() -> int:
         for src in section["src"]:
             add_source(src, section.get("cxx-flags", []), section.get("cuda-flags", []),
                        section.get("include", []))
-    add_source(str((gen / "glibc_shim.cpp").relative_to(ROOT)), [], [], [])
+    add_source(str(gen / "glibc_shim.cpp"), [], [], [])
 
     so = objdir / f"{ext_id}.abi3.so"
     ldflags = [f"-L{facts['lib']}", "-lc10", "-ltorch", "-ltorch_cpu"]
@@ -355,9 +358,9 @@ def main() -> int:
         log("compilation failed")
         return rc
 
-    out = ROOT / args.out / variant
+    out = out_root / variant
     assemble(out, so, module, ext_id, general, backend, capabilities)
-    log(f"wrote {out.relative_to(ROOT)}")
+    log(f"wrote {out}")
     if args.check_abi:
         return check_abi(out / so.name)
     return 0
