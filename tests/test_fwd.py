@@ -1,0 +1,186 @@
+"""Forward (causal_conv1d_fn) against the float64 reference, across dtypes,
+widths, layouts, options and lengths, on fresh random inputs."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from helpers import LAYOUTS, assert_close, randn_layout, random_seq_idx
+
+DTYPE_PAIRS = [
+    (torch.float32, torch.float32),
+    (torch.float16, torch.float16),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float32, torch.bfloat16),
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32),
+    (torch.float32, torch.float16),
+    (torch.float16, torch.bfloat16),
+    (torch.bfloat16, torch.float16),
+    (torch.float64, torch.float64),
+]
+WIDTHS = [1, 2, 3, 4, 5, 8, 16, 32]
+
+
+def _name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def run_case(
+    cc,
+    seed,
+    *,
+    B=2,
+    D=24,
+    L=37,
+    W=4,
+    x_dtype=torch.float32,
+    w_dtype=torch.float32,
+    layout="contiguous",
+    bias=True,
+    activation="silu",
+    seq_idx=False,
+    initial_states=False,
+    final_states=False,
+    state_layout="contiguous",
+):
+    x = randn_layout(B, D, L, layout, x_dtype)
+    weight = torch.randn(D, W, dtype=w_dtype)
+    b = torch.randn(D, dtype=w_dtype) if bias else None
+    s = random_seq_idx(B, L) if seq_idx else None
+    init = randn_layout(B, D, W - 1, state_layout, x_dtype) if initial_states else None
+    got = cc.causal_conv1d_fn(
+        x, weight, b, seq_idx=s, initial_states=init, return_final_states=final_states,
+        activation=activation,
+    )
+    want = cc.causal_conv1d_ref(
+        x.double(), weight.double(), None if b is None else b.double(), seq_idx=s,
+        initial_states=None if init is None else init.double(),
+        return_final_states=final_states, activation=activation,
+    )
+    msg = (
+        f"seed={seed} B={B} D={D} L={L} W={W} x={x_dtype} w={w_dtype} layout={layout} "
+        f"bias={bias} act={activation} seq_idx={seq_idx} init={initial_states} final={final_states}"
+    )
+    out, ref = (got[0], want[0]) if final_states else (got, want)
+    assert out.dtype == x_dtype and out.shape == (B, D, L), msg
+    if layout in ("channel_last", "proj_slice") and D > 1 and L > 1:
+        assert out.stride(1) == 1, f"channel-last x must give channel-last out: {msg}"
+    if layout == "contiguous":
+        assert out.is_contiguous(), msg
+    assert_close(out, ref, (x_dtype, w_dtype), msg)
+    if final_states:
+        # final states only move inputs: exact
+        assert got[1].dtype == x_dtype and got[1].shape == (B, D, W - 1), msg
+        torch.testing.assert_close(got[1].double(), want[1], rtol=0, atol=0, msg=lambda m: f"{msg}\n{m}")
+
+
+# 10 dtype pairs x 8 widths x 4 layouts = 320 cases
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("W", WIDTHS)
+@pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"x{_name(p[0])}-w{_name(p[1])}")
+def test_dtypes_widths_layouts(cc, seeded, dtypes, W, layout):
+    run_case(cc, seeded, W=W, x_dtype=dtypes[0], w_dtype=dtypes[1], layout=layout, L=41,
+             initial_states=True, final_states=True)
+
+
+OPTIONS = list(itertools.product([False, True], [None, "silu"], [False, True], [False, True], [False, True]))
+
+
+# 32 option combinations x 4 layouts x 4 lengths = 512 cases
+@pytest.mark.parametrize("L", [1, 2, 3, 129])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    "bias,activation,seq_idx,initial_states,final_states",
+    OPTIONS,
+    ids=[f"b{int(o[0])}-{o[1]}-s{int(o[2])}-i{int(o[3])}-f{int(o[4])}" for o in OPTIONS],
+)
+def test_options(cc, seeded, L, layout, bias, activation, seq_idx, initial_states, final_states):
+    run_case(cc, seeded, L=L, W=4, layout=layout, bias=bias, activation=activation,
+             seq_idx=seq_idx, initial_states=initial_states, final_states=final_states,
+             state_layout="channel_last" if layout != "contiguous" else "contiguous")
+
+
+# long sequences: 3 widths x 4 layouts x 2 dtypes = 24 cases
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_name)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("W", [2, 4, 16])
+def test_long(cc, seeded, W, layout, dtype):
+    run_case(cc, seeded, B=1, D=20, L=4097, W=W, x_dtype=dtype, w_dtype=dtype, layout=layout,
+             seq_idx=True, initial_states=True, final_states=True)
+
+
+# odd channel counts and batch sizes, seq_idx/states in every layout: 6 x 4 x 2 = 48
+@pytest.mark.parametrize("state_layout", ["contiguous", "channel_last"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("B,D", [(1, 1), (3, 3), (2, 7), (5, 33), (1, 100), (4, 17)])
+def test_odd_sizes(cc, seeded, B, D, layout, state_layout):
+    run_case(cc, seeded, B=B, D=D, L=67, W=3, layout=layout, seq_idx=True,
+             initial_states=True, final_states=True, state_layout=state_layout)
+
+
+@pytest.mark.parametrize("W", [1, 3, 4])
+@pytest.mark.parametrize("L", [1, 2])
+def test_sequence_shorter_than_window(cc, seeded, W, L):
+    """final_states keep initial-state columns when L < W - 1."""
+    run_case(cc, seeded, L=L, W=W, initial_states=True, final_states=True)
+
+
+def test_final_states_out(cc, seeded):
+    x = torch.randn(2, 16, 50)
+    w = torch.randn(16, 4)
+    buf = torch.full((2, 16, 3), 7.0)
+    out, fs = cc.causal_conv1d_fn(x, w, return_final_states=True, final_states_out=buf)
+    assert fs.data_ptr() == buf.data_ptr()
+    torch.testing.assert_close(buf, x[..., -3:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="return_final_states"):
+        cc.causal_conv1d_fn(x, w, final_states_out=buf)
+
+
+def test_swish_equals_silu(cc, seeded):
+    x = torch.randn(2, 8, 33)
+    w = torch.randn(8, 4)
+    a = cc.causal_conv1d_fn(x, w, activation="silu")
+    b = cc.causal_conv1d_fn(x, w, activation="swish")
+    assert torch.equal(a, b)
+
+
+def test_seq_idx_strided_view(cc, seeded):
+    """seq_idx may be a non-contiguous view."""
+    B, D, L = 2, 12, 40
+    wide = random_seq_idx(B, 2 * L)
+    s = wide[:, ::2]
+    x = torch.randn(B, D, L)
+    w = torch.randn(D, 4)
+    got = cc.causal_conv1d_fn(x, w, seq_idx=s)
+    want = cc.causal_conv1d_ref(x.double(), w.double(), seq_idx=s.contiguous())
+    assert_close(got, want, (torch.float32,), f"seed={seeded}")
+
+
+def test_preallocated_out(cc, seeded):
+    x = torch.randn(3, 10, 77)
+    w = torch.randn(10, 4)
+    b = torch.randn(10)
+    out = torch.empty(3, 77, 10).transpose(1, 2)  # channel-last destination
+    cc.ops.fwd_out(x, w, b, None, None, out, None, True)
+    want = cc.causal_conv1d_ref(x.double(), w.double(), b.double(), activation="silu")
+    assert_close(out, want, (torch.float32,), f"seed={seeded}")
+
+
+def test_upstream_signature(cc):
+    import inspect
+
+    params = list(inspect.signature(cc.causal_conv1d_fn).parameters.items())
+    assert [(n, p.default) for n, p in params] == [
+        ("x", inspect.Parameter.empty),
+        ("weight", inspect.Parameter.empty),
+        ("bias", None),
+        ("seq_idx", None),
+        ("initial_states", None),
+        ("return_final_states", False),
+        ("final_states_out", None),
+        ("activation", None),
+    ]
