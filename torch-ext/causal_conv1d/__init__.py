@@ -10,6 +10,7 @@ need; reference.py holds the semantics every backend is tested against.
 
 from ._ops import ops
 from .functions import (
+    CausalConv1dFn,
     causal_conv1d_fn,
     causal_conv1d_packed_fwd,
     causal_conv1d_update,
@@ -23,6 +24,7 @@ from .reference import (
 )
 
 __all__ = [
+    "CausalConv1dFn",
     "causal_conv1d_fn",
     "causal_conv1d_update",
     "causal_conv1d_varlen_states",

@@ -15,6 +15,7 @@ from . import _registrations  # noqa: F401  (fake kernels and autograd)
 from ._ops import ops
 
 __all__ = [
+    "CausalConv1dFn",
     "causal_conv1d_fn",
     "causal_conv1d_update",
     "causal_conv1d_varlen_states",
@@ -80,6 +81,18 @@ def causal_conv1d_fn(
             )
         final_states = final_states_out.copy_(final_states)
     return out, final_states
+
+
+class CausalConv1dFn:
+    """Upstream compatibility: ``CausalConv1dFn.apply(...)`` takes
+    causal_conv1d_fn's arguments positionally. Differentiation goes through
+    the operator's registered autograd, so no autograd.Function is needed."""
+
+    @staticmethod
+    def apply(x, weight, bias=None, seq_idx=None, initial_states=None,
+              return_final_states=False, final_states_out=None, activation=None):
+        return causal_conv1d_fn(x, weight, bias, seq_idx, initial_states,
+                                return_final_states, final_states_out, activation)
 
 
 def causal_conv1d_update(
