@@ -1,0 +1,143 @@
+"""torch.library integration: opcheck on every registered operator (schema,
+fake kernel, autograd registration, AOT dispatch) and torch.compile with
+fullgraph=True of code calling the public functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import randn_layout, random_seq_idx
+
+
+def _fwd_samples():
+    B, D, L, W = 2, 6, 11, 4
+    for layout in ("contiguous", "channel_last"):
+        for bias in (False, True):
+            for seq in (False, True):
+                for init in (False, True):
+                    for final in (False, True):
+                        for silu in (False, True):
+                            x = randn_layout(B, D, L, layout, torch.float32)
+                            w = torch.randn(D, W)
+                            yield (
+                                x,
+                                w,
+                                torch.randn(D) if bias else None,
+                                random_seq_idx(B, L) if seq else None,
+                                torch.randn(B, D, W - 1) if init else None,
+                                final,
+                                silu,
+                            )
+
+
+def _with_grad(args):
+    return tuple(
+        a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        for a in args
+    )
+
+
+def test_opcheck_fwd(cc):
+    n = 0
+    for args in _fwd_samples():
+        torch.library.opcheck(cc.ops.fwd.default, args)
+        n += 1
+    assert n == 64
+
+
+def test_opcheck_fwd_autograd(cc):
+    for i, args in enumerate(_fwd_samples()):
+        if i % 4:
+            continue
+        torch.library.opcheck(cc.ops.fwd.default, _with_grad(args))
+
+
+def test_opcheck_fwd_out(cc):
+    for x, w, b, s, init, final, silu in list(_fwd_samples())[::3]:
+        out = torch.empty_like(x)
+        fs = torch.empty(x.shape[0], x.shape[1], w.shape[1] - 1) if final else None
+        torch.library.opcheck(cc.ops.fwd_out.default, (x, w, b, s, init, out, fs, silu))
+
+
+def test_opcheck_bwd(cc):
+    for x, w, b, s, init, final, silu in list(_fwd_samples())[::2]:
+        dout = torch.randn_like(x)
+        dfinal = torch.randn(x.shape[0], x.shape[1], w.shape[1] - 1) if final else None
+        for deterministic in (False, True):
+            torch.library.opcheck(cc.ops.bwd.default, (x, w, b, s, init, dout, dfinal, silu, deterministic))
+
+
+def _update_samples():
+    D, W, S = 6, 4, 5
+    for L in (None, 1, 3):
+        for bias in (False, True):
+            for circular in (False, True):
+                for pooled in (False, True):
+                    B = 3
+                    N = 5 if pooled else B
+                    x = torch.randn(B, D) if L is None else torch.randn(B, D, L)
+                    state = torch.randn(N, D, S)
+                    seqlens = torch.randint(0, 20, (B,), dtype=torch.int32) if circular else None
+                    idx = torch.tensor([4, -1, 1], dtype=torch.int32) if pooled else None
+                    yield (x, state, torch.randn(D, W), torch.randn(D) if bias else None, seqlens, idx, bool(bias))
+
+
+def test_opcheck_update(cc):
+    n = 0
+    for args in _update_samples():
+        torch.library.opcheck(cc.ops.update.default, args)
+        n += 1
+    assert n == 24
+
+
+def test_opcheck_varlen_states(cc):
+    for T, state_len in ((0, 3), (17, 3), (17, 8)):
+        x = torch.randn(T, 6)
+        cu = torch.tensor([0, min(T, 5), min(T, 5), T], dtype=torch.int32)
+        torch.library.opcheck(cc.ops.varlen_states.default, (x, cu, state_len))
+
+
+def test_opcheck_fwd_packed(cc):
+    D, W, S = 6, 4, 4
+    cu = torch.tensor([0, 5, 5, 12, 20], dtype=torch.int32)
+    for channels_first in (False, True):
+        for pooled in (False, True):
+            for has_init in (False, True):
+                x = torch.randn(D, 20) if channels_first else torch.randn(20, D).t()
+                pool = torch.randn(7 if pooled else 4, D, S)
+                idx = torch.tensor([6, 2, -1, 0], dtype=torch.int32) if pooled else None
+                hi = torch.tensor([True, False, True, True]) if has_init else None
+                torch.library.opcheck(
+                    cc.ops.fwd_packed.default,
+                    (x, torch.randn(D, W), torch.randn(D), cu, pool, idx, hi, -1, True),
+                )
+
+
+def test_compile_fullgraph_matches_eager(cc):
+    torch._dynamo.reset()
+    D, W = 16, 4
+
+    def step(x, w, b, init, state, x_new):
+        y, final = cc.causal_conv1d_fn(x, w, b, initial_states=init, return_final_states=True,
+                                       activation="silu")
+        loss = (y * y).sum() + (final * final).sum()
+        dec = cc.causal_conv1d_update(x_new, state, w, b, activation="silu")
+        return loss, dec
+
+    def run(fn):
+        torch.manual_seed(1234)
+        x = torch.randn(2, 40, D).transpose(1, 2).requires_grad_(True)
+        w = torch.randn(D, W, requires_grad=True)
+        b = torch.randn(D, requires_grad=True)
+        init = torch.randn(2, D, W - 1, requires_grad=True)
+        state = torch.randn(2, D, W - 1)
+        x_new = torch.randn(2, D)
+        loss, dec = fn(x, w, b, init, state, x_new)
+        loss.backward()
+        return loss.detach(), dec, state, x.grad, w.grad, b.grad, init.grad
+
+    eager = run(step)
+    compiled = run(torch.compile(step, fullgraph=True))
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5)
