@@ -34,6 +34,23 @@ struct Ctx {
   at::Device device;   // where x lives; every tensor must be there
 };
 
+// The name Python users know: "torch.float32", "torch.int64", ...
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
 bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
 }
@@ -70,18 +87,19 @@ void check_shape(const Ctx& c, const at::Tensor& t, const char* name,
 
 void check_dtype(const Ctx& c, const at::Tensor& t, const char* name, at::ScalarType want,
                  const char* why) {
-  TORCH_CHECK_TYPE(t.scalar_type() == want, c.op, ": ", name, " must be ", want, " (", why,
-                   "), got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == want, c.op, ": ", name, " must be ", dtype_name(want), " (",
+                   why, "), got ", dtype_name(t.scalar_type()));
 }
 
 void check_int32(const Ctx& c, const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, c.op, ": ", name, " must be int32 (torch.int32), got ",
-                   t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, c.op, ": ", name, " must be torch.int32, got ",
+                   dtype_name(t.scalar_type()));
 }
 
 void check_float(const Ctx& c, const at::Tensor& t, const char* name) {
   TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), c.op, ": ", name,
-                   " must be float32, float16 or bfloat16 (float64 on CPU), got ", t.scalar_type());
+                   " must be float32, float16 or bfloat16 (float64 on CPU), got ",
+                   dtype_name(t.scalar_type()));
   TORCH_CHECK_TYPE(t.scalar_type() != at::kDouble || t.device().is_cpu(), c.op, ": ", name,
                    " is float64, which is supported on CPU only");
 }
@@ -92,7 +110,7 @@ void check_x_weight_dtypes(const Ctx& c, const at::Tensor& x, const at::Tensor& 
   check_float(c, weight, "weight");
   bool x64 = x.scalar_type() == at::kDouble, w64 = weight.scalar_type() == at::kDouble;
   TORCH_CHECK_TYPE(x64 == w64, c.op, ": float64 x needs float64 weight and vice versa, got x ",
-                   x.scalar_type(), " and weight ", weight.scalar_type());
+                   dtype_name(x.scalar_type()), " and weight ", dtype_name(weight.scalar_type()));
 }
 
 void check_width(const Ctx& c, const at::Tensor& weight) {
@@ -149,7 +167,7 @@ ConvParams conv_inputs(const Ctx& c, const at::Tensor& x, const at::Tensor& weig
   if (bias) {
     check_device(c, *bias, "bias");
     check_shape(c, *bias, "bias", {D}, "(dim,)");
-    check_dtype(c, *bias, "bias", weight.scalar_type(), "bias has weight's dtype");
+    check_dtype(c, *bias, "bias", weight.scalar_type(), "weight's dtype");
     p.bias = view1(*bias);
   }
   if (seq_idx) {
@@ -161,7 +179,7 @@ ConvParams conv_inputs(const Ctx& c, const at::Tensor& x, const at::Tensor& weig
   if (initial_states) {
     check_device(c, *initial_states, "initial_states");
     check_shape(c, *initial_states, "initial_states", {B, D, W - 1}, "(batch, dim, width - 1)");
-    check_dtype(c, *initial_states, "initial_states", x.scalar_type(), "states have x's dtype");
+    check_dtype(c, *initial_states, "initial_states", x.scalar_type(), "x's dtype");
     p.initial_states = view3(*initial_states);
   }
   return p;
@@ -173,7 +191,7 @@ void check_output(const Ctx& c, const at::Tensor& t, const char* name,
                   std::initializer_list<std::pair<const at::Tensor*, const char*>> inputs) {
   check_device(c, t, name);
   check_shape(c, t, name, sizes, meaning);
-  check_dtype(c, t, name, dtype, "outputs have x's dtype");
+  check_dtype(c, t, name, dtype, "x's dtype");
   check_writable(c, t, name);
   for (auto& [in, in_name] : inputs) check_no_overlap(c, t, name, *in, in_name);
 }
@@ -255,12 +273,12 @@ ConvParams bwd_params(const at::Tensor& x, const at::Tensor& weight, OptTensorRe
   const int64_t B = p.batch, D = p.dim, L = p.seqlen, W = p.width;
   check_device(c, dout, "dout");
   check_shape(c, dout, "dout", {B, D, L}, "(batch, dim, seqlen)");
-  check_dtype(c, dout, "dout", x.scalar_type(), "gradients have x's dtype");
+  check_dtype(c, dout, "dout", x.scalar_type(), "x's dtype");
   p.dout = view3(dout);
   if (dfinal_states) {
     check_device(c, *dfinal_states, "dfinal_states");
     check_shape(c, *dfinal_states, "dfinal_states", {B, D, W - 1}, "(batch, dim, width - 1)");
-    check_dtype(c, *dfinal_states, "dfinal_states", x.scalar_type(), "gradients have x's dtype");
+    check_dtype(c, *dfinal_states, "dfinal_states", x.scalar_type(), "x's dtype");
     p.dfinal_states = view3(*dfinal_states);
   }
   check_output(c, dx, "dx", {B, D, L}, "(batch, dim, seqlen)", x.scalar_type(),
@@ -311,7 +329,7 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
   TORCH_CHECK_VALUE(conv_state.dim() == 3, c.op,
                     ": conv_state must be 3-D (batch or pool size, dim, state_len), got shape ",
                     shape_str(conv_state));
-  check_dtype(c, conv_state, "conv_state", x.scalar_type(), "states have x's dtype");
+  check_dtype(c, conv_state, "conv_state", x.scalar_type(), "x's dtype");
   const int64_t N = conv_state.size(0), S = conv_state.size(2);
   TORCH_CHECK_VALUE(conv_state.size(1) == D, c.op, ": conv_state must have dim ", D,
                     " (x's dim) in dimension 1, got shape ", shape_str(conv_state));
@@ -337,13 +355,20 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
   if (bias) {
     check_device(c, *bias, "bias");
     check_shape(c, *bias, "bias", {D}, "(dim,)");
-    check_dtype(c, *bias, "bias", weight.scalar_type(), "bias has weight's dtype");
+    check_dtype(c, *bias, "bias", weight.scalar_type(), "weight's dtype");
+    check_no_overlap(c, conv_state, "conv_state", *bias, "bias");
     p.bias = view1(*bias);
   }
   if (cache_seqlens) {
     check_device(c, *cache_seqlens, "cache_seqlens");
     check_int32(c, *cache_seqlens, "cache_seqlens");
     check_shape(c, *cache_seqlens, "cache_seqlens", {B}, "(batch,)");
+    check_no_overlap(c, conv_state, "conv_state", *cache_seqlens, "cache_seqlens");
+    // The write position is cache_seqlens[b] % state_len: an empty circular
+    // buffer has no position at all.
+    TORCH_CHECK_VALUE(S >= 1 || B * D == 0, c.op,
+                      ": cache_seqlens needs conv_state's state_len >= 1 (a circular buffer), "
+                      "got state_len 0");
     if (on_host(*cache_seqlens)) {
       auto a = cache_seqlens->accessor<int32_t, 1>();
       for (int64_t i = 0; i < B; ++i)
@@ -356,6 +381,7 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
     check_device(c, *conv_state_indices, "conv_state_indices");
     check_int32(c, *conv_state_indices, "conv_state_indices");
     check_shape(c, *conv_state_indices, "conv_state_indices", {B}, "(batch,)");
+    check_no_overlap(c, conv_state, "conv_state", *conv_state_indices, "conv_state_indices");
     if (on_host(*conv_state_indices)) check_pool_indices(c, *conv_state_indices, "conv_state_indices", N, -1);
     p.state_indices = view1(*conv_state_indices);
   } else {
@@ -412,13 +438,14 @@ ConvParams fwd_packed_params(const at::Tensor& x, const at::Tensor& weight, OptT
   TORCH_CHECK_VALUE(conv_states.dim() == 3 && conv_states.size(1) == D, c.op,
                     ": conv_states must be 3-D (pool size, dim=", D, ", state_len), got shape ",
                     shape_str(conv_states));
-  check_dtype(c, conv_states, "conv_states", x.scalar_type(), "states have x's dtype");
+  check_dtype(c, conv_states, "conv_states", x.scalar_type(), "x's dtype");
   const int64_t N = conv_states.size(0), S = conv_states.size(2);
   TORCH_CHECK_VALUE(S >= W - 1, c.op, ": conv_states' state_len (last dimension) must be >= width - 1 = ",
                     W - 1, ", got ", S);
   check_writable(c, conv_states, "conv_states");
   check_no_overlap(c, conv_states, "conv_states", x, "x");
   check_no_overlap(c, conv_states, "conv_states", weight, "weight");
+  check_no_overlap(c, conv_states, "conv_states", cu_seqlens, "cu_seqlens");
 
   ConvParams p;
   p.batch = B;
@@ -438,13 +465,15 @@ ConvParams fwd_packed_params(const at::Tensor& x, const at::Tensor& weight, OptT
   if (bias) {
     check_device(c, *bias, "bias");
     check_shape(c, *bias, "bias", {D}, "(dim,)");
-    check_dtype(c, *bias, "bias", weight.scalar_type(), "bias has weight's dtype");
+    check_dtype(c, *bias, "bias", weight.scalar_type(), "weight's dtype");
+    check_no_overlap(c, conv_states, "conv_states", *bias, "bias");
     p.bias = view1(*bias);
   }
   if (cache_indices) {
     check_device(c, *cache_indices, "cache_indices");
     check_int32(c, *cache_indices, "cache_indices");
     check_shape(c, *cache_indices, "cache_indices", {B}, "(batch,)");
+    check_no_overlap(c, conv_states, "conv_states", *cache_indices, "cache_indices");
     if (on_host(*cache_indices)) check_pool_indices(c, *cache_indices, "cache_indices", N, pad_slot_id);
     p.state_indices = view1(*cache_indices);
   } else {
@@ -455,6 +484,7 @@ ConvParams fwd_packed_params(const at::Tensor& x, const at::Tensor& weight, OptT
     check_device(c, *has_initial_state, "has_initial_state");
     check_dtype(c, *has_initial_state, "has_initial_state", at::kBool, "one flag per sequence");
     check_shape(c, *has_initial_state, "has_initial_state", {B}, "(batch,)");
+    check_no_overlap(c, conv_states, "conv_states", *has_initial_state, "has_initial_state");
     p.has_initial_state = view1(*has_initial_state);
   }
   const auto& b = or_undefined(bias);

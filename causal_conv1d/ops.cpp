@@ -135,7 +135,11 @@ Tensor fwd_packed(const Tensor& x, const Tensor& weight, const OptTensor& bias,
   Tensor out = x.dim() == 2 ? empty_with_layout_of(x) : none_like(x);
   ConvParams p = fwd_packed_params(x, weight, bias, cu_seqlens, conv_states, cache_indices,
                                    has_initial_state, pad_slot_id, out, silu);
-  if (p.batch > 0 && p.dim > 0) run_fwd_packed(p);
+  if (p.batch > 0 && p.dim > 0) {
+    run_fwd_packed(p);
+  } else {
+    out.zero_();  // no sequences: every token is outside one, and outputs 0
+  }
   return out;
 }
 

@@ -35,8 +35,19 @@ def _none_like(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty((0,))
 
 
+def _same_device(op: str, x: torch.Tensor, **tensors) -> None:
+    """A call mixing devices with "meta" is dispatched here (the Meta key
+    outranks the real backend), so the native check layer never sees it:
+    refuse it with checks.cpp's message instead of returning garbage."""
+    for name, t in tensors.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: {name} must be on {x.device} like x, got {t.device}")
+
+
 @torch.library.register_fake(add_op_namespace_prefix("fwd"))
 def _fwd_fake(x, weight, bias, seq_idx, initial_states, return_final_states, silu):
+    _same_device("causal_conv1d_fn", x, weight=weight, bias=bias, seq_idx=seq_idx,
+                 initial_states=initial_states)
     out = _empty_with_layout_of(x)
     if return_final_states:
         final = x.new_empty((x.shape[0], x.shape[1], max(weight.shape[1] - 1, 0)))
@@ -47,11 +58,15 @@ def _fwd_fake(x, weight, bias, seq_idx, initial_states, return_final_states, sil
 
 @torch.library.register_fake(add_op_namespace_prefix("fwd_out"))
 def _fwd_out_fake(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu):
+    _same_device("causal_conv1d_fn", x, weight=weight, bias=bias, seq_idx=seq_idx,
+                 initial_states=initial_states, out=out, final_states_out=final_states_out)
     return None
 
 
 @torch.library.register_fake(add_op_namespace_prefix("bwd"))
 def _bwd_fake(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu, deterministic):
+    _same_device("causal_conv1d_fn backward", x, weight=weight, bias=bias, seq_idx=seq_idx,
+                 initial_states=initial_states, dout=dout, dfinal_states=dfinal_states)
     dx = _empty_with_layout_of(x)
     dweight = weight.new_empty(weight.shape)
     dbias = weight.new_empty((weight.shape[0],)) if bias is not None else _none_like(weight)
@@ -64,6 +79,8 @@ def _bwd_fake(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, sil
 
 @torch.library.register_fake(add_op_namespace_prefix("update"))
 def _update_fake(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu):
+    _same_device("causal_conv1d_update", x, conv_state=conv_state, weight=weight, bias=bias,
+                 cache_seqlens=cache_seqlens, conv_state_indices=conv_state_indices)
     if x.dim() == 2:
         return _empty_with_layout_of(x.unsqueeze(-1)).squeeze(-1)
     return _empty_with_layout_of(x)
@@ -71,6 +88,7 @@ def _update_fake(x, conv_state, weight, bias, cache_seqlens, conv_state_indices,
 
 @torch.library.register_fake(add_op_namespace_prefix("varlen_states"))
 def _varlen_states_fake(x, cu_seqlens, state_len):
+    _same_device("causal_conv1d_varlen_states", x, cu_seqlens=cu_seqlens)
     return x.new_empty((cu_seqlens.shape[0] - 1, x.shape[1], state_len))
 
 
@@ -78,6 +96,9 @@ def _varlen_states_fake(x, cu_seqlens, state_len):
 def _fwd_packed_fake(
     x, weight, bias, cu_seqlens, conv_states, cache_indices, has_initial_state, pad_slot_id, silu
 ):
+    _same_device("causal_conv1d_packed_fwd", x, weight=weight, bias=bias, cu_seqlens=cu_seqlens,
+                 conv_states=conv_states, cache_indices=cache_indices,
+                 has_initial_state=has_initial_state)
     return _empty_with_layout_of(x)
 
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from . import _registrations  # noqa: F401  (fake kernels and autograd)
+from . import _registrations  # fake kernels and autograd
 from ._ops import ops
 
 __all__ = [
@@ -69,18 +69,22 @@ def causal_conv1d_fn(
         raise ValueError(
             "causal_conv1d_fn: final_states_out is given but return_final_states is False"
         )
-    out, final_states = ops.fwd(x, weight, bias, seq_idx, initial_states, return_final_states, silu)
-    if not return_final_states:
-        return out
-    if final_states_out is not None:
-        if final_states_out.shape != final_states.shape or final_states_out.dtype != x.dtype:
-            raise ValueError(
-                "causal_conv1d_fn: final_states_out must have shape "
-                f"{list(final_states.shape)} and dtype {x.dtype}, got "
-                f"{list(final_states_out.shape)} and {final_states_out.dtype}"
-            )
-        final_states = final_states_out.copy_(final_states)
-    return out, final_states
+    if final_states_out is None:
+        out, final_states = ops.fwd(
+            x, weight, bias, seq_idx, initial_states, return_final_states, silu
+        )
+        return (out, final_states) if return_final_states else out
+    # The out= operator's check layer validates final_states_out (shape,
+    # dtype, device, no memory shared with any input) before writing it.
+    out = _registrations._empty_with_layout_of(x)
+    ops.fwd_out(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu)
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, initial_states)
+    ):
+        # fwd_out has no autograd: run the differentiable operator for the graph
+        out, final_states = ops.fwd(x, weight, bias, seq_idx, initial_states, True, silu)
+        final_states_out.copy_(final_states)
+    return out, final_states_out
 
 
 class CausalConv1dFn:
