@@ -218,6 +218,24 @@ def gencode_flags(capabilities: list[str]) -> list[str]:
     return flags
 
 
+def nvcc_flags(cxx: list[str], system_incs: list[str], incs: list[str], capabilities: list[str],
+               extra_cuda: list[str]) -> list[str]:
+    """nvcc command line for one .cu file.
+
+    Host-compiler options travel in --compiler-options (comma-separated);
+    macros and include dirs go to nvcc itself, which wants `-isystem DIR` as
+    two arguments. nvcc finds its own CUDA headers: the NVIDIA wheels' copies
+    are left out so the two cannot disagree. CAUSAL_CONV1D_NVCC_FLAGS adds
+    flags (e.g. -lineinfo for compute-sanitizer reports).
+    """
+    host = ",".join(f for f in cxx if not f.startswith(("-I", "-isystem", "-std", "-D")))
+    defs = [f for f in cxx if f.startswith("-D")]
+    sys_incs = [a for f in system_incs for a in ("-isystem", f[len("-isystem"):])]
+    extra_env = shlex.split(os.environ.get("CAUSAL_CONV1D_NVCC_FLAGS", ""))
+    return ["-std=c++20", *defs, *incs, *sys_incs, f"--compiler-options={host}",
+            "--expt-relaxed-constexpr", "-O3", *gencode_flags(capabilities), *extra_cuda, *extra_env]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", choices=["cpu", "cuda"], help="default: the backend of the installed torch")
@@ -309,11 +327,7 @@ def main() -> int:
         obj = objdir / "obj" / (stem + ".o")
         inc = [f"-I{ROOT / i}" for i in includes] + [f"-I{gen}"]
         if path.suffix == ".cu":
-            host = ",".join(f for f in cxx_common + extra_cxx if not f.startswith("-I") and not f.startswith("-isystem") and not f.startswith("-std") and not f.startswith("-D"))
-            defs = [f for f in cxx_common + extra_cxx if f.startswith("-D")]
-            flags = ["-std=c++20", *defs, *inc, *[f for f in cxx_common if f.startswith("-isystem")],
-                     f"--compiler-options={host}", "--expt-relaxed-constexpr", "--expt-extended-lambda",
-                     "-O3", *gencode_flags(capabilities), *extra_cuda]
+            flags = nvcc_flags(cxx_common + extra_cxx, torch_incs, inc, capabilities, extra_cuda)
             rule = "nvcc"
         else:
             flags = [*cxx_common, *inc, *extra_cxx]
@@ -397,7 +411,10 @@ def assemble(out: Path, so: Path, module: str, ext_id: str, general: dict, backe
     (out / module / "__init__.py").write_text(COMPAT_INIT)
     backend_info = {"type": backend}
     if backend == "cuda":
-        backend_info["archs"] = sorted(capabilities, key=lambda c: tuple(int(x) for x in c.split(".")))
+        # The newest capability also ships as PTX (gencode_flags), which the
+        # loader's arch check understands as "+PTX": runs on newer GPUs too.
+        archs = sorted(capabilities, key=lambda c: tuple(int(x) for x in c.split(".")))
+        backend_info["archs"] = archs[:-1] + [archs[-1] + "+PTX"]
     metadata = {
         "id": ext_id,
         "name": general["name"],

@@ -1,0 +1,659 @@
+// Backward (backend.h run_bwd) on CUDA.
+//
+// With y the pre-activation output and dy = dout * act'(y) (0 for padding
+// tokens and outside [0, L)):
+//   dx[p]      = sum_m w[W-1-m] * dy[p+m]   over m in [0, W) within p's segment
+//                + dfinal[p - (L-(W-1))]     for the last W-1 positions of the
+//                                            last segment
+//   dweight[k] = sum_{b,t} dy[t] * xin[t-(W-1)+k]   (fp32 accumulators)
+//   dbias      = sum_{b,t} dy[t]
+//   dinit[i]   = the same sums for the positions before 0, plus dfinal.
+// silu is recomputed from x. Kernels mirror the forward's layouts:
+//   rows      x.s2 == 1, widths <= 16: a thread owns 16 bytes of consecutive
+//             positions; a warp's dweight/dbias partials are reduced with
+//             shuffles (fixed order) and either added atomically or, in
+//             deterministic mode, stored per (row, warp chunk) and summed in
+//             a fixed order by reduce_partials_kernel.
+//   chanlast  x.s1 == 1, widths <= 8: a thread owns 4 (or 2) channels and
+//             slides along a time tile; partials per (batch, tile).
+//   generic   any strides or width: dy goes to a float buffer first, then dx
+//             and a per-channel block reduction for dweight (deterministic).
+// dinitial_states always come from a small kernel of their own.
+#include "launch.h"
+#include "rows.cuh"
+
+namespace causal_conv1d::cuda {
+namespace {
+
+constexpr int kRowsMaxWidth = 16;
+constexpr int kChanlastMaxWidth = 8;
+
+// Adds a thread's reversed-tap partials (dwr[k] belongs to tap W-1-k) and its
+// dbias partial for channel d to the accumulators: atomically, or into this
+// thread's slot of the workspace (deterministic mode).
+template <int kW, bool kExact>
+__device__ __forceinline__ void emit_partials(const ConvParams& p, int W, int64_t d,
+                                              const float* dwr, float db, float* ws_slot) {
+  float* dw = static_cast<float*>(p.dweight_acc);
+  float* dbias = static_cast<float*>(p.dbias_acc);
+  if (ws_slot != nullptr) {
+#pragma unroll
+    for (int k = 0; k < kW; ++k)
+      if (kExact || k < W) ws_slot[d * (W + 1) + (W - 1 - k)] = dwr[k];
+    ws_slot[d * (W + 1) + W] = db;
+  } else {
+#pragma unroll
+    for (int k = 0; k < kW; ++k)
+      if (kExact || k < W) atomicAdd(dw + d * W + (W - 1 - k), dwr[k]);
+    if (dbias != nullptr) atomicAdd(dbias + d, db);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// rows: x.s2 == 1 (or L == 1). One warp per (row, chunk of 32 * E positions).
+
+template <typename X, int kW, bool kExact, bool kSeq>
+__global__ void __launch_bounds__(kThreads)
+    bwd_rows_kernel(ConvParams p, int64_t wchunks, bool x_vec, bool dout_vec, bool dx_vec,
+                    float* ws) {
+  constexpr int E = kVec16<X>;
+  constexpr int NH = (kW - 1 + E - 1) / E;  // halo vectors on each side
+  constexpr int O = NH * E;                 // window index of t0
+  constexpr int M = E + NH * E;             // positions t0 .. t0 + M - 1 get a dy
+  constexpr int N = O + M;                  // x window: t0 - O .. t0 + M - 1
+  using V = Pack<X, E>;
+  const int64_t D = p.dim, L = p.seqlen;
+  const int W = kExact ? kW : static_cast<int>(p.width);
+  const int lane = threadIdx.x % kWarp;
+  const int64_t total = p.batch * D * wchunks;
+  const int64_t warp_stride = grid_threads() / kWarp;
+  for (int64_t wg = global_thread() / kWarp; wg < total; wg += warp_stride) {
+    const int64_t row = wg / wchunks, wc = wg - row * wchunks;
+    const int64_t b = row / D, d = row - b * D;
+    const int64_t t0 = (wc * kWarp + lane) * E;
+    float dwr[kW];
+#pragma unroll
+    for (int k = 0; k < kW; ++k) dwr[k] = 0.f;
+    float db = 0.f;
+
+    if (t0 < L) {
+      const X* xr = ptr<const X>(p.x) + b * p.x.s0 + d * p.x.s1;
+      const X* gr = ptr<const X>(p.dout) + b * p.dout.s0 + d * p.dout.s1;
+      float wr[kW];  // wr[k] multiplies the input k positions back
+#pragma unroll
+      for (int k = 0; k < kW; ++k) wr[k] = (kExact || k < W) ? weight_at(p, d, W - 1 - k) : 0.f;
+      const float bias = bias_at(p, d);
+
+      float win[N];
+#pragma unroll
+      for (int q = 0; q < N / E; ++q) {
+        const int64_t base = t0 - O + q * E;
+        const bool needed = base + E > t0 - (W - 1) && base < t0 + E + (W - 1);
+        if (needed && x_vec && base >= 0 && base + E <= L) {
+          const V v = *reinterpret_cast<const V*>(xr + base);
+#pragma unroll
+          for (int e = 0; e < E; ++e) win[q * E + e] = to_f(v.v[e]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            const int64_t pos = base + e;
+            win[q * E + e] = (needed && pos >= 0 && pos < L) ? to_f(xr[pos]) : 0.f;
+          }
+        }
+      }
+      if (p.initial_states.data != nullptr && t0 < W - 1) {
+        const X* ir = ptr<const X>(p.initial_states) + b * p.initial_states.s0 +
+                      d * p.initial_states.s1;
+#pragma unroll
+        for (int i = 0; i < O; ++i) {
+          const int64_t pos = t0 - O + i;
+          if (pos < 0 && pos >= -(W - 1))
+            win[i] = to_f(ir[(W - 1 + pos) * p.initial_states.s2]);
+        }
+      }
+      int32_t ids[kSeq ? N : 1];
+      int32_t last_id = 0;
+      if constexpr (kSeq) {
+        const int32_t* sr = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;
+        const int32_t first = sr[0];
+        last_id = sr[(L - 1) * p.seq_idx.s1];
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          const int64_t pos = t0 - O + i;
+          const bool needed = pos >= t0 - (W - 1) && pos < t0 + E + (W - 1);
+          ids[i] = (!needed || pos >= L) ? -1 : pos < 0 ? first : sr[pos * p.seq_idx.s1];
+        }
+      }
+
+      // dy at positions t0 + m for m < E + W - 1 (the last W - 1 for dx only).
+      float g[M];
+#pragma unroll
+      for (int q = 0; q < M / E; ++q) {
+        const int64_t base = t0 + q * E;
+        const bool needed = base < t0 + E + (W - 1);
+        if (needed && dout_vec && base + E <= L) {
+          const V v = *reinterpret_cast<const V*>(gr + base);
+#pragma unroll
+          for (int e = 0; e < E; ++e) g[q * E + e] = to_f(v.v[e]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            const int64_t pos = base + e;
+            g[q * E + e] =
+                (needed && pos < L && e + q * E < E + W - 1) ? to_f(gr[pos * p.dout.s2]) : 0.f;
+          }
+        }
+      }
+      float dy[M];
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        dy[m] = 0.f;
+        if (m < E + W - 1 && t0 + m < L) {
+          const int32_t tok = kSeq ? ids[O + m] : 0;
+          if (!kSeq || tok >= 0) {
+            float gm = g[m];
+            if (p.silu) {
+              float y = bias;
+#pragma unroll
+              for (int k = 0; k < kW; ++k)
+                if ((kExact || k < W) && (!kSeq || ids[O + m - k] == tok))
+                  y += wr[k] * win[O + m - k];
+              gm *= silu_grad(y);
+            }
+            dy[m] = gm;
+          }
+        }
+      }
+
+      // dx, and the dweight/dbias partials of the thread's E positions.
+      const X* fr = p.dfinal_states.data != nullptr
+                        ? ptr<const X>(p.dfinal_states) + b * p.dfinal_states.s0 +
+                              d * p.dfinal_states.s1
+                        : nullptr;
+      float dxv[E];
+#pragma unroll
+      for (int j = 0; j < E; ++j) {
+        const int32_t tok = kSeq ? ids[O + j] : 0;
+        float acc = 0.f;
+#pragma unroll
+        for (int m = 0; m < kW; ++m)
+          if ((kExact || m < W) && (!kSeq || ids[O + j + m] == tok)) acc += wr[m] * dy[j + m];
+        const int64_t pos = t0 + j;
+        if (fr != nullptr && pos >= L - (W - 1) && pos < L && (!kSeq || tok == last_id))
+          acc += to_f(fr[(pos - (L - (W - 1))) * p.dfinal_states.s2]);
+        dxv[j] = acc;
+        if (pos < L) {
+#pragma unroll
+          for (int k = 0; k < kW; ++k)
+            if ((kExact || k < W) && (!kSeq || ids[O + j - k] == tok))
+              dwr[k] += dy[j] * win[O + j - k];
+          db += dy[j];
+        }
+      }
+
+      X* dxr = ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1;
+      if (dx_vec && t0 + E <= L) {
+        V v;
+#pragma unroll
+        for (int e = 0; e < E; ++e) v.v[e] = from_f<X>(dxv[e]);
+        *reinterpret_cast<V*>(dxr + t0) = v;
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+          if (t0 + e < L) dxr[(t0 + e) * p.dx.s2] = from_f<X>(dxv[e]);
+      }
+    }
+
+    // Whole warp (the loop bound is uniform per warp): reduce and emit.
+#pragma unroll
+    for (int k = 0; k < kW; ++k)
+      if (kExact || k < W) dwr[k] = warp_sum(dwr[k]);
+    db = warp_sum(db);
+    if (lane == 0) {
+      float* slot = ws != nullptr ? ws + (b * wchunks + wc) * D * (W + 1) : nullptr;
+      emit_partials<kW, kExact>(p, W, d, dwr, db, slot);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// chanlast: x.s1 == 1 (or D == 1), widths <= 8. A thread owns E channels of a
+// time tile [t0, t1) and walks positions t0-(W-1) .. t1+(W-1)-1 once,
+// keeping the last W inputs and the last W output gradients in registers.
+
+template <typename X, int E>
+__device__ __forceinline__ Pack<X, E> load_ch(const X* src, int64_t stride, int ne, bool vec) {
+  Pack<X, E> v;
+  if (vec && ne == E) {
+    v = *reinterpret_cast<const Pack<X, E>*>(src);
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) v.v[e] = e < ne ? src[e * stride] : from_f<X>(0.f);
+  }
+  return v;
+}
+
+template <typename X, int kW, bool kExact, bool kSeq>
+__global__ void __launch_bounds__(kThreads)
+    bwd_chanlast_kernel(ConvParams p, int64_t groups, int64_t tiles, int64_t tile_len,
+                        bool x_vec, bool dout_vec, bool dx_vec, float* ws) {
+  constexpr int E = kW <= 4 ? 4 : 2;
+  using V = Pack<X, E>;
+  const int64_t D = p.dim, L = p.seqlen;
+  const int W = kExact ? kW : static_cast<int>(p.width);
+  const int64_t total = p.batch * tiles * groups;
+  for (int64_t g = global_thread(); g < total; g += grid_threads()) {
+    const int64_t cg = g % groups, r = g / groups;
+    const int64_t tile = r % tiles, b = r / tiles;
+    const int64_t d0 = cg * E, t0 = tile * tile_len;
+    const int64_t t1 = t0 + tile_len < L ? t0 + tile_len : L;
+    const int ne = D - d0 < E ? static_cast<int>(D - d0) : E;
+
+    // w[k] natural taps (for dx), wr[k] = w[W-1-k] (input k positions back).
+    float w[kW][E], wr[kW][E], bias[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t d = e < ne ? d0 + e : d0;
+      bias[e] = bias_at(p, d);
+#pragma unroll
+      for (int k = 0; k < kW; ++k) {
+        w[k][e] = (kExact || k < W) ? weight_at(p, d, k) : 0.f;
+        if constexpr (!kExact) wr[k][e] = k < W ? weight_at(p, d, W - 1 - k) : 0.f;
+      }
+    }
+    if constexpr (kExact) {
+#pragma unroll
+      for (int k = 0; k < kW; ++k)
+#pragma unroll
+        for (int e = 0; e < E; ++e) wr[k][e] = w[kW - 1 - k][e];
+    }
+
+    const X* xb = ptr<const X>(p.x) + b * p.x.s0 + d0;  // channel stride 1
+    const X* gb = ptr<const X>(p.dout) + b * p.dout.s0 + d0 * p.dout.s1;
+    const int32_t* sr = kSeq ? ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0 : nullptr;
+    const int32_t first = kSeq ? sr[0] : 0;
+    const int32_t last = kSeq ? sr[(L - 1) * p.seq_idx.s1] : 0;
+    const X* fr = p.dfinal_states.data != nullptr
+                      ? ptr<const X>(p.dfinal_states) + b * p.dfinal_states.s0
+                      : nullptr;
+
+    // Windows, newest at index kW - 1: inputs, their ids, output gradients.
+    float xw[kW][E], gw[kW][E];
+    int32_t ids[kW];
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      ids[k] = -1;
+#pragma unroll
+      for (int e = 0; e < E; ++e) xw[k][e] = gw[k][e] = 0.f;
+    }
+    float dwr[kW][E], db[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      db[e] = 0.f;
+#pragma unroll
+      for (int k = 0; k < kW; ++k) dwr[k][e] = 0.f;
+    }
+
+    // Raw loads for position pos: x (or the initial state), dout, id.
+    auto load_x = [&](int64_t pos) {
+      V v;
+      if (pos >= 0 && pos < L) {
+        v = load_ch<X, E>(xb + pos * p.x.s2, 1, ne, x_vec);
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          v.v[e] = (pos < 0 && p.initial_states.data != nullptr && e < ne)
+                       ? ptr<const X>(p.initial_states)[b * p.initial_states.s0 +
+                                                        (d0 + e) * p.initial_states.s1 +
+                                                        (W - 1 + pos) * p.initial_states.s2]
+                       : from_f<X>(0.f);
+        }
+      }
+      return v;
+    };
+    auto load_g = [&](int64_t pos) {
+      V v;
+      if (pos >= t0 && pos < L) {
+        v = load_ch<X, E>(gb + pos * p.dout.s2, p.dout.s1, ne, dout_vec);
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e) v.v[e] = from_f<X>(0.f);
+      }
+      return v;
+    };
+    auto load_id = [&](int64_t pos) -> int32_t {
+      if (!kSeq) return 0;
+      return pos < 0 ? first : pos < L ? sr[pos * p.seq_idx.s1] : -1;
+    };
+
+    const int64_t start = t0 - (W - 1), stop = t1 + (W - 1);
+    V nx = load_x(start), ng = load_g(start);
+    int32_t nid = load_id(start);
+    for (int64_t pos = start; pos < stop; ++pos) {
+      const V cx = nx, cgr = ng;
+      const int32_t cid = nid;
+      if (pos + 1 < stop) {
+        nx = load_x(pos + 1);
+        ng = load_g(pos + 1);
+        nid = load_id(pos + 1);
+      }
+      // push the input at pos
+#pragma unroll
+      for (int k = 0; k + 1 < kW; ++k) {
+        ids[k] = ids[k + 1];
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          xw[k][e] = xw[k + 1][e];
+          gw[k][e] = gw[k + 1][e];
+        }
+      }
+      ids[kW - 1] = cid;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        xw[kW - 1][e] = to_f(cx.v[e]);
+        gw[kW - 1][e] = 0.f;
+      }
+      // dy at pos (tile and its W-1 successors), partials inside the tile
+      if (pos >= t0 && pos < L && (!kSeq || cid >= 0)) {
+        const bool own = pos < t1;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          float gm = to_f(cgr.v[e]);
+          if (p.silu) {
+            float y = bias[e];
+#pragma unroll
+            for (int k = 0; k < kW; ++k)
+              if ((kExact || k < W) && (!kSeq || ids[kW - 1 - k] == cid))
+                y += wr[k][e] * xw[kW - 1 - k][e];
+            gm *= silu_grad(y);
+          }
+          gw[kW - 1][e] = gm;
+          if (own) {
+#pragma unroll
+            for (int k = 0; k < kW; ++k)
+              if ((kExact || k < W) && (!kSeq || ids[kW - 1 - k] == cid))
+                dwr[k][e] += gm * xw[kW - 1 - k][e];
+            db[e] += gm;
+          }
+        }
+      }
+      // dx at q = pos - (W-1): gradients of positions q .. pos are in gw.
+      const int64_t q = pos - (W - 1);
+      if (q >= t0 && q < t1) {
+        int32_t qid = ids[0];
+#pragma unroll
+        for (int k = 0; k < kW; ++k)
+          if (k == W - 1) qid = ids[kW - 1 - k];
+        const bool fin = fr != nullptr && q >= L - (W - 1) && (!kSeq || qid == last);
+        X* dq = ptr<X>(p.dx) + b * p.dx.s0 + q * p.dx.s2;
+        V o;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          float acc = 0.f;
+          // w[k] multiplies the gradient of position q + (W-1) - k = pos - k
+#pragma unroll
+          for (int k = 0; k < kW; ++k)
+            if ((kExact || k < W) && (!kSeq || ids[kW - 1 - k] == qid)) acc += w[k][e] * gw[kW - 1 - k][e];
+          if (fin && e < ne)
+            acc += to_f(fr[(d0 + e) * p.dfinal_states.s1 +
+                           (q - (L - (W - 1))) * p.dfinal_states.s2]);
+          o.v[e] = from_f<X>(acc);
+        }
+        if (dx_vec && ne == E) {
+          *reinterpret_cast<V*>(dq + d0) = o;
+        } else {
+#pragma unroll
+          for (int e = 0; e < E; ++e)
+            if (e < ne) dq[(d0 + e) * p.dx.s1] = o.v[e];
+        }
+      }
+    }
+
+    float* slot = ws != nullptr ? ws + (b * tiles + tile) * D * (W + 1) : nullptr;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if (e < ne) {
+        float part[kW];
+#pragma unroll
+        for (int k = 0; k < kW; ++k) part[k] = dwr[k][e];
+        emit_partials<kW, kExact>(p, W, d0 + e, part, db[e], slot);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// deterministic sum of the per-slot partials: ws is [slots][D][W+1]. A block
+// owns 32 consecutive columns; its 4 warps take every 4th slot, and warp 0
+// adds the 4 sums in order.
+
+__global__ void __launch_bounds__(kThreads)
+    reduce_partials_kernel(ConvParams p, const float* ws, int64_t slots) {
+  constexpr int kPhases = kThreads / kWarp;
+  __shared__ float sums[kPhases][kWarp];
+  const int64_t W = p.width, cols = p.dim * (W + 1);
+  const int lane = threadIdx.x % kWarp, phase = threadIdx.x / kWarp;
+  const int64_t col_blocks = (cols + kWarp - 1) / kWarp;
+  for (int64_t cb = blockIdx.x; cb < col_blocks; cb += gridDim.x) {
+    const int64_t col = cb * kWarp + lane;
+    float s = 0.f;
+    if (col < cols)
+      for (int64_t slot = phase; slot < slots; slot += kPhases) s += ws[slot * cols + col];
+    sums[phase][lane] = s;
+    __syncthreads();
+    if (phase == 0 && col < cols) {
+      float total = 0.f;
+#pragma unroll
+      for (int i = 0; i < kPhases; ++i) total += sums[i][lane];
+      const int64_t d = col / (W + 1), k = col % (W + 1);
+      if (k < W) {
+        static_cast<float*>(p.dweight_acc)[d * W + k] += total;
+      } else if (p.dbias_acc != nullptr) {
+        static_cast<float*>(p.dbias_acc)[d] += total;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// generic: any strides and widths.
+
+// dy[(b * D + d) * L + t], float.
+template <typename X>
+__global__ void __launch_bounds__(kThreads) bwd_dy_kernel(ConvParams p, float* dy) {
+  const int64_t D = p.dim, L = p.seqlen, total = p.batch * D * L;
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t t = i % L, r = i / L;
+    const int64_t d = r % D, b = r / D;
+    dy[i] = dy_at(p, make_row<X>(p, b, d), t);
+  }
+}
+
+template <typename X>
+__global__ void __launch_bounds__(kThreads)
+    bwd_dx_generic_kernel(ConvParams p, const float* dy, bool t_fastest) {
+  const int64_t D = p.dim, L = p.seqlen, W = p.width, total = p.batch * D * L;
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    int64_t b, d, t;
+    if (t_fastest) {
+      t = i % L;
+      const int64_t r = i / L;
+      d = r % D;
+      b = r / D;
+    } else {
+      d = i % D;
+      const int64_t r = i / D;
+      t = r % L;
+      b = r / L;
+    }
+    const Row<X> row = make_row<X>(p, b, d);
+    const float* dyr = dy + (b * D + d) * L;
+    const int32_t tok = row.id(t);
+    float acc = 0.f;
+    for (int64_t m = 0; m < W && t + m < L; ++m)
+      if (!row.seq || row.id(t + m) == tok) acc += weight_at(p, d, W - 1 - m) * dyr[t + m];
+    if (p.dfinal_states.data != nullptr && t >= L - (W - 1) && tok == row.last_id)
+      acc += to_f(ptr<const X>(p.dfinal_states)[b * p.dfinal_states.s0 + d * p.dfinal_states.s1 +
+                                                 (t - (L - (W - 1))) * p.dfinal_states.s2]);
+    ptr<X>(p.dx)[b * p.dx.s0 + d * p.dx.s1 + t * p.dx.s2] = from_f<X>(acc);
+  }
+}
+
+// One block per channel: every thread sums a fixed subset of (b, t), then a
+// fixed tree combines the threads. No atomics, same result every run.
+template <typename X>
+__global__ void __launch_bounds__(kThreads) bwd_dweight_generic_kernel(ConvParams p, const float* dy) {
+  constexpr int kMax = 33;  // widths up to 32, plus the bias
+  __shared__ float red[kThreads];
+  const int64_t D = p.dim, L = p.seqlen, W = p.width, BL = p.batch * L;
+  for (int64_t d = blockIdx.x; d < D; d += gridDim.x) {
+    float acc[kMax];
+    for (int k = 0; k <= W; ++k) acc[k] = 0.f;
+    for (int64_t i = threadIdx.x; i < BL; i += blockDim.x) {
+      const int64_t b = i / L, t = i % L;
+      const Row<X> row = make_row<X>(p, b, d);
+      const float g = dy[(b * D + d) * L + t];
+      const int32_t tok = row.id(t);
+      for (int64_t k = 0; k < W; ++k) acc[k] += g * row.in(t - (W - 1) + k, tok);
+      acc[W] += g;
+    }
+    for (int64_t k = 0; k <= W; ++k) {
+      red[threadIdx.x] = acc[k];
+      __syncthreads();
+      for (int s = kThreads / 2; s > 0; s >>= 1) {
+        if (static_cast<int>(threadIdx.x) < s) red[threadIdx.x] += red[threadIdx.x + s];
+        __syncthreads();
+      }
+      if (threadIdx.x == 0) {
+        if (k < W) {
+          static_cast<float*>(p.dweight_acc)[d * W + k] += red[0];
+        } else if (p.dbias_acc != nullptr) {
+          static_cast<float*>(p.dbias_acc)[d] += red[0];
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// dinitial_states[b, d, i], i < W-1 (position i - (W-1)): the taps that read
+// the initial state, from tokens of the first segment, plus dfinal_states
+// for the columns that final_states copies (when L < W-1).
+template <typename X>
+__global__ void __launch_bounds__(kThreads) bwd_dinit_kernel(ConvParams p) {
+  const int64_t D = p.dim, L = p.seqlen, H = p.width - 1, total = p.batch * D * H;
+  for (int64_t idx = global_thread(); idx < total; idx += grid_threads()) {
+    const int64_t i = idx % H, r = idx / H;
+    const int64_t d = r % D, b = r / D;
+    const Row<X> row = make_row<X>(p, b, d);
+    float acc = 0.f;
+    for (int64_t t = 0; t <= i && t < L; ++t)
+      if (!row.seq || row.id(t) == row.first_id) acc += weight_at(p, d, i - t) * dy_at(p, row, t);
+    if (p.dfinal_states.data != nullptr && i >= L && row.last_id == row.first_id)
+      acc += to_f(ptr<const X>(p.dfinal_states)[b * p.dfinal_states.s0 + d * p.dfinal_states.s1 +
+                                                 (i - L) * p.dfinal_states.s2]);
+    ptr<X>(p.dinitial_states)[b * p.dinitial_states.s0 + d * p.dinitial_states.s1 +
+                              i * p.dinitial_states.s2] = from_f<X>(acc);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// plan: which kernels, and how much workspace
+
+enum class Path { None, Rows, Chanlast, Generic };
+
+struct Plan {
+  Path path = Path::None;
+  int64_t a = 0, b = 0, c = 0;  // rows: wchunks; chanlast: groups, tiles, tile_len
+  int64_t slots = 0;            // partial-sum slots (deterministic mode)
+  size_t ws_bytes = 0;
+};
+
+Plan make_plan(const ConvParams& p) {
+  Plan plan;
+  const int64_t B = p.batch, D = p.dim, L = p.seqlen, W = p.width;
+  if (L == 0) return plan;
+  const int64_t elem = p.x_dtype == DType::Float32 ? 4 : 2;
+  const size_t part_bytes = sizeof(float) * static_cast<size_t>(D * (W + 1));
+  if ((p.x.s2 == 1 || L == 1) && W <= kRowsMaxWidth) {
+    const int64_t E = 16 / elem;
+    plan.path = Path::Rows;
+    plan.a = (L + kWarp * E - 1) / (kWarp * E);
+    plan.slots = B * plan.a;
+  } else if ((p.x.s1 == 1 || D == 1) && W <= kChanlastMaxWidth) {
+    const int64_t E = W <= 4 ? 4 : 2;
+    const int64_t groups = (D + E - 1) / E;
+    int64_t tile = 128;
+    while (tile > 16 && B * groups * ((L + tile - 1) / tile) < 65536) tile /= 2;
+    plan.path = Path::Chanlast;
+    plan.a = groups;
+    plan.b = (L + tile - 1) / tile;
+    plan.c = tile;
+    plan.slots = B * plan.b;
+  } else {
+    plan.path = Path::Generic;
+    plan.ws_bytes = sizeof(float) * static_cast<size_t>(B * D * L);
+    return plan;
+  }
+  if (p.deterministic) plan.ws_bytes = part_bytes * static_cast<size_t>(plan.slots);
+  return plan;
+}
+
+}  // namespace
+
+size_t bwd_workspace_bytes(const ConvParams& p) { return make_plan(p).ws_bytes; }
+
+void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
+  const Plan plan = make_plan(p);
+  dispatch_x(p.x_dtype, [&]<typename X>() {
+    const int64_t B = p.batch, D = p.dim, L = p.seqlen;
+    const bool seq = p.seq_idx.data != nullptr;
+    float* ws = static_cast<float*>(workspace);
+    float* part = p.deterministic ? ws : nullptr;
+    if (plan.path == Path::Rows) {
+      constexpr int E = kVec16<X>;
+      const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s1, D);
+      const bool dout_vec = (p.dout.s2 == 1 || L == 1) &&
+                            vector_aligned(p.dout.data, sizeof(X), E, p.dout.s0, B, p.dout.s1, D);
+      const bool dx_vec = (p.dx.s2 == 1 || L == 1) &&
+                          vector_aligned(p.dx.data, sizeof(X), E, p.dx.s0, B, p.dx.s1, D);
+      const int64_t wchunks = plan.a;
+      dispatch_width<kRowsMaxWidth>(p.width, [&]<int kW, bool kExact>() {
+        auto kernel = seq ? bwd_rows_kernel<X, kW, kExact, true>
+                          : bwd_rows_kernel<X, kW, kExact, false>;
+        launch(kernel, grid_for(B * D * wchunks * kWarp), stream, p, wchunks, x_vec, dout_vec,
+               dx_vec, part);
+      });
+    } else if (plan.path == Path::Chanlast) {
+      const int64_t E = p.width <= 4 ? 4 : 2;
+      const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s2, L);
+      const bool dout_vec = (p.dout.s1 == 1 || D == 1) &&
+                            vector_aligned(p.dout.data, sizeof(X), E, p.dout.s0, B, p.dout.s2, L);
+      const bool dx_vec = (p.dx.s1 == 1 || D == 1) &&
+                          vector_aligned(p.dx.data, sizeof(X), E, p.dx.s0, B, p.dx.s2, L);
+      dispatch_width<kChanlastMaxWidth>(p.width, [&]<int kW, bool kExact>() {
+        auto kernel = seq ? bwd_chanlast_kernel<X, kW, kExact, true>
+                          : bwd_chanlast_kernel<X, kW, kExact, false>;
+        launch(kernel, grid_for(B * plan.b * plan.a), stream, p, plan.a, plan.b, plan.c, x_vec,
+               dout_vec, dx_vec, part);
+      });
+    } else if (plan.path == Path::Generic) {
+      launch(bwd_dy_kernel<X>, grid_for(B * D * L), stream, p, ws);
+      launch(bwd_dx_generic_kernel<X>, grid_for(B * D * L), stream, p,
+             static_cast<const float*>(ws), p.x.s2 <= p.x.s1);
+      launch(bwd_dweight_generic_kernel<X>, grid_for(D * kThreads), stream, p,
+             static_cast<const float*>(ws));
+    }
+    if (part != nullptr && (plan.path == Path::Rows || plan.path == Path::Chanlast)) {
+      const int64_t cols = D * (p.width + 1);
+      launch(reduce_partials_kernel, grid_for(cols * kThreads / kWarp), stream, p,
+             static_cast<const float*>(part), plan.slots);
+    }
+    if (p.dinitial_states.data != nullptr && p.width > 1) {
+      launch(bwd_dinit_kernel<X>, grid_for(B * D * (p.width - 1)), stream, p);
+    }
+  });
+}
+
+}  // namespace causal_conv1d::cuda

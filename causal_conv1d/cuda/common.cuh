@@ -1,0 +1,166 @@
+// Shared by the CUDA kernels: element types and conversions, vector packs,
+// activation, index helpers and the launch helper. Deliberately free of
+// ATen/torch headers so that every .cu file compiles in seconds.
+//
+// With CAUSAL_CONV1D_CUDA_EMU defined the same sources compile as plain C++
+// against emu/cuda_emu.h, which runs each block's threads on the CPU; that
+// is how the kernels' indexing is tested on machines without a GPU.
+#pragma once
+
+#include <cstdint>
+
+#include "../params.h"
+
+#ifdef CAUSAL_CONV1D_CUDA_EMU
+#include "emu/cuda_emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#endif
+
+namespace causal_conv1d::cuda {
+
+// Threads per block for every kernel (a multiple of the warp size).
+constexpr int kThreads = 128;
+constexpr int kWarp = 32;
+
+// ---------------------------------------------------------------------------
+// element types: x/out/states are X (float, __half or __nv_bfloat16);
+// arithmetic is always float.
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename X> __device__ __forceinline__ X from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Weight and bias have their own dtype; they are read a handful of times per
+// thread, so a runtime switch costs nothing and saves 3x the instantiations.
+__device__ __forceinline__ float load_param(const void* base, int64_t i, DType t) {
+  switch (t) {
+    case DType::Float16: return __half2float(static_cast<const __half*>(base)[i]);
+    case DType::BFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
+    default: return static_cast<const float*>(base)[i];
+  }
+}
+
+// weight[d, k] and bias[d] (0 when there is no bias) as float.
+__device__ __forceinline__ float weight_at(const ConvParams& p, int64_t d, int64_t k) {
+  return load_param(p.weight.data, d * p.weight.s0 + k * p.weight.s1, p.weight_dtype);
+}
+__device__ __forceinline__ float bias_at(const ConvParams& p, int64_t d) {
+  return p.bias.data ? load_param(p.bias.data, d * p.bias.s0, p.weight_dtype) : 0.f;
+}
+
+__device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
+
+// d silu(y) / dy = s * (1 + y * (1 - s)), s = sigmoid(y)
+__device__ __forceinline__ float silu_grad(float y) {
+  const float s = 1.f / (1.f + __expf(-y));
+  return s * (1.f + y * (1.f - s));
+}
+
+// N elements of T moved as one aligned load/store (16 bytes for 8 halves).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Elements per 16-byte vector.
+template <typename X> constexpr int kVec16 = 16 / static_cast<int>(sizeof(X));
+
+// true when a strided view's element (i, j, k) addresses are multiples of
+// `elems` elements whenever the index along the vector axis is, i.e. the
+// base is aligned and every other used stride is a multiple of `elems`.
+// (A dimension of size 1 never moves the address, so its stride is ignored.)
+inline bool vector_aligned(const void* data, int64_t elem_bytes, int64_t elems,
+                           int64_t s_a, int64_t n_a, int64_t s_b, int64_t n_b) {
+  const auto addr = reinterpret_cast<uintptr_t>(data);
+  if (addr % static_cast<uintptr_t>(elem_bytes * elems) != 0) return false;
+  if (n_a > 1 && s_a % elems != 0) return false;
+  if (n_b > 1 && s_b % elems != 0) return false;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// indices: 1-D grids over 64-bit work counts, walked with grid-stride loops,
+// so neither B nor D nor L is limited by grid dimensions.
+
+__device__ __forceinline__ int64_t global_thread() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t grid_threads() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
+
+// Blocks for `work` items of `per_block` each; capped (the kernels loop).
+inline unsigned grid_for(int64_t work, int64_t per_block = kThreads) {
+  constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+  int64_t blocks = (work + per_block - 1) / per_block;
+  if (blocks < 1) blocks = 1;
+  return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+}
+
+// Sum over the 32 lanes of a warp; every lane gets the total. The xor
+// butterfly has a fixed order, so the result is the same on every run.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int m = 16; m >= 1; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
+
+// Launch kernel<<<grid, kThreads, 0, stream>>>(args...).
+template <typename... KArgs, typename... Args>
+inline void launch(void (*kernel)(KArgs...), unsigned grid, cudaStream_t stream, Args&&... args) {
+#ifdef CAUSAL_CONV1D_CUDA_EMU
+  emu::run_grid(grid, kThreads, [&] { kernel(args...); });
+  (void)stream;
+#else
+  kernel<<<grid, kThreads, 0, stream>>>(static_cast<KArgs>(args)...);
+#endif
+}
+
+// Calls f.template operator()<X>() for the runtime dtype of x (fp32, fp16,
+// bf16; fp64 never reaches CUDA: checks.cpp refuses it).
+template <typename F>
+inline void dispatch_x(DType t, F&& f) {
+  switch (t) {
+    case DType::Float16: f.template operator()<__half>(); break;
+    case DType::BFloat16: f.template operator()<__nv_bfloat16>(); break;
+    default: f.template operator()<float>(); break;
+  }
+}
+
+// Width buckets for kernels templated on the width: exact kernels for 2, 3
+// and 4 (Mamba's 4, vLLM's 2..4), and kernels taking the width at run time
+// up to 8, 16 and 32 (buckets above kMaxW are not instantiated; the caller
+// routes such widths elsewhere). Calls f.template operator()<kW, kExact>().
+template <int kMaxW, typename F>
+inline void dispatch_width(int64_t w, F&& f) {
+  if (w == 2) return f.template operator()<2, true>();
+  if (w == 3) return f.template operator()<3, true>();
+  if (w == 4) return f.template operator()<4, true>();
+  if constexpr (kMaxW <= 8) {
+    return f.template operator()<8, false>();
+  } else {
+    if (w <= 8) return f.template operator()<8, false>();
+    if constexpr (kMaxW <= 16) {
+      return f.template operator()<16, false>();
+    } else {
+      if (w <= 16) return f.template operator()<16, false>();
+      return f.template operator()<32, false>();
+    }
+  }
+}
+
+template <typename T> __device__ __forceinline__ T* ptr(const Strided& v) {
+  return static_cast<T*>(v.data);
+}
+
+}  // namespace causal_conv1d::cuda

@@ -1,0 +1,159 @@
+// The fiber scheduler behind cuda_emu.h.
+#include "cuda_emu.h"
+
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+namespace causal_conv1d::cuda::emu {
+namespace {
+
+constexpr unsigned kWarp = 32;
+constexpr size_t kStackBytes = 256 * 1024;
+
+enum Wait { kRunning = 0, kBlockBarrier = 1, kWarpBarrier = 2 };
+
+struct Fiber {
+  ucontext_t ctx;
+  ThreadState state;
+  Wait wait = kRunning;
+  bool done = false;
+};
+
+struct Scheduler {
+  ucontext_t main;
+  std::vector<Fiber> fibers;
+  std::vector<std::unique_ptr<char[]>> stacks;
+  std::vector<float> slots;  // one per thread, for shuffles
+  Fiber* cur = nullptr;
+  const std::function<void()>* body = nullptr;
+  dim3 block, bdim, gdim;
+};
+
+Scheduler& sched() {
+  static Scheduler s;
+  return s;
+}
+
+[[noreturn]] void fail(const char* what) {
+  std::fprintf(stderr, "cuda_emu: %s (block %u)\n", what, sched().block.x);
+  std::abort();
+}
+
+void entry() {
+  Scheduler& s = sched();
+  (*s.body)();
+  s.cur->done = true;  // returning resumes uc_link (the scheduler)
+}
+
+void wait_at(Wait w) {
+  Scheduler& s = sched();
+  Fiber* me = s.cur;
+  me->wait = w;
+  swapcontext(&me->ctx, &s.main);
+}
+
+// Releases every barrier whose group has fully arrived; false if none.
+bool release() {
+  Scheduler& s = sched();
+  const size_t n = s.fibers.size();
+  bool any = false;
+  bool block_all = true, block_some = false;
+  for (auto& f : s.fibers) {
+    if (f.wait == kBlockBarrier) block_some = true;
+    if (!f.done && f.wait != kBlockBarrier) block_all = false;
+  }
+  if (block_some) {
+    for (auto& f : s.fibers)
+      if (f.done) fail("__syncthreads reached after some threads of the block exited");
+    if (block_all) {
+      for (auto& f : s.fibers) f.wait = kRunning;
+      return true;
+    }
+  }
+  for (size_t w0 = 0; w0 < n; w0 += kWarp) {
+    const size_t w1 = w0 + kWarp < n ? w0 + kWarp : n;
+    bool all = true, some = false;
+    for (size_t i = w0; i < w1; ++i) {
+      if (s.fibers[i].wait == kWarpBarrier) some = true;
+      if (s.fibers[i].wait != kWarpBarrier) all = false;
+    }
+    if (!some) continue;
+    for (size_t i = w0; i < w1; ++i)
+      if (s.fibers[i].done) fail("warp shuffle with lanes that already exited");
+    if (all) {
+      for (size_t i = w0; i < w1; ++i) s.fibers[i].wait = kRunning;
+      any = true;
+    }
+  }
+  return any;
+}
+
+void run_block(unsigned threads) {
+  Scheduler& s = sched();
+  s.fibers.assign(threads, Fiber{});
+  while (s.stacks.size() < threads) s.stacks.emplace_back(new char[kStackBytes]);
+  s.slots.assign(threads, 0.f);
+  for (unsigned i = 0; i < threads; ++i) {
+    Fiber& f = s.fibers[i];
+    f.state.thread_idx.x = i;
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = s.stacks[i].get();
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = &s.main;
+    makecontext(&f.ctx, entry, 0);
+  }
+  for (;;) {
+    for (auto& f : s.fibers) {
+      if (f.done || f.wait != kRunning) continue;
+      s.cur = &f;
+      swapcontext(&s.main, &f.ctx);
+      s.cur = nullptr;
+    }
+    bool live = false;
+    for (auto& f : s.fibers) live = live || !f.done;
+    if (!live) break;
+    if (!release()) fail("deadlock: threads wait at barriers that can never complete");
+  }
+}
+
+}  // namespace
+
+ThreadState& current() {
+  if (sched().cur == nullptr) fail("threadIdx used outside a kernel");
+  return sched().cur->state;
+}
+dim3& block_idx() { return sched().block; }
+dim3& block_dim() { return sched().bdim; }
+dim3& grid_dim() { return sched().gdim; }
+
+void run_grid(unsigned blocks, unsigned threads, const std::function<void()>& body) {
+  Scheduler& s = sched();
+  if (s.body != nullptr) fail("nested kernel launch");
+  s.body = &body;
+  s.bdim = dim3{threads, 1, 1};
+  s.gdim = dim3{blocks, 1, 1};
+  for (unsigned b = 0; b < blocks; ++b) {
+    s.block = dim3{b, 1, 1};
+    run_block(threads);
+  }
+  s.body = nullptr;
+}
+
+void syncthreads() { wait_at(kBlockBarrier); }
+
+float shfl_xor(float v, int lane_mask) {
+  Scheduler& s = sched();
+  const unsigned tid = s.cur->state.thread_idx.x;
+  const unsigned src = (tid & ~(kWarp - 1)) | ((tid % kWarp) ^ static_cast<unsigned>(lane_mask));
+  s.slots[tid] = v;
+  wait_at(kWarpBarrier);
+  const float r = s.slots[src];
+  wait_at(kWarpBarrier);
+  return r;
+}
+
+}  // namespace causal_conv1d::cuda::emu

@@ -1,0 +1,323 @@
+// Forward (backend.h run_fwd) on CUDA.
+//
+// Three kernels compute `out`, chosen by x's layout:
+//   rows      x contiguous along L (x.s2 == 1): a thread computes E = 16 bytes
+//             of consecutive outputs of one row from one aligned vector load
+//             plus the vectors before it (the halo comes from L1/L2, not DRAM).
+//   chanlast  x channel-last (x.s1 == 1, also slices of a wider projection):
+//             a thread owns E consecutive channels and slides a window of W
+//             time steps along a tile of the sequence; a warp's loads cover
+//             32 * 16 contiguous bytes.
+//   generic   any strides: one output per thread, read through rows.cuh.
+// final_states come from a small separate kernel in every layout.
+#include "launch.h"
+#include "rows.cuh"
+
+namespace causal_conv1d::cuda {
+namespace {
+
+// ---------------------------------------------------------------------------
+// rows: x.s2 == 1 (or L == 1)
+
+template <typename X, int kW, bool kExact, bool kSeq>
+__global__ void __launch_bounds__(kThreads)
+    fwd_rows_kernel(ConvParams p, int64_t chunks, bool x_vec, bool out_vec) {
+  constexpr int E = kVec16<X>;
+  constexpr int NP = (kW - 1 + E - 1) / E;  // vectors before the chunk
+  constexpr int O = NP * E;                 // window index of the chunk's first token
+  constexpr int N = O + E;                  // window: positions t0 - O .. t0 + E - 1
+  using V = Pack<X, E>;
+  const int64_t D = p.dim, L = p.seqlen;
+  const int W = kExact ? kW : static_cast<int>(p.width);
+  const int64_t total = p.batch * D * chunks;
+  for (int64_t g = global_thread(); g < total; g += grid_threads()) {
+    const int64_t row = g / chunks;
+    const int64_t t0 = (g - row * chunks) * E;
+    const int64_t b = row / D, d = row - b * D;
+    const X* xr = ptr<const X>(p.x) + b * p.x.s0 + d * p.x.s1;
+
+    // wr[k] multiplies the input k positions back.
+    float wr[kW];
+#pragma unroll
+    for (int k = 0; k < kW; ++k) wr[k] = (kExact || k < W) ? weight_at(p, d, W - 1 - k) : 0.f;
+    const float bias = bias_at(p, d);
+
+    float win[N];
+#pragma unroll
+    for (int q = 0; q <= NP; ++q) {
+      const int64_t base = t0 - O + q * E;
+      const bool needed = base + E > t0 - (W - 1);  // overlaps [t0 - (W-1), t0 + E)
+      if (needed && x_vec && base >= 0 && base + E <= L) {
+        const V v = *reinterpret_cast<const V*>(xr + base);
+#pragma unroll
+        for (int e = 0; e < E; ++e) win[q * E + e] = to_f(v.v[e]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const int64_t pos = base + e;
+          win[q * E + e] = (needed && pos >= 0 && pos < L) ? to_f(xr[pos]) : 0.f;
+        }
+      }
+    }
+    if (p.initial_states.data != nullptr && t0 < W - 1) {
+      const X* ir = ptr<const X>(p.initial_states) + b * p.initial_states.s0 +
+                    d * p.initial_states.s1;
+#pragma unroll
+      for (int i = 0; i < O; ++i) {
+        const int64_t pos = t0 - O + i;
+        if (pos < 0 && pos >= -(W - 1)) win[i] = to_f(ir[(W - 1 + pos) * p.initial_states.s2]);
+      }
+    }
+    int32_t ids[kSeq ? N : 1];
+    if constexpr (kSeq) {
+      const int32_t* sr = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;
+      const int32_t first = sr[0];
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        const int64_t pos = t0 - O + i;
+        ids[i] = (pos < t0 - (W - 1) || pos >= L) ? -1 : pos < 0 ? first : sr[pos * p.seq_idx.s1];
+      }
+    }
+
+    float res[E];
+#pragma unroll
+    for (int j = 0; j < E; ++j) {
+      const int32_t tok = kSeq ? ids[O + j] : 0;
+      float acc = bias;
+#pragma unroll
+      for (int k = 0; k < kW; ++k) {
+        if (kExact || k < W) {
+          if (!kSeq || ids[O + j - k] == tok) acc += wr[k] * win[O + j - k];
+        }
+      }
+      float v = p.silu ? silu(acc) : acc;
+      if (kSeq && tok < 0) v = 0.f;
+      res[j] = v;
+    }
+
+    X* orow = ptr<X>(p.out) + b * p.out.s0 + d * p.out.s1;
+    if (out_vec && t0 + E <= L) {
+      V v;
+#pragma unroll
+      for (int e = 0; e < E; ++e) v.v[e] = from_f<X>(res[e]);
+      *reinterpret_cast<V*>(orow + t0) = v;
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        if (t0 + e < L) orow[(t0 + e) * p.out.s2] = from_f<X>(res[e]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// chanlast: x.s1 == 1 (or D == 1), widths up to 8
+
+template <typename X, int E>
+__device__ __forceinline__ Pack<X, E> load_channels(const X* src, int ne, bool vec) {
+  Pack<X, E> v;
+  if (vec && ne == E) {
+    v = *reinterpret_cast<const Pack<X, E>*>(src);
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) v.v[e] = e < ne ? src[e] : from_f<X>(0.f);
+  }
+  return v;
+}
+
+template <typename X, int kW, bool kExact, bool kSeq>
+__global__ void __launch_bounds__(kThreads)
+    fwd_chanlast_kernel(ConvParams p, int64_t groups, int64_t tiles, int64_t tile_len, bool x_vec,
+                        bool out_vec) {
+  constexpr int E = kVec16<X>;
+  using V = Pack<X, E>;
+  const int64_t D = p.dim, L = p.seqlen;
+  const int W = kExact ? kW : static_cast<int>(p.width);
+  const int64_t total = p.batch * tiles * groups;
+  for (int64_t g = global_thread(); g < total; g += grid_threads()) {
+    const int64_t cg = g % groups, r = g / groups;
+    const int64_t tile = r % tiles, b = r / tiles;
+    const int64_t d0 = cg * E, t0 = tile * tile_len;
+    const int64_t t1 = t0 + tile_len < L ? t0 + tile_len : L;
+    const int ne = D - d0 < E ? static_cast<int>(D - d0) : E;
+
+    float wr[kW][E], bias[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t d = e < ne ? d0 + e : d0;  // spare lanes mirror a real channel
+      bias[e] = bias_at(p, d);
+#pragma unroll
+      for (int k = 0; k < kW; ++k) wr[k][e] = (kExact || k < W) ? weight_at(p, d, W - 1 - k) : 0.f;
+    }
+    const X* xb = ptr<const X>(p.x) + b * p.x.s0 + d0;
+    const int32_t* sr = kSeq ? ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0 : nullptr;
+    const int32_t first = kSeq ? sr[0] : 0;
+
+    // win[kW - 1] is the newest position; ids likewise.
+    float win[kW][E];
+    int32_t ids[kW];
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      ids[k] = -1;
+#pragma unroll
+      for (int e = 0; e < E; ++e) win[k][e] = 0.f;
+    }
+    auto push = [&](const V& v, int32_t id) {
+#pragma unroll
+      for (int k = 0; k + 1 < kW; ++k) {
+        ids[k] = ids[k + 1];
+#pragma unroll
+        for (int e = 0; e < E; ++e) win[k][e] = win[k + 1][e];
+      }
+      ids[kW - 1] = id;
+#pragma unroll
+      for (int e = 0; e < E; ++e) win[kW - 1][e] = to_f(v.v[e]);
+    };
+
+    // The W - 1 positions before the tile (initial states before position 0).
+    for (int64_t pos = t0 - (W - 1); pos < t0; ++pos) {
+      V v;
+      if (pos >= 0) {
+        v = load_channels<X, E>(xb + pos * p.x.s2, ne, x_vec);
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          v.v[e] = (p.initial_states.data != nullptr && e < ne)
+                       ? ptr<const X>(p.initial_states)[b * p.initial_states.s0 +
+                                                        (d0 + e) * p.initial_states.s1 +
+                                                        (W - 1 + pos) * p.initial_states.s2]
+                       : from_f<X>(0.f);
+        }
+      }
+      push(v, !kSeq ? 0 : pos >= 0 ? sr[pos * p.seq_idx.s1] : first);
+    }
+
+    // The tile, one load ahead so that a load is in flight during the math.
+    V next;
+    int32_t next_id = 0;
+    if (t0 < t1) {
+      next = load_channels<X, E>(xb + t0 * p.x.s2, ne, x_vec);
+      if constexpr (kSeq) next_id = sr[t0 * p.seq_idx.s1];
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+      const V cur = next;
+      const int32_t cur_id = next_id;
+      if (t + 1 < t1) {
+        next = load_channels<X, E>(xb + (t + 1) * p.x.s2, ne, x_vec);
+        if constexpr (kSeq) next_id = sr[(t + 1) * p.seq_idx.s1];
+      }
+      push(cur, cur_id);
+      V o;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        float acc = bias[e];
+#pragma unroll
+        for (int k = 0; k < kW; ++k) {
+          if (kExact || k < W) {
+            if (!kSeq || ids[kW - 1 - k] == cur_id) acc += wr[k][e] * win[kW - 1 - k][e];
+          }
+        }
+        float v = p.silu ? silu(acc) : acc;
+        if (kSeq && cur_id < 0) v = 0.f;
+        o.v[e] = from_f<X>(v);
+      }
+      X* op = ptr<X>(p.out) + b * p.out.s0 + t * p.out.s2;
+      if (out_vec && ne == E) {
+        *reinterpret_cast<V*>(op + d0) = o;
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+          if (e < ne) op[(d0 + e) * p.out.s1] = o.v[e];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// generic: any strides, any width
+
+template <typename X>
+__global__ void __launch_bounds__(kThreads) fwd_generic_kernel(ConvParams p, bool t_fastest) {
+  const int64_t D = p.dim, L = p.seqlen;
+  const int64_t total = p.batch * D * L;
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    int64_t b, d, t;
+    if (t_fastest) {
+      t = i % L;
+      const int64_t r = i / L;
+      d = r % D;
+      b = r / D;
+    } else {
+      d = i % D;
+      const int64_t r = i / D;
+      t = r % L;
+      b = r / L;
+    }
+    const Row<X> row = make_row<X>(p, b, d);
+    float v = 0.f;
+    if (!row.seq || row.id(t) >= 0) {
+      const float y = y_at(p, row, t);
+      v = p.silu ? silu(y) : y;
+    }
+    ptr<X>(p.out)[b * p.out.s0 + d * p.out.s1 + t * p.out.s2] = from_f<X>(v);
+  }
+}
+
+// final_states[b, d, j] = the input at position L - (W-1) + j, as the last
+// token's segment sees it (zeros across a boundary). Also right for L == 0.
+template <typename X>
+__global__ void __launch_bounds__(kThreads) fwd_final_states_kernel(ConvParams p) {
+  const int64_t D = p.dim, H = p.width - 1, L = p.seqlen;
+  const int64_t total = p.batch * D * H;
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t j = i % H, r = i / H;
+    const int64_t d = r % D, b = r / D;
+    const Row<X> row = make_row<X>(p, b, d);
+    ptr<X>(p.final_states)[b * p.final_states.s0 + d * p.final_states.s1 +
+                           j * p.final_states.s2] = row.in_raw(L - H + j, row.last_id);
+  }
+}
+
+}  // namespace
+
+void launch_fwd(const ConvParams& p, cudaStream_t stream) {
+  dispatch_x(p.x_dtype, [&]<typename X>() {
+    constexpr int E = kVec16<X>;
+    const int64_t B = p.batch, D = p.dim, L = p.seqlen;
+    const bool seq = p.seq_idx.data != nullptr;
+    if (L > 0) {
+      if (p.x.s2 == 1 || L == 1) {
+        const int64_t chunks = (L + E - 1) / E;
+        const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s1, D);
+        const bool out_vec = (p.out.s2 == 1 || L == 1) &&
+                             vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s1, D);
+        dispatch_width<32>(p.width, [&]<int kW, bool kExact>() {
+          auto kernel = seq ? fwd_rows_kernel<X, kW, kExact, true>
+                            : fwd_rows_kernel<X, kW, kExact, false>;
+          launch(kernel, grid_for(B * D * chunks), stream, p, chunks, x_vec, out_vec);
+        });
+      } else if ((p.x.s1 == 1 || D == 1) && p.width <= 8) {
+        const int64_t groups = (D + E - 1) / E;
+        int64_t tile = 32;
+        while (tile > 8 && B * groups * ((L + tile - 1) / tile) < 32768) tile /= 2;
+        const int64_t tiles = (L + tile - 1) / tile;
+        const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s2, L);
+        const bool out_vec = (p.out.s1 == 1 || D == 1) &&
+                             vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s2, L);
+        dispatch_width<8>(p.width, [&]<int kW, bool kExact>() {
+          auto kernel = seq ? fwd_chanlast_kernel<X, kW, kExact, true>
+                            : fwd_chanlast_kernel<X, kW, kExact, false>;
+          launch(kernel, grid_for(B * tiles * groups), stream, p, groups, tiles, tile, x_vec,
+                 out_vec);
+        });
+      } else {
+        const bool t_fastest = p.x.s2 <= p.x.s1;
+        launch(fwd_generic_kernel<X>, grid_for(B * D * L), stream, p, t_fastest);
+      }
+    }
+    if (p.final_states.data != nullptr && p.width > 1) {
+      launch(fwd_final_states_kernel<X>, grid_for(B * D * (p.width - 1)), stream, p);
+    }
+  });
+}
+
+}  // namespace causal_conv1d::cuda

@@ -1,0 +1,91 @@
+// One (b, d) row of the convolution, read element by element through its
+// strides: the semantics of the forward and its gradient in their plainest
+// form. The generic kernels (any strides), the final-state and
+// initial-state-gradient kernels use it directly; the fast paths must agree
+// with it.
+#pragma once
+
+#include "common.cuh"
+
+namespace causal_conv1d::cuda {
+
+template <typename X>
+struct Row {
+  const X* x = nullptr;       // x[b, d, :], time stride xs
+  int64_t xs = 0;
+  const X* init = nullptr;    // initial_states[b, d, :] or nullptr
+  int64_t is = 0;
+  const int32_t* seq = nullptr;  // seq_idx[b, :] or nullptr
+  int64_t ss = 0;
+  const X* dout = nullptr;    // backward only: dout[b, d, :]
+  int64_t dos = 0;
+  int64_t L = 0, W = 0, d = 0;
+  int32_t first_id = 0, last_id = 0;
+
+  __device__ int32_t id(int64_t t) const { return seq ? seq[t * ss] : 0; }
+
+  // Segment of input position pos; the initial state (pos < 0) belongs to
+  // the first segment.
+  __device__ int32_t id_in(int64_t pos) const { return pos >= 0 ? id(pos) : first_id; }
+
+  // The input at position pos (-(W-1) <= pos < L) as seen by a token of
+  // segment tok: x, the initial state, or 0 across a segment boundary.
+  __device__ float in(int64_t pos, int32_t tok) const {
+    if (seq && id_in(pos) != tok) return 0.f;
+    if (pos >= 0) return to_f(x[pos * xs]);
+    return init ? to_f(init[(W - 1 + pos) * is]) : 0.f;
+  }
+
+  // Same, as the stored element (final states are exact copies of inputs).
+  __device__ X in_raw(int64_t pos, int32_t tok) const {
+    if (seq && id_in(pos) != tok) return from_f<X>(0.f);
+    if (pos >= 0) return x[pos * xs];
+    return init ? init[(W - 1 + pos) * is] : from_f<X>(0.f);
+  }
+};
+
+template <typename X>
+__device__ Row<X> make_row(const ConvParams& p, int64_t b, int64_t d) {
+  Row<X> r;
+  r.x = ptr<const X>(p.x) + b * p.x.s0 + d * p.x.s1;
+  r.xs = p.x.s2;
+  if (p.initial_states.data) {
+    r.init = ptr<const X>(p.initial_states) + b * p.initial_states.s0 + d * p.initial_states.s1;
+    r.is = p.initial_states.s2;
+  }
+  if (p.seq_idx.data && p.seqlen > 0) {
+    r.seq = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;
+    r.ss = p.seq_idx.s1;
+  }
+  if (p.dout.data) {
+    r.dout = ptr<const X>(p.dout) + b * p.dout.s0 + d * p.dout.s1;
+    r.dos = p.dout.s2;
+  }
+  r.L = p.seqlen;
+  r.W = p.width;
+  r.d = d;
+  r.first_id = r.seq ? r.seq[0] : 0;
+  r.last_id = r.seq ? r.seq[(p.seqlen - 1) * r.ss] : r.first_id;
+  return r;
+}
+
+// Pre-activation output at token t (0 <= t < L).
+template <typename X>
+__device__ float y_at(const ConvParams& p, const Row<X>& r, int64_t t) {
+  const int32_t tok = r.id(t);
+  float acc = bias_at(p, r.d);
+  for (int64_t k = 0; k < r.W; ++k) acc += weight_at(p, r.d, k) * r.in(t - (r.W - 1) + k, tok);
+  return acc;
+}
+
+// Gradient at the pre-activation output of token t: 0 outside [0, L) and
+// for padding tokens (their output is the constant 0).
+template <typename X>
+__device__ float dy_at(const ConvParams& p, const Row<X>& r, int64_t t) {
+  if (t < 0 || t >= r.L) return 0.f;
+  if (r.seq && r.id(t) < 0) return 0.f;
+  const float g = to_f(r.dout[t * r.dos]);
+  return p.silu ? g * silu_grad(y_at(p, r, t)) : g;
+}
+
+}  // namespace causal_conv1d::cuda
