@@ -1,0 +1,397 @@
+"""Property-based tests: hypothesis draws shapes, strides and views, dtypes,
+widths 1..32, options, seq_idx patterns and pool layouts for every public
+function, and each result is compared with the float64 reference.
+
+Tensor values come from a torch.Generator seeded by a drawn integer, so an
+example is fully described by what hypothesis drew. The runs are
+derandomized (the same examples on every run, so CI failures reproduce) and
+print_blob=True prints the @reproduce_failure blob of a failing example.
+
+Budget: EXAMPLES below (>= 2,000 in total); CAUSAL_CONV1D_HYPOTHESIS_SCALE
+scales it (tools/sanitize.sh runs a fraction under the sanitizers).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import tolerance
+
+I32 = torch.int32
+SCALE = float(os.environ.get("CAUSAL_CONV1D_HYPOTHESIS_SCALE", "1"))
+EXAMPLES = {"fwd": 800, "bwd": 250, "update": 500, "varlen": 200, "packed": 450}
+
+
+def examples(name: str) -> settings:
+    return settings(
+        max_examples=max(1, int(EXAMPLES[name] * SCALE)),
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+def test_budget():
+    """The unscaled budget the issue asks for."""
+    assert sum(EXAMPLES.values()) >= 2000
+
+
+# ---------------------------------------------------------------------------
+# strategies
+
+FLOATS = [torch.float32, torch.float16, torch.bfloat16]
+# x and weight: any of the 9 pairs of fp32/fp16/bf16, or fp64 with fp64
+dtype_pairs = st.one_of(
+    st.tuples(st.sampled_from(FLOATS), st.sampled_from(FLOATS)),
+    st.just((torch.float64, torch.float64)),
+)
+# mostly the widths models use, but every width up to 32
+widths = st.one_of(st.integers(1, 5), st.integers(1, 32))
+activations = st.sampled_from([None, "silu", "swish"])
+
+
+@st.composite
+def layouts(draw, rank: int, expandable: bool = False):
+    """How a tensor of the given rank lies in memory: the order of its dims in
+    storage (contiguous, channel-last, any permutation), a step per dim
+    (non-unit strides), an offset per dim (a slice of a wider tensor) and,
+    for read-only inputs, a broadcast leading dim (stride 0)."""
+    perm = draw(st.permutations(range(rank)))
+    steps = draw(st.lists(st.sampled_from([1, 1, 2, 3]), min_size=rank, max_size=rank))
+    pads = draw(st.lists(st.integers(0, 2), min_size=rank, max_size=rank))
+    expand = expandable and draw(st.integers(0, 9)) == 0
+    return perm, steps, pads, expand
+
+
+def make(gen: torch.Generator, shape, dtype, layout) -> torch.Tensor:
+    """A random tensor of `shape` laid out as `layout` (see layouts())."""
+    perm, steps, pads, expand = layout
+    shape = list(shape)
+    if expand and shape and shape[0] > 1:
+        one = make(gen, [1] + shape[1:], dtype, (perm, steps, pads, False))
+        return one.expand(shape)
+    full = [s * st_ + p for s, st_, p in zip(shape, steps, pads)]
+    storage = torch.randn([full[i] for i in perm], generator=gen).to(dtype)
+    inverse = [perm.index(i) for i in range(len(shape))]
+    t = storage.permute(inverse)
+    return t[tuple(slice(p, p + s * st_, st_) for s, st_, p in zip(shape, steps, pads))]
+
+
+def seq_idx_pattern(gen: torch.Generator, B: int, L: int, kind: str) -> torch.Tensor:
+    """(B, L) int32 segment ids.
+
+    single      one sequence per row (all 0)
+    segments    sorted runs of increasing ids (packed sequences)
+    padded      segments with a run of padding (-1) somewhere
+    left_pad    padding first, then segments (left-padded batches)
+    all_pad     every token is padding
+    """
+
+    def randint(lo, hi):
+        return int(torch.randint(lo, hi, (), generator=gen))
+
+    rows = []
+    for _ in range(B):
+        ids = torch.zeros(L, dtype=I32)
+        if kind == "all_pad":
+            ids.fill_(-1)
+        elif kind != "single" and L > 0:
+            cuts = sorted(randint(0, L + 1) for _ in range(randint(0, 4)))
+            first = randint(0, 3)
+            for j, c in enumerate(cuts):
+                ids[c:] = first + j + 1
+            if kind == "padded":
+                a = randint(0, L)
+                ids[a : min(L, a + randint(1, 6))] = -1
+            elif kind == "left_pad":
+                ids[: randint(1, L + 1)] = -1
+        rows.append(ids)
+    return torch.stack(rows) if rows else torch.zeros(0, L, dtype=I32)
+
+
+seq_kinds = st.sampled_from([None, "single", "segments", "padded", "left_pad", "all_pad"])
+seeds = st.integers(0, 2**32 - 1)
+
+
+def dbl(t):
+    return None if t is None else t.detach().double()
+
+
+def check_close(got, want, *dtypes, what=""):
+    rtol, atol = tolerance(*dtypes)
+    torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=atol,
+                               msg=lambda m: f"{what}: {m}")
+
+
+def check_exact(got, want, what=""):
+    torch.testing.assert_close(got.double(), want.double(), rtol=0, atol=0, equal_nan=True,
+                               msg=lambda m: f"{what} (must be bit-exact): {m}")
+
+
+# ---------------------------------------------------------------------------
+# causal_conv1d_fn
+
+
+@st.composite
+def fwd_problems(draw, small: bool = False):
+    B = draw(st.integers(1, 3))
+    D = draw(st.integers(1, 10))
+    L = draw(st.integers(0, 12 if small else 40))
+    W = draw(widths)
+    xdt, wdt = draw(dtype_pairs)
+    return dict(
+        B=B, D=D, L=L, W=W, xdt=xdt, wdt=wdt,
+        x_layout=draw(layouts(3, expandable=not small)),
+        w_layout=draw(layouts(2)),
+        bias=draw(st.booleans()),
+        seq=draw(seq_kinds),
+        seq_layout=draw(layouts(2)),
+        init=draw(st.booleans()),
+        init_layout=draw(layouts(3, expandable=not small)),
+        final=draw(st.sampled_from(["none", "return", "out"])),
+        final_layout=draw(layouts(3)),
+        activation=draw(activations),
+        seed=draw(seeds),
+    )
+
+
+def build_fwd(p):
+    g = torch.Generator().manual_seed(p["seed"])
+    B, D, L, W = p["B"], p["D"], p["L"], p["W"]
+    x = make(g, (B, D, L), p["xdt"], p["x_layout"])
+    w = make(g, (D, W), p["wdt"], p["w_layout"])
+    b = torch.randn(D, generator=g).to(p["wdt"]) if p["bias"] else None
+    s = None
+    if p["seq"] is not None:
+        s = make(g, (B, L), I32, p["seq_layout"])  # a strided int32 view
+        s.copy_(seq_idx_pattern(g, B, L, p["seq"]))
+    init = make(g, (B, D, W - 1), p["xdt"], p["init_layout"]) if p["init"] else None
+    return x, w, b, s, init
+
+
+@examples("fwd")
+@given(p=fwd_problems())
+def test_fwd_matches_reference(cc, p):
+    x, w, b, s, init = build_fwd(p)
+    B, D, W = p["B"], p["D"], p["W"]
+    kw = dict(seq_idx=s, initial_states=init, activation=p["activation"])
+    fso = None
+    if p["final"] == "out":
+        g = torch.Generator().manual_seed(p["seed"] + 1)
+        fso = make(g, (B, D, W - 1), p["xdt"], p["final_layout"])
+    got = cc.causal_conv1d_fn(x, w, b, return_final_states=p["final"] != "none",
+                              final_states_out=fso, **kw)
+    want = cc.causal_conv1d_ref(dbl(x), dbl(w), dbl(b), return_final_states=p["final"] != "none",
+                                **{**kw, "initial_states": dbl(init)})
+    if p["final"] == "none":
+        got, want = (got,), (want,)
+    out, out_ref = got[0], want[0]
+    assert out.shape == x.shape and out.dtype == x.dtype
+    check_close(out, out_ref, p["xdt"], p["wdt"], what="out")
+    if p["final"] != "none":
+        fin = got[1]
+        assert fin.shape == (B, D, W - 1) and fin.dtype == x.dtype
+        if fso is not None:
+            assert fin.data_ptr() == fso.data_ptr()
+        check_exact(fin, want[1], what="final_states")
+
+
+# ---------------------------------------------------------------------------
+# backward (autograd through causal_conv1d_fn)
+
+
+@examples("bwd")
+@given(p=fwd_problems(small=True))
+def test_bwd_matches_reference(cc, p):
+    x, w, b, s, init = build_fwd(p)
+    final = p["final"] != "none"
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, w, b, init)]
+    refs = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b, init)]
+    g = torch.Generator().manual_seed(p["seed"] + 2)
+    dout = torch.randn(x.shape, generator=g).to(x.dtype)
+    dfin = torch.randn(p["B"], p["D"], p["W"] - 1, generator=g).to(x.dtype)
+
+    def loss(fn, xs, cast):
+        xx, ww, bb, ii = xs
+        r = fn(xx, ww, bb, seq_idx=s, initial_states=ii, return_final_states=final,
+               activation=p["activation"])
+        out, fin = (r if final else (r, None))
+        total = (out * cast(dout)).sum()
+        if final:
+            total = total + (fin * cast(dfin)).sum()
+        return total
+
+    loss(cc.causal_conv1d_fn, leaves, lambda t: t).backward()
+    loss(cc.causal_conv1d_ref, refs, lambda t: t.double()).backward()
+    for name, got, ref in zip(("dx", "dweight", "dbias", "dinitial_states"), leaves, refs):
+        if got is None:
+            continue
+        assert got.grad is not None, name
+        assert got.grad.shape == got.shape and got.grad.dtype == got.dtype, name
+        check_close(got.grad, ref.grad, p["xdt"], p["wdt"], what=name)
+
+
+# ---------------------------------------------------------------------------
+# causal_conv1d_update
+
+
+@st.composite
+def update_problems(draw):
+    B = draw(st.integers(1, 4))
+    D = draw(st.integers(1, 10))
+    W = draw(widths)
+    xdt, wdt = draw(dtype_pairs)
+    return dict(
+        B=B, D=D, W=W, xdt=xdt, wdt=wdt,
+        L=draw(st.sampled_from([None, 1, 2, 3, 5])),  # None: a (B, D) x
+        S=W - 1 + draw(st.integers(0, 5)),
+        x_layout=draw(layouts(3)),
+        w_layout=draw(layouts(2)),
+        state_layout=draw(layouts(3)),
+        bias=draw(st.booleans()),
+        cache_seqlens=draw(st.booleans()),
+        pool=draw(st.sampled_from(["none", "indices", "indices_padded"])),
+        extra_rows=draw(st.integers(0, 4)),
+        activation=draw(activations),
+        seed=draw(seeds),
+    )
+
+
+@examples("update")
+@given(p=update_problems())
+def test_update_matches_reference(cc, p):
+    g = torch.Generator().manual_seed(p["seed"])
+    B, D, W, L, S = p["B"], p["D"], p["W"], p["L"], p["S"]
+    if p["cache_seqlens"] and S == 0:
+        S = 1  # a circular buffer needs a slot (S == 0 is refused, see test_bad_inputs)
+    x = make(g, (B, D, L or 1), p["xdt"], p["x_layout"])
+    if L is None:
+        x = x[:, :, 0]
+    w = make(g, (D, W), p["wdt"], p["w_layout"])
+    b = torch.randn(D, generator=g).to(p["wdt"]) if p["bias"] else None
+    idx = None
+    N = B
+    if p["pool"] != "none":
+        N = B + p["extra_rows"]
+        idx = torch.randperm(N, generator=g)[:B].to(I32)
+        if p["pool"] == "indices_padded":
+            idx[torch.rand(B, generator=g) < 0.4] = -1
+    state = make(g, (N, D, S), p["xdt"], p["state_layout"])
+    cache = torch.randint(0, 3 * S + 2, (B,), generator=g, dtype=I32) if p["cache_seqlens"] else None
+    state_ref = state.to(torch.float64, copy=True)  # taken before the call
+    out = cc.causal_conv1d_update(x, state, w, b, activation=p["activation"],
+                                  cache_seqlens=cache, conv_state_indices=idx)
+    out_ref = cc.causal_conv1d_update_ref(dbl(x), state_ref, dbl(w), dbl(b),
+                                          activation=p["activation"], cache_seqlens=cache,
+                                          conv_state_indices=idx)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    check_close(out, out_ref, p["xdt"], p["wdt"], what="out")
+    check_exact(state, state_ref, what="conv_state")
+
+
+# ---------------------------------------------------------------------------
+# causal_conv1d_varlen_states
+
+
+@st.composite
+def cu_seqlens(draw, T: int):
+    """(B+1,) int32 offsets into T tokens: non-decreasing, empty sequences
+    allowed, possibly not starting at 0 nor ending at T."""
+    B = draw(st.integers(0, 6))
+    cuts = sorted(draw(st.lists(st.integers(0, T), min_size=B + 1, max_size=B + 1)))
+    if draw(st.booleans()):
+        cuts[0] = 0
+    if draw(st.booleans()):
+        cuts[-1] = T
+    return torch.tensor(sorted(cuts), dtype=I32)
+
+
+@st.composite
+def varlen_problems(draw):
+    T = draw(st.integers(0, 40))
+    return dict(
+        T=T, D=draw(st.integers(1, 10)), cu=draw(cu_seqlens(T)),
+        state_len=draw(st.integers(0, 9)), dtype=draw(st.sampled_from(FLOATS + [torch.float64])),
+        layout=draw(layouts(2, expandable=True)), seed=draw(seeds),
+    )
+
+
+@examples("varlen")
+@given(p=varlen_problems())
+def test_varlen_states_matches_reference(cc, p):
+    g = torch.Generator().manual_seed(p["seed"])
+    x = make(g, (p["T"], p["D"]), p["dtype"], p["layout"])
+    got = cc.causal_conv1d_varlen_states(x, p["cu"], p["state_len"])
+    want = cc.causal_conv1d_varlen_states_ref(x, p["cu"], p["state_len"])
+    assert got.shape == want.shape and got.dtype == x.dtype
+    check_exact(got, want, what="states")
+
+
+# ---------------------------------------------------------------------------
+# causal_conv1d_packed_fwd
+
+
+@st.composite
+def packed_problems(draw):
+    T = draw(st.integers(0, 40))
+    W = draw(widths)
+    xdt, wdt = draw(dtype_pairs)
+    cu = draw(cu_seqlens(T))
+    return dict(
+        T=T, D=draw(st.integers(1, 10)), W=W, xdt=xdt, wdt=wdt, cu=cu,
+        S=W - 1 + draw(st.integers(0, 4)),
+        channels_first=draw(st.booleans()),
+        x_layout=draw(layouts(2)),
+        w_layout=draw(layouts(2)),
+        pool_layout=draw(layouts(3)),
+        bias=draw(st.booleans()),
+        indices=draw(st.sampled_from(["none", "perm", "padded"])),
+        pad_slot_id=draw(st.sampled_from([-1, "past_end", "in_range"])),
+        extra_rows=draw(st.integers(0, 3)),
+        has_init=draw(st.sampled_from(["none", "random", "all"])),
+        activation=draw(activations),
+        seed=draw(seeds),
+    )
+
+
+@examples("packed")
+@given(p=packed_problems())
+def test_packed_fwd_matches_reference(cc, p):
+    g = torch.Generator().manual_seed(p["seed"])
+    T, D, W, S, cu = p["T"], p["D"], p["W"], p["S"], p["cu"]
+    B = cu.numel() - 1
+    N = B + p["extra_rows"]
+    shape = (D, T) if p["channels_first"] else (T, D)
+    x = make(g, shape, p["xdt"], p["x_layout"])
+    w = make(g, (D, W), p["wdt"], p["w_layout"])
+    b = torch.randn(D, generator=g).to(p["wdt"]) if p["bias"] else None
+    pool = make(g, (N, D, S), p["xdt"], p["pool_layout"])
+    pad = {-1: -1, "past_end": N + 7, "in_range": N - 1}[p["pad_slot_id"]]
+    idx = None
+    if p["indices"] != "none":
+        idx = torch.randperm(N, generator=g)[:B].to(I32)
+        if p["indices"] == "padded" and B:
+            idx[torch.rand(B, generator=g) < 0.3] = pad
+    elif pad >= 0:
+        pad = N + 7  # with implicit indices 0..B-1 an in-range pad id would skip rows
+    has_init = None
+    if p["has_init"] == "random":
+        has_init = torch.rand(B, generator=g) < 0.5
+    elif p["has_init"] == "all":
+        has_init = torch.ones(B, dtype=torch.bool)
+    pool_ref = pool.to(torch.float64, copy=True)
+    out = cc.causal_conv1d_packed_fwd(x, w, b, cu, pool, idx, has_init, activation=p["activation"],
+                                      pad_slot_id=pad, channels_first=p["channels_first"])
+    x_td = x.t() if p["channels_first"] else x
+    out_ref = cc.causal_conv1d_packed_fwd_ref(dbl(x_td), dbl(w), dbl(b), cu, pool_ref, idx, has_init,
+                                              activation=p["activation"], pad_slot_id=pad)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    check_close(out.t() if p["channels_first"] else out, out_ref, p["xdt"], p["wdt"], what="out")
+    check_exact(pool, pool_ref, what="conv_states")
