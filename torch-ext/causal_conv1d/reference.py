@@ -114,6 +114,8 @@ def causal_conv1d_update_ref(
     B, D, L = x3.shape
     W = weight.shape[1]
     S = conv_state.shape[-1]
+    if cache_seqlens is not None and S == 0:
+        raise ValueError("causal_conv1d_update_ref: cache_seqlens needs state_len >= 1")
     out = torch.zeros_like(x3)
     for b in range(B):
         row = int(conv_state_indices[b]) if conv_state_indices is not None else b
@@ -133,7 +135,7 @@ def causal_conv1d_update_ref(
         )
         out[b] = y[0]
         if cache_seqlens is None:
-            state.copy_(stream[:, -S:])
+            state.copy_(stream[:, stream.shape[-1] - S :])  # [-S:] is everything for S = 0
         else:
             pos = (int(cache_seqlens[b]) + torch.arange(L, device=x.device)) % S
             # later tokens overwrite earlier ones when L > S
@@ -190,5 +192,6 @@ def causal_conv1d_packed_fwd_ref(
         init = state[None, :, S - (W - 1) :] if W > 1 else state[None, :, :0]
         y = causal_conv1d_ref(seq, weight, bias, initial_states=init, activation=activation)
         out[start:end] = y[0].t()
-        conv_states[row].copy_(torch.cat([state, seq[0]], dim=-1)[:, -S:])
+        stream = torch.cat([state, seq[0]], dim=-1)  # (D, S + len)
+        conv_states[row].copy_(stream[:, stream.shape[-1] - S :])
     return out

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""CPU decode and serving benchmark: causal_conv1d_update and
+causal_conv1d_packed_fwd against what callers do without a kernel.
+
+Loads the built kernel the way users do (kernels.get_local_kernel on
+$CAUSAL_CONV1D_KERNEL_ROOT, default: this checkout) and measures at W = 4
+with silu, for fp32 and bf16:
+
+  decode   one token (L = 1) per row, B rows, D channels, conv_state (B, D, 3)
+           ref:    torch.cat([conv_state, x[..., None]], -1), depthwise
+                   F.conv1d, silu, conv_state.copy_(the last 3 columns)
+           kernel: causal_conv1d_update(x, conv_state, weight, bias, "silu")
+  packed   prefill of 16 packed sequences of mixed lengths (8192 tokens in
+           all, x (T, D) with D = 4096) into a pool of states, half of them
+           starting from the pool's state
+           ref:    per sequence, F.conv1d over the initial state (or zeros)
+                   followed by its tokens, silu, and the last 3 inputs
+                   written back to its pool row
+           kernel: causal_conv1d_packed_fwd(x, weight, bias, cu_seqlens, pool,
+                   cache_indices, has_initial_state, "silu")
+
+Times are medians over repeats (the minimum in parentheses: other processes
+may share the machine), the candidates measured round-robin so load drift
+hits both alike; speedup = ref / kernel. Targets (issue 4): decode >= 5x at
+B >= 8, packed prefill >= 4x.
+
+    python benchmarks/bench_cpu_decode.py            # full table
+    python benchmarks/bench_cpu_decode.py --quick    # CI smoke run: tiny shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+WIDTH = 4
+STATE_LEN = WIDTH - 1
+DECODE_B = [1, 8, 64, 256]
+DECODE_D = [4096, 8192]
+PACKED = dict(seqs=16, tokens=8192, dim=4096)
+QUICK_DECODE_B, QUICK_DECODE_D = [1, 8], [256]
+QUICK_PACKED = dict(seqs=4, tokens=256, dim=128)
+TARGET_DECODE, TARGET_DECODE_MIN_B, TARGET_PACKED = 5.0, 8, 4.0
+TOL = {torch.float32: dict(rtol=3e-4, atol=1e-3), torch.bfloat16: dict(rtol=1e-2, atol=5e-2)}
+
+
+def load_kernel():
+    import kernels
+
+    root = Path(os.environ.get("CAUSAL_CONV1D_KERNEL_ROOT", ROOT))
+    return kernels.get_local_kernel(root)
+
+
+def measure(fns: dict, repeats: int, warmup: int, min_sample_s: float = 2e-3) -> dict:
+    """{name: (median_s, min_s)} per call. Each sample times enough calls to
+    last about min_sample_s (so microsecond calls are not timer noise); the
+    candidates run round-robin."""
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        inner[name] = max(1, int(min_sample_s / max(time.perf_counter() - t0, 1e-7)))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            n = inner[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n)
+    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
+
+
+# ---------------------------------------------------------------------------
+# decode
+
+
+def ref_update(x, conv_state, weight, bias):
+    stream = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # (B, D, S + 1)
+    y = F.conv1d(stream[..., -WIDTH:], weight.unsqueeze(1), bias, groups=x.shape[1])[..., -1]
+    conv_state.copy_(stream[..., 1:])
+    return F.silu(y)
+
+
+def bench_decode(cc, B, D, dtype, repeats, warmup):
+    x = torch.randn(B, D, dtype=dtype)
+    weight = torch.randn(D, WIDTH, dtype=dtype) / WIDTH
+    bias = torch.randn(D, dtype=dtype)
+    state_ref = torch.randn(B, D, STATE_LEN, dtype=dtype)
+    state_ker = state_ref.clone()
+    # Same results first: the comparison is only meaningful for equal work.
+    want = ref_update(x, state_ref, weight, bias)
+    got = cc.causal_conv1d_update(x, state_ker, weight, bias, activation="silu")
+    torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
+    assert torch.equal(state_ker, state_ref)
+    fns = {
+        "ref": lambda: ref_update(x, state_ref, weight, bias),
+        "kernel": lambda: cc.causal_conv1d_update(x, state_ker, weight, bias, activation="silu"),
+    }
+    return measure(fns, repeats, warmup)
+
+
+# ---------------------------------------------------------------------------
+# packed prefill
+
+
+def mixed_lengths(n: int, total: int) -> list[int]:
+    """n lengths summing to total, spread from short to long (fixed seed)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(n, generator=g) ** 2 + 0.02
+    lengths = (w / w.sum() * total).floor().long()
+    lengths[0] += total - int(lengths.sum())
+    return lengths.tolist()
+
+
+def ref_packed(x, weight, bias, cu, pool, indices, has_init):
+    T, D = x.shape
+    out = torch.empty_like(x)
+    for b in range(len(cu) - 1):
+        start, end = cu[b], cu[b + 1]
+        row = indices[b]
+        init = pool[row] if has_init[b] else pool.new_zeros(D, STATE_LEN)
+        stream = torch.cat([init, x[start:end].t()], dim=-1)[None]  # (1, D, S + len)
+        y = F.conv1d(stream, weight.unsqueeze(1), bias, groups=D)  # (1, D, len)
+        out[start:end] = F.silu(y)[0].t()
+        pool[row].copy_(stream[0, :, -STATE_LEN:])
+    return out
+
+
+def bench_packed(cc, seqs, tokens, dim, dtype, repeats, warmup):
+    lengths = mixed_lengths(seqs, tokens)
+    cu_list = [0]
+    for n in lengths:
+        cu_list.append(cu_list[-1] + n)
+    cu = torch.tensor(cu_list, dtype=torch.int32)
+    x = torch.randn(tokens, dim, dtype=dtype)
+    weight = torch.randn(dim, WIDTH, dtype=dtype) / WIDTH
+    bias = torch.randn(dim, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    indices = torch.randperm(seqs + 4, generator=g)[:seqs].to(torch.int32)
+    has_init = torch.arange(seqs) % 2 == 0
+    pool_ref = torch.randn(seqs + 4, dim, STATE_LEN, dtype=dtype)
+    pool_ker = pool_ref.clone()
+    idx_list, init_list = indices.tolist(), has_init.tolist()
+    want = ref_packed(x, weight, bias, cu_list, pool_ref, idx_list, init_list)
+    got = cc.causal_conv1d_packed_fwd(x, weight, bias, cu, pool_ker, indices, has_init,
+                                      activation="silu")
+    torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
+    assert torch.equal(pool_ker, pool_ref)
+    fns = {
+        "ref": lambda: ref_packed(x, weight, bias, cu_list, pool_ref, idx_list, init_list),
+        "kernel": lambda: cc.causal_conv1d_packed_fwd(x, weight, bias, cu, pool_ker, indices,
+                                                      has_init, activation="silu"),
+    }
+    return lengths, measure(fns, repeats, warmup)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (CI smoke run)")
+    ap.add_argument("--repeats", type=int, default=None, help="samples per candidate (default 15)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), action="append",
+                    help="restrict to these dtypes (repeatable)")
+    ap.add_argument("--only", choices=["decode", "packed"], default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 15)
+    dtypes = args.dtype or list(DTYPES)
+    Bs, Ds = (QUICK_DECODE_B, QUICK_DECODE_D) if args.quick else (DECODE_B, DECODE_D)
+    packed = QUICK_PACKED if args.quick else PACKED
+
+    cc = load_kernel()
+    print(f"causal_conv1d CPU decode/serving, W={WIDTH}, S={STATE_LEN}, silu; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; {repeats} samples, median (min)")
+    misses = []
+    if args.only in (None, "decode"):
+        head = f"{'decode':6} {'dtype':5} {'B':>4} {'D':>5} | {'ref us':>17} {'kernel us':>17} | {'speedup':>13}"
+        print(head)
+        print("-" * len(head))
+        for name in dtypes:
+            for D in Ds:
+                for B in Bs:
+                    r = bench_decode(cc, B, D, DTYPES[name], repeats, args.warmup)
+                    (rm, rn), (km, kn) = r["ref"], r["kernel"]
+                    speed = rm / km
+                    print(f"{'':6} {name:5} {B:>4} {D:>5} | {rm * 1e6:8.1f} ({rn * 1e6:6.1f}) "
+                          f"{km * 1e6:8.1f} ({kn * 1e6:6.1f}) | {speed:6.1f}x ({rn / kn:4.1f}x)")
+                    if not args.quick and B >= TARGET_DECODE_MIN_B and speed < TARGET_DECODE:
+                        misses.append(f"decode {name} B={B} D={D}: {speed:.1f}x < {TARGET_DECODE}x")
+    if args.only in (None, "packed"):
+        head = (f"{'packed':6} {'dtype':5} {'seqs':>4} {'T':>5} {'D':>5} | {'ref ms':>15} "
+                f"{'kernel ms':>15} | {'speedup':>13}")
+        print(head)
+        print("-" * len(head))
+        for name in dtypes:
+            lengths, r = bench_packed(cc, packed["seqs"], packed["tokens"], packed["dim"],
+                                      DTYPES[name], repeats, args.warmup)
+            (rm, rn), (km, kn) = r["ref"], r["kernel"]
+            speed = rm / km
+            print(f"{'':6} {name:5} {packed['seqs']:>4} {packed['tokens']:>5} {packed['dim']:>5} | "
+                  f"{rm * 1e3:7.2f} ({rn * 1e3:5.2f}) {km * 1e3:7.2f} ({kn * 1e3:5.2f}) | "
+                  f"{speed:6.1f}x ({rn / kn:4.1f}x)")
+            if not args.quick and speed < TARGET_PACKED:
+                misses.append(f"packed {name}: {speed:.1f}x < {TARGET_PACKED}x")
+        print(f"sequence lengths: {lengths}")
+    for m in misses:
+        print(f"MISS {m}")
+    return 1 if misses else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,226 @@
+"""Packed sequences: causal_conv1d_varlen_states and the packed prefill
+causal_conv1d_packed_fwd against the float64 reference (every dtype pairing,
+widths 1..32, S = W-1 and S > W-1, layouts, pools with padded slots,
+zero-length sequences, tokens outside every sequence), and packed prefill
+against causal_conv1d_fn run per sequence with initial and final states.
+States must come out bit-exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import assert_close
+
+DTYPE_PAIRS = [
+    (torch.float32, torch.float32),
+    (torch.float16, torch.float16),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float32, torch.bfloat16),
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32),
+    (torch.float32, torch.float16),
+    (torch.float16, torch.bfloat16),
+    (torch.bfloat16, torch.float16),
+    (torch.float64, torch.float64),
+]
+WIDTHS = [1, 2, 3, 4, 6, 16, 32]
+D = 77  # two full channel blocks and a partial one on every tier
+
+
+def _name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def random_cu_seqlens(lengths: list[int], lead: int = 0) -> torch.Tensor:
+    """Offsets of sequences of the given lengths starting at token `lead`."""
+    cu = [lead]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    return torch.tensor(cu, dtype=torch.int32)
+
+
+def make_tokens(T: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
+    """(T, d) packed tokens: "contiguous" (channel-contiguous rows),
+    "proj_slice" (a channel slice of a wider projection), "channels_first"
+    ((d, T) storage viewed as (T, d): token-contiguous channels)."""
+    if layout == "contiguous":
+        return torch.randn(T, d, dtype=dtype)
+    if layout == "proj_slice":
+        return torch.randn(T, 3 * d, dtype=dtype)[:, d : 2 * d]
+    if layout == "channels_first":
+        return torch.randn(d, T, dtype=dtype).t()
+    raise ValueError(layout)
+
+
+# ---------------------------------------------------------------------------
+# varlen_states
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
+@pytest.mark.parametrize("state_len", [1, 3, 8])
+def test_varlen_states_matches_reference(cc, seeded, dtype, layout, state_len):
+    lengths = [5, 0, 1, 12, 3, 8, 2]
+    cu = random_cu_seqlens(lengths, lead=2)
+    T = int(cu[-1]) + 4  # tokens before cu[0] and after cu[-1] belong to no sequence
+    x = make_tokens(T, D, dtype, layout)
+    got = cc.causal_conv1d_varlen_states(x, cu, state_len)
+    want = cc.causal_conv1d_varlen_states_ref(x, cu, state_len)
+    assert got.shape == (len(lengths), D, state_len) and got.dtype == dtype
+    assert torch.equal(got, want), f"seed={seeded}"
+    # spot-check the reference's meaning on one sequence: right-aligned, zero-filled
+    b, n = 0, min(lengths[0], state_len)
+    assert torch.equal(want[b, :, state_len - n :], x[int(cu[1]) - n : int(cu[1])].t())
+    assert torch.count_nonzero(want[b, :, : state_len - n]) == 0
+
+
+def test_varlen_states_many_sequences(cc, seeded):
+    """Enough work to split across threads."""
+    lengths = torch.randint(0, 40, (64,)).tolist()
+    cu = random_cu_seqlens(lengths)
+    x = torch.randn(int(cu[-1]), 1030, dtype=torch.bfloat16)
+    assert torch.equal(cc.causal_conv1d_varlen_states(x, cu, 4),
+                       cc.causal_conv1d_varlen_states_ref(x, cu, 4)), f"seed={seeded}"
+
+
+# ---------------------------------------------------------------------------
+# packed prefill
+
+
+def run_packed(cc, x, weight, bias, cu, pool, indices, has_init, activation, pad_slot_id=-1,
+               channels_first=False):
+    """Kernel on (x, pool) and the float64 reference on copies:
+    returns (out, out_ref, pool after, reference pool after)."""
+    x_tokens = x.t() if channels_first else x  # the reference takes (T, D)
+    pool_ref = pool.to(torch.float64, copy=True)
+    out_ref = cc.causal_conv1d_packed_fwd_ref(
+        x_tokens.double(), weight.double(), None if bias is None else bias.double(), cu, pool_ref,
+        cache_indices=indices, has_initial_state=has_init, activation=activation,
+        pad_slot_id=pad_slot_id,
+    )
+    out = cc.causal_conv1d_packed_fwd(
+        x, weight, bias, cu, pool, cache_indices=indices, has_initial_state=has_init,
+        activation=activation, pad_slot_id=pad_slot_id, channels_first=channels_first,
+    )
+    if channels_first:
+        out_ref = out_ref.t()
+    return out, out_ref, pool, pool_ref
+
+
+def check(out, out_ref, pool, pool_ref, x_dtype, w_dtype, msg):
+    assert out.shape == out_ref.shape and out.dtype == x_dtype, msg
+    assert_close(out, out_ref, (x_dtype, w_dtype), msg)
+    assert torch.equal(pool.double(), pool_ref), f"{msg}: conv_states differ"
+
+
+@pytest.mark.parametrize("W", WIDTHS)
+@pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"{_name(p[0])}-{_name(p[1])}")
+def test_packed_matches_reference(cc, seeded, dtypes, W):
+    """Every dtype pair and width; sequences shorter and longer than the
+    state, of length 0, with and without initial states, in a shuffled pool
+    with a padded slot; S = W-1 and S > W-1."""
+    x_dtype, w_dtype = dtypes
+    weight, bias = torch.randn(D, W, dtype=w_dtype), torch.randn(D, dtype=w_dtype)
+    lengths = [7, 0, 1, 40, 3, 0, 2 * W + 1]
+    B, N = len(lengths), len(lengths) + 3
+    cu = random_cu_seqlens(lengths, lead=1)
+    T = int(cu[-1]) + 2
+    for extra, act, use_bias in ((0, "silu", True), (3, None, False)):
+        S = W - 1 + extra
+        x = make_tokens(T, D, x_dtype, "contiguous")
+        pool = torch.randn(N, D, S, dtype=x_dtype)
+        indices = torch.randperm(N)[:B].to(torch.int32)
+        indices[4] = -1  # padded slot
+        has_init = torch.tensor([True, False, True, True, False, True, False])
+        res = run_packed(cc, x, weight, bias if use_bias else None, cu, pool, indices, has_init, act)
+        check(*res, x_dtype, w_dtype, f"seed={seeded} W={W} S={S} act={act} bias={use_bias}")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_layouts(cc, seeded, layout, channels_first, dtype):
+    """x as (T, D) or (D, T) (channels_first=True), in any memory layout;
+    the pool as a strided view. The output keeps x's layout."""
+    W, S = 4, 5
+    weight, bias = torch.randn(D, W, dtype=dtype), torch.randn(D, dtype=dtype)
+    lengths = [9, 33, 0, 4, 70]
+    cu = random_cu_seqlens(lengths)
+    T = int(cu[-1])
+    x = make_tokens(T, D, dtype, layout)
+    if channels_first:
+        x = x.t()
+    B = len(lengths)
+    pool = torch.randn(B, S, D, dtype=dtype).transpose(1, 2)  # channel-contiguous columns
+    has_init = torch.tensor([True, True, False, True, False])
+    res = run_packed(cc, x, weight, bias, cu, pool, None, has_init, "silu",
+                     channels_first=channels_first)
+    check(*res, dtype, dtype, f"seed={seeded} layout={layout} channels_first={channels_first}")
+    out = res[0]
+    assert (out.stride(0) > out.stride(1)) == (x.stride(0) > x.stride(1))
+
+
+@pytest.mark.parametrize("pad_slot_id", [-1, 5])
+def test_packed_pad_slot_id(cc, seeded, pad_slot_id):
+    """A sequence whose cache index is pad_slot_id (or negative) outputs 0 and
+    leaves the pool as it was; other rows receive their final states."""
+    W, S = 4, 3
+    weight, bias = torch.randn(D, W), torch.randn(D)
+    lengths = [6, 5, 8, 2]
+    cu = random_cu_seqlens(lengths)
+    x = make_tokens(int(cu[-1]), D, torch.float32, "contiguous")
+    pool = torch.randn(8, D, S)
+    indices = torch.tensor([2, pad_slot_id, 0, -3], dtype=torch.int32)
+    has_init = torch.tensor([True, True, False, True])
+    before = pool.clone()
+    res = run_packed(cc, x, weight, bias, cu, pool, indices, has_init, "silu", pad_slot_id)
+    check(*res, torch.float32, torch.float32, f"seed={seeded}")
+    out = res[0]
+    assert torch.count_nonzero(out[int(cu[1]) : int(cu[2])]) == 0
+    assert torch.count_nonzero(out[int(cu[3]) : int(cu[4])]) == 0
+    assert torch.equal(pool[2], x[int(cu[1]) - S : int(cu[1])].t())
+    assert torch.equal(pool[0], x[int(cu[3]) - S : int(cu[3])].t())
+    for n in (1, 3, 4, 5, 6, 7):
+        assert torch.equal(pool[n], before[n]), f"pool row {n} was touched"
+
+
+def test_packed_many_sequences(cc, seeded):
+    """16 sequences of mixed lengths over enough channels to use threads."""
+    W, S, Dl = 4, 3, 1030
+    dtype = torch.bfloat16
+    weight, bias = torch.randn(Dl, W, dtype=dtype), torch.randn(Dl, dtype=dtype)
+    lengths = torch.randint(0, 90, (16,)).tolist()
+    cu = random_cu_seqlens(lengths)
+    x = torch.randn(int(cu[-1]), Dl, dtype=dtype)
+    pool = torch.randn(20, Dl, S, dtype=dtype)
+    indices = torch.randperm(20)[:16].to(torch.int32)
+    has_init = torch.rand(16) < 0.5
+    res = run_packed(cc, x, weight, bias, cu, pool, indices, has_init, "silu")
+    check(*res, dtype, dtype, f"seed={seeded}")
+
+
+@pytest.mark.parametrize("W", [2, 4, 6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_packed_matches_forward_per_sequence(cc, seeded, dtype, W):
+    """Packed prefill equals causal_conv1d_fn on each sequence with its
+    initial state (the pool row, or zeros) and final state (written back)."""
+    S = W - 1
+    weight, bias = torch.randn(D, W, dtype=dtype), torch.randn(D, dtype=dtype)
+    lengths = [11, 1, 0, 29, W - 2 if W > 2 else 1]
+    B = len(lengths)
+    cu = random_cu_seqlens(lengths)
+    x = torch.randn(int(cu[-1]), D, dtype=dtype)
+    pool = torch.randn(B, D, S, dtype=dtype)
+    has_init = torch.tensor([True, False, True, True, True])
+    pool_in = pool.clone()
+    out = cc.causal_conv1d_packed_fwd(x, weight, bias, cu, pool, has_initial_state=has_init,
+                                      activation="silu")
+    for b in range(B):
+        seq = x[int(cu[b]) : int(cu[b + 1])].t()[None]
+        init = pool_in[b : b + 1] if has_init[b] else torch.zeros_like(pool_in[b : b + 1])
+        want, final = cc.causal_conv1d_fn(seq, weight, bias, initial_states=init,
+                                          return_final_states=True, activation="silu")
+        msg = f"seed={seeded} W={W} seq={b}"
+        assert_close(out[int(cu[b]) : int(cu[b + 1])].t(), want[0], (dtype,), msg)
+        assert torch.equal(pool[b], final[0]), msg

@@ -1,0 +1,280 @@
+"""Decode (causal_conv1d_update) against the float64 reference: every dtype
+pairing, widths 1..32, state lengths S = W-1 and S > W-1, strided x and
+conv_state, circular buffers (cache_seqlens) that wrap, pools with padding
+rows, multi-token updates (also L > S); and a decode loop that must match one
+causal_conv1d_fn over the whole sequence. conv_state must come out bit-exact:
+decode only moves inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import assert_close
+
+DTYPE_PAIRS = [
+    (torch.float32, torch.float32),
+    (torch.float16, torch.float16),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float32, torch.bfloat16),
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32),
+    (torch.float32, torch.float16),
+    (torch.float16, torch.bfloat16),
+    (torch.bfloat16, torch.float16),
+    (torch.float64, torch.float64),
+]
+WIDTHS = [1, 2, 3, 4, 6, 16, 32]
+D = 77  # two full channel blocks and a partial one on every tier
+
+
+def _name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def make_state(n: int, d: int, s: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
+    """(n, d, s) random state: contiguous; "channel_last" (stride 1 along d);
+    "slice" (a column window of a wider state, and every other pool row)."""
+    if layout == "contiguous":
+        return torch.randn(n, d, s, dtype=dtype)
+    if layout == "channel_last":
+        return torch.randn(n, s, d, dtype=dtype).transpose(1, 2)
+    if layout == "slice":
+        return torch.randn(2 * n, d, s + 3, dtype=dtype)[::2, :, 2 : 2 + s]
+    raise ValueError(layout)
+
+
+def make_x(b: int, d: int, L: int | None, dtype: torch.dtype, layout: str) -> torch.Tensor:
+    """(b, d) when L is None, else (b, d, L), in the given memory layout."""
+    n = 1 if L is None else L
+    if layout == "contiguous":
+        x = torch.randn(b, d, n, dtype=dtype)
+    elif layout == "channel_last":
+        x = torch.randn(b, n, d, dtype=dtype).transpose(1, 2)
+    elif layout == "strided":  # a slice of a wider projection, every stride > 1
+        x = torch.randn(b, 2 * n, 3 * d, dtype=dtype)[:, ::2, d : 2 * d].transpose(1, 2)
+    else:
+        raise ValueError(layout)
+    return x[..., 0] if L is None else x
+
+
+def run_update(cc, x, state, weight, bias, activation, cache_seqlens=None, indices=None):
+    """The kernel on (x, state) and the float64 reference on copies: returns
+    (out, out_ref, state after, reference state after)."""
+    state_ref = state.to(torch.float64, copy=True)  # never the same tensor as state
+    out_ref = cc.causal_conv1d_update_ref(
+        x.double(), state_ref, weight.double(), None if bias is None else bias.double(),
+        activation=activation, cache_seqlens=cache_seqlens, conv_state_indices=indices,
+    )
+    out = cc.causal_conv1d_update(
+        x, state, weight, bias, activation=activation, cache_seqlens=cache_seqlens,
+        conv_state_indices=indices,
+    )
+    return out, out_ref, state, state_ref
+
+
+def check(out, out_ref, state, state_ref, x_dtype, w_dtype, msg):
+    assert out.shape == out_ref.shape and out.dtype == x_dtype, msg
+    assert_close(out, out_ref, (x_dtype, w_dtype), msg)
+    # bit-exact: the state only ever holds copies of inputs
+    assert torch.equal(state.double(), state_ref), f"{msg}: conv_state differs"
+
+
+@pytest.mark.parametrize("W", WIDTHS)
+@pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"{_name(p[0])}-{_name(p[1])}")
+def test_update_matches_reference(cc, seeded, dtypes, W):
+    """Every dtype pair and width, across token counts, state lengths and the
+    linear / circular state, with and without bias and silu."""
+    x_dtype, w_dtype = dtypes
+    B = 3
+    weight = torch.randn(D, W, dtype=w_dtype)
+    bias = torch.randn(D, dtype=w_dtype)
+    cases = [
+        # (L, extra state columns, circular, bias, activation)
+        (None, 0, False, True, "silu"),
+        (1, 2, False, False, None),
+        (4, 0, True, True, None),
+        (5, 1, False, True, "silu"),
+        (None, 3, True, False, "swish"),
+    ]
+    for L, extra, circular, use_bias, act in cases:
+        S = W - 1 + extra
+        if circular:
+            S = max(S, 1)  # a circular buffer needs a column
+        x = make_x(B, D, L, x_dtype, "contiguous")
+        state = make_state(B, D, S, x_dtype, "contiguous")
+        seqlens = torch.randint(0, 4 * max(S, 1), (B,), dtype=torch.int32) if circular else None
+        res = run_update(cc, x, state, weight, bias if use_bias else None, act, seqlens)
+        check(*res, x_dtype, w_dtype,
+              f"seed={seeded} W={W} L={L} S={S} circular={circular} bias={use_bias} act={act}")
+
+
+@pytest.mark.parametrize("x_layout", ["contiguous", "channel_last", "strided"])
+@pytest.mark.parametrize("state_layout", ["contiguous", "channel_last", "slice"])
+@pytest.mark.parametrize("L", [None, 3])
+@pytest.mark.parametrize("circular", [False, True])
+def test_update_strides(cc, seeded, x_layout, state_layout, L, circular):
+    """Any strides of x and conv_state, linear and circular."""
+    B, W, S = 4, 4, 5
+    for dtype in (torch.float32, torch.bfloat16):
+        weight = torch.randn(D, W, dtype=dtype)
+        bias = torch.randn(D, dtype=dtype)
+        x = make_x(B, D, L, dtype, x_layout)
+        state = make_state(B, D, S, dtype, state_layout)
+        seqlens = torch.randint(0, 50, (B,), dtype=torch.int32) if circular else None
+        res = run_update(cc, x, state, weight, bias, "silu", seqlens)
+        check(*res, dtype, dtype, f"seed={seeded} {dtype} x={x_layout} state={state_layout} L={L}")
+
+
+@pytest.mark.parametrize("W", [1, 2, 4, 6])
+@pytest.mark.parametrize("L", [1, 2, 7, 12])
+def test_update_circular_wraps(cc, seeded, W, L):
+    """cache_seqlens far past S (the buffer wrapped many times), L up to > S."""
+    B, S = 5, max(W - 1, 1) + 2
+    weight = torch.randn(D, W)
+    bias = torch.randn(D)
+    x = make_x(B, D, L, torch.float32, "contiguous")
+    state = make_state(B, D, S, torch.float32, "contiguous")
+    seqlens = torch.tensor([0, S - 1, S, 7 * S + 2, 1000 * S + S - 1], dtype=torch.int32)
+    res = run_update(cc, x, state, weight, bias, None, seqlens)
+    check(*res, torch.float32, torch.float32, f"seed={seeded} W={W} L={L} S={S}")
+
+
+@pytest.mark.parametrize("L", [1, 3, 9])
+def test_update_longer_than_state(cc, seeded, L):
+    """Linear state with L >= S: the state becomes the last S tokens."""
+    B, W = 3, 4
+    for S in (3, 4):
+        weight, bias = torch.randn(D, W), torch.randn(D)
+        x = make_x(B, D, L, torch.float32, "contiguous")
+        state = make_state(B, D, S, torch.float32, "contiguous")
+        res = run_update(cc, x, state, weight, bias, "silu")
+        check(*res, torch.float32, torch.float32, f"seed={seeded} L={L} S={S}")
+        if L >= S:
+            assert torch.equal(state, x[..., -S:])
+
+
+@pytest.mark.parametrize("circular", [False, True])
+@pytest.mark.parametrize("L", [None, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_update_pool_with_padding(cc, seeded, circular, L, dtype):
+    """conv_state_indices pick rows of a larger pool in any order; negative
+    indices are padding rows: output 0 and no pool row changes."""
+    B, N, W, S = 6, 11, 4, 4
+    weight, bias = torch.randn(D, W, dtype=dtype), torch.randn(D, dtype=dtype)
+    pool = make_state(N, D, S, dtype, "contiguous")
+    rows = torch.randperm(N)[:B].to(torch.int32)
+    rows[1] = -1
+    rows[4] = -7
+    x = make_x(B, D, L, dtype, "channel_last")
+    seqlens = torch.randint(0, 30, (B,), dtype=torch.int32) if circular else None
+    before = pool.clone()
+    res = run_update(cc, x, pool, weight, bias, "silu", seqlens, rows)
+    check(*res, dtype, dtype, f"seed={seeded} circular={circular} L={L}")
+    out = res[0]
+    assert torch.count_nonzero(out[1]) == 0 and torch.count_nonzero(out[4]) == 0
+    live = {int(r) for r in rows if r >= 0}
+    for n in range(N):
+        if n not in live:
+            assert torch.equal(pool[n], before[n]), f"pool row {n} was touched"
+        else:
+            assert not torch.equal(pool[n], before[n]), f"pool row {n} was not updated"
+
+
+@pytest.mark.parametrize("L", [None, 4])
+def test_update_width1_empty_state(cc, seeded, L):
+    """W = 1 needs no history: a state of length 0 is legal."""
+    B = 3
+    weight, bias = torch.randn(D, 1), torch.randn(D)
+    x = make_x(B, D, L, torch.float32, "contiguous")
+    state = torch.empty(B, D, 0)
+    res = run_update(cc, x, state, weight, bias, "silu")
+    check(*res, torch.float32, torch.float32, f"seed={seeded}")
+
+
+def test_update_many_threads_blocks(cc, seeded):
+    """A size that splits across threads and blocks (B * D large)."""
+    B, Dl, W, S = 24, 1100, 4, 3
+    weight, bias = torch.randn(Dl, W, dtype=torch.bfloat16), torch.randn(Dl, dtype=torch.bfloat16)
+    x = torch.randn(B, Dl, dtype=torch.bfloat16)
+    state = torch.randn(B, Dl, S, dtype=torch.bfloat16)
+    res = run_update(cc, x, state, weight, bias, "silu")
+    check(*res, torch.bfloat16, torch.bfloat16, f"seed={seeded}")
+
+
+def _prefill_state(cc, x, S):
+    """The last S inputs of x (B, D, L), zero-padded on the left, computed
+    with causal_conv1d_varlen_states on the packed (B*L, D) tokens."""
+    B, Dx, L = x.shape
+    packed = x.transpose(1, 2).reshape(B * L, Dx)
+    cu = torch.arange(0, B * L + 1, L, dtype=torch.int32)
+    return cc.causal_conv1d_varlen_states(packed, cu, S)
+
+
+@pytest.mark.parametrize("S_extra", [0, 3])
+@pytest.mark.parametrize("circular", [False, True])
+@pytest.mark.parametrize("W", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_loop_matches_forward(cc, seeded, dtype, W, circular, S_extra):
+    """Prefill L tokens with causal_conv1d_fn, then decode 20 tokens one at a
+    time: the outputs must equal causal_conv1d_fn over all L + 20 tokens, and
+    the final state must be the last S inputs, bit for bit."""
+    B, L, steps = 3, 13, 20
+    S = W - 1 + S_extra
+    weight, bias = torch.randn(D, W, dtype=dtype), torch.randn(D, dtype=dtype)
+    x = torch.randn(B, D, L + steps, dtype=dtype)
+    full = cc.causal_conv1d_fn(x, weight, bias, activation="silu")
+    out_pre, final = cc.causal_conv1d_fn(
+        x[..., :L], weight, bias, return_final_states=True, activation="silu"
+    )
+    state = final.clone() if S_extra == 0 else _prefill_state(cc, x[..., :L], S)
+    if S_extra == 0:
+        assert torch.equal(state, _prefill_state(cc, x[..., :L], S))
+    if circular:
+        # the same history as a circular buffer whose oldest column is at
+        # start % S, with starts that differ per row
+        start = torch.tensor([0, 1, 4 * S + 2], dtype=torch.int32)
+        lin = state
+        state = torch.empty_like(lin)
+        for b in range(B):
+            cols = (int(start[b]) + torch.arange(S)) % S
+            state[b][:, cols] = lin[b]
+        seqlens = start.clone()
+    outs = []
+    for t in range(L, L + steps):
+        if circular:
+            outs.append(cc.causal_conv1d_update(
+                x[..., t], state, weight, bias, activation="silu", cache_seqlens=seqlens))
+            seqlens += 1
+        else:
+            outs.append(cc.causal_conv1d_update(x[..., t], state, weight, bias, activation="silu"))
+    decoded = torch.stack(outs, dim=-1)
+    msg = f"seed={seeded} {dtype} W={W} S={S} circular={circular}"
+    assert_close(out_pre, full[..., :L], (dtype,), msg)
+    assert_close(decoded, full[..., L:], (dtype,), msg)
+    want_state = x[..., -S:]
+    if circular:
+        for b in range(B):
+            cols = (int(seqlens[b]) + torch.arange(S)) % S  # oldest first
+            assert torch.equal(state[b][:, cols], want_state[b]), msg
+    else:
+        assert torch.equal(state, want_state), msg
+
+
+@pytest.mark.parametrize("circular", [False, True])
+def test_reference_decode_loop_matches_reference_forward(cc, seeded, circular):
+    """The reference itself: token-by-token causal_conv1d_update_ref equals
+    causal_conv1d_ref over the whole sequence (both float64)."""
+    B, Dr, W, S, L = 2, 5, 4, 5, 9
+    weight, bias = torch.randn(Dr, W, dtype=torch.float64), torch.randn(Dr, dtype=torch.float64)
+    x = torch.randn(B, Dr, L, dtype=torch.float64)
+    full = cc.causal_conv1d_ref(x, weight, bias, activation="silu")
+    state = torch.zeros(B, Dr, S, dtype=torch.float64)
+    seqlens = torch.tensor([3, 11], dtype=torch.int32) if circular else None
+    outs = []
+    for t in range(L):
+        outs.append(cc.causal_conv1d_update_ref(
+            x[..., t], state, weight, bias, activation="silu", cache_seqlens=seqlens))
+        if circular:
+            seqlens += 1
+    torch.testing.assert_close(torch.stack(outs, -1), full, rtol=1e-12, atol=1e-12)
