@@ -7,10 +7,11 @@ subprocess whose environment points HF_ENDPOINT at the server before
 huggingface_hub is imported, with its own empty cache.
 
 What is published (repository kernels-community/causal-conv1d):
-  v1  this host's variant (built from this checkout) + torch214 CPU (a real
-      build if build/ holds one, else a renamed copy) + renamed copies
-      standing in for builds that cannot be made here: torch212 CPU,
-      torch213 cu130, torch213 CPU aarch64
+  v1  this host's variant (built from this checkout, or ./build reused when
+      it is current) + real builds of other variants named by
+      CAUSAL_CONV1D_HUB_EXTRA_BUILDS + renamed copies of the host's build
+      standing in for the rest of torch212 / torch214 CPU, torch213 cu130
+      and torch213 CPU aarch64
   v2  this host's variant, marked PUBLISHED_AS = "v2", metadata version 2
   v3  only a torch212 copy: nothing this host can load
   main  README.md = CARD.md
@@ -184,21 +185,21 @@ def repo(hub, host_build, tmp_path_factory) -> dict:
     v1 = work / "v1"
     copy_variant(host_build, v1)
     restamp(v1 / host, published_as="v1")
-    torch214 = "torch214-cxx11-cpu-x86_64-linux"
-    # A real torch 2.14 CPU build (tools/build_variant.py --backend cpu in a
-    # torch 2.14 venv) is used when one is at hand.
-    extra = [Path(p) for p in os.environ.get("CAUSAL_CONV1D_HUB_EXTRA_BUILDS", "").split(os.pathsep) if p]
-    real_214 = next((d / torch214 for d in (*extra, ROOT / "build")
-                     if (d / torch214 / "metadata.json").is_file()), None)
+    # Real builds of other variants are published when named in
+    # CAUSAL_CONV1D_HUB_EXTRA_BUILDS (build roots, os.pathsep-separated; e.g.
+    # tools/build_variant.py --backend cpu run in a torch 2.14 venv); renamed
+    # copies of this host's build stand in for the others.
+    real = []
+    for root in filter(None, os.environ.get("CAUSAL_CONV1D_HUB_EXTRA_BUILDS", "").split(os.pathsep)):
+        for variant in sorted(Path(root).iterdir()):
+            if (variant / "metadata.json").is_file() and not (v1 / variant.name).exists():
+                real.append(copy_variant(variant, v1).name)
     stand_ins = {"torch212-cxx11-cpu-x86_64-linux": None,
+                 "torch214-cxx11-cpu-x86_64-linux": None,
                  "torch213-cxx11-cu130-x86_64-linux": {"type": "cuda", "archs": ["9.0"]},
                  "torch213-cxx11-cpu-aarch64-linux": None}
-    if real_214 is not None and real_214.name != host:
-        copy_variant(real_214, v1)
-    else:
-        stand_ins[torch214] = None
     for name, backend in stand_ins.items():
-        if name != host:
+        if not (v1 / name).exists():
             restamp(copy_variant(host_build, v1, name), backend=backend)
     r = publish(v1, bare)
     assert r.returncode == 0, r.stderr
@@ -217,7 +218,7 @@ def repo(hub, host_build, tmp_path_factory) -> dict:
 
     hub.wait_for_repo(REPO_ID)
     return {"bare": bare, "host": host, "v1": sorted(p.name for p in v1.iterdir()),
-            "v1_commit": v1_commit, "torch214_real": real_214 is not None, "work": work}
+            "v1_commit": v1_commit, "real": real, "work": work}
 
 
 def client(env: dict, code: str, *, cwd: Path | None = None, offline: bool = False, check: bool = True):
@@ -583,12 +584,12 @@ def _example_module():
     return module
 
 
-def test_layers_kernelize_and_compile(cc):
+def test_layers_kernelize_and_compile(host_build):
     import torch
-    from kernels import LocalLayerRepository, Mode, kernelize, use_kernel_mapping
-    from conftest import KERNEL_ROOT
+    from kernels import LocalLayerRepository, Mode, get_local_kernel, kernelize, use_kernel_mapping
 
     example = _example_module()
+    cc = get_local_kernel(host_build.parent)
     layers = cc.layers
     assert "layers" in cc.__all__
     assert (layers.CausalConv1d.has_backward, layers.CausalConv1d.can_torch_compile) == (True, True)
@@ -606,7 +607,7 @@ def test_layers_kernelize_and_compile(cc):
         want_state = state.clone()
         want_t = step(x_t, want_state)
 
-    mapping = {name: {"cpu": LocalLayerRepository(KERNEL_ROOT, layer_name=name)}
+    mapping = {name: {"cpu": LocalLayerRepository(host_build.parent, layer_name=name)}
                for name in ("CausalConv1d", "CausalConv1dUpdate")}
     with use_kernel_mapping(mapping):
         kernelize(conv, mode=Mode.TRAINING | Mode.TORCH_COMPILE, device="cpu", use_fallback=False)
