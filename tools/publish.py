@@ -129,10 +129,8 @@ def stage(source: Path, dest: Path) -> None:
         rel = path.relative_to(source)
         if is_bytecode(rel) or path.is_dir():
             continue
-        if path.is_symlink():
-            raise PublishError(f"{path} is a symbolic link; variants must hold plain files")
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dest / rel)
+        shutil.copy2(path, dest / rel)  # links (e.g. into a Nix store) are published as files
 
 
 def discover(build_dir: Path, only: list[str] | None, staging: Path) -> list[Variant]:
@@ -158,21 +156,21 @@ def discover(build_dir: Path, only: list[str] | None, staging: Path) -> list[Var
 # Validation: kernels' own parser and digest, kernel-abi-check
 
 
-def backend_of(variant: str) -> str:
-    tag = variant.split("-")[2] if variant.split("-")[1] in ("cxx11", "cxx98") else variant.split("-")[1]
-    for prefix, backend in (("cu", "cuda"), ("rocm", "rocm"), ("xpu", "xpu"), ("metal", "metal"),
-                            ("cann", "cann"), ("neuron", "neuron"), ("tpu", "tpu"), ("cpu", "cpu")):
-        if tag.startswith(prefix):
-            return backend
-    return tag
+def variant_facts(variant: str) -> tuple[str, str | None]:
+    """(backend, os) that the loader reads from a variant name."""
+    from kernels.variants import ArchVariant, parse_variant
+
+    parsed = parse_variant(variant)  # ValueError for names the loader cannot read
+    if isinstance(parsed, ArchVariant):
+        return type(parsed.arch.backend).__name__.lower(), parsed.arch.os
+    return parsed.arch.backend_name.lower(), None
 
 
 def validate_variant(v: Variant, kernel: Kernel) -> None:
     from kernels._rust import Digest, DigestValidationError, Metadata
-    from kernels.variants import parse_variant
 
     try:
-        parse_variant(v.name)
+        want, os_name = variant_facts(v.name)
     except ValueError as e:
         v.problems.append(f"variant name is not one the loader understands: {e}")
         return
@@ -190,7 +188,6 @@ def validate_variant(v: Variant, kernel: Kernel) -> None:
             f"(it would land on branch {kernel.branch})"
         )
     got = str(meta.backend.backend_type).split(".")[-1].lower()
-    want = backend_of(v.name)
     if got != want:
         v.problems.append(f"metadata backend {got!r} does not match the variant name ({want!r})")
     if got in ("cuda", "rocm") and not meta.backend.archs:
@@ -198,7 +195,7 @@ def validate_variant(v: Variant, kernel: Kernel) -> None:
     if not (v.staged / "__init__.py").is_file():
         v.problems.append("no __init__.py at the top of the variant")
     libs = sorted(p.name for p in v.staged.rglob("*.so"))
-    if libs != [f"{meta.id}.abi3.so"]:
+    if os_name is not None and libs != [f"{meta.id}.abi3.so"]:  # (noarch builds have none)
         v.problems.append(f"expected exactly one library {meta.id}.abi3.so, found {libs or 'none'}")
 
     if meta.digest is None:
@@ -211,7 +208,7 @@ def validate_variant(v: Variant, kernel: Kernel) -> None:
             v.problems += [f"digest: {violation}" for violation in e.violations]
 
     for so in sorted(v.staged.rglob("*.so")):
-        v.problems += [f"ABI {so.name}: {p}" for p in abi_problems(so, linux=v.name.endswith("-linux"))]
+        v.problems += [f"ABI {so.name}: {p}" for p in abi_problems(so, linux=os_name == "linux")]
 
 
 def abi_problems(so: Path, linux: bool) -> list[str]:
