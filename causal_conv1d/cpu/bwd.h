@@ -1,12 +1,725 @@
 // Backward (backend.h run_bwd) on CPU.
+//
+// With pre[t] = bias + sum_k w[k] * xin[t - (W-1) + k] (the forward before its
+// activation, recomputed here from x) and g[t] = dout[t] * act'(pre[t]):
+//   dxin[p]    = sum_k w[k] * g[p + (W-1) - k]    dx for p >= 0, dinitial_states for p < 0
+//   dweight[k] = sum_t g[t] * xin[t - (W-1) + k]
+//   dbias      = sum_t g[t]
+// plus dfinal_states[j] flowing into the input position final_states[j] was
+// copied from. With seq_idx every (input position, token) pair of different
+// ids is cut, and padding tokens (id < 0) have g = 0, as in the forward.
+//
+// Work is cut into tasks of (batch row, chunk of tokens, block of channels);
+// the chunk and block sizes are constants. Every task converts its slice to
+// the arithmetic type in small buffers (with the W-1 halo it needs on either
+// side), writes its own dx, and writes its own partial dweight / dbias rows;
+// the partials are then summed over (batch, chunk) in a fixed order. Nothing
+// depends on the thread count or on scheduling (no atomics, no per-thread
+// reductions), so results are bitwise reproducible with any number of
+// threads: p.deterministic needs no separate path.
+//
+// Two compute layouts: vectors along t (x contiguous along L, and any other
+// strides, gathered) and vectors along channels (channel-last x, s1 == 1).
 #pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include "common.h"
 
 namespace causal_conv1d::cpu::CPU_CAPABILITY {
+namespace bwd_impl {
 
-[[noreturn]] inline void bwd(const ConvParams&) {
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "causal_conv1d: backward is not implemented on CPU yet");
+using at::vec::Vectorized;
+
+// Tokens per task along t, and channels per task, for each layout. Changing
+// them changes the summation order of dweight / dbias (not their meaning).
+constexpr int64_t kChunkT = 1024;  // vectors along t
+constexpr int64_t kGroupT = 8;     // channels per task (amortizes seq_idx masks)
+constexpr int64_t kChunkC = 256;   // vectors along channels (channel-last)
+constexpr int64_t kBlockC = 32;    // channels per task (lanes), a multiple of every vector size
+
+template <typename T>
+constexpr bool is_reduced_v = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+
+// ---------------------------------------------------------------------------
+// conversions between a strided row of X and a dense buffer of A
+
+template <typename X, typename A>
+inline void load_row(const X* src, int64_t stride, A* dst, int64_t n) {
+  if (stride == 1) {
+    if constexpr (std::is_same_v<X, A>) {
+      std::memcpy(dst, src, n * sizeof(A));
+      return;
+    } else if constexpr (is_reduced_v<X> && std::is_same_v<A, float>) {
+      using VX = Vectorized<X>;
+      using VA = Vectorized<float>;
+      int64_t i = 0;
+      for (; i + VX::size() <= n; i += VX::size()) {
+        auto [lo, hi] = at::vec::convert_to_float<X>(VX::loadu(src + i));
+        lo.store(dst + i);
+        hi.store(dst + i + VA::size());
+      }
+      for (; i < n; ++i) dst[i] = A(src[i]);
+      return;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = A(src[i * stride]);
+}
+
+template <typename X, typename A>
+inline void store_row(const A* src, X* dst, int64_t stride, int64_t n) {
+  if (stride == 1) {
+    if constexpr (std::is_same_v<X, A>) {
+      std::memcpy(dst, src, n * sizeof(A));
+      return;
+    } else if constexpr (is_reduced_v<X> && std::is_same_v<A, float>) {
+      using VX = Vectorized<X>;
+      using VA = Vectorized<float>;
+      int64_t i = 0;
+      for (; i + VX::size() <= n; i += VX::size()) {
+        at::vec::convert_from_float<X>(VA::loadu(src + i), VA::loadu(src + i + VA::size()))
+            .store(dst + i);
+      }
+      for (; i < n; ++i) dst[i] = X(src[i]);
+      return;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i * stride] = X(src[i]);
+}
+
+// ---------------------------------------------------------------------------
+// silu'
+
+inline double exp_double(double v) { return std::exp(v); }
+
+// Intrinsics only (no Sleef call). fp32: ATen's exp_u20, input clamped to
+// float's range, ~20 ulp (far inside the fp32 tolerance); fp64: exact.
+template <typename A>
+inline Vectorized<A> vexp(const Vectorized<A>& v) {
+  if constexpr (std::is_same_v<A, float>) {
+    return v.exp_u20();
+  } else {
+    return v.map(exp_double);
+  }
+}
+
+// dy * silu'(z), silu'(z) = s * (1 + z * (1 - s)), s = sigmoid(z).
+template <typename A>
+inline Vectorized<A> dsilu_mul(const Vectorized<A>& z, const Vectorized<A>& dy) {
+  const Vectorized<A> one(A(1));
+  const Vectorized<A> s = one / (one + vexp(z.neg()));
+  return dy * s * (one + z * (one - s));
+}
+
+template <typename A>
+inline A sum_lanes(const Vectorized<A>& v) {
+  // A fixed order, so the result does not depend on anything but v.
+  __at_align__ A tmp[Vectorized<A>::size()];
+  v.store(tmp);
+  A s = A(0);
+  for (int64_t i = 0; i < Vectorized<A>::size(); ++i) s += tmp[i];
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// what every task shares
+
+template <typename A>
+struct Job {
+  const ConvParams* p;
+  int64_t B, D, L, W, H;  // H = W - 1, the halo
+  int64_t chunk, n_chunks, block, n_blocks;
+  const A* w;     // (D, W) taps in A
+  const A* bias;  // (D,) or nullptr
+  A* part_w;      // (B * n_chunks, D, W): partial dweight of one (b, chunk)
+  A* part_b;      // (B * n_chunks, D) or nullptr
+};
+
+// One task's token range and the segment ids around it.
+struct Span {
+  int64_t b = 0, c = 0;
+  int64_t t0 = 0, t1 = 0;  // tokens whose dx this task writes
+  int64_t te = 0;          // g is needed for tokens [t0, te), te = min(t1 + H, L)
+  int64_t ilo = 0;         // -H when the task also writes dinitial_states
+  bool masked = false;     // ids differ inside the window: cut pairs
+  bool dead = false;       // every id in the window is padding: g = 0
+  int32_t first_id = 0, last_id = 0;
+  // ids[r] is the id of position t0 - H + r (positions < 0: the first
+  // segment's id, as the reference's ids_in), r in [0, te - t0 + H).
+  const int32_t* ids = nullptr;
+};
+
+template <typename A>
+Span make_span(const Job<A>& j, int64_t b, int64_t c, std::vector<int32_t>& ids) {
+  const ConvParams& p = *j.p;
+  Span s;
+  s.b = b;
+  s.c = c;
+  s.t0 = c * j.chunk;
+  s.t1 = std::min(j.L, s.t0 + j.chunk);
+  s.te = std::min(j.L, s.t1 + j.H);
+  s.ilo = (c == 0 && p.dinitial_states.given()) ? -j.H : 0;
+  if (!p.seq_idx.given()) return s;
+  const int32_t* sr = ptr<int32_t>(p.seq_idx) + b * p.seq_idx.s0;
+  const int64_t ss = p.seq_idx.s1;
+  s.first_id = sr[0];
+  s.last_id = sr[(j.L - 1) * ss];
+  const int64_t nx = s.te - s.t0 + j.H;
+  bool uniform = true;
+  for (int64_t r = 0; r < nx; ++r) {
+    const int64_t pos = s.t0 - j.H + r;
+    ids[r] = pos < 0 ? s.first_id : sr[pos * ss];
+    uniform = uniform && ids[r] == ids[0];
+  }
+  s.ids = ids.data();
+  s.masked = !uniform;
+  s.dead = uniform && ids[0] < 0;
+  return s;
+}
+
+// dfinal_states[j] flows into position L - H + j (when that position fed
+// final_states); returns the gradient to add at position pos, or 0.
+template <typename X, typename A>
+inline A dfinal_at(const ConvParams& p, const Span& s, int64_t H, int64_t L, int64_t d,
+                   int64_t pos) {
+  if (!p.dfinal_states.given() || pos < L - H) return A(0);
+  if (s.ids && s.ids[pos - s.t0 + H] != s.last_id) return A(0);
+  const X* df = ptr<X>(p.dfinal_states) + s.b * p.dfinal_states.s0 + d * p.dfinal_states.s1;
+  return A(df[(pos - (L - H)) * p.dfinal_states.s2]);
+}
+
+// ---------------------------------------------------------------------------
+// vectors along t: one channel at a time, buffers indexed by token
+
+template <typename A>
+struct TimeBufs {
+  // Sized for one chunk plus halos plus slack for whole-vector over-reads.
+  std::vector<A> xb, dy, gb, dxb, masks;
+  std::vector<int32_t> ids;
+  TimeBufs(int64_t W, bool seq) {
+    const int64_t V = Vectorized<A>::size(), H = W - 1;
+    const int64_t len = kChunkT + 2 * H + 4 * V;
+    xb.assign(len, A(0));
+    dy.assign(len, A(0));
+    gb.assign(len, A(0));
+    dxb.assign(len, A(0));
+    if (seq) {
+      masks.assign(W * len, A(0));
+      ids.assign(len, 0);
+    }
+  }
+  int64_t len() const { return static_cast<int64_t>(xb.size()); }
+};
+
+// A lane mask for bitwise selects: all bits set, or none. A cut pair is
+// selected away (x & 0 == +0), never multiplied by 0, so NaN/Inf in another
+// segment or in a padding token cannot leak in (NaN * 0 is NaN).
+template <typename A>
+inline A lane_mask(bool on) {
+  using U = std::conditional_t<sizeof(A) == 4, uint32_t, uint64_t>;
+  const U u = on ? ~U(0) : U(0);
+  A a;
+  std::memcpy(&a, &u, sizeof(A));
+  return a;
+}
+
+// masks[k * len + H + j] selects the pair (position t - H + k, token
+// t = t0 + j): same id and the token is not padding. None outside [0, ng).
+template <typename A>
+void build_masks(const Span& s, int64_t W, TimeBufs<A>& bufs) {
+  const int64_t H = W - 1, len = bufs.len(), ng = s.te - s.t0;
+  const A on = lane_mask<A>(true), off = lane_mask<A>(false);
+  A* m = bufs.masks.data();
+  std::fill(m, m + W * len, off);
+  for (int64_t k = 0; k < W; ++k) {
+    A* mk = m + k * len + H;
+    for (int64_t j = 0; j < ng; ++j) {
+      const int32_t id = s.ids[j + H];
+      mk[j] = (id >= 0 && s.ids[j + k] == id) ? on : off;
+    }
+  }
+}
+
+template <typename X, typename A, bool kMasked>
+void time_channel(const Job<A>& job, const Span& s, int64_t d, TimeBufs<A>& bufs) {
+  using Vec = Vectorized<A>;
+  constexpr int64_t V = Vec::size();
+  const ConvParams& p = *job.p;
+  const int64_t W = job.W, H = job.H, L = job.L, b = s.b;
+  const int64_t n = s.t1 - s.t0, ng = s.te - s.t0, nx = ng + H, len = bufs.len();
+  A* xb = bufs.xb.data();
+  A* dy = bufs.dy.data();
+  A* gb = bufs.gb.data();
+  A* dxb = bufs.dxb.data();
+  const A* masks = kMasked ? bufs.masks.data() : nullptr;
+
+  std::array<Vec, kMaxWidthCpu> wv;
+  const A* wd = job.w + d * W;
+  for (int64_t k = 0; k < W; ++k) wv[k] = Vec(wd[k]);
+
+  // g[t] for t in [t0, te), into gb[H + j]; gb is zero elsewhere.
+  std::fill(gb, gb + len, A(0));
+  if (!s.dead) {
+    // xb[r] is input position t0 - H + r (silu's pre-activation and dweight).
+    const X* xr = ptr<X>(p.x) + b * p.x.s0 + d * p.x.s1;
+    const int64_t lead = std::max<int64_t>(0, -(s.t0 - H));  // positions < 0
+    if (lead > 0) {
+      if (p.initial_states.given()) {
+        const X* ir =
+            ptr<X>(p.initial_states) + b * p.initial_states.s0 + d * p.initial_states.s1;
+        load_row(ir + (H - lead) * p.initial_states.s2, p.initial_states.s2, xb, lead);
+      } else {
+        std::fill(xb, xb + lead, A(0));
+      }
+    }
+    load_row(xr + (s.t0 - H + lead) * p.x.s2, p.x.s2, xb + lead, nx - lead);
+    std::fill(xb + nx, xb + len, A(0));
+
+    const X* dyr = ptr<X>(p.dout) + b * p.dout.s0 + d * p.dout.s1;
+    load_row(dyr + s.t0 * p.dout.s2, p.dout.s2, dy, ng);
+    std::fill(dy + ng, dy + len, A(0));
+    const int64_t ngv = (ng + V - 1) / V * V;
+    if (p.silu) {
+      const Vec bias(job.bias ? job.bias[d] : A(0));
+      int64_t j = 0;
+      for (; j + 2 * V <= ngv; j += 2 * V) {
+        Vec a0 = bias, a1 = bias;
+        for (int64_t k = 0; k < W; ++k) {
+          Vec x0 = Vec::loadu(xb + j + k), x1 = Vec::loadu(xb + j + V + k);
+          if constexpr (kMasked) {
+            const A* mk = masks + k * len + H + j;
+            x0 = x0 & Vec::loadu(mk);
+            x1 = x1 & Vec::loadu(mk + V);
+          }
+          a0 = at::vec::fmadd(wv[k], x0, a0);
+          a1 = at::vec::fmadd(wv[k], x1, a1);
+        }
+        dsilu_mul(a0, Vec::loadu(dy + j)).store(gb + H + j);
+        dsilu_mul(a1, Vec::loadu(dy + j + V)).store(gb + H + j + V);
+      }
+      for (; j < ngv; j += V) {
+        Vec a0 = bias;
+        for (int64_t k = 0; k < W; ++k) {
+          Vec x0 = Vec::loadu(xb + j + k);
+          if constexpr (kMasked) x0 = x0 & Vec::loadu(masks + k * len + H + j);
+          a0 = at::vec::fmadd(wv[k], x0, a0);
+        }
+        dsilu_mul(a0, Vec::loadu(dy + j)).store(gb + H + j);
+      }
+    } else {
+      std::memcpy(gb + H, dy, ngv * sizeof(A));
+    }
+    if constexpr (kMasked) {
+      // Padding tokens: no gradient. masks[H] is exactly "token is not padding".
+      const A* keep = masks + H * len + H;
+      for (int64_t j = 0; j < ngv; j += V)
+        (Vec::loadu(gb + H + j) & Vec::loadu(keep + j)).store(gb + H + j);
+    }
+    std::fill(gb + H + ng, gb + len, A(0));
+  }
+
+  // dxin[p] for p = t0 + i, i in [ilo, n): sum_k w[k] g[p + H - k] (pair cut
+  // when ids differ), into dxb[i - ilo].
+  const int64_t nd = n - s.ilo;
+  const int64_t ndv = (nd + V - 1) / V * V;
+  // dxin[i] = sum_k w[k] * gb[i + 2H - k]; with q = i - ilo: gq[q - k].
+  const A* gq = gb + s.ilo + 2 * H;
+  int64_t q = 0;
+  for (; q + 2 * V <= ndv; q += 2 * V) {
+    Vec a0(A(0)), a1(A(0));
+    for (int64_t k = 0; k < W; ++k) {
+      Vec g0v = Vec::loadu(gq + q - k), g1v = Vec::loadu(gq + q + V - k);
+      if constexpr (kMasked) {
+        const A* mk = masks + k * len + s.ilo + 2 * H - k;
+        g0v = g0v & Vec::loadu(mk + q);
+        g1v = g1v & Vec::loadu(mk + q + V);
+      }
+      a0 = at::vec::fmadd(wv[k], g0v, a0);
+      a1 = at::vec::fmadd(wv[k], g1v, a1);
+    }
+    a0.store(dxb + q);
+    a1.store(dxb + q + V);
+  }
+  for (; q < ndv; q += V) {
+    Vec a0(A(0));
+    for (int64_t k = 0; k < W; ++k) {
+      Vec g0v = Vec::loadu(gq + q - k);
+      if constexpr (kMasked) g0v = g0v & Vec::loadu(masks + k * len + s.ilo + 2 * H - k + q);
+      a0 = at::vec::fmadd(wv[k], g0v, a0);
+    }
+    a0.store(dxb + q);
+  }
+  if (p.dfinal_states.given()) {
+    for (int64_t pos = std::max(s.t0 + s.ilo, L - H); pos < s.t1; ++pos)
+      dxb[pos - s.t0 - s.ilo] += dfinal_at<X, A>(p, s, H, L, d, pos);
+  }
+  if (s.ilo < 0) {
+    X* di = ptr<X>(p.dinitial_states) + b * p.dinitial_states.s0 + d * p.dinitial_states.s1;
+    store_row(dxb, di, p.dinitial_states.s2, H);
+  }
+  X* dxr = ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1;
+  store_row(dxb - s.ilo, dxr + s.t0 * p.dx.s2, p.dx.s2, n);
+
+  // Partial dweight / dbias over the tokens [t0, t1) of this task.
+  const int64_t r = b * job.n_chunks + s.c;
+  A* pw = job.part_w + (r * job.D + d) * W;
+  if (s.dead) {
+    std::fill(pw, pw + W, A(0));
+    if (job.part_b) job.part_b[r * job.D + d] = A(0);
+    return;
+  }
+  const int64_t nfull = n / V * V, tail = n - nfull;
+  const A* gt = gb + H;
+  for (int64_t k = 0; k < W; ++k) {
+    const A* xk = xb + k;
+    const A* mk = kMasked ? masks + k * len + H : nullptr;
+    Vec a0(A(0)), a1(A(0));
+    int64_t j = 0;
+    // A cut pair's product is selected away whole: its x may be non-finite.
+    for (; j + 2 * V <= nfull; j += 2 * V) {
+      const Vec g0v = Vec::loadu(gt + j), g1v = Vec::loadu(gt + j + V);
+      if constexpr (kMasked) {
+        a0 = a0 + ((g0v * Vec::loadu(xk + j)) & Vec::loadu(mk + j));
+        a1 = a1 + ((g1v * Vec::loadu(xk + j + V)) & Vec::loadu(mk + j + V));
+      } else {
+        a0 = at::vec::fmadd(g0v, Vec::loadu(xk + j), a0);
+        a1 = at::vec::fmadd(g1v, Vec::loadu(xk + j + V), a1);
+      }
+    }
+    for (; j < nfull; j += V) {
+      const Vec g0v = Vec::loadu(gt + j);
+      if constexpr (kMasked)
+        a0 = a0 + ((g0v * Vec::loadu(xk + j)) & Vec::loadu(mk + j));
+      else
+        a0 = at::vec::fmadd(g0v, Vec::loadu(xk + j), a0);
+    }
+    if (tail) {
+      const Vec g0v = Vec::loadu(gt + j, tail);
+      if constexpr (kMasked)
+        a1 = a1 + ((g0v * Vec::loadu(xk + j, tail)) & Vec::loadu(mk + j, tail));
+      else
+        a1 = at::vec::fmadd(g0v, Vec::loadu(xk + j, tail), a1);
+    }
+    pw[k] = sum_lanes(a0 + a1);
+  }
+  if (job.part_b) {
+    Vec a0(A(0));
+    int64_t j = 0;
+    for (; j < nfull; j += V) a0 = a0 + Vec::loadu(gt + j);
+    if (tail) a0 = a0 + Vec::loadu(gt + j, tail);
+    job.part_b[r * job.D + d] = sum_lanes(a0);
+  }
+}
+
+// Asks for the cache lines of n elements at p (contiguous rows only): a
+// channel's rows are fetched while the previous channel computes, since the
+// buffered loads and stores of one channel alone leave nothing to overlap.
+template <typename T>
+inline void prefetch_row(const T* p, int64_t stride, int64_t n, bool write) {
+  if (stride != 1 || n <= 0) return;
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) {
+    if (write)
+      __builtin_prefetch(c + off, 1);
+    else
+      __builtin_prefetch(c + off, 0);
+  }
+}
+
+template <typename X, typename A>
+void prefetch_channel(const Job<A>& job, int64_t b, int64_t c, int64_t d) {
+  const ConvParams& p = *job.p;
+  const int64_t t0 = c * job.chunk, t1 = std::min(job.L, t0 + job.chunk);
+  const int64_t te = std::min(job.L, t1 + job.H), xs = std::max<int64_t>(0, t0 - job.H);
+  prefetch_row(ptr<X>(p.x) + b * p.x.s0 + d * p.x.s1 + xs * p.x.s2, p.x.s2, te - xs, false);
+  prefetch_row(ptr<X>(p.dout) + b * p.dout.s0 + d * p.dout.s1 + t0 * p.dout.s2, p.dout.s2,
+               te - t0, false);
+  prefetch_row(ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1 + t0 * p.dx.s2, p.dx.s2, t1 - t0, true);
+}
+
+template <typename X, typename A>
+void run_time_major(const Job<A>& job) {
+  const ConvParams& p = *job.p;
+  const int64_t tasks = job.B * job.n_chunks * job.n_blocks;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    TimeBufs<A> bufs(job.W, p.seq_idx.given());
+    // task = (b * n_chunks + c) * n_blocks + blk
+    auto where = [&](int64_t task, int64_t& b, int64_t& c, int64_t& blk) {
+      blk = task % job.n_blocks;
+      b = task / job.n_blocks / job.n_chunks;
+      c = task / job.n_blocks % job.n_chunks;
+    };
+    int64_t b, c, blk;
+    if (begin < end) {
+      where(begin, b, c, blk);
+      prefetch_channel<X>(job, b, c, blk * job.block);
+    }
+    for (int64_t task = begin; task < end; ++task) {
+      where(task, b, c, blk);
+      const Span s = make_span(job, b, c, bufs.ids);
+      if (s.masked) build_masks(s, job.W, bufs);
+      const int64_t d1 = std::min(job.D, (blk + 1) * job.block);
+      for (int64_t d = blk * job.block; d < d1; ++d) {
+        if (d + 1 < d1) {
+          prefetch_channel<X>(job, b, c, d + 1);
+        } else if (task + 1 < end) {
+          int64_t nb, nc, nblk;
+          where(task + 1, nb, nc, nblk);
+          prefetch_channel<X>(job, nb, nc, nblk * job.block);
+        }
+        if (s.masked)
+          time_channel<X, A, true>(job, s, d, bufs);
+        else
+          time_channel<X, A, false>(job, s, d, bufs);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// vectors along channels (channel-last x): kBlockC channels at a time,
+// buffers of rows [token][lane]
+
+template <typename X, typename A>
+void run_channel_last(const Job<A>& job) {
+  using Vec = Vectorized<A>;
+  constexpr int64_t V = Vec::size();
+  constexpr int64_t C = kBlockC;
+  constexpr int64_t NV = C / V;
+  static_assert(C % V == 0, "kBlockC must be a multiple of the vector size");
+  const ConvParams& p = *job.p;
+  const int64_t W = job.W, H = job.H, L = job.L, D = job.D;
+  const int64_t rows = kChunkC + 2 * H + 1;
+  const int64_t tasks = job.B * job.n_chunks * job.n_blocks;
+
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> xb(rows * C), gb(rows * C), wl(kMaxWidthCpu * C), row(C);
+    std::vector<int32_t> ids(rows);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t blk = task % job.n_blocks;
+      const int64_t bc = task / job.n_blocks;
+      const Span s = make_span(job, bc / job.n_chunks, bc % job.n_chunks, ids);
+      const int64_t b = s.b, d0 = blk * C, nd = std::min(C, D - d0);
+      const int64_t n = s.t1 - s.t0, ng = s.te - s.t0, nx = ng + H;
+      const int32_t* id = s.ids;  // id[r]: position t0 - H + r
+
+      // taps, one row of C lanes per k (zero beyond nd)
+      std::fill(wl.begin(), wl.end(), A(0));
+      for (int64_t l = 0; l < nd; ++l)
+        for (int64_t k = 0; k < W; ++k) wl[k * C + l] = job.w[(d0 + l) * W + k];
+      std::array<Vec, NV> bias;
+      for (int64_t v = 0; v < NV; ++v) {
+        __at_align__ A tmp[V];
+        for (int64_t l = 0; l < V; ++l) {
+          const int64_t lane = v * V + l;
+          tmp[l] = (job.bias && lane < nd) ? job.bias[d0 + lane] : A(0);
+        }
+        bias[v] = Vec::loadu(tmp);
+      }
+
+      // g rows: gb row H + j is token t0 + j; rows outside [H, H + ng) are zero.
+      std::fill(gb.begin(), gb.end(), A(0));
+      if (!s.dead) {
+        // xb row r is input position t0 - H + r.
+        for (int64_t r = 0; r < nx; ++r) {
+          const int64_t pos = s.t0 - H + r;
+          A* dst = xb.data() + r * C;
+          if (pos >= 0) {
+            const X* src = ptr<X>(p.x) + b * p.x.s0 + pos * p.x.s2 + d0 * p.x.s1;
+            load_row(src, p.x.s1, dst, nd);
+          } else if (p.initial_states.given()) {
+            const X* src = ptr<X>(p.initial_states) + b * p.initial_states.s0 +
+                           d0 * p.initial_states.s1 + (H + pos) * p.initial_states.s2;
+            load_row(src, p.initial_states.s1, dst, nd);
+          } else {
+            std::fill(dst, dst + nd, A(0));
+          }
+          std::fill(dst + nd, dst + C, A(0));
+        }
+        for (int64_t j = 0; j < ng; ++j) {
+          const int64_t t = s.t0 + j;
+          if (s.masked && id[j + H] < 0) continue;  // padding token: g = 0
+          const X* src = ptr<X>(p.dout) + b * p.dout.s0 + t * p.dout.s2 + d0 * p.dout.s1;
+          load_row(src, p.dout.s1, row.data(), nd);
+          std::fill(row.begin() + nd, row.end(), A(0));
+          A* g = gb.data() + (H + j) * C;
+          if (!p.silu) {
+            std::memcpy(g, row.data(), C * sizeof(A));
+            continue;
+          }
+          std::array<Vec, NV> acc = bias;
+          for (int64_t k = 0; k < W; ++k) {
+            if (s.masked && id[j + k] != id[j + H]) continue;
+            const A* xr = xb.data() + (j + k) * C;
+            const A* wk = wl.data() + k * C;
+            for (int64_t v = 0; v < NV; ++v)
+              acc[v] = at::vec::fmadd(Vec::loadu(wk + v * V), Vec::loadu(xr + v * V), acc[v]);
+          }
+          for (int64_t v = 0; v < NV; ++v)
+            dsilu_mul(acc[v], Vec::loadu(row.data() + v * V)).store(g + v * V);
+        }
+      }
+
+      // dxin rows for positions t0 + i, i in [ilo, n).
+      for (int64_t i = s.ilo; i < n; ++i) {
+        const int64_t pos = s.t0 + i;
+        std::array<Vec, NV> acc;
+        acc.fill(Vec(A(0)));
+        if (!s.dead) {
+          for (int64_t k = 0; k < W; ++k) {
+            // token pos + H - k is gb row i + 2H - k (zero past te)
+            if (i + H - k >= ng) continue;
+            if (s.masked && id[i + H] != id[i + 2 * H - k]) continue;
+            const A* gr = gb.data() + (i + 2 * H - k) * C;
+            const A* wk = wl.data() + k * C;
+            for (int64_t v = 0; v < NV; ++v)
+              acc[v] = at::vec::fmadd(Vec::loadu(wk + v * V), Vec::loadu(gr + v * V), acc[v]);
+          }
+        }
+        for (int64_t v = 0; v < NV; ++v) acc[v].store(row.data() + v * V);
+        if (p.dfinal_states.given() && pos >= L - H) {
+          for (int64_t l = 0; l < nd; ++l) row[l] += dfinal_at<X, A>(p, s, H, L, d0 + l, pos);
+        }
+        if (pos >= 0) {
+          X* dst = ptr<X>(p.dx) + b * p.dx.s0 + pos * p.dx.s2 + d0 * p.dx.s1;
+          store_row(row.data(), dst, p.dx.s1, nd);
+        } else {
+          X* dst = ptr<X>(p.dinitial_states) + b * p.dinitial_states.s0 +
+                   d0 * p.dinitial_states.s1 + (H + pos) * p.dinitial_states.s2;
+          store_row(row.data(), dst, p.dinitial_states.s1, nd);
+        }
+      }
+
+      // partial dweight / dbias over tokens [t0, t1)
+      const int64_t r = b * job.n_chunks + s.c;
+      for (int64_t k = 0; k < W; ++k) {
+        std::array<Vec, NV> acc;
+        acc.fill(Vec(A(0)));
+        for (int64_t j = 0; j < n && !s.dead; ++j) {
+          // cut pairs and padding tokens are skipped, not multiplied by 0
+          if (s.masked && (id[j + H] < 0 || id[j + k] != id[j + H])) continue;
+          const A* g = gb.data() + (H + j) * C;
+          const A* xr = xb.data() + (j + k) * C;
+          for (int64_t v = 0; v < NV; ++v)
+            acc[v] = at::vec::fmadd(Vec::loadu(g + v * V), Vec::loadu(xr + v * V), acc[v]);
+        }
+        for (int64_t v = 0; v < NV; ++v) acc[v].store(row.data() + v * V);
+        for (int64_t l = 0; l < nd; ++l) job.part_w[(r * D + d0 + l) * W + k] = row[l];
+      }
+      if (job.part_b) {
+        std::array<Vec, NV> acc;
+        acc.fill(Vec(A(0)));
+        for (int64_t j = 0; j < n && !s.dead; ++j) {
+          const A* g = gb.data() + (H + j) * C;
+          for (int64_t v = 0; v < NV; ++v) acc[v] = acc[v] + Vec::loadu(g + v * V);
+        }
+        for (int64_t v = 0; v < NV; ++v) acc[v].store(row.data() + v * V);
+        for (int64_t l = 0; l < nd; ++l) job.part_b[r * D + d0 + l] = row[l];
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+
+template <typename A>
+A weight_at(const ConvParams& p, const Strided& v, int64_t off) {
+  switch (p.weight_dtype) {
+    case DType::Float32: return A(static_cast<const float*>(v.data)[off]);
+    case DType::Float16: return A(static_cast<const c10::Half*>(v.data)[off]);
+    case DType::BFloat16: return A(static_cast<const c10::BFloat16*>(v.data)[off]);
+    case DType::Float64: return A(static_cast<const double*>(v.data)[off]);
+  }
+  return A(0);
+}
+
+// L == 0: no tokens; final_states were the initial states (or zeros).
+template <typename X>
+void bwd_empty(const ConvParams& p) {
+  if (!p.dinitial_states.given()) return;
+  const int64_t H = p.width - 1, D = p.dim;
+  at::parallel_for(0, p.batch * D, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / D, d = row % D;
+      X* di = ptr<X>(p.dinitial_states) + b * p.dinitial_states.s0 + d * p.dinitial_states.s1;
+      const X* df = p.dfinal_states.given()
+                        ? ptr<X>(p.dfinal_states) + b * p.dfinal_states.s0 + d * p.dfinal_states.s1
+                        : nullptr;
+      for (int64_t j = 0; j < H; ++j)
+        di[j * p.dinitial_states.s2] = df ? df[j * p.dfinal_states.s2] : X(0);
+    }
+  });
+}
+
+template <typename X>
+void bwd_typed(const ConvParams& p) {
+  using A = acc_t<X>;
+  if (p.seqlen == 0) return bwd_empty<X>(p);
+  Job<A> job;
+  job.p = &p;
+  job.B = p.batch;
+  job.D = p.dim;
+  job.L = p.seqlen;
+  job.W = p.width;
+  job.H = p.width - 1;
+  const int64_t D = job.D, W = job.W;
+
+  std::vector<A> w(D * W), bias(p.bias.given() ? D : 0);
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t k = 0; k < W; ++k)
+      w[d * W + k] = weight_at<A>(p, p.weight, d * p.weight.s0 + k * p.weight.s1);
+    if (p.bias.given()) bias[d] = weight_at<A>(p, p.bias, d * p.bias.s0);
+  }
+  job.w = w.data();
+  job.bias = p.bias.given() ? bias.data() : nullptr;
+
+  const bool channel_last = p.x.s1 == 1 && p.x.s2 != 1 && D > 1;
+  job.chunk = channel_last ? kChunkC : kChunkT;
+  job.block = channel_last ? kBlockC : kGroupT;
+  job.n_chunks = (job.L + job.chunk - 1) / job.chunk;
+  job.n_blocks = (D + job.block - 1) / job.block;
+  const int64_t R = job.B * job.n_chunks;
+  std::vector<A> part_w(R * D * W), part_b(p.dbias_acc ? R * D : 0);
+  job.part_w = part_w.data();
+  job.part_b = p.dbias_acc ? part_b.data() : nullptr;
+
+  if (channel_last)
+    run_channel_last<X, A>(job);
+  else
+    run_time_major<X, A>(job);
+
+  // Sum the partials over (b, chunk) in index order, one channel per lane of
+  // work: the order never depends on how channels are split among threads.
+  A* dw = static_cast<A*>(p.dweight_acc);
+  A* db = static_cast<A*>(p.dbias_acc);
+  at::parallel_for(0, D, 64, [&](int64_t d0, int64_t d1) {
+    for (int64_t r = 0; r < R; ++r) {
+      const A* src = job.part_w + r * D * W;
+      for (int64_t i = d0 * W; i < d1 * W; ++i) dw[i] += src[i];
+      if (db) {
+        const A* srcb = job.part_b + r * D;
+        for (int64_t d = d0; d < d1; ++d) db[d] += srcb[d];
+      }
+    }
+  });
+}
+
+}  // namespace bwd_impl
+
+inline void bwd(const ConvParams& p) {
+  switch (p.x_dtype) {
+    case DType::Float32: return bwd_impl::bwd_typed<float>(p);
+    case DType::Float16: return bwd_impl::bwd_typed<c10::Half>(p);
+    case DType::BFloat16: return bwd_impl::bwd_typed<c10::BFloat16>(p);
+    case DType::Float64: return bwd_impl::bwd_typed<double>(p);
+  }
 }
 
 }  // namespace causal_conv1d::cpu::CPU_CAPABILITY
