@@ -74,18 +74,22 @@ def causal_conv1d_ref(
         window = xin[..., k : k + L]  # position t - (W-1) + k
         term = wc[None, :, k, None] * window
         if seq_idx is not None:
-            same = (ids_in[:, k : k + L] == seq).to(ct)[:, None, :]
-            term = term * same
+            # where, not a product with the mask: NaN/Inf in another
+            # segment must not leak in (NaN * 0 is NaN)
+            same = (ids_in[:, k : k + L] == seq)[:, None, :]
+            term = torch.where(same, term, 0.0)
         out = out + term
-    out = _act(out, activation)
     if seq_idx is not None:
-        out = out * (seq >= 0).to(ct)[:, None, :]
+        # padding tokens: zeroed before the activation (silu(0) == 0) so that
+        # no NaN from their inputs reaches a gradient either
+        out = torch.where((seq >= 0)[:, None, :], out, 0.0)
+    out = _act(out, activation)
     out = out.to(x.dtype)
     if not return_final_states:
         return out
     final = xin[..., L:]  # the last W-1 positions, L-(W-1) .. L-1
     if seq_idx is not None and W > 1:
-        final = final * (ids_in[:, L:] == seq[:, -1:]).to(ct)[:, None, :]
+        final = torch.where((ids_in[:, L:] == seq[:, -1:])[:, None, :], final, 0.0)
     final = final.to(x.dtype)
     if final_states_out is not None:
         final_states_out.copy_(final)
