@@ -350,10 +350,13 @@ def main() -> int:
     so = objdir / f"{ext_id}.abi3.so"
     ldflags = [f"-L{facts['lib']}", "-lc10", "-ltorch", "-ltorch_cpu"]
     if backend == "cuda":
-        cudart = [p for d in nv_libs for p in Path(d).glob("libcudart.so*")]
+        # The CUDA runtime torch itself loads (the wheel's), else the toolkit's;
+        # either way the library records the soname libcudart.so.<major>.
+        cudart = [p for d in nv_libs for p in Path(d).glob("libcudart.so.*")]
+        cudart += [p for d in ("lib64", "lib") for p in (cuda_home() / d).glob("libcudart.so.*")]
         if not cudart:
-            sys.exit("error: libcudart.so.* not found in torch's nvidia wheels")
-        ldflags += ["-lc10_cuda", "-ltorch_cuda", str(sorted(cudart)[0])]
+            sys.exit("error: libcudart.so.* found neither in torch's nvidia wheels nor in CUDA_HOME")
+        ldflags += ["-lc10_cuda", "-ltorch_cuda", str(cudart[0])]
     if args.sanitize:
         ldflags += ["-fsanitize=address,undefined"]
     # Only the current library is built; old ids are left behind by ninja.

@@ -14,8 +14,9 @@
 //             shuffles (fixed order) and either added atomically or, in
 //             deterministic mode, stored per (row, warp chunk) and summed in
 //             a fixed order by reduce_partials_kernel.
-//   chanlast  x.s1 == 1, widths <= 8: a thread owns 4 (or 2) channels and
-//             slides along a time tile; partials per (batch, tile).
+//   chanlast  x.s1 == 1, widths <= 8: a block stages x and dout tiles in
+//             shared memory, a lane owns 4 channels of a warp's time steps;
+//             partials per (batch, tile), the block's warps summed in order.
 //   generic   any strides or width: dy goes to a float buffer first, then dx
 //             and a per-channel block reduction for dweight (deterministic).
 // dinitial_states always come from a small kernel of their own.
@@ -217,208 +218,253 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------
-// chanlast: x.s1 == 1 (or D == 1), widths <= 8. A thread owns E channels of a
-// time tile [t0, t1) and walks positions t0-(W-1) .. t1+(W-1)-1 once,
-// keeping the last W inputs and the last W output gradients in registers.
+// chanlast: x.s1 == 1 (or D == 1), widths <= 8. A block owns 128 channels
+// (4 per lane) of a time tile of 4 warps x kSteps positions. It stages x
+// (with W-1 rows of history and W-1 rows of lookahead) and dout (with W-1
+// rows of lookahead) in shared memory, all loads in flight at once; each warp
+// then walks its positions and their W-1 successors once, keeping the last W
+// output gradients in registers, and the 4 warps' dweight/dbias partials are
+// summed in a fixed order through shared memory.
 
-template <typename X, int E>
-__device__ __forceinline__ Pack<X, E> load_ch(const X* src, int64_t stride, int ne, bool vec) {
-  Pack<X, E> v;
-  if (vec && ne == E) {
-    v = *reinterpret_cast<const Pack<X, E>*>(src);
-  } else {
-#pragma unroll
-    for (int e = 0; e < E; ++e) v.v[e] = e < ne ? src[e * stride] : from_f<X>(0.f);
-  }
-  return v;
-}
+template <typename X>
+constexpr int bwd_steps_per_warp() { return sizeof(X) == 4 ? 8 : 16; }
 
 template <typename X, int kW, bool kExact, bool kSeq>
 __global__ void __launch_bounds__(kThreads)
-    bwd_chanlast_kernel(ConvParams p, int64_t groups, int64_t tiles, int64_t tile_len,
-                        bool x_vec, bool dout_vec, bool dx_vec, float* ws) {
-  constexpr int E = kW <= 4 ? 4 : 2;
+    bwd_chanlast_kernel(ConvParams p, int64_t cblocks, int64_t tiles, bool x_vec, bool dout_vec,
+                        bool dx_vec, float* ws) {
+  constexpr int E = 4;
+  constexpr int kWarps = kThreads / kWarp;
+  constexpr int CB = kWarp * E;  // channels per block (== kThreads)
+  constexpr int kSteps = bwd_steps_per_warp<X>();
+  constexpr int TT = kWarps * kSteps;
+  constexpr int RX = TT + 2 * (kW - 1);  // x rows: positions t0-(W-1) .. t0+TT+W-2
+  constexpr int RG = TT + kW - 1;        // dout rows: positions t0 .. t0+TT+W-2
+  constexpr int NX = (RX * kWarp + kThreads - 1) / kThreads;
+  constexpr int NG = (RG * kWarp + kThreads - 1) / kThreads;
   using V = Pack<X, E>;
+  constexpr size_t kTileBytes = sizeof(V) * kWarp * (RX + RG);
+  constexpr size_t kRedBytes = sizeof(float) * kWarps * (kW + 1) * CB;
+  constexpr size_t kBytes = kTileBytes > kRedBytes ? kTileBytes : kRedBytes;
+  __shared__ Pack<float, 4> smem_raw[(kBytes + 15) / 16];  // 16-byte aligned storage
+  unsigned char* smem = reinterpret_cast<unsigned char*>(smem_raw);
+  __shared__ int32_t tile_ids[kSeq ? RX : 1];
+  auto xt = reinterpret_cast<V(*)[kWarp]>(smem);
+  auto gt = reinterpret_cast<V(*)[kWarp]>(smem + sizeof(V) * kWarp * RX);
+  float* red = reinterpret_cast<float*>(smem);  // [warp][k][channel], after the tiles
+
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t D = p.dim, L = p.seqlen;
   const int W = kExact ? kW : static_cast<int>(p.width);
-  const int64_t total = p.batch * tiles * groups;
-  for (int64_t g = global_thread(); g < total; g += grid_threads()) {
-    const int64_t cg = g % groups, r = g / groups;
-    const int64_t tile = r % tiles, b = r / tiles;
-    const int64_t d0 = cg * E, t0 = tile * tile_len;
-    const int64_t t1 = t0 + tile_len < L ? t0 + tile_len : L;
-    const int ne = D - d0 < E ? static_cast<int>(D - d0) : E;
+  const int64_t total = p.batch * tiles * cblocks;
+  for (int64_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
+    const int64_t cb = blk % cblocks, r = blk / cblocks;
+    const int64_t b = r / tiles, tile = r % tiles, t0 = tile * TT;
+    const int64_t c0 = cb * CB, row0 = t0 - (W - 1);
+    const int64_t t_end = t0 + TT < L ? t0 + TT : L;
+    // rows that hold data: positions < min(t_end + W - 1, L)
+    const int64_t p_end = t_end + (W - 1) < L ? t_end + (W - 1) : L;
+    const int xrows = static_cast<int>(p_end - row0), grows = static_cast<int>(p_end - t0);
+    const X* xb = ptr<const X>(p.x) + b * p.x.s0;
+    const X* gb = ptr<const X>(p.dout) + b * p.dout.s0;
 
-    // w[k] natural taps (for dx), wr[k] = w[W-1-k] (input k positions back).
-    float w[kW][E], wr[kW][E], bias[E];
+    auto load = [&](const X* base, int64_t s1, int64_t s2, bool vec, int64_t pos, int64_t d) {
+      V v;
+      const int ne = D - d >= E ? E : D - d > 0 ? static_cast<int>(D - d) : 0;
+      if (pos >= 0) {
+        const X* src = base + pos * s2 + d * s1;
+        if (vec && ne == E) {
+          v = *reinterpret_cast<const V*>(src);
+        } else {
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int64_t d = e < ne ? d0 + e : d0;
-      bias[e] = bias_at(p, d);
+          for (int e = 0; e < E; ++e) v.v[e] = e < ne ? src[e * s1] : from_f<X>(0.f);
+        }
+      } else {
 #pragma unroll
-      for (int k = 0; k < kW; ++k) {
-        w[k][e] = (kExact || k < W) ? weight_at(p, d, k) : 0.f;
-        if constexpr (!kExact) wr[k][e] = k < W ? weight_at(p, d, W - 1 - k) : 0.f;
+        for (int e = 0; e < E; ++e)
+          v.v[e] = (p.initial_states.data != nullptr && e < ne)
+                       ? ptr<const X>(p.initial_states)[b * p.initial_states.s0 +
+                                                        (d + e) * p.initial_states.s1 +
+                                                        (W - 1 + pos) * p.initial_states.s2]
+                       : from_f<X>(0.f);
+      }
+      return v;
+    };
+    V xbuf[NX], gbuf[NG];
+#pragma unroll
+    for (int n = 0; n < NX; ++n) {
+      const int idx = threadIdx.x + n * kThreads;
+      if (idx / kWarp < xrows)
+        xbuf[n] = load(xb, p.x.s1, p.x.s2, x_vec, row0 + idx / kWarp, c0 + (idx % kWarp) * E);
+    }
+#pragma unroll
+    for (int n = 0; n < NG; ++n) {
+      const int idx = threadIdx.x + n * kThreads;
+      if (idx / kWarp < grows)
+        gbuf[n] = load(gb, p.dout.s1, p.dout.s2, dout_vec, t0 + idx / kWarp, c0 + (idx % kWarp) * E);
+    }
+#pragma unroll
+    for (int n = 0; n < NX; ++n) {
+      const int idx = threadIdx.x + n * kThreads;
+      if (idx / kWarp < xrows) xt[idx / kWarp][idx % kWarp] = xbuf[n];
+    }
+#pragma unroll
+    for (int n = 0; n < NG; ++n) {
+      const int idx = threadIdx.x + n * kThreads;
+      if (idx / kWarp < grows) gt[idx / kWarp][idx % kWarp] = gbuf[n];
+    }
+    int32_t last = 0;
+    if constexpr (kSeq) {
+      const int32_t* sr = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;
+      last = sr[(L - 1) * p.seq_idx.s1];
+      for (int i = threadIdx.x; i < xrows; i += kThreads) {
+        const int64_t pos = row0 + i;
+        tile_ids[i] = pos < 0 ? sr[0] : sr[pos * p.seq_idx.s1];
       }
     }
-    if constexpr (kExact) {
-#pragma unroll
-      for (int k = 0; k < kW; ++k)
-#pragma unroll
-        for (int e = 0; e < E; ++e) wr[k][e] = w[kW - 1 - k][e];
-    }
+    __syncthreads();
 
-    const X* xb = ptr<const X>(p.x) + b * p.x.s0 + d0;  // channel stride 1
-    const X* gb = ptr<const X>(p.dout) + b * p.dout.s0 + d0 * p.dout.s1;
-    const int32_t* sr = kSeq ? ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0 : nullptr;
-    const int32_t first = kSeq ? sr[0] : 0;
-    const int32_t last = kSeq ? sr[(L - 1) * p.seq_idx.s1] : 0;
-    const X* fr = p.dfinal_states.data != nullptr
-                      ? ptr<const X>(p.dfinal_states) + b * p.dfinal_states.s0
-                      : nullptr;
-
-    // Windows, newest at index kW - 1: inputs, their ids, output gradients.
-    float xw[kW][E], gw[kW][E];
-    int32_t ids[kW];
-#pragma unroll
-    for (int k = 0; k < kW; ++k) {
-      ids[k] = -1;
-#pragma unroll
-      for (int e = 0; e < E; ++e) xw[k][e] = gw[k][e] = 0.f;
-    }
-    float dwr[kW][E], db[E];
+    const int64_t d0 = c0 + lane * E;
+    const int ne = D - d0 >= E ? E : D - d0 > 0 ? static_cast<int>(D - d0) : 0;
+    float dwr[kW][E], db[E];  // dwr[k]: partial of the tap k positions back
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       db[e] = 0.f;
 #pragma unroll
       for (int k = 0; k < kW; ++k) dwr[k][e] = 0.f;
     }
-
-    // Raw loads for position pos: x (or the initial state), dout, id.
-    auto load_x = [&](int64_t pos) {
-      V v;
-      if (pos >= 0 && pos < L) {
-        v = load_ch<X, E>(xb + pos * p.x.s2, 1, ne, x_vec);
-      } else {
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          v.v[e] = (pos < 0 && p.initial_states.data != nullptr && e < ne)
-                       ? ptr<const X>(p.initial_states)[b * p.initial_states.s0 +
-                                                        (d0 + e) * p.initial_states.s1 +
-                                                        (W - 1 + pos) * p.initial_states.s2]
-                       : from_f<X>(0.f);
-        }
-      }
-      return v;
-    };
-    auto load_g = [&](int64_t pos) {
-      V v;
-      if (pos >= t0 && pos < L) {
-        v = load_ch<X, E>(gb + pos * p.dout.s2, p.dout.s1, ne, dout_vec);
-      } else {
-#pragma unroll
-        for (int e = 0; e < E; ++e) v.v[e] = from_f<X>(0.f);
-      }
-      return v;
-    };
-    auto load_id = [&](int64_t pos) -> int32_t {
-      if (!kSeq) return 0;
-      return pos < 0 ? first : pos < L ? sr[pos * p.seq_idx.s1] : -1;
-    };
-
-    const int64_t start = t0 - (W - 1), stop = t1 + (W - 1);
-    V nx = load_x(start), ng = load_g(start);
-    int32_t nid = load_id(start);
-    for (int64_t pos = start; pos < stop; ++pos) {
-      const V cx = nx, cgr = ng;
-      const int32_t cid = nid;
-      if (pos + 1 < stop) {
-        nx = load_x(pos + 1);
-        ng = load_g(pos + 1);
-        nid = load_id(pos + 1);
-      }
-      // push the input at pos
-#pragma unroll
-      for (int k = 0; k + 1 < kW; ++k) {
-        ids[k] = ids[k + 1];
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          xw[k][e] = xw[k + 1][e];
-          gw[k][e] = gw[k + 1][e];
-        }
-      }
-      ids[kW - 1] = cid;
+    const int64_t q0 = t0 + warp * kSteps;  // this warp's positions q0 .. q1-1
+    const int64_t q1 = q0 + kSteps < t_end ? q0 + kSteps : t_end;
+    if (ne > 0 && q0 < q1) {
+      // w[k] natural taps (for dx), wr[k] = w[W-1-k] (for y and dweight).
+      float w[kW][E], wr[kW][E], bias[E];
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        xw[kW - 1][e] = to_f(cx.v[e]);
-        gw[kW - 1][e] = 0.f;
-      }
-      // dy at pos (tile and its W-1 successors), partials inside the tile
-      if (pos >= t0 && pos < L && (!kSeq || cid >= 0)) {
-        const bool own = pos < t1;
+        const int64_t d = e < ne ? d0 + e : d0;
+        bias[e] = bias_at(p, d);
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-          float gm = to_f(cgr.v[e]);
-          if (p.silu) {
-            float y = bias[e];
-#pragma unroll
-            for (int k = 0; k < kW; ++k)
-              if ((kExact || k < W) && (!kSeq || ids[kW - 1 - k] == cid))
-                y += wr[k][e] * xw[kW - 1 - k][e];
-            gm *= silu_grad(y);
-          }
-          gw[kW - 1][e] = gm;
-          if (own) {
-#pragma unroll
-            for (int k = 0; k < kW; ++k)
-              if ((kExact || k < W) && (!kSeq || ids[kW - 1 - k] == cid))
-                dwr[k][e] += gm * xw[kW - 1 - k][e];
-            db[e] += gm;
-          }
+        for (int k = 0; k < kW; ++k) {
+          w[k][e] = (kExact || k < W) ? weight_at(p, d, k) : 0.f;
+          if constexpr (!kExact) wr[k][e] = k < W ? weight_at(p, d, W - 1 - k) : 0.f;
         }
       }
-      // dx at q = pos - (W-1): gradients of positions q .. pos are in gw.
-      const int64_t q = pos - (W - 1);
-      if (q >= t0 && q < t1) {
-        int32_t qid = ids[0];
+      if constexpr (kExact) {
 #pragma unroll
         for (int k = 0; k < kW; ++k)
-          if (k == W - 1) qid = ids[kW - 1 - k];
-        const bool fin = fr != nullptr && q >= L - (W - 1) && (!kSeq || qid == last);
-        X* dq = ptr<X>(p.dx) + b * p.dx.s0 + q * p.dx.s2;
-        V o;
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-          float acc = 0.f;
-          // w[k] multiplies the gradient of position q + (W-1) - k = pos - k
+          for (int e = 0; e < E; ++e) wr[k][e] = w[kW - 1 - k][e];
+      }
+      const X* fr = p.dfinal_states.data != nullptr
+                        ? ptr<const X>(p.dfinal_states) + b * p.dfinal_states.s0
+                        : nullptr;
+      float gw[kW][E];  // output gradients of the last W positions, newest last
+#pragma unroll
+      for (int k = 0; k < kW; ++k)
+#pragma unroll
+        for (int e = 0; e < E; ++e) gw[k][e] = 0.f;
+
+      for (int64_t pos = q0; pos < q1 + (W - 1); ++pos) {
+        const int i = static_cast<int>(pos - row0);  // x tile row of pos
+        float dy[E] = {};
+        if (pos < L) {
+          const int32_t tok = kSeq ? tile_ids[i] : 0;
+          if (!kSeq || tok >= 0) {
+            float xv[kW][E];
+            bool same[kW];
+#pragma unroll
+            for (int k = 0; k < kW; ++k) {
+              same[k] = (kExact || k < W) && (!kSeq || tile_ids[i - k] == tok);
+              const V v = xt[same[k] ? i - k : i][lane];
+#pragma unroll
+              for (int e = 0; e < E; ++e) xv[k][e] = same[k] ? to_f(v.v[e]) : 0.f;
+            }
+            const V g = gt[pos - t0][lane];
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+              dy[e] = to_f(g.v[e]);
+              if (p.silu) {
+                float y = bias[e];
+#pragma unroll
+                for (int k = 0; k < kW; ++k) y += wr[k][e] * xv[k][e];
+                dy[e] *= silu_grad(y);
+              }
+            }
+            if (pos < q1) {
+#pragma unroll
+              for (int e = 0; e < E; ++e) {
+                db[e] += dy[e];
+#pragma unroll
+                for (int k = 0; k < kW; ++k)
+                  if (same[k]) dwr[k][e] += dy[e] * xv[k][e];
+              }
+            }
+          }
+        }
+#pragma unroll
+        for (int k = 0; k + 1 < kW; ++k)
+#pragma unroll
+          for (int e = 0; e < E; ++e) gw[k][e] = gw[k + 1][e];
+#pragma unroll
+        for (int e = 0; e < E; ++e) gw[kW - 1][e] = dy[e];
+
+        // dx at q = pos - (W-1): w[k] meets the gradient of position pos - k.
+        const int64_t q = pos - (W - 1);
+        if (q >= q0 && q < L) {
+          const int iq = i - (W - 1);
+          const int32_t qid = kSeq ? tile_ids[iq] : 0;
+          float acc[E] = {};
 #pragma unroll
           for (int k = 0; k < kW; ++k)
-            if ((kExact || k < W) && (!kSeq || ids[kW - 1 - k] == qid)) acc += w[k][e] * gw[kW - 1 - k][e];
-          if (fin && e < ne)
-            acc += to_f(fr[(d0 + e) * p.dfinal_states.s1 +
-                           (q - (L - (W - 1))) * p.dfinal_states.s2]);
-          o.v[e] = from_f<X>(acc);
-        }
-        if (dx_vec && ne == E) {
-          *reinterpret_cast<V*>(dq + d0) = o;
-        } else {
+            if ((kExact || k < W) && pos - k < L && (!kSeq || tile_ids[i - k] == qid))
 #pragma unroll
-          for (int e = 0; e < E; ++e)
-            if (e < ne) dq[(d0 + e) * p.dx.s1] = o.v[e];
+              for (int e = 0; e < E; ++e) acc[e] += w[k][e] * gw[kW - 1 - k][e];
+          if (fr != nullptr && q >= L - (W - 1) && (!kSeq || qid == last)) {
+#pragma unroll
+            for (int e = 0; e < E; ++e)
+              if (e < ne)
+                acc[e] += to_f(fr[(d0 + e) * p.dfinal_states.s1 +
+                                  (q - (L - (W - 1))) * p.dfinal_states.s2]);
+          }
+          V o;
+#pragma unroll
+          for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(acc[e]);
+          X* dst = ptr<X>(p.dx) + b * p.dx.s0 + q * p.dx.s2 + d0 * p.dx.s1;
+          if (dx_vec && ne == E) {
+            *reinterpret_cast<V*>(dst) = o;
+          } else {
+#pragma unroll
+            for (int e = 0; e < E; ++e)
+              if (e < ne) dst[e * p.dx.s1] = o.v[e];
+          }
         }
       }
     }
+    __syncthreads();  // tiles are dead: reuse shared memory for the partials
 
-    float* slot = ws != nullptr ? ws + (b * tiles + tile) * D * (W + 1) : nullptr;
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      if (e < ne) {
-        float part[kW];
+    for (int k = 0; k <= kW; ++k)
 #pragma unroll
-        for (int k = 0; k < kW; ++k) part[k] = dwr[k][e];
-        emit_partials<kW, kExact>(p, W, d0 + e, part, db[e], slot);
+      for (int e = 0; e < E; ++e)
+        red[(warp * (kW + 1) + k) * CB + lane * E + e] = k < kW ? dwr[k][e] : db[e];
+    __syncthreads();
+    {
+      const int c = threadIdx.x;  // one channel per thread, warps summed in order
+      const int64_t d = c0 + c;
+      if (d < D) {
+        float part[kW], dsum = 0.f;
+#pragma unroll
+        for (int k = 0; k < kW; ++k) part[k] = 0.f;
+#pragma unroll
+        for (int wi = 0; wi < kWarps; ++wi) {
+#pragma unroll
+          for (int k = 0; k < kW; ++k) part[k] += red[(wi * (kW + 1) + k) * CB + c];
+          dsum += red[(wi * (kW + 1) + kW) * CB + c];
+        }
+        float* slot = ws != nullptr ? ws + (b * tiles + tile) * D * (W + 1) : nullptr;
+        emit_partials<kW, kExact>(p, W, d, part, dsum, slot);
       }
     }
+    __syncthreads();  // before the next tile's loads overwrite `red`
   }
 }
 
@@ -565,7 +611,7 @@ enum class Path { None, Rows, Chanlast, Generic };
 
 struct Plan {
   Path path = Path::None;
-  int64_t a = 0, b = 0, c = 0;  // rows: wchunks; chanlast: groups, tiles, tile_len
+  int64_t a = 0, b = 0;  // rows: a = warp chunks per row; chanlast: a = channel blocks, b = tiles
   int64_t slots = 0;            // partial-sum slots (deterministic mode)
   size_t ws_bytes = 0;
 };
@@ -582,14 +628,10 @@ Plan make_plan(const ConvParams& p) {
     plan.a = (L + kWarp * E - 1) / (kWarp * E);
     plan.slots = B * plan.a;
   } else if ((p.x.s1 == 1 || D == 1) && W <= kChanlastMaxWidth) {
-    const int64_t E = W <= 4 ? 4 : 2;
-    const int64_t groups = (D + E - 1) / E;
-    int64_t tile = 128;
-    while (tile > 16 && B * groups * ((L + tile - 1) / tile) < 65536) tile /= 2;
+    const int64_t CB = kThreads, TT = (kThreads / kWarp) * (elem == 4 ? 8 : 16);
     plan.path = Path::Chanlast;
-    plan.a = groups;
-    plan.b = (L + tile - 1) / tile;
-    plan.c = tile;
+    plan.a = (D + CB - 1) / CB;
+    plan.b = (L + TT - 1) / TT;
     plan.slots = B * plan.b;
   } else {
     plan.path = Path::Generic;
@@ -626,7 +668,7 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
                dx_vec, part);
       });
     } else if (plan.path == Path::Chanlast) {
-      const int64_t E = p.width <= 4 ? 4 : 2;
+      constexpr int64_t E = 4;
       const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s2, L);
       const bool dout_vec = (p.dout.s1 == 1 || D == 1) &&
                             vector_aligned(p.dout.data, sizeof(X), E, p.dout.s0, B, p.dout.s2, L);
@@ -635,7 +677,7 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
       dispatch_width<kChanlastMaxWidth>(p.width, [&]<int kW, bool kExact>() {
         auto kernel = seq ? bwd_chanlast_kernel<X, kW, kExact, true>
                           : bwd_chanlast_kernel<X, kW, kExact, false>;
-        launch(kernel, grid_for(B * plan.b * plan.a), stream, p, plan.a, plan.b, plan.c, x_vec,
+        launch(kernel, grid_for(B * plan.b * plan.a, 1), stream, p, plan.a, plan.b, x_vec,
                dout_vec, dx_vec, part);
       });
     } else if (plan.path == Path::Generic) {

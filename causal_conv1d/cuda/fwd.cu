@@ -5,9 +5,10 @@
 //             of consecutive outputs of one row from one aligned vector load
 //             plus the vectors before it (the halo comes from L1/L2, not DRAM).
 //   chanlast  x channel-last (x.s1 == 1, also slices of a wider projection):
-//             a thread owns E consecutive channels and slides a window of W
-//             time steps along a tile of the sequence; a warp's loads cover
-//             32 * 16 contiguous bytes.
+//             a block stages a (64 + W-1) x 32E tile in shared memory with all
+//             its loads in flight, then a lane computes E consecutive channels
+//             (16 bytes) per time step; a warp's loads and stores cover 512
+//             contiguous bytes.
 //   generic   any strides: one output per thread, read through rows.cuh.
 // final_states come from a small separate kernel in every layout.
 #include "launch.h"
@@ -110,125 +111,124 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------
-// chanlast: x.s1 == 1 (or D == 1), widths up to 8
+// chanlast: x.s1 == 1 (or D == 1), widths up to 8. A block owns 32 * E
+// channels of a 64-step time tile: it first loads the tile and its W-1
+// rows of history into shared memory (every load of the block in flight at
+// once), then each warp computes 16 time steps, a lane E channels.
 
-template <typename X, int E>
-__device__ __forceinline__ Pack<X, E> load_channels(const X* src, int ne, bool vec) {
-  Pack<X, E> v;
-  if (vec && ne == E) {
-    v = *reinterpret_cast<const Pack<X, E>*>(src);
-  } else {
-#pragma unroll
-    for (int e = 0; e < E; ++e) v.v[e] = e < ne ? src[e] : from_f<X>(0.f);
-  }
-  return v;
-}
+constexpr int kFwdStepsPerWarp = 16;
 
 template <typename X, int kW, bool kExact, bool kSeq>
 __global__ void __launch_bounds__(kThreads)
-    fwd_chanlast_kernel(ConvParams p, int64_t groups, int64_t tiles, int64_t tile_len, bool x_vec,
-                        bool out_vec) {
+    fwd_chanlast_kernel(ConvParams p, int64_t cblocks, int64_t tiles, bool x_vec, bool out_vec) {
   constexpr int E = kVec16<X>;
+  constexpr int CB = kWarp * E;                                  // channels per block
+  constexpr int TT = (kThreads / kWarp) * kFwdStepsPerWarp;      // time steps per block
+  constexpr int R = TT + kW - 1;                                 // tile rows
+  constexpr int NI = (R * kWarp + kThreads - 1) / kThreads;      // tile loads per thread
   using V = Pack<X, E>;
+  __shared__ V tile[R][kWarp];
+  __shared__ int32_t tile_ids[kSeq ? R : 1];
+
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t D = p.dim, L = p.seqlen;
   const int W = kExact ? kW : static_cast<int>(p.width);
-  const int64_t total = p.batch * tiles * groups;
-  for (int64_t g = global_thread(); g < total; g += grid_threads()) {
-    const int64_t cg = g % groups, r = g / groups;
-    const int64_t tile = r % tiles, b = r / tiles;
-    const int64_t d0 = cg * E, t0 = tile * tile_len;
-    const int64_t t1 = t0 + tile_len < L ? t0 + tile_len : L;
-    const int ne = D - d0 < E ? static_cast<int>(D - d0) : E;
+  const int64_t total = p.batch * tiles * cblocks;
+  for (int64_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
+    const int64_t cb = blk % cblocks, r = blk / cblocks;
+    const int64_t b = r / tiles, t0 = (r % tiles) * TT;
+    const int64_t c0 = cb * CB, row0 = t0 - (W - 1);  // tile row i is position row0 + i
+    const int64_t t_end = t0 + TT < L ? t0 + TT : L;
+    const int rows = static_cast<int>(t_end - row0);
+    const X* xb = ptr<const X>(p.x) + b * p.x.s0;
 
-    float wr[kW][E], bias[E];
+    // Tile row i, vector v: positions row0 + i, channels c0 + v*E ..: x, the
+    // initial state before position 0, zeros past D.
+    V buf[NI];
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int64_t d = e < ne ? d0 + e : d0;  // spare lanes mirror a real channel
-      bias[e] = bias_at(p, d);
-#pragma unroll
-      for (int k = 0; k < kW; ++k) wr[k][e] = (kExact || k < W) ? weight_at(p, d, W - 1 - k) : 0.f;
-    }
-    const X* xb = ptr<const X>(p.x) + b * p.x.s0 + d0;
-    const int32_t* sr = kSeq ? ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0 : nullptr;
-    const int32_t first = kSeq ? sr[0] : 0;
-
-    // win[kW - 1] is the newest position; ids likewise.
-    float win[kW][E];
-    int32_t ids[kW];
-#pragma unroll
-    for (int k = 0; k < kW; ++k) {
-      ids[k] = -1;
-#pragma unroll
-      for (int e = 0; e < E; ++e) win[k][e] = 0.f;
-    }
-    auto push = [&](const V& v, int32_t id) {
-#pragma unroll
-      for (int k = 0; k + 1 < kW; ++k) {
-        ids[k] = ids[k + 1];
-#pragma unroll
-        for (int e = 0; e < E; ++e) win[k][e] = win[k + 1][e];
-      }
-      ids[kW - 1] = id;
-#pragma unroll
-      for (int e = 0; e < E; ++e) win[kW - 1][e] = to_f(v.v[e]);
-    };
-
-    // The W - 1 positions before the tile (initial states before position 0).
-    for (int64_t pos = t0 - (W - 1); pos < t0; ++pos) {
-      V v;
+    for (int n = 0; n < NI; ++n) {
+      const int idx = threadIdx.x + n * kThreads;
+      const int i = idx / kWarp, v = idx % kWarp;
+      const int64_t pos = row0 + i, d = c0 + v * E;
+      const int ne = D - d >= E ? E : D - d > 0 ? static_cast<int>(D - d) : 0;
+      if (i >= rows) continue;
       if (pos >= 0) {
-        v = load_channels<X, E>(xb + pos * p.x.s2, ne, x_vec);
-      } else {
+        const X* src = xb + pos * p.x.s2 + d * p.x.s1;
+        if (x_vec && ne == E) {
+          buf[n] = *reinterpret_cast<const V*>(src);
+        } else {
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-          v.v[e] = (p.initial_states.data != nullptr && e < ne)
-                       ? ptr<const X>(p.initial_states)[b * p.initial_states.s0 +
-                                                        (d0 + e) * p.initial_states.s1 +
-                                                        (W - 1 + pos) * p.initial_states.s2]
-                       : from_f<X>(0.f);
+          for (int e = 0; e < E; ++e) buf[n].v[e] = e < ne ? src[e * p.x.s1] : from_f<X>(0.f);
         }
-      }
-      push(v, !kSeq ? 0 : pos >= 0 ? sr[pos * p.seq_idx.s1] : first);
-    }
-
-    // The tile, one load ahead so that a load is in flight during the math.
-    V next;
-    int32_t next_id = 0;
-    if (t0 < t1) {
-      next = load_channels<X, E>(xb + t0 * p.x.s2, ne, x_vec);
-      if constexpr (kSeq) next_id = sr[t0 * p.seq_idx.s1];
-    }
-    for (int64_t t = t0; t < t1; ++t) {
-      const V cur = next;
-      const int32_t cur_id = next_id;
-      if (t + 1 < t1) {
-        next = load_channels<X, E>(xb + (t + 1) * p.x.s2, ne, x_vec);
-        if constexpr (kSeq) next_id = sr[(t + 1) * p.seq_idx.s1];
-      }
-      push(cur, cur_id);
-      V o;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        float acc = bias[e];
-#pragma unroll
-        for (int k = 0; k < kW; ++k) {
-          if (kExact || k < W) {
-            if (!kSeq || ids[kW - 1 - k] == cur_id) acc += wr[k][e] * win[kW - 1 - k][e];
-          }
-        }
-        float v = p.silu ? silu(acc) : acc;
-        if (kSeq && cur_id < 0) v = 0.f;
-        o.v[e] = from_f<X>(v);
-      }
-      X* op = ptr<X>(p.out) + b * p.out.s0 + t * p.out.s2;
-      if (out_vec && ne == E) {
-        *reinterpret_cast<V*>(op + d0) = o;
       } else {
 #pragma unroll
         for (int e = 0; e < E; ++e)
-          if (e < ne) op[(d0 + e) * p.out.s1] = o.v[e];
+          buf[n].v[e] = (p.initial_states.data != nullptr && e < ne)
+                            ? ptr<const X>(p.initial_states)[b * p.initial_states.s0 +
+                                                             (d + e) * p.initial_states.s1 +
+                                                             (W - 1 + pos) * p.initial_states.s2]
+                            : from_f<X>(0.f);
       }
     }
+#pragma unroll
+    for (int n = 0; n < NI; ++n) {
+      const int idx = threadIdx.x + n * kThreads;
+      if (idx / kWarp < rows) tile[idx / kWarp][idx % kWarp] = buf[n];
+    }
+    if constexpr (kSeq) {
+      const int32_t* sr = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;
+      for (int i = threadIdx.x; i < rows; i += kThreads) {
+        const int64_t pos = row0 + i;
+        tile_ids[i] = pos < 0 ? sr[0] : sr[pos * p.seq_idx.s1];
+      }
+    }
+    __syncthreads();
+
+    const int64_t d0 = c0 + lane * E;
+    const int ne = D - d0 >= E ? E : D - d0 > 0 ? static_cast<int>(D - d0) : 0;
+    if (ne > 0) {
+      float wr[kW][E], bias[E];  // wr[k]: the tap k positions back
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int64_t d = e < ne ? d0 + e : d0;  // spare lanes mirror a real channel
+        bias[e] = bias_at(p, d);
+#pragma unroll
+        for (int k = 0; k < kW; ++k) wr[k][e] = (kExact || k < W) ? weight_at(p, d, W - 1 - k) : 0.f;
+      }
+      for (int s = 0; s < kFwdStepsPerWarp; ++s) {
+        const int64_t t = t0 + warp * kFwdStepsPerWarp + s;
+        if (t >= t_end) break;
+        const int i = static_cast<int>(t - row0);
+        const int32_t tok = kSeq ? tile_ids[i] : 0;
+        float acc[E];
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[e] = bias[e];
+#pragma unroll
+        for (int k = 0; k < kW; ++k) {
+          if ((kExact || k < W) && (!kSeq || tile_ids[i - k] == tok)) {
+            const V v = tile[i - k][lane];
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc[e] += wr[k][e] * to_f(v.v[e]);
+          }
+        }
+        V o;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          float y = p.silu ? silu(acc[e]) : acc[e];
+          if (kSeq && tok < 0) y = 0.f;
+          o.v[e] = from_f<X>(y);
+        }
+        X* dst = ptr<X>(p.out) + b * p.out.s0 + t * p.out.s2 + d0 * p.out.s1;
+        if (out_vec && ne == E) {
+          *reinterpret_cast<V*>(dst) = o;
+        } else {
+#pragma unroll
+          for (int e = 0; e < E; ++e)
+            if (e < ne) dst[e * p.out.s1] = o.v[e];
+        }
+      }
+    }
+    __syncthreads();  // the next tile overwrites shared memory
   }
 }
 
@@ -296,17 +296,15 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
           launch(kernel, grid_for(B * D * chunks), stream, p, chunks, x_vec, out_vec);
         });
       } else if ((p.x.s1 == 1 || D == 1) && p.width <= 8) {
-        const int64_t groups = (D + E - 1) / E;
-        int64_t tile = 32;
-        while (tile > 8 && B * groups * ((L + tile - 1) / tile) < 32768) tile /= 2;
-        const int64_t tiles = (L + tile - 1) / tile;
+        constexpr int64_t CB = kWarp * E, TT = (kThreads / kWarp) * kFwdStepsPerWarp;
+        const int64_t cblocks = (D + CB - 1) / CB, tiles = (L + TT - 1) / TT;
         const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s2, L);
         const bool out_vec = (p.out.s1 == 1 || D == 1) &&
                              vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s2, L);
         dispatch_width<8>(p.width, [&]<int kW, bool kExact>() {
           auto kernel = seq ? fwd_chanlast_kernel<X, kW, kExact, true>
                             : fwd_chanlast_kernel<X, kW, kExact, false>;
-          launch(kernel, grid_for(B * tiles * groups), stream, p, groups, tiles, tile, x_vec,
+          launch(kernel, grid_for(B * tiles * cblocks, 1), stream, p, cblocks, tiles, x_vec,
                  out_vec);
         });
       } else {

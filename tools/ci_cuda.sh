@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# CI for the CUDA variant on a machine without a GPU: build it (one
+# capability, 9.0, plus its PTX) with the ABI checks, then check that it loads
+# through `kernels` and registers every op for CUDA only
+# (tests/test_cuda_variant.py). GPU tests are tools/gpu_check.sh.
+#
+#   tools/ci_cuda.sh            # venv and build dir are cached between runs
+#
+# Environment: CAUSAL_CONV1D_CUDA_VENV (default ~/.cache/causal-conv1d/
+# venv-cu130-torch2.14.1, created when missing), CAUSAL_CONV1D_CI_BUILD (build
+# root, default ${TMPDIR:-/tmp}/causal-conv1d-ci-cuda; the variant goes to its
+# build/, objects to its .local-build/), JOBS (default 2).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${CAUSAL_CONV1D_CUDA_VENV:-$HOME/.cache/causal-conv1d/venv-cu130-torch2.14.1}"
+root="${CAUSAL_CONV1D_CI_BUILD:-${TMPDIR:-/tmp}/causal-conv1d-ci-cuda}"
+jobs="${JOBS:-2}"
+start=$SECONDS
+step() { printf '\n== %s (%ds)\n' "$1" $((SECONDS - start)); }
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  step "creating $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet torch==2.14.1 kernels==0.17.2 ninja kernel-abi-check pytest numpy
+fi
+export PATH="$venv/bin:$PATH"
+python -c 'import torch, sys; sys.exit(0 if torch.version.cuda else "torch in the venv has no CUDA")'
+
+step "building the CUDA variant (sm_90 + PTX) into $root/build"
+python "$repo/tools/build_variant.py" --backend cuda --cuda-capabilities 9.0 \
+  --out "$root/build" --check-abi --jobs "$jobs" --quiet
+
+step "tests/test_cuda_variant.py"
+cd "$repo"
+CAUSAL_CONV1D_KERNEL_ROOT="$root" python -m pytest tests/test_cuda_variant.py -q -p no:cacheprovider
+
+step "done"

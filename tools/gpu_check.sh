@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# One command for a GPU machine (built for an H100 with Python 3.12, a CUDA
+# torch, nvcc and ninja; no network, no `kernels` package needed):
+#
+#   tools/gpu_check.sh
+#
+# 1. builds the CUDA variant (sm_90 + PTX) and the CPU variant side by side,
+# 2. runs tests/test_cuda.py (CUDA vs the float64 reference and vs the CPU
+#    variant),
+# 3. runs the small grid (pytest -k sanitizer) under compute-sanitizer
+#    memcheck (and racecheck for the shared-memory kernels),
+# 4. runs benchmarks/bench_gpu.py,
+# and prints a short table. Results (card, date, commit, tables) go to
+# $OUT/gpu-results.md (OUT defaults to build/gpu-check) and replace
+# docs/gpu-results.md in this checkout. Budget: 8 minutes; every step has a
+# timeout so the summary always comes out. Exit status: 0 when every step
+# passed.
+set -uo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+out="${OUT:-$repo/build/gpu-check}"
+mkdir -p "$out"
+root="$out/kernel"          # build/<variant>/ for both variants live in $root/build
+py="${PYTHON:-python3}"
+jobs="${JOBS:-$(nproc)}"
+caps="${CUDA_CAPABILITIES:-9.0}"
+if [[ -z "${CUDA_HOME:-}" ]] && command -v nvcc >/dev/null; then
+  export CUDA_HOME="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
+fi
+start=$SECONDS
+declare -a names=() results=() times=()
+record() { names+=("$1"); results+=("$2"); times+=("$3"); }
+run_step() {  # name timeout_s log command...
+  local name=$1 limit=$2 log=$3; shift 3
+  local t0=$SECONDS
+  printf '== %s\n' "$name"
+  timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
+  local rc=$?
+  local verdict=pass
+  [[ $rc -eq 124 || $rc -eq 137 ]] && verdict="TIMEOUT (${limit}s)"
+  [[ $rc -ne 0 && $verdict == pass ]] && verdict="FAIL (rc $rc)"
+  tail -n 3 "$log"
+  record "$name" "$verdict" $((SECONDS - t0))
+  return $rc
+}
+
+# -- 1. builds (both at once; the CUDA one is the long pole) -----------------
+build() {
+  CAUSAL_CONV1D_NVCC_FLAGS="-lineinfo" "$py" tools/build_variant.py --backend "$1" \
+    ${2:+--cuda-capabilities "$2"} --out "$root/build" --jobs "$jobs"
+}
+t0=$SECONDS
+build cuda "$caps" >"$out/build-cuda.log" 2>&1 & cuda_pid=$!
+build cpu "" >"$out/build-cpu.log" 2>&1 & cpu_pid=$!
+wait $cuda_pid; cuda_rc=$?
+wait $cpu_pid; cpu_rc=$?
+record "build CUDA variant (sm_${caps/./} + PTX)" "$([[ $cuda_rc -eq 0 ]] && echo pass || echo "FAIL (see build-cuda.log)")" $((SECONDS - t0))
+record "build CPU variant" "$([[ $cpu_rc -eq 0 ]] && echo pass || echo "FAIL (see build-cpu.log)")" $((SECONDS - t0))
+tail -n 2 "$out/build-cuda.log" "$out/build-cpu.log"
+
+export CAUSAL_CONV1D_KERNEL_ROOT="$root" CAUSAL_CONV1D_CPU_KERNEL_ROOT="$root"
+pytest_args=(-q -p no:cacheprovider -rfEs --maxfail=50)
+
+if [[ $cuda_rc -eq 0 ]]; then
+  # -- 2. tests ---------------------------------------------------------------
+  run_step "tests/test_cuda.py" 240 "$out/test_cuda.log" \
+    "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" --junitxml="$out/test_cuda.xml"
+
+  # -- 3. compute-sanitizer ---------------------------------------------------
+  sanitizer="$(command -v compute-sanitizer || true)"
+  [[ -z "$sanitizer" && -x "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" ]] &&
+    sanitizer="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
+  if [[ -n "$sanitizer" ]]; then
+    # Without the caching allocator every tensor is its own allocation, so an
+    # out-of-bounds access cannot land silently inside a neighbour.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_step "compute-sanitizer memcheck (-k sanitizer)" 200 \
+      "$out/memcheck.log" "$sanitizer" --tool memcheck --error-exitcode 99 --print-limit 20 \
+      "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" -k sanitizer
+    run_step "compute-sanitizer racecheck (shared-memory kernels)" 120 "$out/racecheck.log" \
+      "$sanitizer" --tool racecheck --error-exitcode 99 --print-limit 20 \
+      "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" \
+      -k "sanitizer_fwd_bwd and channel_last"
+  else
+    record "compute-sanitizer" "SKIPPED (compute-sanitizer not found)" 0
+  fi
+
+  # -- 4. benchmark -------------------------------------------------------------
+  run_step "benchmarks/bench_gpu.py" 150 "$out/bench.log" \
+    "$py" benchmarks/bench_gpu.py --json "$out/bench.json"
+fi
+
+# -- summary --------------------------------------------------------------------
+summary="$out/summary.md"
+{
+  echo "| step | result | seconds |"
+  echo "|---|---|---|"
+  for i in "${!names[@]}"; do echo "| ${names[$i]} | ${results[$i]} | ${times[$i]} |"; done
+  echo "| total | | $((SECONDS - start)) |"
+} >"$summary"
+tests_line="$(grep -E '^[0-9]+ (passed|failed)|passed|failed' "$out/test_cuda.log" 2>/dev/null | tail -n 1)"
+echo
+cat "$summary"
+[[ -n "$tests_line" ]] && echo "tests: $tests_line"
+[[ -f "$out/bench.log" ]] && sed -n '/^device:/,$p' "$out/bench.log"
+
+card="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
+commit="$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty)')"
+{
+  echo "# GPU results"
+  echo
+  echo "Produced by \`tools/gpu_check.sh\` (builds, tests/test_cuda.py, compute-sanitizer, benchmarks/bench_gpu.py)."
+  echo
+  echo "- card: ${card:-unknown}"
+  echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "- commit: ${commit:-unknown}"
+  echo "- torch: $("$py" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>/dev/null)"
+  echo "- nvcc: $("${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version 2>/dev/null | tail -n 1)"
+  echo
+  echo "## Steps"
+  echo
+  cat "$summary"
+  [[ -n "$tests_line" ]] && { echo; echo "tests/test_cuda.py: $tests_line"; }
+  if [[ -f "$out/bench.log" ]]; then
+    echo
+    echo "## Benchmark (W = 4, bias, silu; CUDA-event medians)"
+    echo
+    sed -n '/^device:/,$p' "$out/bench.log"
+  fi
+} >"$out/gpu-results.md"
+mkdir -p "$repo/docs" && cp "$out/gpu-results.md" "$repo/docs/gpu-results.md" 2>/dev/null
+echo
+echo "results: $out/gpu-results.md (copied to docs/gpu-results.md)"
+for r in "${results[@]}"; do [[ $r == pass ]] || exit 1; done
+exit 0
