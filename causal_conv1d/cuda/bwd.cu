@@ -183,7 +183,8 @@ __global__ void __launch_bounds__(kThreads)
         if (fr != nullptr && pos >= L - (W - 1) && pos < L && (!kSeq || tok == last_id))
           acc += to_f(fr[(pos - (L - (W - 1))) * p.dfinal_states.s2]);
         dxv[j] = acc;
-        if (pos < L) {
+        // padding tokens have dy == 0 and take no part (their x may be NaN)
+        if (pos < L && (!kSeq || tok >= 0)) {
 #pragma unroll
           for (int k = 0; k < kW; ++k)
             if ((kExact || k < W) && (!kSeq || ids[O + j - k] == tok))
@@ -561,7 +562,11 @@ __global__ void __launch_bounds__(kThreads) bwd_dweight_generic_kernel(ConvParam
       const Row<X> row = make_row<X>(p, b, d);
       const float g = dy[(b * D + d) * L + t];
       const int32_t tok = row.id(t);
-      for (int64_t k = 0; k < W; ++k) acc[k] += g * row.in(t - (W - 1) + k, tok);
+      if (row.seq && tok < 0) continue;  // padding: dy == 0, and x there may be NaN
+      for (int64_t k = 0; k < W; ++k) {
+        const int64_t pos = t - (W - 1) + k;
+        if (!row.seq || row.id_in(pos) == tok) acc[k] += g * row.in(pos, tok);
+      }
       acc[W] += g;
     }
     for (int64_t k = 0; k <= W; ++k) {

@@ -69,12 +69,19 @@ __device__ Row<X> make_row(const ConvParams& p, int64_t b, int64_t d) {
   return r;
 }
 
-// Pre-activation output at token t (0 <= t < L).
+// Pre-activation output at token t (0 <= t < L). Taps across a segment
+// boundary are skipped, not multiplied by 0: NaN/Inf in another segment
+// must not leak in (Inf * 0 is NaN). Zero history without initial states
+// does take part, as in F.conv1d's zero padding.
 template <typename X>
 __device__ float y_at(const ConvParams& p, const Row<X>& r, int64_t t) {
   const int32_t tok = r.id(t);
   float acc = bias_at(p, r.d);
-  for (int64_t k = 0; k < r.W; ++k) acc += weight_at(p, r.d, k) * r.in(t - (r.W - 1) + k, tok);
+  for (int64_t k = 0; k < r.W; ++k) {
+    const int64_t pos = t - (r.W - 1) + k;
+    if (r.seq && r.id_in(pos) != tok) continue;
+    acc += weight_at(p, r.d, k) * r.in(pos, tok);
+  }
   return acc;
 }
 
