@@ -240,10 +240,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", choices=["cpu", "cuda"], help="default: the backend of the installed torch")
     ap.add_argument("--cuda-capabilities", help="comma list overriding build.toml, e.g. 9.0")
-    ap.add_argument("--out", default=str(ROOT / "build"),
-                    help="output root (default: ./build); objects go to <out>/../.local-build")
+    ap.add_argument("--out", default=None,
+                    help="output root (default: ./build, with --sanitize ./build-sanitize); "
+                         "objects go to <out>/../.local-build")
     ap.add_argument("--sanitize", action="store_true",
-                    help="AddressSanitizer + UndefinedBehaviorSanitizer (CPU; output is for tests only)")
+                    help="AddressSanitizer + UndefinedBehaviorSanitizer (CPU; output is for tests "
+                         "only: load it with libasan preloaded, see tools/sanitize.sh)")
     ap.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--check-abi", action="store_true", help="run kernel-abi-check on the result")
     ap.add_argument("--quiet", "-q", action="store_true")
@@ -258,9 +260,15 @@ def main() -> int:
     if backend not in general["backends"]:
         sys.exit(f"error: build.toml's general.backends {general['backends']} lacks {backend}")
     variant = facts["variant"]
+    if args.sanitize and backend != "cpu":
+        sys.exit("error: --sanitize builds the CPU backend only (use --backend cpu)")
+    if args.sanitize and args.check_abi:
+        sys.exit("error: a --sanitize build links the sanitizer runtimes; it is not for the Hub")
     ext_id = f"_{module}_{backend}_{unique_suffix()}"
     flavor = variant + ("-sanitize" if args.sanitize else "")
-    out_root = Path(args.out).resolve()
+    # A sanitized library only loads with libasan preloaded: never let it
+    # replace the normal build/ by default.
+    out_root = Path(args.out or ROOT / ("build-sanitize" if args.sanitize else "build")).resolve()
     objdir = out_root.parent / ".local-build" / flavor
     objdir.mkdir(parents=True, exist_ok=True)
     log(f"variant {variant}, id {ext_id}")
@@ -287,8 +295,12 @@ def main() -> int:
     torch_incs = [f"-isystem{p}" for p in facts["include"]] + [f"-isystem{py_inc}"]
     nv_incs, nv_libs = nvidia_wheel_dirs(facts["torch_root"]) if backend == "cuda" else ([], [])
     cuda_incs = [f"-isystem{p}" for p in nv_incs] + ([f"-isystem{cuda_home() / 'include'}"] if backend == "cuda" else [])
-    opt = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
-           "-fno-sanitize-recover=undefined"] if args.sanitize else ["-O3"]
+    # Sanitized: every UB report is fatal (-fno-sanitize-recover), plus
+    # float-to-int casts of NaN/Inf/out-of-range values, which -fsanitize=
+    # undefined leaves out; -O1 keeps the run fast and the stacks readable.
+    sanitizers = "address,undefined,float-cast-overflow"
+    opt = ["-O1", "-g", f"-fsanitize={sanitizers}", "-fno-omit-frame-pointer",
+           "-fno-sanitize-recover=all"] if args.sanitize else ["-O3"]
     cxx_common = ["-std=c++20", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
                   "-Wno-maybe-uninitialized", "-include", str(gen / "glibc_compat.h"), *opt, *base_defs, *torch_incs, *cuda_incs]
 
@@ -358,7 +370,7 @@ def main() -> int:
             sys.exit("error: libcudart.so.* found neither in torch's nvidia wheels nor in CUDA_HOME")
         ldflags += ["-lc10_cuda", "-ltorch_cuda", str(cudart[0])]
     if args.sanitize:
-        ldflags += ["-fsanitize=address,undefined"]
+        ldflags += [f"-fsanitize={sanitizers}"]
     # Only the current library is built; old ids are left behind by ninja.
     lines.append(f"build {ninja_escape(str(so))}: link {' '.join(ninja_escape(o) for o in objects)}")
     lines.append(f"  ldflags = {' '.join(shlex.quote(f) for f in ldflags)}")
