@@ -42,8 +42,12 @@ using at::vec::Vectorized;
 // them changes the summation order of dweight / dbias (not their meaning).
 constexpr int64_t kChunkT = 1024;  // vectors along t
 constexpr int64_t kGroupT = 8;     // channels per task (amortizes seq_idx masks)
-constexpr int64_t kChunkC = 256;   // vectors along channels (channel-last)
+constexpr int64_t kChunkC = 128;   // vectors along channels (channel-last)
 constexpr int64_t kBlockC = 32;    // channels per task (lanes), a multiple of every vector size
+// Rows (tokens) ahead that the channel-last path asks the cache for: its rows
+// are kBlockC channels wide and one row of the tensor apart, a pattern the
+// hardware prefetchers do not follow.
+constexpr int64_t kAheadC = 8;
 
 template <typename T>
 constexpr bool is_reduced_v = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
@@ -92,6 +96,21 @@ inline void store_row(const A* src, X* dst, int64_t stride, int64_t n) {
     }
   }
   for (int64_t i = 0; i < n; ++i) dst[i * stride] = X(src[i]);
+}
+
+// Asks for the cache lines of n elements at p (contiguous rows only), so that
+// memory is read while the previous rows compute: a task's buffered loads and
+// stores alone leave the core nothing to overlap with them.
+template <typename T>
+inline void prefetch_row(const T* p, int64_t stride, int64_t n, bool write) {
+  if (stride != 1 || n <= 0) return;
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) {
+    if (write)
+      __builtin_prefetch(c + off, 1);
+    else
+      __builtin_prefetch(c + off, 0);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -418,21 +437,6 @@ void time_channel(const Job<A>& job, const Span& s, int64_t d, TimeBufs<A>& bufs
   }
 }
 
-// Asks for the cache lines of n elements at p (contiguous rows only): a
-// channel's rows are fetched while the previous channel computes, since the
-// buffered loads and stores of one channel alone leave nothing to overlap.
-template <typename T>
-inline void prefetch_row(const T* p, int64_t stride, int64_t n, bool write) {
-  if (stride != 1 || n <= 0) return;
-  const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) {
-    if (write)
-      __builtin_prefetch(c + off, 1);
-    else
-      __builtin_prefetch(c + off, 0);
-  }
-}
-
 template <typename X, typename A>
 void prefetch_channel(const Job<A>& job, int64_t b, int64_t c, int64_t d) {
   const ConvParams& p = *job.p;
@@ -531,6 +535,14 @@ void run_channel_last(const Job<A>& job) {
         for (int64_t r = 0; r < nx; ++r) {
           const int64_t pos = s.t0 - H + r;
           A* dst = xb.data() + r * C;
+          if (pos + kAheadC >= 0 && pos + kAheadC < s.te) {
+            const int64_t ahead = pos + kAheadC;
+            prefetch_row(ptr<X>(p.x) + b * p.x.s0 + ahead * p.x.s2 + d0 * p.x.s1, p.x.s1, nd,
+                         false);
+            if (ahead >= s.t0)
+              prefetch_row(ptr<X>(p.dout) + b * p.dout.s0 + ahead * p.dout.s2 + d0 * p.dout.s1,
+                           p.dout.s1, nd, false);
+          }
           if (pos >= 0) {
             const X* src = ptr<X>(p.x) + b * p.x.s0 + pos * p.x.s2 + d0 * p.x.s1;
             load_row(src, p.x.s1, dst, nd);
@@ -570,6 +582,9 @@ void run_channel_last(const Job<A>& job) {
       // dxin rows for positions t0 + i, i in [ilo, n).
       for (int64_t i = s.ilo; i < n; ++i) {
         const int64_t pos = s.t0 + i;
+        if (pos >= 0 && i + kAheadC < n)
+          prefetch_row(ptr<X>(p.dx) + b * p.dx.s0 + (pos + kAheadC) * p.dx.s2 + d0 * p.dx.s1,
+                       p.dx.s1, nd, true);
         std::array<Vec, NV> acc;
         acc.fill(Vec(A(0)));
         if (!s.dead) {
