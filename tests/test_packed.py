@@ -126,15 +126,21 @@ def test_packed_matches_reference(cc, seeded, dtypes, W):
     B, N = len(lengths), len(lengths) + 3
     cu = random_cu_seqlens(lengths, lead=1)
     T = int(cu[-1]) + 2
-    for extra, act, use_bias in ((0, "silu", True), (3, None, False)):
+    # (T, D) tokens take the row-streaming path, channels_first (D, T) the
+    # channel-block path: both see every dtype pair and width
+    for extra, act, use_bias, channels_first in ((0, "silu", True, False), (3, None, False, True)):
         S = W - 1 + extra
         x = make_tokens(T, D, x_dtype, "contiguous")
+        if channels_first:
+            x = x.t().contiguous()
         pool = torch.randn(N, D, S, dtype=x_dtype)
         indices = torch.randperm(N)[:B].to(torch.int32)
         indices[4] = -1  # padded slot
         has_init = torch.tensor([True, False, True, True, False, True, False])
-        res = run_packed(cc, x, weight, bias if use_bias else None, cu, pool, indices, has_init, act)
-        check(*res, x_dtype, w_dtype, f"seed={seeded} W={W} S={S} act={act} bias={use_bias}")
+        res = run_packed(cc, x, weight, bias if use_bias else None, cu, pool, indices, has_init, act,
+                         channels_first=channels_first)
+        check(*res, x_dtype, w_dtype,
+              f"seed={seeded} W={W} S={S} act={act} bias={use_bias} channels_first={channels_first}")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
@@ -198,6 +204,23 @@ def test_packed_many_sequences(cc, seeded):
     has_init = torch.rand(16) < 0.5
     res = run_packed(cc, x, weight, bias, cu, pool, indices, has_init, "silu")
     check(*res, dtype, dtype, f"seed={seeded}")
+
+
+@pytest.mark.parametrize("W", [4, 6])
+def test_packed_many_short_sequences(cc, seeded, W):
+    """Many sequences shorter than the window, so work split across threads
+    starts inside sequences' first W-1 tokens."""
+    S, Dl = W - 1, 1100
+    weight, bias = torch.randn(Dl, W), torch.randn(Dl)
+    lengths = torch.randint(0, W + 2, (96,)).tolist()
+    cu = random_cu_seqlens(lengths)
+    x = torch.randn(int(cu[-1]), Dl)
+    pool = torch.randn(96, Dl, S)
+    has_init = torch.rand(96) < 0.7
+    indices = torch.arange(96, dtype=torch.int32)
+    indices[::7] = -1
+    res = run_packed(cc, x, weight, bias, cu, pool, indices, has_init, "silu")
+    check(*res, torch.float32, torch.float32, f"seed={seeded}")
 
 
 @pytest.mark.parametrize("W", [2, 4, 6])

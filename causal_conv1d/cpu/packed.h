@@ -1,13 +1,17 @@
 // Packed sequences (backend.h run_varlen_states, run_fwd_packed) on CPU.
 //
-// Prefill over packed sequences reuses update.h's ChannelBlock: a task is
-// one block of channels of one sequence, so with tokens stored (T, D) every
-// token is one vector load across channels. Tasks run block-major, so each
-// thread gets whole blocks of channels across all sequences: the work stays
-// balanced however unequal the sequence lengths are.
+// Prefill over packed sequences has two paths. Tokens stored as rows (x and
+// out channel-contiguous, the (T, D) layout serving engines use) stream
+// through memory in order: threads take ranges of tokens, each output row is
+// computed from the W input rows before it with vectors across channels,
+// and the final states are written in a second pass. Any other layout (e.g.
+// channels_first (D, T)) goes through update.h's ChannelBlock, one task per
+// block of channels of one sequence, tasks block-major so each thread gets
+// whole channel blocks across all sequences.
 #pragma once
 
 #include <algorithm>
+#include <vector>
 
 #include "common.h"
 #include "update.h"
@@ -57,9 +61,146 @@ inline void varlen_states(const ConvParams& p) {
 // ---------------------------------------------------------------------------
 // fwd_packed: prefill of packed sequences with a pool of states.
 
+// n <= Vectorized<A>::size() values of Src widened to a vector of A (lanes
+// past n are zero), and back.
+template <typename A, typename Src>
+inline at::vec::Vectorized<A> load_widened(const Src* p, int64_t n) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int64_t N = V::size();
+  if constexpr (std::is_same_v<Src, A>) {
+    return n == N ? V::loadu(p) : V::loadu(p, n);
+  } else {
+    V v;
+    if (n == N) {
+      at::vec::load_to_float<Src>(p, v);
+    } else {
+      Src tmp[N] = {};
+      std::copy(p, p + n, tmp);
+      at::vec::load_to_float<Src>(tmp, v);
+    }
+    return v;
+  }
+}
+
+template <typename X, typename A>
+inline void store_narrowed(X* p, const at::vec::Vectorized<A>& v, int64_t n) {
+  if constexpr (std::is_same_v<X, A>) {
+    v.store(p, n);
+  } else {
+    at::vec::convert_from_float<X>(v, v).store(p, n);
+  }
+}
+
+// One output row: out[d] = act(bias[d] + sum_k tap_k[d] * rows[k][d]), rows[k]
+// being the input row at position t - (W-1) + k.
+template <typename X, typename Src, typename A>
+void conv_row(const Src* const* rows, const TapRows<A>& taps, int64_t D, bool silu, X* out) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int64_t N = V::size();
+  for (int64_t d = 0; d < D; d += N) {
+    const int64_t n = std::min(N, D - d);
+    V acc = V::loadu(taps.bias(d));  // rows are padded to whole blocks
+    for (int64_t k = 0; k < taps.width; ++k)
+      acc = at::vec::fmadd(V::loadu(taps.tap(k, d)), load_widened<A>(rows[k] + d, n), acc);
+    if (silu) acc = silu_lanes<A>(acc);
+    store_narrowed(out + d, acc, n);
+  }
+}
+
+// Tokens as rows: x.s1 == out.s1 == 1.
+template <typename X>
+void fwd_packed_rows(const ConvParams& p) {
+  using A = acc_t<X>;
+  constexpr int64_t kLanes = ChannelBlock<X>::kLanes;
+  const int64_t B = p.batch, D = p.dim, W = p.width, S = p.state_len;
+  const int32_t* cu = ptr<int32_t>(p.cu_seqlens);
+  const int64_t cs = p.cu_seqlens.s0;
+  const int32_t* indices = ptr<int32_t>(p.state_indices);
+  const bool* has_init = ptr<bool>(p.has_initial_state);
+  const X* x0 = ptr<X>(p.x);
+  X* out0 = ptr<X>(p.out);
+  const int64_t xs = p.x.s2, os = p.out.s2;  // token strides
+  const int64_t nblk = (D + kLanes - 1) / kLanes;
+  auto slot = [&](int64_t b) -> int64_t {  // pool row of sequence b, or -1 when padded
+    const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
+    return row == p.pad_slot_id || row < 0 ? -1 : row;
+  };
+  auto initial = [&](int64_t b) { return has_init && has_init[b * p.has_initial_state.s0]; };
+
+  // Pass 1: outputs, by ranges of tokens. Reads the initial states.
+  const int64_t first = cu[0], last = cu[B * cs];
+  const int64_t grain = std::max<int64_t>(1, kTaskGrainSteps / (D * (W + 4)));
+  at::parallel_for(first, last, grain, [&](int64_t begin, int64_t end) {
+    const TapRows<A> taps = transpose_taps<A>(p, kLanes, 0, nblk);
+    // The W-1 inputs before a sequence (its initial state, or zeros) and
+    // its first W-1 tokens, widened, as rows: the windows of its first tokens.
+    thread_local std::vector<A> head_scratch;
+    const int64_t hs = taps.stride;
+    const X* rows_x[kMaxWidthCpu];
+    const A* rows_a[kMaxWidthCpu];
+    int64_t b = 0, hi = B;  // the last sequence starting at or before `begin`
+    while (hi - b > 1) {
+      const int64_t mid = (b + hi) / 2;
+      (cu[mid * cs] <= begin ? b : hi) = mid;
+    }
+    for (int64_t t = begin; t < end;) {
+      while (cu[(b + 1) * cs] <= t) ++b;  // skips empty sequences too
+      const int64_t start = cu[b * cs], stop = std::min<int64_t>(cu[(b + 1) * cs], end);
+      const int64_t row = slot(b);
+      if (row < 0) {  // padded slot: output 0
+        for (; t < stop; ++t) std::fill(out0 + t * os, out0 + t * os + D, X(0));
+        continue;
+      }
+      const int64_t head_end = std::min(stop, start + W - 1);
+      if (t < head_end) {
+        if (static_cast<int64_t>(head_scratch.size()) < 2 * W * hs) head_scratch.resize(2 * W * hs);
+        A* head = head_scratch.data();
+        const X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0;
+        const bool init = initial(b);
+        for (int64_t r = 0; r + 1 < W; ++r) {
+          A* h = head + r * hs;
+          const int64_t col = S - (W - 1) + r;
+          for (int64_t d = 0; d < D; ++d)
+            h[d] = init ? A(st[d * p.conv_state.s1 + col * p.conv_state.s2]) : A(0);
+        }
+        const int64_t n_tok = std::min<int64_t>(cu[(b + 1) * cs] - start, W - 1);
+        for (int64_t i = 0; i < n_tok; ++i) {
+          A* h = head + (W - 1 + i) * hs;
+          for (int64_t d = 0; d < D; ++d) h[d] = A(x0[(start + i) * xs + d]);
+        }
+        for (; t < head_end; ++t) {
+          for (int64_t k = 0; k < W; ++k) rows_a[k] = head + (t - start + k) * hs;
+          conv_row<X>(rows_a, taps, D, p.silu, out0 + t * os);
+        }
+      }
+      for (; t < stop; ++t) {
+        for (int64_t k = 0; k < W; ++k) rows_x[k] = x0 + (t - (W - 1) + k) * xs;
+        conv_row<X>(rows_x, taps, D, p.silu, out0 + t * os);
+      }
+    }
+  });
+
+  // Pass 2: final states, per (sequence, block of channels).
+  constexpr int64_t kStateChannels = 256;
+  const int64_t nsb = (D + kStateChannels - 1) / kStateChannels;
+  at::parallel_for(0, B * nsb, std::max<int64_t>(1, kTaskGrainSteps / (kStateChannels * (S + 1))),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nsb, d0 = (task % nsb) * kStateChannels;
+      const int64_t row = slot(b);
+      if (row < 0) continue;
+      const int64_t start = cu[b * cs], len = cu[(b + 1) * cs] - start;
+      X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * p.conv_state.s1;
+      shift_state(st, p.conv_state.s1, p.conv_state.s2, S, std::min(kStateChannels, D - d0),
+                  x0 + start * xs + d0, int64_t(1), xs, len, initial(b));
+    }
+  });
+}
+
 template <typename X>
 void fwd_packed_impl(const ConvParams& p) {
   using Block = ChannelBlock<X>;
+  using A = typename Block::A;
   constexpr int64_t kLanes = Block::kLanes;
   const int64_t B = p.batch, D = p.dim, T = p.seqlen, W = p.width, S = p.state_len;
   const int32_t* cu = ptr<int32_t>(p.cu_seqlens);
@@ -76,13 +217,14 @@ void fwd_packed_impl(const ConvParams& p) {
   };
   zero_tokens(0, cu[0]);
   zero_tokens(cu[B * cs], T);
+  if (p.x.s1 == 1 && p.out.s1 == 1) return fwd_packed_rows<X>(p);
 
   const int64_t nblk = (D + kLanes - 1) / kLanes;
   const int64_t steps = kLanes * (T / std::max<int64_t>(B, 1) + W + S);  // per task, on average
   const int64_t grain = std::max<int64_t>(1, kTaskGrainSteps / steps);
   at::parallel_for(0, nblk * B, grain, [&](int64_t begin, int64_t end) {
-    Block blk;
-    int64_t loaded = -1;
+    const TapRows<A> taps = transpose_taps<A>(p, kLanes, begin / B, (end - 1) / B + 1);
+    Block blk(p);
     int64_t col[kMaxWidthCpu];
     for (int64_t k = 0; k + 1 < W; ++k) col[k] = S - (W - 1) + k;
     for (int64_t task = begin; task < end; ++task) {
@@ -97,10 +239,7 @@ void fwd_packed_impl(const ConvParams& p) {
           for (int64_t j = 0; j < n; ++j) out[j * p.out.s1 + t * p.out.s2] = X(0);
         continue;
       }
-      if (c != loaded) {
-        blk.set_channels(p, d0, n);
-        loaded = c;
-      }
+      blk.bind(taps, d0, n);
       X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * p.conv_state.s1;
       const bool init = has_init && has_init[b * p.has_initial_state.s0];
       if (init) {

@@ -7,17 +7,27 @@
 // token of kLanes channels are gathered once into a transposed buffer, after
 // which every token is W vector FMAs over that buffer, whatever the strides
 // of x and conv_state. Only the gathers into the buffer and the state update
-// look at the layout; the common contiguous (N, D, S) state shifts as one
-// memmove per block.
+// look at the layout: a state with contiguous columns (N, S, D storage, as
+// vLLM keeps it) moves by vector loads; the common contiguous (N, D, S) state
+// is read with vector gathers and shifts as one memmove per block.
+//
+// Tasks run batch-row-major so the states stream through memory in order;
+// each thread first transposes the weights of the channels it will see into
+// a per-thread buffer reused across calls, so decode allocates nothing.
 #pragma once
 
 #include <algorithm>
 #include <cstring>
+#include <array>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 
 #include "common.h"
 
@@ -42,10 +52,79 @@ inline int64_t wrap_index(int64_t a, int64_t m) {
   return r < 0 ? r + m : r;
 }
 
+// silu(v) = v / (1 + exp(-v)) on a vector of accumulators.
+#if defined(CPU_CAPABILITY_AVX512)
+// The division is a reciprocal estimate and one Newton step (~2^-27
+// relative; vdivps would dominate the decode step); exp's argument is
+// capped so the reciprocal stays finite.
+inline at::vec::Vectorized<float> silu_avx512(const at::vec::Vectorized<float>& a) {
+  using V = at::vec::Vectorized<float>;
+  const __m512 d = V(1.f) + V(_mm512_min_ps(a.neg(), _mm512_set1_ps(80.f))).exp_u20();
+  const __m512 r0 = _mm512_rcp14_ps(d);
+  const __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.f)));
+  return a * V(r);
+}
+#endif
+
+template <typename A>
+inline at::vec::Vectorized<A> silu_lanes(const at::vec::Vectorized<A>& v) {
+  using V = at::vec::Vectorized<A>;
+  if constexpr (std::is_same_v<A, float>) {
+#if defined(CPU_CAPABILITY_AVX512)
+    return silu_avx512(v);
+#else
+    return v / (V(1.f) + v.neg().exp_u20());  // ~20 ulp: far inside every fp32 tolerance
+#endif
+  } else {
+    return v / (V(A(1)) + v.neg().map([](A a) { return std::exp(a); }));
+  }
+}
+
+// Weights and bias with channels along rows: row k < W holds tap k of every
+// channel, row W the bias (zeros without one); rows are D rounded up to whole
+// channel blocks long, the padding lanes zero.
+template <typename A>
+struct TapRows {
+  const A* data = nullptr;
+  int64_t stride = 0;  // row length
+  int64_t width = 0;
+  const A* tap(int64_t k, int64_t d0) const { return data + k * stride + d0; }
+  const A* bias(int64_t d0) const { return data + width * stride + d0; }
+};
+
+// Fills the columns of channel blocks [c_lo, c_hi) (blocks of `lanes`
+// channels) of a per-thread buffer that later calls reuse.
+template <typename A>
+TapRows<A> transpose_taps(const ConvParams& p, int64_t lanes, int64_t c_lo, int64_t c_hi) {
+  thread_local std::vector<A> scratch;
+  const int64_t W = p.width, D = p.dim;
+  const int64_t stride = (D + lanes - 1) / lanes * lanes;
+  if (static_cast<int64_t>(scratch.size()) < (W + 1) * stride) scratch.resize((W + 1) * stride);
+  A* rows = scratch.data();
+  const int64_t d_lo = c_lo * lanes, d_hi = std::min(c_hi * lanes, D), pad_hi = c_hi * lanes;
+  dispatch_weight_dtype(p.weight_dtype, [&]<typename Wt>() {
+    const Wt* w = ptr<Wt>(p.weight);
+    for (int64_t k = 0; k < W; ++k) {
+      A* r = rows + k * stride;
+      for (int64_t d = d_lo; d < d_hi; ++d) r[d] = A(w[d * p.weight.s0 + k * p.weight.s1]);
+      std::fill(r + d_hi, r + pad_hi, A(0));
+    }
+    A* r = rows + W * stride;
+    if (p.bias.given()) {
+      const Wt* bi = ptr<Wt>(p.bias);
+      for (int64_t d = d_lo; d < d_hi; ++d) r[d] = A(bi[d * p.bias.s0]);
+    } else {
+      std::fill(r + d_lo, r + d_hi, A(0));
+    }
+    std::fill(r + d_hi, r + pad_hi, A(0));
+  });
+  return {rows, stride, W};
+}
+
 // Up to kLanes channels of one stream (one sequence or batch row), computed
-// with one vector lane per channel. Typical use per block of channels:
-// set_channels once, then per stream: load_window (or clear_window), run over
-// its tokens, and write the state with shift_state.
+// with one vector lane per channel. Per stream and block of channels: bind
+// the block's weights, load_window (or clear_window), run over its tokens,
+// then write the state (shift_state).
 template <typename X>
 struct ChannelBlock {
   using A = acc_t<X>;
@@ -55,36 +134,33 @@ struct ChannelBlock {
   static constexpr int64_t kChunk = 32;     // tokens per pass through buf
   static constexpr bool kSameAsAcc = std::is_same_v<X, A>;
 
+  static constexpr int64_t kMaxGatherStride = 16;  // channel stride the gathers take
+  using I = at::vec::int_same_size_t<A>;
+  using IV = at::vec::Vectorized<I>;
+
   int64_t width = 1;
   int64_t lanes = kLanes;  // live channels (the last block may have fewer)
   bool silu = false;
-  // Weight transposed (tap k, lane); lanes past `lanes` are zero.
-  alignas(64) A wt[kMaxWidthCpu][kLanes];
-  alignas(64) A bias[kLanes];
+  const A* taps = nullptr;  // tap k of lane j at taps[k * tap_stride + j]
+  int64_t tap_stride = 0;
+  const A* bias = nullptr;
+  int64_t gather_stride = 0;  // the channel stride `gather_index` was made for
+  IV gather_index;            // lane l: l * gather_stride
   // Rows 0..W-2: the W-1 inputs before the current chunk, oldest first;
   // rows W-1..W-2+tc: the chunk's tokens. Token t's window is rows t..t+W-1.
   alignas(64) A buf[kMaxWidthCpu - 1 + kChunk][kLanes];
   alignas(64) A res[kChunk][kLanes];
+  // A block of states with contiguous columns, widened to A for the gathers.
+  alignas(64) A flat[kLanes * (kMaxGatherStride + 1)];
 
-  // Weight and bias of channels d0 .. d0+n-1.
-  void set_channels(const ConvParams& p, int64_t d0, int64_t n) {
-    width = p.width;
+  ChannelBlock(const ConvParams& p) : width(p.width), silu(p.silu) {}
+
+  // Channels d0 .. d0+n-1 (n <= kLanes).
+  void bind(const TapRows<A>& rows, int64_t d0, int64_t n) {
     lanes = n;
-    silu = p.silu;
-    dispatch_weight_dtype(p.weight_dtype, [&]<typename Wt>() {
-      const Wt* w = ptr<Wt>(p.weight) + d0 * p.weight.s0;
-      for (int64_t k = 0; k < width; ++k) {
-        for (int64_t j = 0; j < n; ++j) wt[k][j] = A(w[j * p.weight.s0 + k * p.weight.s1]);
-        std::fill(wt[k] + n, wt[k] + kLanes, A(0));
-      }
-      if (p.bias.given()) {
-        const Wt* bi = ptr<Wt>(p.bias) + d0 * p.bias.s0;
-        for (int64_t j = 0; j < n; ++j) bias[j] = A(bi[j * p.bias.s0]);
-      } else {
-        std::fill(bias, bias + n, A(0));
-      }
-      std::fill(bias + n, bias + kLanes, A(0));
-    });
+    taps = rows.tap(0, d0);
+    tap_stride = rows.stride;
+    bias = rows.bias(d0);
   }
 
   void clear_window() {
@@ -94,6 +170,15 @@ struct ChannelBlock {
   // Window row k (k < W-1) = column col[k] of each channel's state:
   // st[j * s_ch + col[k] * s_col] for lane j.
   void load_window(const X* st, int64_t s_ch, int64_t s_col, const int64_t* col) {
+    if (width == 1) return;
+    if (s_ch == 1) {  // columns are contiguous: one vector load per row
+      for (int64_t k = 0; k + 1 < width; ++k) load_lanes(st + col[k] * s_col, buf[k]);
+      return;
+    }
+    if (s_col == 1 && s_ch <= kMaxGatherStride) {  // per-channel contiguous: gather
+      gather_window(st, s_ch, col);
+      return;
+    }
     for (int64_t k = 0; k + 1 < width; ++k) {
       const X* src = st + col[k] * s_col;
       A* row = buf[k];
@@ -118,6 +203,38 @@ struct ChannelBlock {
   }
 
  private:
+  // The lanes' states are runs of s_ch (<= kMaxGatherStride) values: gather
+  // column col[k] of every lane, straight from x-dtype memory when it needs
+  // no widening, else from a widened copy of the block.
+  void gather_window(const X* st, int64_t s_ch, const int64_t* col) {
+    if (gather_stride != s_ch) {
+      alignas(64) I idx[N];
+      for (int64_t l = 0; l < N; ++l) idx[l] = static_cast<I>(l * s_ch);
+      gather_index = IV::loadu(idx);
+      gather_stride = s_ch;
+    }
+    const A* src;
+    if constexpr (kSameAsAcc) {
+      src = st;
+    }
+    if (!kSameAsAcc || lanes < kLanes) {
+      // widen the block's span (zeros past its end, so every lane reads
+      // memory of this buffer)
+      int64_t max_col = 0;
+      for (int64_t k = 0; k + 1 < width; ++k) max_col = std::max(max_col, col[k]);
+      const int64_t span = (lanes - 1) * s_ch + max_col + 1;
+      for (int64_t i = 0; i < span; i += kLanes) {
+        const int64_t m = std::min(kLanes, span - i);
+        load_lanes(st + i, flat + i, m);
+      }
+      std::fill(flat + span, flat + kLanes * s_ch, A(0));
+      src = flat;
+    }
+    for (int64_t k = 0; k + 1 < width; ++k)
+      for (int64_t h = 0; h < kLanes; h += N)
+        at::vec::gather<sizeof(A)>(src + col[k] + h * s_ch, gather_index).store(buf[k] + h);
+  }
+
   void load_tokens(const X* x, int64_t s_ch, int64_t s_tok, int64_t tc) {
     A(*rows)[kLanes] = buf + (width - 1);
     if (s_ch == 1) {  // channel-contiguous: one vector load per token
@@ -137,18 +254,10 @@ struct ChannelBlock {
       for (int64_t h = 0; h < kLanes; h += N) {
         V acc = V::loadu(bias + h);
         for (int64_t k = 0; k < width; ++k)
-          acc = at::vec::fmadd(V::loadu(wt[k] + h), V::loadu(buf[t + k] + h), acc);
-        if (silu) acc = acc / (V(A(1)) + exp_neg(acc));
+          acc = at::vec::fmadd(V::loadu(taps + k * tap_stride + h), V::loadu(buf[t + k] + h), acc);
+        if (silu) acc = silu_lanes<A>(acc);
         acc.store(res[t] + h);
       }
-    }
-  }
-
-  static V exp_neg(const V& v) {
-    if constexpr (std::is_same_v<A, float>) {
-      return v.neg().exp_u20();  // ~20 ulp: far inside every fp32 tolerance
-    } else {
-      return v.neg().map([](A a) { return std::exp(a); });
     }
   }
 
@@ -163,22 +272,23 @@ struct ChannelBlock {
     }
   }
 
-  // `lanes` consecutive values of x's dtype <-> kLanes accumulators.
-  void load_lanes(const X* src, A* dst) const {
+  // `lanes` (or n) consecutive values of x's dtype <-> kLanes accumulators;
+  // lanes past them read as zero.
+  void load_lanes(const X* src, A* dst) const { load_lanes(src, dst, lanes); }
+  static void load_lanes(const X* src, A* dst, int64_t n) {
     V a, b;
     if constexpr (kSameAsAcc) {
-      if (lanes == kLanes) {
+      if (n == kLanes) {
         a = V::loadu(src);
         b = V::loadu(src + N);
       } else {
-        a = V::loadu(src, std::min(lanes, N));
-        b = lanes > N ? V::loadu(src + N, lanes - N) : V(A(0));
+        a = V::loadu(src, std::min(n, N));
+        b = n > N ? V::loadu(src + N, n - N) : V(A(0));
       }
     } else {
       using XV = at::vec::Vectorized<X>;
       static_assert(XV::size() == kLanes);
-      std::tie(a, b) = at::vec::convert_to_float<X>(lanes == kLanes ? XV::loadu(src)
-                                                                    : XV::loadu(src, lanes));
+      std::tie(a, b) = at::vec::convert_to_float<X>(n == kLanes ? XV::loadu(src) : XV::loadu(src, n));
     }
     a.store(dst);
     b.store(dst + N);
@@ -200,6 +310,16 @@ struct ChannelBlock {
   }
 };
 
+// dst[j * d_ch] = src[j * s_ch] for j < n.
+template <typename X>
+inline void copy_channels(const X* src, int64_t s_ch, X* dst, int64_t d_ch, int64_t n) {
+  if (s_ch == 1 && d_ch == 1) {
+    std::memcpy(dst, src, sizeof(X) * n);
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j * d_ch] = src[j * s_ch];
+  }
+}
+
 // After a stream of L tokens, each of the n channels' S state columns
 // (st[j * s_ch + i * s_col]) holds the last S inputs of (old state, tokens),
 // oldest first; with keep_old false the old state counts as zeros. Values
@@ -209,66 +329,272 @@ void shift_state(X* st, int64_t s_ch, int64_t s_col, int64_t S, int64_t n, const
                  int64_t xs_ch, int64_t xs_tok, int64_t L, bool keep_old) {
   if (S == 0 || n == 0) return;
   const int64_t kept = std::max<int64_t>(S - L, 0);  // old columns that survive
-  if (kept > 0) {
-    if (!keep_old) {
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t i = 0; i < kept; ++i) st[j * s_ch + i * s_col] = X(0);
-    } else if (L > 0) {
-      if (s_col == 1 && s_ch == S) {
-        // the n channels are one contiguous run: shift it all left by L;
-        // the columns this drags across channel boundaries are the ones
-        // the new tokens overwrite below
-        std::memmove(st, st + L, sizeof(X) * (n * S - L));
-      } else {
-        for (int64_t j = 0; j < n; ++j)
-          for (int64_t i = 0; i < kept; ++i) st[j * s_ch + i * s_col] = st[j * s_ch + (i + L) * s_col];
-      }
+  if (kept > 0 && !keep_old) {
+    for (int64_t i = 0; i < kept; ++i)
+      for (int64_t j = 0; j < n; ++j) st[j * s_ch + i * s_col] = X(0);
+  } else if (kept > 0 && L > 0) {
+    if (s_col == 1 && s_ch == S) {
+      // the n channels are one contiguous run: shift it all left by L; the
+      // columns this drags across channel boundaries are the ones the new
+      // tokens overwrite below
+      std::memmove(st, st + L, sizeof(X) * (n * S - L));
+    } else if (s_ch == 1) {
+      for (int64_t i = 0; i < kept; ++i)
+        std::memmove(st + i * s_col, st + (i + L) * s_col, sizeof(X) * n);
+    } else {
+      for (int64_t i = 0; i < kept; ++i)
+        for (int64_t j = 0; j < n; ++j) st[j * s_ch + i * s_col] = st[j * s_ch + (i + L) * s_col];
     }
   }
   const int64_t first = L - (S - kept);  // first token that lands in the state
-  for (int64_t i = kept; i < S; ++i) {
-    const X* src = x + (first + i - kept) * xs_tok;
-    X* dst = st + i * s_col;
-    for (int64_t j = 0; j < n; ++j) dst[j * s_ch] = src[j * xs_ch];
-  }
+  for (int64_t i = kept; i < S; ++i)
+    copy_channels(x + (first + i - kept) * xs_tok, xs_ch, st + i * s_col, s_ch, n);
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// ---------------------------------------------------------------------------
+// One-token decode of a state stored (N, D, S), S <= 8, in registers.
+//
+// 16 channels' states are 16*S consecutive values: S registers of 16. Window
+// column c of the 16 channels (value l*S + c for lane l) takes one
+// two-register permute per pair of registers; the linear state update is S
+// loads one value further on (every value moves one place left) with the
+// token permuted into each channel's last column; the circular update
+// permutes the token into one column. No gathers, no scalar stores, and the
+// state moves as raw bits. Index vectors and masks depend only on S, so they
+// are built once per call.
+
+// 16 values of dtype X in one register: fp32 in a zmm, fp16/bf16 in a ymm.
+// Two-register permutes take 5-bit indices (bit 4 picks the second register).
+template <typename X>
+struct Raw16 {  // c10::Half, c10::BFloat16
+  using R = __m256i;
+  using Idx = __m256i;
+  static R load(const X* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static R load(const X* p, __mmask16 k) { return _mm256_maskz_loadu_epi16(k, p); }
+  static void store(X* p, R v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static Idx index(const int32_t* v) { return _mm512_cvtepi32_epi16(_mm512_loadu_si512(v)); }
+  static R permute(Idx i, R a) { return _mm256_permutexvar_epi16(i, a); }
+  static R permute_into(R src, __mmask16 k, Idx i, R a) {
+    return _mm256_mask_permutexvar_epi16(src, k, i, a);
+  }
+  static R permute2(R a, Idx i, R b) { return _mm256_permutex2var_epi16(a, i, b); }
+  static R blend(__mmask16 k, R a, R b) { return _mm256_mask_blend_epi16(k, a, b); }
+  static __m512 widen(R a) {
+    if constexpr (std::is_same_v<X, c10::BFloat16>) {
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(a), 16));
+    } else {
+      return _mm512_cvtph_ps(a);
+    }
+  }
+};
+
+template <>
+struct Raw16<float> {
+  using R = __m512;
+  using Idx = __m512i;
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  static R load(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
+  static Idx index(const int32_t* v) { return _mm512_loadu_si512(v); }
+  static R permute(Idx i, R a) { return _mm512_permutexvar_ps(i, a); }
+  static R permute_into(R src, __mmask16 k, Idx i, R a) {
+    return _mm512_mask_permutexvar_ps(src, k, i, a);
+  }
+  static R permute2(R a, Idx i, R b) { return _mm512_permutex2var_ps(a, i, b); }
+  static R blend(__mmask16 k, R a, R b) { return _mm512_mask_blend_ps(k, a, b); }
+  static __m512 widen(R a) { return a; }
+};
+
+template <typename X>
+struct RegisterDecode {
+  static constexpr int64_t kMaxS = 8;  // states up to 8 columns (W <= 9)
+  using Raw = Raw16<X>;
+  using R = typename Raw::R;
+  using Idx = typename Raw::Idx;
+  using V = at::vec::Vectorized<float>;
+
+  int64_t S = 0, W = 0;
+  // Column c: lane l reads value (l*S + c) % 32 of register pair (l*S + c) / 32;
+  // col_pair[c][q] marks the lanes served by pair q >= 1.
+  Idx col_index[kMaxS];
+  __mmask16 col_pair[kMaxS][kMaxS / 2];
+  // Register m, value e holds channel (16m + e) / S, column (16m + e) % S.
+  Idx token_index[kMaxS];
+  __mmask16 token_mask[kMaxS][kMaxS];  // [c][m]: values of register m in column c
+
+  // The fast path's conditions: one token, fp16/bf16/fp32, a state with
+  // per-channel runs of exactly S <= 8 values, x and out channel-contiguous.
+  static bool applies(const ConvParams& p) {
+    return p.seqlen == 1 && p.state_len >= 1 && p.state_len <= kMaxS &&
+           p.width - 1 <= p.state_len && p.conv_state.s2 == 1 &&
+           p.conv_state.s1 == p.state_len && p.x.s1 == 1 && p.out.s1 == 1;
+  }
+
+  explicit RegisterDecode(const ConvParams& p) : S(p.state_len), W(p.width) {
+    alignas(64) int32_t idx[16];
+    for (int64_t c = 0; c < S; ++c) {
+      for (int64_t q = 0; q < kMaxS / 2; ++q) col_pair[c][q] = 0;
+      for (int64_t l = 0; l < 16; ++l) {
+        const int64_t pos = l * S + c;
+        idx[l] = static_cast<int32_t>(pos % 32);
+        if (pos >= 32) col_pair[c][pos / 32] |= static_cast<__mmask16>(1u << l);
+      }
+      col_index[c] = Raw::index(idx);
+    }
+    for (int64_t c = 0; c < S; ++c)
+      for (int64_t m = 0; m < S; ++m) token_mask[c][m] = 0;
+    for (int64_t m = 0; m < S; ++m) {
+      for (int64_t e = 0; e < 16; ++e) {
+        const int64_t q = 16 * m + e;
+        idx[e] = static_cast<int32_t>(q / S);
+        token_mask[q % S][m] |= static_cast<__mmask16>(1u << e);
+      }
+      token_index[m] = Raw::index(idx);
+    }
+  }
+
+  // Tasks [begin, end) of update_impl (batch row b = task / nblk, block of
+  // 32 channels c = task % nblk): full blocks of live rows run here, the
+  // others (a partial last block, padding rows) go to other(b, c).
+  template <typename Other>
+  void run(const ConvParams& p, const TapRows<float>& taps, int64_t nblk, int64_t begin,
+           int64_t end, Other&& other) const {
+    // S as a constant keeps the state in registers and unrolls the permutes;
+    // the task loop is inside so the hot path makes no calls
+    switch (S) {
+      case 1: return run_s<1>(p, taps, nblk, begin, end, other);
+      case 2: return run_s<2>(p, taps, nblk, begin, end, other);
+      case 3: return run_s<3>(p, taps, nblk, begin, end, other);
+      case 4: return run_s<4>(p, taps, nblk, begin, end, other);
+      case 5: return run_s<5>(p, taps, nblk, begin, end, other);
+      case 6: return run_s<6>(p, taps, nblk, begin, end, other);
+      case 7: return run_s<7>(p, taps, nblk, begin, end, other);
+      default: return run_s<8>(p, taps, nblk, begin, end, other);
+    }
+  }
+
+ private:
+  template <int kS>
+  R column(const R* regs, int64_t c) const {
+    auto pair = [&](int q) {
+      return 2 * q + 1 < kS ? Raw::permute2(regs[2 * q], col_index[c], regs[2 * q + 1])
+                            : Raw::permute(col_index[c], regs[2 * q]);  // index < 16 there
+    };
+    R v = pair(0);
+    for (int q = 1; 2 * q < kS; ++q) v = Raw::blend(col_pair[c][q], v, pair(q));
+    return v;
+  }
+
+  template <int kS, typename Other>
+  void run_s(const ConvParams& p, const TapRows<float>& taps, int64_t nblk, int64_t begin,
+             int64_t end, Other& other) const {
+    using A2 = std::array<V, 2>;
+    const int32_t* indices = ptr<int32_t>(p.state_indices);
+    const int32_t* seqlens = ptr<int32_t>(p.cache_seqlens);
+    int64_t b = begin / nblk, c = begin % nblk;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t d0 = c * 32;
+      const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
+      if (d0 + 32 > p.dim || row < 0) {
+        other(b, c);
+      } else {
+        X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * kS;
+        const X* x = ptr<X>(p.x) + b * p.x.s0 + d0;
+        X* out = ptr<X>(p.out) + b * p.out.s0 + d0;
+        const int64_t next = seqlens ? seqlens[b * p.cache_seqlens.s0] % kS : -1;
+        A2 acc = {step_s<kS>(st, x, taps.tap(0, d0), taps.stride, taps.bias(d0), next),
+                  step_s<kS>(st + 16 * kS, x + 16, taps.tap(0, d0 + 16), taps.stride,
+                             taps.bias(d0 + 16), next)};
+        if (p.silu)
+          for (auto& a : acc) a = silu_lanes<float>(a);
+        if constexpr (std::is_same_v<X, float>) {
+          acc[0].store(out);
+          acc[1].store(out + 16);
+        } else {
+          at::vec::convert_from_float<X>(acc[0], acc[1]).store(out);
+        }
+      }
+      if (++c == nblk) {
+        c = 0;
+        ++b;
+      }
+    }
+  }
+
+  // 16 channels: returns bias + conv before the activation and updates the
+  // state st (16*S values). `next` < 0: linear state (shift left, token
+  // last); else the circular write column, next = cache_seqlens % S.
+  template <int kS>
+  __m512 step_s(X* st, const X* x, const float* taps, int64_t tap_stride, const float* bias,
+                int64_t next) const {
+    R regs[kS];
+    for (int m = 0; m < kS; ++m) regs[m] = Raw::load(st + 16 * m);
+    R shifted[kS];  // value e of register m = old value 16m + e + 1
+    if (next < 0) {
+      for (int m = 0; m + 1 < kS; ++m) shifted[m] = Raw::load(st + 16 * m + 1);
+      // the last value would be the next block's: masked off (a token goes there)
+      shifted[kS - 1] = Raw::load(st + 16 * (kS - 1) + 1, static_cast<__mmask16>(0x7fff));
+    }
+    const R token = Raw::load(x);
+    V acc = V::loadu(bias);
+    const int64_t first = next < 0 ? kS - (W - 1) : next - (W - 1) + kS;  // column of tap 0
+    for (int64_t k = 0; k + 1 < W; ++k) {
+      const int64_t c = next < 0 ? first + k : (first + k) % kS;
+      acc = at::vec::fmadd(V::loadu(taps + k * tap_stride), V(Raw::widen(column<kS>(regs, c))), acc);
+    }
+    acc = at::vec::fmadd(V::loadu(taps + (W - 1) * tap_stride), V(Raw::widen(token)), acc);
+    if (next < 0) {
+      for (int m = 0; m < kS; ++m)
+        Raw::store(st + 16 * m,
+                   Raw::permute_into(shifted[m], token_mask[kS - 1][m], token_index[m], token));
+    } else {
+      for (int m = 0; m < kS; ++m) {
+        if (!token_mask[next][m]) continue;
+        Raw::store(st + 16 * m, Raw::permute_into(regs[m], token_mask[next][m], token_index[m], token));
+      }
+    }
+    return acc;
+  }
+};
+#endif  // CPU_CAPABILITY_AVX512
 
 // Tasks of about this many channel-token steps share a thread; below it a
 // call stays on the calling thread (waking the pool costs more).
-constexpr int64_t kTaskGrainSteps = 16384;
+constexpr int64_t kTaskGrainSteps = int64_t(1) << 17;
 
 template <typename X>
 void update_impl(const ConvParams& p) {
   using Block = ChannelBlock<X>;
+  using A = typename Block::A;
   constexpr int64_t kLanes = Block::kLanes;
   const int64_t B = p.batch, D = p.dim, L = p.seqlen, W = p.width, S = p.state_len;
   const int64_t nblk = (D + kLanes - 1) / kLanes;
   const int32_t* indices = ptr<int32_t>(p.state_indices);
   const int32_t* seqlens = ptr<int32_t>(p.cache_seqlens);
+  const int64_t s_ch = p.conv_state.s1, s_col = p.conv_state.s2;
   const int64_t grain = std::max<int64_t>(1, kTaskGrainSteps / (kLanes * (L + W + S)));
 
-  // Tasks run block-major so a thread's consecutive tasks share weights.
-  at::parallel_for(0, nblk * B, grain, [&](int64_t begin, int64_t end) {
-    Block blk;
-    int64_t loaded = -1;
+  // Tasks are (batch row, channel block), row-major: states stream in order.
+  at::parallel_for(0, B * nblk, grain, [&](int64_t begin, int64_t end) {
+    const bool one_row = begin / nblk == (end - 1) / nblk;
+    const TapRows<A> taps = transpose_taps<A>(p, kLanes, one_row ? begin % nblk : 0,
+                                              one_row ? (end - 1) % nblk + 1 : nblk);
+    Block blk(p);
     int64_t col[kMaxWidthCpu];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t c = task / B, b = task % B;
+    // One task in the engine: any layout, any token count.
+    auto task = [&](int64_t b, int64_t c) {
       const int64_t d0 = c * kLanes, n = std::min(kLanes, D - d0);
       const X* x = ptr<X>(p.x) + b * p.x.s0 + d0 * p.x.s1;
       X* out = ptr<X>(p.out) + b * p.out.s0 + d0 * p.out.s1;
       const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
       if (row < 0) {  // padding row: output 0, state untouched
-        for (int64_t j = 0; j < n; ++j)
-          for (int64_t t = 0; t < L; ++t) out[j * p.out.s1 + t * p.out.s2] = X(0);
-        continue;
+        for (int64_t t = 0; t < L; ++t)
+          for (int64_t j = 0; j < n; ++j) out[j * p.out.s1 + t * p.out.s2] = X(0);
+        return;
       }
-      if (c != loaded) {
-        blk.set_channels(p, d0, n);
-        loaded = c;
-      }
-      X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * p.conv_state.s1;
-      const int64_t s_ch = p.conv_state.s1, s_col = p.conv_state.s2;
+      X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * s_ch;
+      blk.bind(taps, d0, n);
       if (seqlens) {
         // circular buffer: the next write goes to column seqlens[b] % S and
         // the W-1 columns before it (circularly) are the window
@@ -276,18 +602,25 @@ void update_impl(const ConvParams& p) {
         for (int64_t k = 0; k + 1 < W; ++k) col[k] = wrap_index(next - (W - 1) + k, S);
         blk.load_window(st, s_ch, s_col, col);
         blk.run(x, p.x.s1, p.x.s2, L, out, p.out.s1, p.out.s2);
-        for (int64_t i = std::max<int64_t>(L - S, 0); i < L; ++i) {  // later tokens win
-          X* dst = st + wrap_index(next + i, S) * s_col;
-          const X* src = x + i * p.x.s2;
-          for (int64_t j = 0; j < n; ++j) dst[j * s_ch] = src[j * p.x.s1];
-        }
+        for (int64_t i = std::max<int64_t>(L - S, 0); i < L; ++i)  // later tokens win
+          copy_channels(x + i * p.x.s2, p.x.s1, st + wrap_index(next + i, S) * s_col, s_ch, n);
       } else {
         for (int64_t k = 0; k + 1 < W; ++k) col[k] = S - (W - 1) + k;
         blk.load_window(st, s_ch, s_col, col);
         blk.run(x, p.x.s1, p.x.s2, L, out, p.out.s1, p.out.s2);
         shift_state(st, s_ch, s_col, S, n, x, p.x.s1, p.x.s2, L, /*keep_old=*/true);
       }
+    };
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (!std::is_same_v<X, double>) {
+      static_assert(kLanes == 32);
+      if (RegisterDecode<X>::applies(p)) {
+        RegisterDecode<X>(p).run(p, taps, nblk, begin, end, task);
+        return;
+      }
     }
+#endif
+    for (int64_t t = begin; t < end; ++t) task(t / nblk, t % nblk);
   });
 }
 
