@@ -55,13 +55,16 @@ inline int64_t wrap_index(int64_t a, int64_t m) {
 // silu(v) = v / (1 + exp(-v)) on a vector of accumulators.
 #if defined(CPU_CAPABILITY_AVX512)
 // The division is a reciprocal estimate and one Newton step (~2^-27
-// relative; vdivps would dominate the decode step); exp's argument is
-// capped so the reciprocal stays finite.
+// relative; vdivps would dominate the decode step). exp's argument is
+// capped so the reciprocal stays finite, and below -80 the sigmoid is taken
+// as 0, so silu(-inf) = -inf * 0 = NaN exactly as in the reference.
 inline at::vec::Vectorized<float> silu_avx512(const at::vec::Vectorized<float>& a) {
   using V = at::vec::Vectorized<float>;
   const __m512 d = V(1.f) + V(_mm512_min_ps(a.neg(), _mm512_set1_ps(80.f))).exp_u20();
   const __m512 r0 = _mm512_rcp14_ps(d);
-  const __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.f)));
+  __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.f)));
+  r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(a, _mm512_set1_ps(-80.f), _CMP_LT_OQ),
+                         _mm512_setzero_ps());
   return a * V(r);
 }
 #endif
