@@ -592,7 +592,7 @@ def test_update_vs_cpu(cu, cpu_cc, seeded, W, circular):
     w, b = torch.randn(D, W, device=DEV), torch.randn(D, device=DEV)
     idx = pool_indices(B, N)
     cs = torch.randint(0, 20, (B,), dtype=torch.int32, device=DEV) if circular else None
-    pool_c = pool.cpu()
+    pool_c = pool.to("cpu", copy=True)  # a copy even when DEV is the CPU (emulation)
     c = _skip_unimplemented(lambda: cpu_cc.ops.update(x.cpu(), pool_c, w.cpu(), b.cpu(), _cpu(cs),
                                                       idx.cpu(), True))
     g = cu.ops.update(x, pool, w, b, cs, idx, True)
@@ -606,7 +606,7 @@ def test_packed_vs_cpu(cu, cpu_cc, seeded):
     pool = torch.randn(8, 40, 5, device=DEV, dtype=torch.bfloat16)
     idx = torch.tensor([3, -1, 0, 6, 2], dtype=torch.int32, device=DEV)
     hi = torch.tensor([True, True, False, True, True], device=DEV)
-    pool_c = pool.cpu()
+    pool_c = pool.to("cpu", copy=True)  # a copy even when DEV is the CPU (emulation)
     c = _skip_unimplemented(lambda: cpu_cc.ops.fwd_packed(x.t().cpu(), w.cpu(), b.cpu(), cus.cpu(),
                                                           pool_c, idx.cpu(), hi.cpu(), -1, True))
     g = cu.ops.fwd_packed(x.t(), w, b, cus, pool, idx, hi, -1, True)

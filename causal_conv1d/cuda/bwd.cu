@@ -241,8 +241,6 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int TT = kWarps * kSteps;
   constexpr int RX = TT + 2 * (kW - 1);  // x rows: positions t0-(W-1) .. t0+TT+W-2
   constexpr int RG = TT + kW - 1;        // dout rows: positions t0 .. t0+TT+W-2
-  constexpr int NX = (RX * kWarp + kThreads - 1) / kThreads;
-  constexpr int NG = (RG * kWarp + kThreads - 1) / kThreads;
   using V = Pack<X, E>;
   constexpr size_t kTileBytes = sizeof(V) * kWarp * (RX + RG);
   constexpr size_t kRedBytes = sizeof(float) * kWarps * (kW + 1) * CB;
@@ -266,53 +264,29 @@ __global__ void __launch_bounds__(kThreads)
     // rows that hold data: positions < min(t_end + W - 1, L)
     const int64_t p_end = t_end + (W - 1) < L ? t_end + (W - 1) : L;
     const int xrows = static_cast<int>(p_end - row0), grows = static_cast<int>(p_end - t0);
-    const X* xb = ptr<const X>(p.x) + b * p.x.s0;
-    const X* gb = ptr<const X>(p.dout) + b * p.dout.s0;
-
-    auto load = [&](const X* base, int64_t s1, int64_t s2, bool vec, int64_t pos, int64_t d) {
-      V v;
+    // Warp w loads tile rows w, w + 4, ..., lane l the channels c0 + l*E ..
+    {
+      const int64_t d = c0 + lane * E;
       const int ne = D - d >= E ? E : D - d > 0 ? static_cast<int>(D - d) : 0;
-      if (pos >= 0) {
-        const X* src = base + pos * s2 + d * s1;
-        if (vec && ne == E) {
-          v = *reinterpret_cast<const V*>(src);
+      const X* xb = ptr<const X>(p.x) + b * p.x.s0 + d;       // channel stride 1 when vectors are used
+      const X* gb = ptr<const X>(p.dout) + b * p.dout.s0 + d;
+      for (int i = warp; i < xrows; i += kWarps) {
+        const int64_t pos = row0 + i;
+        if (pos >= 0 && x_vec && ne == E) {
+          copy_async(&xt[i][lane], reinterpret_cast<const V*>(xb + pos * p.x.s2));
         } else {
-#pragma unroll
-          for (int e = 0; e < E; ++e) v.v[e] = e < ne ? src[e * s1] : from_f<X>(0.f);
+          xt[i][lane] = channels_at<X, E>(p, p.x, b, pos, d, ne);
         }
-      } else {
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          v.v[e] = (p.initial_states.data != nullptr && e < ne)
-                       ? ptr<const X>(p.initial_states)[b * p.initial_states.s0 +
-                                                        (d + e) * p.initial_states.s1 +
-                                                        (W - 1 + pos) * p.initial_states.s2]
-                       : from_f<X>(0.f);
       }
-      return v;
-    };
-    V xbuf[NX], gbuf[NG];
-#pragma unroll
-    for (int n = 0; n < NX; ++n) {
-      const int idx = threadIdx.x + n * kThreads;
-      if (idx / kWarp < xrows)
-        xbuf[n] = load(xb, p.x.s1, p.x.s2, x_vec, row0 + idx / kWarp, c0 + (idx % kWarp) * E);
-    }
-#pragma unroll
-    for (int n = 0; n < NG; ++n) {
-      const int idx = threadIdx.x + n * kThreads;
-      if (idx / kWarp < grows)
-        gbuf[n] = load(gb, p.dout.s1, p.dout.s2, dout_vec, t0 + idx / kWarp, c0 + (idx % kWarp) * E);
-    }
-#pragma unroll
-    for (int n = 0; n < NX; ++n) {
-      const int idx = threadIdx.x + n * kThreads;
-      if (idx / kWarp < xrows) xt[idx / kWarp][idx % kWarp] = xbuf[n];
-    }
-#pragma unroll
-    for (int n = 0; n < NG; ++n) {
-      const int idx = threadIdx.x + n * kThreads;
-      if (idx / kWarp < grows) gt[idx / kWarp][idx % kWarp] = gbuf[n];
+      for (int i = warp; i < grows; i += kWarps) {
+        const int64_t pos = t0 + i;
+        if (dout_vec && ne == E) {
+          copy_async(&gt[i][lane], reinterpret_cast<const V*>(gb + pos * p.dout.s2));
+        } else {
+          gt[i][lane] = channels_at<X, E>(p, p.dout, b, pos, d, ne);
+        }
+      }
+      copy_async_wait();
     }
     int32_t last = 0;
     if constexpr (kSeq) {
@@ -364,6 +338,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int e = 0; e < E; ++e) gw[k][e] = 0.f;
 
+#pragma unroll 1
       for (int64_t pos = q0; pos < q1 + (W - 1); ++pos) {
         const int i = static_cast<int>(pos - row0);  // x tile row of pos
         float dy[E] = {};

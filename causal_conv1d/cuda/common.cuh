@@ -16,6 +16,7 @@
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -71,6 +72,28 @@ template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
+
+// Global -> shared copy of one 4/8/16-byte aligned element that does not
+// wait for the data (cp.async on sm_80+; a plain copy before that), so a
+// thread can have all its tile loads in flight without holding registers.
+// copy_async_wait() waits for this thread's copies; a __syncthreads() after
+// it publishes them to the block.
+template <typename T>
+__device__ __forceinline__ void copy_async(T* dst_shared, const T* src_global) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8 || sizeof(T) == 16, "cp.async moves 4, 8 or 16 bytes");
+#ifdef CAUSAL_CONV1D_CUDA_EMU
+  *dst_shared = *src_global;
+#else
+  __pipeline_memcpy_async(dst_shared, src_global, sizeof(T));
+#endif
+}
+
+__device__ __forceinline__ void copy_async_wait() {
+#ifndef CAUSAL_CONV1D_CUDA_EMU
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+#endif
+}
 
 // Elements per 16-byte vector.
 template <typename X> constexpr int kVec16 = 16 / static_cast<int>(sizeof(X));

@@ -125,7 +125,6 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int CB = kWarp * E;                                  // channels per block
   constexpr int TT = (kThreads / kWarp) * kFwdStepsPerWarp;      // time steps per block
   constexpr int R = TT + kW - 1;                                 // tile rows
-  constexpr int NI = (R * kWarp + kThreads - 1) / kThreads;      // tile loads per thread
   using V = Pack<X, E>;
   __shared__ V tile[R][kWarp];
   __shared__ int32_t tile_ids[kSeq ? R : 1];
@@ -142,38 +141,20 @@ __global__ void __launch_bounds__(kThreads)
     const int rows = static_cast<int>(t_end - row0);
     const X* xb = ptr<const X>(p.x) + b * p.x.s0;
 
-    // Tile row i, vector v: positions row0 + i, channels c0 + v*E ..: x, the
-    // initial state before position 0, zeros past D.
-    V buf[NI];
-#pragma unroll
-    for (int n = 0; n < NI; ++n) {
-      const int idx = threadIdx.x + n * kThreads;
-      const int i = idx / kWarp, v = idx % kWarp;
-      const int64_t pos = row0 + i, d = c0 + v * E;
+    // Tile row i: position row0 + i; warp w loads rows w, w + 4, ..., lane l
+    // the E channels c0 + l*E ..: x, or the initial state before position 0.
+    {
+      const int64_t d = c0 + lane * E;
       const int ne = D - d >= E ? E : D - d > 0 ? static_cast<int>(D - d) : 0;
-      if (i >= rows) continue;
-      if (pos >= 0) {
-        const X* src = xb + pos * p.x.s2 + d * p.x.s1;
-        if (x_vec && ne == E) {
-          buf[n] = *reinterpret_cast<const V*>(src);
+      for (int i = warp; i < rows; i += kThreads / kWarp) {
+        const int64_t pos = row0 + i;
+        if (pos >= 0 && x_vec && ne == E) {
+          copy_async(&tile[i][lane], reinterpret_cast<const V*>(xb + pos * p.x.s2 + d));
         } else {
-#pragma unroll
-          for (int e = 0; e < E; ++e) buf[n].v[e] = e < ne ? src[e * p.x.s1] : from_f<X>(0.f);
+          tile[i][lane] = channels_at<X, E>(p, p.x, b, pos, d, ne);
         }
-      } else {
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          buf[n].v[e] = (p.initial_states.data != nullptr && e < ne)
-                            ? ptr<const X>(p.initial_states)[b * p.initial_states.s0 +
-                                                             (d + e) * p.initial_states.s1 +
-                                                             (W - 1 + pos) * p.initial_states.s2]
-                            : from_f<X>(0.f);
       }
-    }
-#pragma unroll
-    for (int n = 0; n < NI; ++n) {
-      const int idx = threadIdx.x + n * kThreads;
-      if (idx / kWarp < rows) tile[idx / kWarp][idx % kWarp] = buf[n];
+      copy_async_wait();
     }
     if constexpr (kSeq) {
       const int32_t* sr = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;
@@ -195,6 +176,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int k = 0; k < kW; ++k) wr[k][e] = (kExact || k < W) ? weight_at(p, d, W - 1 - k) : 0.f;
       }
+#pragma unroll 1
       for (int s = 0; s < kFwdStepsPerWarp; ++s) {
         const int64_t t = t0 + warp * kFwdStepsPerWarp + s;
         if (t >= t_end) break;

@@ -95,4 +95,28 @@ __device__ float dy_at(const ConvParams& p, const Row<X>& r, int64_t t) {
   return p.silu ? g * silu_grad(y_at(p, r, t)) : g;
 }
 
+// E consecutive channels d .. d+E-1 (ne of them real, the rest 0) at
+// position pos of batch row b of a channel-last view v (x or dout), element by
+// element: the initial state's column for pos < 0 (zeros without one), and v
+// otherwise. The channel-last kernels use it where a vector load cannot be.
+template <typename X, int E>
+__device__ Pack<X, E> channels_at(const ConvParams& p, const Strided& v, int64_t b, int64_t pos,
+                                  int64_t d, int ne) {
+  Pack<X, E> out;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    X val = from_f<X>(0.f);
+    if (e < ne) {
+      if (pos >= 0) {
+        val = ptr<const X>(v)[b * v.s0 + (d + e) * v.s1 + pos * v.s2];
+      } else if (p.initial_states.data != nullptr) {
+        val = ptr<const X>(p.initial_states)[b * p.initial_states.s0 + (d + e) * p.initial_states.s1 +
+                                             (p.width - 1 + pos) * p.initial_states.s2];
+      }
+    }
+    out.v[e] = val;
+  }
+  return out;
+}
+
 }  // namespace causal_conv1d::cuda

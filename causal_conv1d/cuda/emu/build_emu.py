@@ -43,7 +43,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output root; the variant goes to <out>/<cpu variant>")
     ap.add_argument("--jobs", "-j", type=int, default=2)
-    ap.add_argument("--sanitize", action="store_true", help="UndefinedBehaviorSanitizer")
+    ap.add_argument("--sanitize", action="store_true",
+                    help="AddressSanitizer + UndefinedBehaviorSanitizer: any out-of-bounds access "
+                         "by a kernel, used or not, is reported (run python with libasan and "
+                         "libstdc++ preloaded, as tools/sanitize.sh does)")
     args = ap.parse_args()
 
     bv = load_builder()
@@ -53,14 +56,16 @@ def main() -> int:
     facts = bv.torch_facts("cpu")
     ext_id = f"_{module}_cudaemu_{bv.unique_suffix()}"
     out_root = Path(args.out).resolve()
-    objdir = out_root.parent / ".local-build" / (facts["variant"] + "-cudaemu")
+    objdir = out_root.parent / ".local-build" / (facts["variant"] + "-cudaemu" + ("-san" if args.sanitize else ""))
     gen = objdir / "generated"
     bv.write_if_changed(gen / "registration.h", bv.registration_header())
 
     cuda = config["kernel"]["cuda"]
     srcs = [s for s in config["torch"]["src"] + cuda["src"] if not s.endswith((".h", ".cuh"))]
     srcs.append(str((HERE / "emu.cpp").relative_to(ROOT)))
-    opt = ["-O1", "-g", "-fsanitize=undefined", "-fno-sanitize-recover=undefined"] if args.sanitize else ["-O2", "-g"]
+    san = "address,undefined"
+    opt = ["-O1", "-g", f"-fsanitize={san}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"] \
+        if args.sanitize else ["-O2", "-g"]
     flags = [
         "-std=c++20", "-fPIC", "-Wall", "-Wno-unused-function", "-Wno-unused-variable",
         "-Wno-maybe-uninitialized", "-Wno-unknown-pragmas", *opt,
@@ -89,7 +94,7 @@ def main() -> int:
         lines.append(f"build {obj}: cxx {ROOT / src}")
         lines.append(f"  flags = {' '.join(shlex.quote(f) for f in flags + lang)}")
     so = objdir / f"{ext_id}.abi3.so"
-    ldflags = [f"-L{facts['lib']}", "-lc10", "-ltorch", "-ltorch_cpu"] + (["-fsanitize=undefined"] if args.sanitize else [])
+    ldflags = [f"-L{facts['lib']}", "-lc10", "-ltorch", "-ltorch_cpu"] + ([f"-fsanitize={san}"] if args.sanitize else [])
     lines.append(f"build {so}: link {' '.join(objects)}")
     lines.append(f"  ldflags = {' '.join(ldflags)}")
     lines.append(f"default {so}")

@@ -8,6 +8,15 @@
 #include <memory>
 #include <vector>
 
+// AddressSanitizer must be told about every stack switch, or it reports the
+// fibers' stacks as overflows.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#else
+#define EMU_ASAN 0
+#endif
+
 namespace causal_conv1d::cuda::emu {
 namespace {
 
@@ -21,6 +30,7 @@ struct Fiber {
   ThreadState state;
   Wait wait = kRunning;
   bool done = false;
+  void* fake_stack = nullptr;  // ASan bookkeeping while switched out
 };
 
 struct Scheduler {
@@ -31,6 +41,8 @@ struct Scheduler {
   Fiber* cur = nullptr;
   const std::function<void()>* body = nullptr;
   dim3 block, bdim, gdim;
+  const void* main_stack = nullptr;  // the scheduler's stack (for ASan)
+  size_t main_stack_size = 0;
 };
 
 Scheduler& sched() {
@@ -43,17 +55,46 @@ Scheduler& sched() {
   std::abort();
 }
 
+// Stack-switch notes for ASan: before a switch, where we go; after it, that
+// we arrived (a fiber that is exiting passes no fake-stack slot).
+void leave(void** fake_stack, const void* to, size_t size) {
+#if EMU_ASAN
+  __sanitizer_start_switch_fiber(fake_stack, to, size);
+#else
+  (void)fake_stack, (void)to, (void)size;
+#endif
+}
+void arrive(void* fake_stack) {
+#if EMU_ASAN
+  Scheduler& s = sched();
+  __sanitizer_finish_switch_fiber(fake_stack, &s.main_stack, &s.main_stack_size);
+#else
+  (void)fake_stack;
+#endif
+}
+
+void switch_to_main(Fiber* me, bool exiting) {
+  Scheduler& s = sched();
+  leave(exiting ? nullptr : &me->fake_stack, s.main_stack, s.main_stack_size);
+  if (!exiting) {
+    swapcontext(&me->ctx, &s.main);
+    arrive(me->fake_stack);
+  }
+}
+
 void entry() {
   Scheduler& s = sched();
+  arrive(nullptr);
   (*s.body)();
-  s.cur->done = true;  // returning resumes uc_link (the scheduler)
+  s.cur->done = true;
+  switch_to_main(s.cur, true);  // returning resumes uc_link (the scheduler)
 }
 
 void wait_at(Wait w) {
   Scheduler& s = sched();
   Fiber* me = s.cur;
   me->wait = w;
-  swapcontext(&me->ctx, &s.main);
+  switch_to_main(me, false);
 }
 
 // Releases every barrier whose group has fully arrived; false if none.
@@ -110,7 +151,12 @@ void run_block(unsigned threads) {
     for (auto& f : s.fibers) {
       if (f.done || f.wait != kRunning) continue;
       s.cur = &f;
+      void* main_fake = nullptr;
+      leave(&main_fake, f.ctx.uc_stack.ss_sp, f.ctx.uc_stack.ss_size);
       swapcontext(&s.main, &f.ctx);
+#if EMU_ASAN
+      __sanitizer_finish_switch_fiber(main_fake, nullptr, nullptr);
+#endif
       s.cur = nullptr;
     }
     bool live = false;
