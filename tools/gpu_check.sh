@@ -7,9 +7,9 @@
 # 1. builds the CUDA variant (sm_90 + PTX) and the CPU variant side by side,
 # 2. runs tests/test_cuda.py (CUDA vs the float64 reference and vs the CPU
 #    variant),
-# 3. runs the small grid (pytest -k sanitizer) under compute-sanitizer
-#    memcheck (and racecheck for the shared-memory kernels),
-# 4. runs benchmarks/bench_gpu.py,
+# 3. runs benchmarks/bench_gpu.py,
+# 4. runs the small grid (pytest -k sanitizer) under compute-sanitizer
+#    memcheck, then racecheck for the shared-memory kernels if time is left,
 # and prints a short table. Results (card, date, commit, tables) go to
 # $OUT/gpu-results.md (OUT defaults to build/gpu-check) and replace
 # docs/gpu-results.md in this checkout. Budget: 8 minutes; every step has a
@@ -62,32 +62,44 @@ tail -n 2 "$out/build-cuda.log" "$out/build-cpu.log"
 export CAUSAL_CONV1D_KERNEL_ROOT="$root" CAUSAL_CONV1D_CPU_KERNEL_ROOT="$root"
 pytest_args=(-q -p no:cacheprovider -rfEs --maxfail=50)
 
+budget="${BUDGET_S:-470}"   # stay inside 8 minutes, summary included
+left() { echo $((budget - (SECONDS - start))); }
+limit() {  # a step's timeout: its own cap, or what is left of the budget
+  local l; l=$(left); (( l > $1 )) && l=$1
+  echo $(( l > 0 ? l : 1 ))
+}
+
 if [[ $cuda_rc -eq 0 ]]; then
   # -- 2. tests ---------------------------------------------------------------
-  run_step "tests/test_cuda.py" 240 "$out/test_cuda.log" \
+  run_step "tests/test_cuda.py" "$(limit 240)" "$out/test_cuda.log" \
     "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" --junitxml="$out/test_cuda.xml"
 
-  # -- 3. compute-sanitizer ---------------------------------------------------
+  # -- 3. benchmark -------------------------------------------------------------
+  run_step "benchmarks/bench_gpu.py" "$(limit 120)" "$out/bench.log" \
+    "$py" benchmarks/bench_gpu.py --json "$out/bench.json"
+
+  # -- 4. compute-sanitizer -----------------------------------------------------
   sanitizer="$(command -v compute-sanitizer || true)"
   [[ -z "$sanitizer" && -x "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" ]] &&
     sanitizer="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
-  if [[ -n "$sanitizer" ]]; then
+  if [[ -z "$sanitizer" ]]; then
+    record "compute-sanitizer" "SKIPPED (compute-sanitizer not found)" 0
+  elif (( $(left) < 60 )); then
+    record "compute-sanitizer memcheck" "SKIPPED (out of time budget)" 0
+  else
     # Without the caching allocator every tensor is its own allocation, so an
     # out-of-bounds access cannot land silently inside a neighbour.
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_step "compute-sanitizer memcheck (-k sanitizer)" 200 \
-      "$out/memcheck.log" "$sanitizer" --tool memcheck --error-exitcode 99 --print-limit 20 \
-      "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" -k sanitizer
-    run_step "compute-sanitizer racecheck (shared-memory kernels)" 120 "$out/racecheck.log" \
-      "$sanitizer" --tool racecheck --error-exitcode 99 --print-limit 20 \
-      "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" \
-      -k "sanitizer_fwd_bwd and channel_last"
-  else
-    record "compute-sanitizer" "SKIPPED (compute-sanitizer not found)" 0
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_step "compute-sanitizer memcheck (-k sanitizer)" \
+      "$(limit 200)" "$out/memcheck.log" "$sanitizer" --tool memcheck --error-exitcode 99 \
+      --print-limit 20 "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" -k sanitizer
+    if (( $(left) >= 60 )); then
+      run_step "compute-sanitizer racecheck (shared-memory kernels)" "$(limit 120)" \
+        "$out/racecheck.log" "$sanitizer" --tool racecheck --error-exitcode 99 --print-limit 20 \
+        "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" -k "sanitizer_fwd_bwd and channel_last"
+    else
+      record "compute-sanitizer racecheck" "SKIPPED (out of time budget)" 0
+    fi
   fi
-
-  # -- 4. benchmark -------------------------------------------------------------
-  run_step "benchmarks/bench_gpu.py" 150 "$out/bench.log" \
-    "$py" benchmarks/bench_gpu.py --json "$out/bench.json"
 fi
 
 # -- summary --------------------------------------------------------------------

@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(kThreads)
 // summed in a fixed order through shared memory.
 
 template <typename X>
-constexpr int bwd_steps_per_warp() { return sizeof(X) == 4 ? 8 : 16; }
+__host__ __device__ constexpr int bwd_steps_per_warp() { return sizeof(X) == 4 ? 8 : 16; }
 
 template <typename X, int kW, bool kExact, bool kSeq>
 __global__ void __launch_bounds__(kThreads)
@@ -628,7 +628,8 @@ size_t bwd_workspace_bytes(const ConvParams& p) { return make_plan(p).ws_bytes; 
 
 void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
   const Plan plan = make_plan(p);
-  dispatch_x(p.x_dtype, [&]<typename X>() {
+  dispatch_x(p.x_dtype, [&](auto xt) {
+    using X = typename decltype(xt)::type;
     const int64_t B = p.batch, D = p.dim, L = p.seqlen;
     const bool seq = p.seq_idx.data != nullptr;
     float* ws = static_cast<float*>(workspace);
@@ -641,7 +642,9 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
       const bool dx_vec = (p.dx.s2 == 1 || L == 1) &&
                           vector_aligned(p.dx.data, sizeof(X), E, p.dx.s0, B, p.dx.s1, D);
       const int64_t wchunks = plan.a;
-      dispatch_width<kRowsMaxWidth>(p.width, [&]<int kW, bool kExact>() {
+      dispatch_width<kRowsMaxWidth>(p.width, [&](auto wt) {
+          constexpr int kW = decltype(wt)::kW;
+          constexpr bool kExact = decltype(wt)::kExact;
         auto kernel = seq ? bwd_rows_kernel<X, kW, kExact, true>
                           : bwd_rows_kernel<X, kW, kExact, false>;
         launch(kernel, grid_for(B * D * wchunks * kWarp), stream, p, wchunks, x_vec, dout_vec,
@@ -654,7 +657,9 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
                             vector_aligned(p.dout.data, sizeof(X), E, p.dout.s0, B, p.dout.s2, L);
       const bool dx_vec = (p.dx.s1 == 1 || D == 1) &&
                           vector_aligned(p.dx.data, sizeof(X), E, p.dx.s0, B, p.dx.s2, L);
-      dispatch_width<kChanlastMaxWidth>(p.width, [&]<int kW, bool kExact>() {
+      dispatch_width<kChanlastMaxWidth>(p.width, [&](auto wt) {
+          constexpr int kW = decltype(wt)::kW;
+          constexpr bool kExact = decltype(wt)::kExact;
         auto kernel = seq ? bwd_chanlast_kernel<X, kW, kExact, true>
                           : bwd_chanlast_kernel<X, kW, kExact, false>;
         launch(kernel, grid_for(B * plan.b * plan.a, 1), stream, p, plan.a, plan.b, x_vec,

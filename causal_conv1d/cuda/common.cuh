@@ -149,35 +149,43 @@ inline void launch(void (*kernel)(KArgs...), unsigned grid, cudaStream_t stream,
 #endif
 }
 
-// Calls f.template operator()<X>() for the runtime dtype of x (fp32, fp16,
-// bf16; fp64 never reaches CUDA: checks.cpp refuses it).
+// Tags that carry a type or a width through a generic lambda (C++17: these
+// files do not need C++20, whatever standard the builder picks).
+template <typename T> struct TypeTag { using type = T; };
+template <int W, bool Exact> struct WidthTag {
+  static constexpr int kW = W;
+  static constexpr bool kExact = Exact;
+};
+
+// Calls f(TypeTag<X>{}) for the runtime dtype of x (fp32, fp16, bf16; fp64
+// never reaches CUDA: checks.cpp refuses it).
 template <typename F>
 inline void dispatch_x(DType t, F&& f) {
   switch (t) {
-    case DType::Float16: f.template operator()<__half>(); break;
-    case DType::BFloat16: f.template operator()<__nv_bfloat16>(); break;
-    default: f.template operator()<float>(); break;
+    case DType::Float16: f(TypeTag<__half>{}); break;
+    case DType::BFloat16: f(TypeTag<__nv_bfloat16>{}); break;
+    default: f(TypeTag<float>{}); break;
   }
 }
 
 // Width buckets for kernels templated on the width: exact kernels for 2, 3
 // and 4 (Mamba's 4, vLLM's 2..4), and kernels taking the width at run time
 // up to 8, 16 and 32 (buckets above kMaxW are not instantiated; the caller
-// routes such widths elsewhere). Calls f.template operator()<kW, kExact>().
+// routes such widths elsewhere). Calls f(WidthTag<kW, kExact>{}).
 template <int kMaxW, typename F>
 inline void dispatch_width(int64_t w, F&& f) {
-  if (w == 2) return f.template operator()<2, true>();
-  if (w == 3) return f.template operator()<3, true>();
-  if (w == 4) return f.template operator()<4, true>();
+  if (w == 2) return f(WidthTag<2, true>{});
+  if (w == 3) return f(WidthTag<3, true>{});
+  if (w == 4) return f(WidthTag<4, true>{});
   if constexpr (kMaxW <= 8) {
-    return f.template operator()<8, false>();
+    return f(WidthTag<8, false>{});
   } else {
-    if (w <= 8) return f.template operator()<8, false>();
+    if (w <= 8) return f(WidthTag<8, false>{});
     if constexpr (kMaxW <= 16) {
-      return f.template operator()<16, false>();
+      return f(WidthTag<16, false>{});
     } else {
-      if (w <= 16) return f.template operator()<16, false>();
-      return f.template operator()<32, false>();
+      if (w <= 16) return f(WidthTag<16, false>{});
+      return f(WidthTag<32, false>{});
     }
   }
 }

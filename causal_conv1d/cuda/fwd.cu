@@ -262,7 +262,8 @@ __global__ void __launch_bounds__(kThreads) fwd_final_states_kernel(ConvParams p
 }  // namespace
 
 void launch_fwd(const ConvParams& p, cudaStream_t stream) {
-  dispatch_x(p.x_dtype, [&]<typename X>() {
+  dispatch_x(p.x_dtype, [&](auto xt) {
+    using X = typename decltype(xt)::type;
     constexpr int E = kVec16<X>;
     const int64_t B = p.batch, D = p.dim, L = p.seqlen;
     const bool seq = p.seq_idx.data != nullptr;
@@ -272,7 +273,9 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
         const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s1, D);
         const bool out_vec = (p.out.s2 == 1 || L == 1) &&
                              vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s1, D);
-        dispatch_width<32>(p.width, [&]<int kW, bool kExact>() {
+        dispatch_width<32>(p.width, [&](auto wt) {
+          constexpr int kW = decltype(wt)::kW;
+          constexpr bool kExact = decltype(wt)::kExact;
           auto kernel = seq ? fwd_rows_kernel<X, kW, kExact, true>
                             : fwd_rows_kernel<X, kW, kExact, false>;
           launch(kernel, grid_for(B * D * chunks), stream, p, chunks, x_vec, out_vec);
@@ -283,7 +286,9 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
         const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s2, L);
         const bool out_vec = (p.out.s1 == 1 || D == 1) &&
                              vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s2, L);
-        dispatch_width<8>(p.width, [&]<int kW, bool kExact>() {
+        dispatch_width<8>(p.width, [&](auto wt) {
+          constexpr int kW = decltype(wt)::kW;
+          constexpr bool kExact = decltype(wt)::kExact;
           auto kernel = seq ? fwd_chanlast_kernel<X, kW, kExact, true>
                             : fwd_chanlast_kernel<X, kW, kExact, false>;
           launch(kernel, grid_for(B * tiles * cblocks, 1), stream, p, cblocks, tiles, x_vec,

@@ -124,13 +124,15 @@ __global__ void __launch_bounds__(kThreads) packed_states_kernel(ConvParams p) {
 }  // namespace
 
 void launch_varlen_states(const ConvParams& p, cudaStream_t stream) {
-  dispatch_x(p.x_dtype, [&]<typename X>() {
+  dispatch_x(p.x_dtype, [&](auto xt) {
+    using X = typename decltype(xt)::type;
     launch(varlen_states_kernel<X>, grid_for(p.batch * p.dim * p.state_len), stream, p);
   });
 }
 
 void launch_fwd_packed(const ConvParams& p, cudaStream_t stream) {
-  dispatch_x(p.x_dtype, [&]<typename X>() {
+  dispatch_x(p.x_dtype, [&](auto xt) {
+    using X = typename decltype(xt)::type;
     if (p.seqlen > 0) {
       launch(packed_out_kernel<X>, grid_for(p.dim * p.seqlen), stream, p, p.x.s2 <= p.x.s1);
     }

@@ -69,7 +69,8 @@ __global__ void __launch_bounds__(kThreads) update_kernel(ConvParams p) {
 }  // namespace
 
 void launch_update(const ConvParams& p, cudaStream_t stream) {
-  dispatch_x(p.x_dtype, [&]<typename X>() {
+  dispatch_x(p.x_dtype, [&](auto xt) {
+    using X = typename decltype(xt)::type;
     launch(update_kernel<X>, grid_for(p.batch * p.dim), stream, p);
   });
 }
