@@ -31,7 +31,7 @@ say() { printf '[sanitize] %s\n' "$*"; }
 
 # ---- build ------------------------------------------------------------------
 t0=$SECONDS
-say "building the CPU variant with -fsanitize=address,undefined into $SAN_ROOT"
+say "building the CPU variant with ASan + UBSan (build_variant.py --sanitize) into $SAN_ROOT"
 "$PYTHON" tools/build_variant.py --quiet --backend cpu --sanitize --jobs "${JOBS:-2}" \
   --out "$SAN_ROOT/build"
 build_s=$((SECONDS - t0))
