@@ -1,9 +1,48 @@
 // Forward (backend.h run_fwd) on CPU.
+//
+// Three paths, chosen per call from the strides in ConvParams:
+//   rows      x and out contiguous along L (s2 == 1): SIMD along t; a task is
+//             one (b, d) row, or a block of kRowBlock tokens of it.
+//   channels  x and out contiguous along D (s1 == 1), e.g. y.transpose(1, 2)
+//             of a (B, L, D) tensor or a slice of a wider projection: SIMD
+//             across channels, a few tokens at a time with their windows in
+//             registers; a task is a tile of tokens x channels.
+//   generic   anything else: scalar, any strides. It is also the statement of
+//             the semantics the other two must match.
+// Tasks never share an output, and each output is computed by exactly one
+// task in a fixed order, so results do not depend on the number of threads.
 #pragma once
+
+#include <vector>
 
 #include "common.h"
 
 namespace causal_conv1d::cpu::CPU_CAPABILITY {
+
+// final_states[b, d, :] = the last W-1 inputs of row (b, d), of its last
+// segment when seq_idx is given, zero where there are fewer.
+template <typename X>
+void write_final_state(const ConvParams& p, int64_t b, int64_t d) {
+  const int64_t L = p.seqlen, W = p.width;
+  const X* xr = ptr<X>(p.x) + b * p.x.s0 + d * p.x.s1;
+  const X* ir = p.initial_states.given()
+                    ? ptr<X>(p.initial_states) + b * p.initial_states.s0 + d * p.initial_states.s1
+                    : nullptr;
+  const int32_t* sr = p.seq_idx.given() ? ptr<int32_t>(p.seq_idx) + b * p.seq_idx.s0 : nullptr;
+  const int32_t first_id = (sr && L > 0) ? sr[0] : 0;
+  const int32_t last_id = (sr && L > 0) ? sr[(L - 1) * p.seq_idx.s1] : first_id;
+  X* frow = ptr<X>(p.final_states) + b * p.final_states.s0 + d * p.final_states.s1;
+  for (int64_t j = 0; j < W - 1; ++j) {
+    const int64_t pos = L - (W - 1) + j;
+    X v = X(0);
+    if (pos >= 0) {
+      if (!sr || sr[pos * p.seq_idx.s1] == last_id) v = xr[pos * p.x.s2];
+    } else if (ir && last_id == first_id) {
+      v = ir[(W - 1 + pos) * p.initial_states.s2];
+    }
+    frow[j * p.final_states.s2] = v;
+  }
+}
 
 // ---------------------------------------------------------------------------
 // forward, any strides (the semantics every fast path must match)
@@ -17,7 +56,6 @@ void fwd_generic(const ConvParams& p) {
   const int32_t* seq = ptr<int32_t>(p.seq_idx);
   const X* init = ptr<X>(p.initial_states);
   X* out = ptr<X>(p.out);
-  X* fin = ptr<X>(p.final_states);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(L * W, 1));
   at::parallel_for(0, B * D, grain, [&](int64_t begin, int64_t end) {
     A wk[kMaxWidthCpu];
@@ -41,32 +79,435 @@ void fwd_generic(const ConvParams& p) {
           const int64_t pos = t - (W - 1) + k;
           if (pos >= 0) {
             if (!sr || sr[pos * p.seq_idx.s1] == id) acc += wk[k] * A(xr[pos * p.x.s2]);
-          } else if (ir && id == first_id) {
-            acc += wk[k] * A(ir[(W - 1 + pos) * p.initial_states.s2]);
+          } else if (id == first_id) {  // zeros without initial states (Inf * 0 is NaN)
+            acc += wk[k] * (ir ? A(ir[(W - 1 + pos) * p.initial_states.s2]) : A(0));
           }
         }
         orow[t * p.out.s2] = X(p.silu ? silu(acc) : acc);
       }
-      if (fin) {
-        X* frow = fin + b * p.final_states.s0 + d * p.final_states.s1;
-        const int32_t last_id = (sr && L > 0) ? sr[(L - 1) * p.seq_idx.s1] : first_id;
-        for (int64_t j = 0; j < W - 1; ++j) {
-          const int64_t pos = L - (W - 1) + j;
-          X v = X(0);
-          if (pos >= 0) {
-            if (!sr || sr[pos * p.seq_idx.s1] == last_id) v = xr[pos * p.x.s2];
-          } else if (ir && last_id == first_id) {
-            v = ir[(W - 1 + pos) * p.initial_states.s2];
-          }
-          frow[j * p.final_states.s2] = v;
-        }
+      if (p.final_states.given()) write_final_state<X>(p, b, d);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// fast paths
+
+namespace fwd_fast {
+
+constexpr int64_t kRowBlock = 4096;  // tokens per rows task (fp32 staging: 16 KiB)
+constexpr int64_t kChanBlock = 128;  // tokens per channels task
+constexpr int64_t kChanGroup = 4;    // tokens per register pass in a channels task
+constexpr int64_t kChanTasks = 16;   // channels tasks to aim for before splitting D
+constexpr int64_t kTaskWork = 16384; // outputs per task that make a thread worth waking
+constexpr int64_t kFarBack = 255;    // run length saturates here (> any window + chunk)
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// What every task reads besides ConvParams: taps widened to the compute type
+// once per call, and the segment structure of seq_idx.
+template <typename X>
+struct Ctx {
+  using A = acc_t<X>;
+  static constexpr int64_t N = kLanes<A>;  // lanes per vector
+  static constexpr int64_t S = 2 * N;      // outputs per step: two vectors
+
+  const ConvParams& p;
+  int64_t B, D, L, W;
+  int64_t Dpad;          // D rounded up to S, so vector loads of taps never run off
+  std::vector<A> w;      // (W, Dpad): w[k * Dpad + d] = weight[d, k], zero padded
+  std::vector<A> bias;   // (Dpad,), zero when bias is not given
+  // With seq_idx, (B, L): run[b * L + t] = how many positions right before t
+  // share t's id, saturating at kFarBack; the first segment also owns the
+  // positions < 0 (the initial state), so it is kFarBack throughout. A window
+  // [t - r, t] is one segment exactly when run[t] >= r.
+  std::vector<uint8_t> run;
+
+  explicit Ctx(const ConvParams& p_)
+      : p(p_), B(p_.batch), D(p_.dim), L(p_.seqlen), W(p_.width), Dpad(ceil_div(D, S) * S) {}
+
+  const int32_t* seq_row(int64_t b) const {
+    return p.seq_idx.given() ? ptr<int32_t>(p.seq_idx) + b * p.seq_idx.s0 : nullptr;
+  }
+  const X* init_row(int64_t b, int64_t d) const {
+    return p.initial_states.given()
+               ? ptr<X>(p.initial_states) + b * p.initial_states.s0 + d * p.initial_states.s1
+               : nullptr;
+  }
+};
+
+template <typename X, typename Wt>
+void load_taps(Ctx<X>& c) {
+  using A = acc_t<X>;
+  const ConvParams& p = c.p;
+  c.w.assign(c.W * c.Dpad, A(0));
+  c.bias.assign(c.Dpad, A(0));
+  const Wt* w = ptr<Wt>(p.weight);
+  for (int64_t d = 0; d < c.D; ++d)
+    for (int64_t k = 0; k < c.W; ++k) c.w[k * c.Dpad + d] = A(w[d * p.weight.s0 + k * p.weight.s1]);
+  if (p.bias.given()) {
+    const Wt* bias = ptr<Wt>(p.bias);
+    for (int64_t d = 0; d < c.D; ++d) c.bias[d] = A(bias[d * p.bias.s0]);
+  }
+}
+
+template <typename X>
+void find_runs(Ctx<X>& c) {
+  const int64_t L = c.L, s1 = c.p.seq_idx.s1;
+  c.run.resize(c.B * L);
+  at::parallel_for(0, c.B, std::max<int64_t>(1, kTaskWork / L), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int32_t* sr = c.seq_row(b);
+      uint8_t* r = c.run.data() + b * L;
+      int64_t t = 0;
+      for (; t < L && sr[t * s1] == sr[0]; ++t) r[t] = uint8_t(kFarBack);
+      for (int64_t start = t; t < L; ++t) {
+        if (sr[t * s1] != sr[(t - 1) * s1]) start = t;
+        r[t] = uint8_t(std::min(t - start, kFarBack));
       }
     }
   });
 }
 
+// ---- rows: x and out contiguous along t --------------------------------------
+
+// buf[i] = input at position pos0 + i for i < count (the initial state or
+// zeros before position 0), widened; then S zeros, because a row_span reads
+// up to S - 1 elements past its last input.
+template <typename X>
+void stage_row(acc_t<X>* buf, const X* xr, const X* init, int64_t init_s2, int64_t W,
+               int64_t pos0, int64_t count) {
+  using A = acc_t<X>;
+  using IO = VecIO<X>;
+  constexpr int64_t N = Ctx<X>::N, S = Ctx<X>::S;
+  int64_t i = 0;
+  for (; i < count && pos0 + i < 0; ++i)
+    buf[i] = init ? A(init[(W - 1 + pos0 + i) * init_s2]) : A(0);
+  const X* src = xr + pos0 + i;
+  A* dst = buf + i;
+  const int64_t m = count - i;
+  int64_t j = 0;
+  for (; j + S <= m; j += S) {
+    Vec<A> a, b;
+    IO::load2(src + j, a, b);
+    a.store(dst + j);
+    b.store(dst + j + N);
+  }
+  for (; j < m; ++j) dst[j] = A(src[j]);
+  std::fill(buf + count, buf + count + S, A(0));
+}
+
+// One row's taps, widened.
+template <typename A>
+struct RowTaps {
+  A w[kMaxWidthCpu];
+  A bias;
+};
+
+// dst[i] = act(bias + sum_k w[k] * src[i + k]) for i < n: the outputs at
+// positions t .. t+n-1, src[0] being the input at t - (W-1). Reads src up to
+// index round_up(n, S) + W - 2, so n must be a multiple of S unless src is a
+// padded staging buffer. sr/run: this row's seq_idx and runs, or nullptr.
+template <int WC, typename X>
+void row_span(const Ctx<X>& c, const RowTaps<acc_t<X>>& tp, const acc_t<X>* src, X* dst,
+              int64_t t, int64_t n, const int32_t* sr, const uint8_t* run) {
+  using A = acc_t<X>;
+  using V = Vec<A>;
+  using IO = VecIO<X>;
+  constexpr int64_t N = Ctx<X>::N, S = Ctx<X>::S;
+  const int64_t W = WC > 0 ? WC : c.W;
+  const int64_t ss = c.p.seq_idx.s1;
+  V vw[WC > 0 ? WC : kMaxWidthCpu];
+  for (int64_t k = 0; k < W; ++k) vw[k] = V(tp.w[k]);
+  const V vb(tp.bias);
+  for (int64_t i = 0; i < n; i += S) {
+    const int64_t cnt = std::min(S, n - i);
+    if (sr) {
+      const int64_t last = t + i + cnt - 1;
+      if (sr[last * ss] < 0 && run[last] >= cnt - 1) {  // all padding
+        IO::store2(dst + i, V(0), V(0), cnt);
+        continue;
+      }
+      if (run[last] < cnt - 1 + W - 1) {  // a segment starts inside the window
+        const int32_t first_id = sr[0];
+        for (int64_t e = 0; e < cnt; ++e) {
+          const int64_t tt = t + i + e;
+          const int32_t id = sr[tt * ss];
+          A acc = A(0);
+          if (id >= 0) {
+            acc = tp.bias;
+            for (int64_t k = 0; k < W; ++k) {
+              const int64_t pos = tt - (W - 1) + k;
+              if ((pos >= 0 ? sr[pos * ss] : first_id) == id) acc += tp.w[k] * src[i + e + k];
+            }
+            if (c.p.silu) acc = silu(acc);
+          }
+          dst[i + e] = X(acc);
+        }
+        continue;
+      }
+    }
+    V a0 = vb, a1 = vb;
+    for (int64_t k = 0; k < W; ++k) {
+      a0 = at::vec::fmadd(vw[k], V::loadu(src + i + k), a0);
+      a1 = at::vec::fmadd(vw[k], V::loadu(src + i + N + k), a1);
+    }
+    if (c.p.silu) {
+      a0 = silu_vec(a0);
+      a1 = silu_vec(a1);
+    }
+    IO::store2(dst + i, a0, a1, cnt);
+  }
+}
+
+// Outputs t0 .. t0+n-1 of row (b, d). buf: kRowBlock + kMaxWidthCpu + S elements.
+template <int WC, typename X>
+void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_t<X>* buf) {
+  constexpr int64_t S = Ctx<X>::S;
+  const ConvParams& p = c.p;
+  const int64_t W = WC > 0 ? WC : c.W;
+  RowTaps<acc_t<X>> tp;
+  for (int64_t k = 0; k < W; ++k) tp.w[k] = c.w[k * c.Dpad + d];
+  tp.bias = c.bias[d];
+  const X* xr = ptr<X>(p.x) + b * p.x.s0 + d * p.x.s1;
+  X* orow = ptr<X>(p.out) + b * p.out.s0 + d * p.out.s1;
+  const X* init = c.init_row(b, d);
+  const int32_t* sr = c.seq_row(b);
+  const uint8_t* run = sr ? c.run.data() + b * c.L : nullptr;
+  auto span = [&](const acc_t<X>* src, int64_t t, int64_t m) {
+    row_span<WC, X>(c, tp, src, orow + t, t, m, sr, run);
+  };
+  auto staged = [&](int64_t t, int64_t m) {
+    stage_row<X>(buf, xr, init, p.initial_states.s2, W, t - (W - 1), m + W - 1);
+    span(buf, t, m);
+  };
+  if constexpr (VecIO<X>::kWide) {
+    // x already holds the compute type: read it in place, staging only the
+    // head (positions < 0 come from the initial state) and the tail.
+    int64_t i = 0;
+    if (t0 < W - 1) {
+      i = std::min(n, ceil_div(W - 1, S) * S);
+      staged(t0, i);
+    }
+    const int64_t m = (n - i) / S * S;
+    if (m > 0) span(xr + t0 + i - (W - 1), t0 + i, m);
+    i += m;
+    if (i < n) staged(t0 + i, n - i);
+  } else {
+    staged(t0, n);
+  }
+}
+
+template <int WC, typename X>
+void fwd_rows(const Ctx<X>& c) {
+  using A = acc_t<X>;
+  const int64_t nblk = ceil_div(c.L, kRowBlock);
+  const int64_t grain = std::max<int64_t>(1, kTaskWork / std::min(c.L, kRowBlock));
+  const bool fin = c.p.final_states.given();
+  at::parallel_for(0, c.B * c.D * nblk, grain, [&](int64_t u0, int64_t u1) {
+    alignas(64) A buf[kRowBlock + kMaxWidthCpu + Ctx<X>::S];
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t row = u / nblk, blk = u % nblk;
+      const int64_t b = row / c.D, d = row % c.D;
+      const int64_t t0 = blk * kRowBlock;
+      row_task<WC, X>(c, b, d, t0, std::min(kRowBlock, c.L - t0), buf);
+      if (fin && blk == nblk - 1) write_final_state<X>(c.p, b, d);
+    }
+  });
+}
+
+// ---- channels: x and out contiguous along d -----------------------------------
+//
+// A task is a tile of kChanBlock tokens x `span` channels of one batch row
+// (all D channels, unless that leaves too few tasks: whole rows keep memory
+// in order, and a span's taps and history stay in cache). The tile is walked
+// kChanGroup tokens at a time; for each group, the channels are swept one
+// vector at a time with the group's inputs and the W-1 before them in
+// registers, so taps are loaded once per group and each input once. The W-1
+// inputs before a group pass to the next group through `hist`: (W-1) rows of
+// `span` channels, row i holding position (group start) - (W-1) + i. Groups
+// of 4 measured best: fewer reload taps and history too often, more stream
+// too many rows of memory at once.
+
+// hist row for position pos, from x, the initial state or zeros: primes a tile.
+template <typename X>
+void fill_hist_row(const Ctx<X>& c, acc_t<X>* row, int64_t b, int64_t pos, int64_t d0,
+                   int64_t nd) {
+  using A = acc_t<X>;
+  const ConvParams& p = c.p;
+  if (pos >= 0) {
+    const X* xr = ptr<X>(p.x) + b * p.x.s0 + pos * p.x.s2 + d0;
+    for (int64_t j = 0; j < nd; ++j) row[j] = A(xr[j]);
+  } else if (p.initial_states.given()) {
+    const X* ir = ptr<X>(p.initial_states) + b * p.initial_states.s0 +
+                  (c.W - 1 + pos) * p.initial_states.s2 + d0 * p.initial_states.s1;
+    for (int64_t j = 0; j < nd; ++j) row[j] = A(ir[j * p.initial_states.s1]);
+  } else {
+    std::fill(row, row + nd, A(0));
+  }
+}
+
+// Where one channels task reads and writes.
+template <typename X>
+struct ChanTile {
+  const X* x;       // channel j at position t: x[t * xs + j]
+  X* out;           // likewise with os
+  int64_t xs, os;
+  int64_t nd;       // channels in the tile
+  const acc_t<X>* w;     // tap k of channel j: w[k * Dpad + j]
+  const acc_t<X>* bias;  // bias[j]
+  acc_t<X>* hist;        // (W-1, span)
+  int64_t span;
+};
+
+// Tokens tg .. tg+T-1 of a tile. Masked (seq_idx): tap k of token i counts
+// only when use[i][k]; pad[i] marks padding tokens (output 0). One vector of
+// channels at a time: with two, the windows, taps and silu's constants would
+// not fit in the registers.
+template <int WC, int T, bool Masked, typename X>
+void chan_group(const Ctx<X>& c, const ChanTile<X>& g, int64_t tg, int64_t end,
+                const bool (*use)[kMaxWidthCpu], const bool* pad) {
+  using A = acc_t<X>;
+  using V = Vec<A>;
+  using IO = VecIO<X>;
+  constexpr int64_t N = Ctx<X>::N;
+  constexpr int64_t RK = WC > 0 ? WC - 1 : kMaxWidthCpu - 1;  // capacity for W-1
+  const int64_t W = WC > 0 ? WC : c.W;
+  const int64_t R = W - 1;
+  const bool silu = c.p.silu;
+  for (int64_t j = 0; j < g.nd; j += N) {
+    const int64_t cnt = std::min(N, g.nd - j);
+    V h[RK + T];  // h[i]: the input at tg - (W-1) + i
+    for (int64_t i = 0; i < R; ++i) h[i] = V::loadu(g.hist + i * g.span + j);
+    for (int64_t i = 0; i < T; ++i) h[R + i] = IO::load1(g.x + (tg + i) * g.xs + j, cnt);
+    V w[RK + 1];
+    for (int64_t k = 0; k < W; ++k) w[k] = V::loadu(g.w + k * c.Dpad + j);
+    const V bias = V::loadu(g.bias + j);
+    for (int64_t i = 0; i < T; ++i) {
+      V a = bias;
+      for (int64_t k = 0; k < W; ++k) {
+        if (Masked && !use[i][k]) continue;
+        a = at::vec::fmadd(w[k], h[i + k], a);
+      }
+      if (silu) a = silu_vec(a);
+      if (Masked && pad[i]) a = V(0);
+      IO::store1(g.out + (tg + i) * g.os + j, a, cnt);
+    }
+    for (int64_t i = 0; i < R; ++i) h[T + i].store(g.hist + i * g.span + j);  // for the next group
+  }
+}
+
+// Outputs t0 .. t0+n-1 of channels d0 .. d0+nd-1 of batch b.
+template <int WC, typename X>
+void chan_task(const Ctx<X>& c, int64_t b, int64_t t0, int64_t n, int64_t d0, int64_t nd,
+               acc_t<X>* hist, int64_t span) {
+  constexpr int64_t G = kChanGroup;
+  const ConvParams& p = c.p;
+  const int64_t W = WC > 0 ? WC : c.W;
+  const int64_t R = W - 1;
+  const ChanTile<X> g{ptr<X>(p.x) + b * p.x.s0 + d0, ptr<X>(p.out) + b * p.out.s0 + d0,
+                      p.x.s2, p.out.s2, nd, c.w.data() + d0, c.bias.data() + d0, hist, span};
+  for (int64_t i = 0; i < R; ++i) fill_hist_row(c, hist + i * span, b, t0 - R + i, d0, nd);
+  const int32_t* sr = c.seq_row(b);
+  const uint8_t* run = sr ? c.run.data() + b * c.L : nullptr;
+  const int64_t ss = p.seq_idx.s1;
+  bool use[G][kMaxWidthCpu];
+  bool pad[G];
+  const int64_t end = t0 + n;
+  for (int64_t tg = t0; tg < end;) {
+    const int64_t T = end - tg >= G ? G : 1;
+    // Does a segment start (or padding lie) within reach of these tokens?
+    bool masked = false;
+    for (int64_t i = 0; sr && i < T; ++i) masked |= run[tg + i] < R || sr[(tg + i) * ss] < 0;
+    if (masked) {
+      for (int64_t i = 0; i < T; ++i) {
+        const int64_t t = tg + i;
+        const int32_t id = sr[t * ss];
+        pad[i] = id < 0;
+        for (int64_t k = 0; k < W; ++k) {
+          const int64_t pos = t - R + k;
+          use[i][k] = id >= 0 && (pos >= 0 ? sr[pos * ss] : sr[0]) == id;
+        }
+      }
+    }
+    if (T == G) {
+      if (masked) chan_group<WC, G, true, X>(c, g, tg, end, use, pad);
+      else chan_group<WC, G, false, X>(c, g, tg, end, use, pad);
+    } else {
+      if (masked) chan_group<WC, 1, true, X>(c, g, tg, end, use, pad);
+      else chan_group<WC, 1, false, X>(c, g, tg, end, use, pad);
+    }
+    tg += T;
+  }
+  if (p.final_states.given() && end == c.L)
+    for (int64_t j = 0; j < nd; ++j) write_final_state<X>(p, b, d0 + j);
+}
+
+template <int WC, typename X>
+void fwd_channels(const Ctx<X>& c) {
+  using A = acc_t<X>;
+  constexpr int64_t S = Ctx<X>::S;
+  // Split D only when there are too few tiles of tokens to share out. The
+  // split depends on the shape alone, and no output depends on it.
+  const int64_t nt = ceil_div(c.L, kChanBlock);
+  const int64_t split = std::clamp<int64_t>(ceil_div(kChanTasks, c.B * nt), 1, ceil_div(c.D, 4 * S));
+  const int64_t span = ceil_div(ceil_div(c.D, split), S) * S;
+  const int64_t ndr = ceil_div(c.D, span);
+  const int64_t tile = std::min(c.L, kChanBlock) * std::min(c.D, span);
+  const int64_t grain = std::max<int64_t>(1, kTaskWork / tile);
+  at::parallel_for(0, c.B * nt * ndr, grain, [&](int64_t u0, int64_t u1) {
+    std::vector<A> hist(std::max<int64_t>(c.W - 1, 1) * span);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t dr = u % ndr, tb = (u / ndr) % nt, b = u / (ndr * nt);
+      const int64_t t0 = tb * kChanBlock, d0 = dr * span;
+      chan_task<WC, X>(c, b, t0, std::min(kChanBlock, c.L - t0), d0, std::min(span, c.D - d0),
+                       hist.data(), span);
+    }
+  });
+}
+
+// Widths with an unrolled kernel; others run the any-width one (WC = 0).
+template <typename F>
+void dispatch_width(int64_t W, F&& f) {
+  switch (W) {
+    case 1: return f.template operator()<1>();
+    case 2: return f.template operator()<2>();
+    case 3: return f.template operator()<3>();
+    case 4: return f.template operator()<4>();
+    default: return f.template operator()<0>();
+  }
+}
+
+}  // namespace fwd_fast
+
+template <typename X, typename Wt>
+void fwd_typed(const ConvParams& p) {
+  const bool rows_ok = p.x.s2 == 1 && p.out.s2 == 1;
+  const bool chans_ok = p.x.s1 == 1 && p.out.s1 == 1;
+  if (p.seqlen == 0 || (!rows_ok && !chans_ok)) return fwd_generic<X, Wt>(p);
+  // Both layouts at once only when D == 1 or L == 1: vectorize the longer one.
+  const bool rows = rows_ok && !(chans_ok && p.dim > p.seqlen);
+  fwd_fast::Ctx<X> c(p);
+  fwd_fast::load_taps<X, Wt>(c);
+  if (p.seq_idx.given()) fwd_fast::find_runs(c);
+  fwd_fast::dispatch_width(p.width, [&]<int WC>() {
+    if (rows) {
+      fwd_fast::fwd_rows<WC, X>(c);
+    } else {
+      fwd_fast::fwd_channels<WC, X>(c);
+    }
+  });
+}
+
 inline void fwd(const ConvParams& p) {
-  dispatch_dtypes(p.x_dtype, p.weight_dtype, [&]<typename X, typename Wt>() { fwd_generic<X, Wt>(p); });
+  dispatch_dtypes(p.x_dtype, p.weight_dtype, [&]<typename X, typename Wt>() {
+    // checks.cpp pairs fp64 only with fp64; the other mixes never arrive.
+    if constexpr (std::is_same_v<X, double> == std::is_same_v<Wt, double>) {
+      fwd_typed<X, Wt>(p);
+    } else {
+      fwd_generic<X, Wt>(p);
+    }
+  });
 }
 
 }  // namespace causal_conv1d::cpu::CPU_CAPABILITY

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""CPU forward benchmark: causal_conv1d_fn against PyTorch, and against a copy.
+
+Loads the built kernel the way users do (kernels.get_local_kernel on
+$CAUSAL_CONV1D_KERNEL_ROOT, default: this checkout) and measures, at W = 4
+with silu, for fp32 and bf16 inputs of each (B, D, L):
+
+  ref      F.conv1d(x, weight.unsqueeze(1), bias, padding=W-1, groups=D)[..., :L]
+           then silu, allocating its output (x's dtype): what transformers
+           falls back to without a kernel
+  kernel   causal_conv1d_fn(x, weight, bias, activation="silu"), allocating
+  copy     out.copy_(x) into a preallocated tensor of x's size
+  out/act  ops.fwd_out(x, weight, bias, None, None, out, None, silu) into a
+           preallocated out, with silu and without activation
+
+and prints times (median over repeats, after warmup; the minimum too, since
+other processes share the machine) with the ratios the targets are stated in:
+speedup = ref / kernel, and fwd_out / copy with and without silu.
+
+    python benchmarks/bench_cpu_fwd.py                  # full table
+    python benchmarks/bench_cpu_fwd.py --quick          # CI smoke run: tiny shapes
+    python benchmarks/bench_cpu_fwd.py --channel-last   # x as (B, L, D).transpose(1, 2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = [(2, 2048, 2048), (4, 4096, 1024), (1, 5120, 4096), (8, 1024, 512)]
+QUICK_SHAPES = [(2, 64, 256), (1, 128, 129)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+WIDTH = 4
+# Targets (issue 2): speedup over ref per dtype; fwd_out / copy per activation.
+TARGET_SPEEDUP = {"fp32": 4.0, "bf16": 10.0}
+TARGET_VS_COPY = {"silu": 1.5, "none": 1.15}
+
+
+def load_kernel():
+    import kernels
+
+    root = Path(os.environ.get("CAUSAL_CONV1D_KERNEL_ROOT", ROOT))
+    return kernels.get_local_kernel(root)
+
+
+def measure(fns: dict, repeats: int, warmup: int) -> dict:
+    """Runs the candidates round-robin (so drift in machine load hits them all
+    alike) and returns {name: (median_s, min_s)}."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
+
+
+def make_inputs(B, D, L, dtype, channel_last):
+    if channel_last:
+        x = torch.randn(B, L, D, dtype=dtype).transpose(1, 2)
+    else:
+        x = torch.randn(B, D, L, dtype=dtype)
+    weight = torch.randn(D, WIDTH, dtype=dtype) / WIDTH
+    bias = torch.randn(D, dtype=dtype)
+    return x, weight, bias
+
+
+def bench_case(cc, B, D, L, dtype, channel_last, repeats, warmup):
+    x, weight, bias = make_inputs(B, D, L, dtype, channel_last)
+    out = torch.empty_like(x)  # same layout as x, like the kernel's own output
+    W = WIDTH
+
+    def ref():
+        y = F.conv1d(x, weight.unsqueeze(1), bias, padding=W - 1, groups=D)[..., :L]
+        return F.silu(y)
+
+    fns = {
+        "ref": ref,
+        "kernel": lambda: cc.causal_conv1d_fn(x, weight, bias, activation="silu"),
+        "copy": lambda: out.copy_(x),
+        "out_silu": lambda: cc.ops.fwd_out(x, weight, bias, None, None, out, None, True),
+        "out_none": lambda: cc.ops.fwd_out(x, weight, bias, None, None, out, None, False),
+    }
+    # The comparison is only meaningful if the kernel computes the same thing.
+    torch.testing.assert_close(
+        fns["kernel"]().float(), ref().float(),
+        **({"rtol": 1e-2, "atol": 5e-2} if dtype == torch.bfloat16 else {"rtol": 3e-4, "atol": 1e-3}),
+    )
+    return measure(fns, repeats, warmup)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (CI smoke run)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per candidate (default 25)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--channel-last", action="store_true",
+                    help="x as a (B, L, D) tensor transposed to (B, D, L) instead of contiguous")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), action="append",
+                    help="restrict to these dtypes (repeatable)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 25)
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    dtypes = args.dtype or list(DTYPES)
+
+    cc = load_kernel()
+    layout = "channel-last" if args.channel_last else "contiguous"
+    print(f"causal_conv1d CPU forward, W={WIDTH}, silu, x {layout}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; {repeats} repeats, median (min) in ms")
+    head = (f"{'dtype':5} {'B':>2} {'D':>5} {'L':>5} | {'ref':>15} {'kernel':>13} {'speedup':>13} | "
+            f"{'copy':>13} {'out+silu':>13} {'/copy':>11} {'out':>13} {'/copy':>11}")
+    print(head)
+    print("-" * len(head))
+    misses = []
+    for name in dtypes:
+        dtype = DTYPES[name]
+        for B, D, L in shapes:
+            r = bench_case(cc, B, D, L, dtype, args.channel_last, repeats, args.warmup)
+            med = {k: v[0] * 1e3 for k, v in r.items()}
+            mn = {k: v[1] * 1e3 for k, v in r.items()}
+
+            def cell(k):
+                return f"{med[k]:6.2f} ({mn[k]:5.2f})"
+
+            def ratio(a, b):
+                return f"{med[a] / med[b]:5.2f} ({mn[a] / mn[b]:4.2f})"
+
+            speed = f"{med['ref'] / med['kernel']:5.1f}x ({mn['ref'] / mn['kernel']:4.1f}x)"
+            print(f"{name:5} {B:>2} {D:>5} {L:>5} | {med['ref']:7.2f} ({mn['ref']:5.2f}) "
+                  f"{cell('kernel')} {speed:>13} | {cell('copy')} {cell('out_silu')} "
+                  f"{ratio('out_silu', 'copy')} {cell('out_none')} {ratio('out_none', 'copy')}")
+            if not args.quick:
+                if med["ref"] / med["kernel"] < TARGET_SPEEDUP[name]:
+                    misses.append(f"{name} {B}x{D}x{L}: speedup below {TARGET_SPEEDUP[name]}x")
+                if med["out_silu"] / med["copy"] > TARGET_VS_COPY["silu"]:
+                    misses.append(f"{name} {B}x{D}x{L}: fwd_out+silu above "
+                                  f"{TARGET_VS_COPY['silu']}x copy")
+                if name == "fp32" and med["out_none"] / med["copy"] > TARGET_VS_COPY["none"]:
+                    misses.append(f"{name} {B}x{D}x{L}: fwd_out above {TARGET_VS_COPY['none']}x copy")
+    if not args.quick:
+        print("targets (medians): speedup >= 4x fp32 / 10x bf16; fwd_out+silu <= 1.5x copy; "
+              "fwd_out <= 1.15x copy (fp32)")
+        print("all met" if not misses else "missed:\n  " + "\n  ".join(misses))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
