@@ -25,7 +25,7 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
 
@@ -52,29 +52,29 @@ inline int64_t wrap_index(int64_t a, int64_t m) {
   return r < 0 ? r + m : r;
 }
 
-// silu(v) = v / (1 + exp(-v)) on a vector of accumulators.
-#if defined(CPU_CAPABILITY_AVX512)
-// The division is a reciprocal estimate and one Newton step (~2^-27
-// relative; vdivps would dominate the decode step). exp's argument is
-// capped so the reciprocal stays finite, and below -80 the sigmoid is taken
-// as 0, so silu(-inf) = -inf * 0 = NaN exactly as in the reference.
-inline at::vec::Vectorized<float> silu_avx512(const at::vec::Vectorized<float>& a) {
-  using V = at::vec::Vectorized<float>;
-  const __m512 d = V(1.f) + V(_mm512_min_ps(a.neg(), _mm512_set1_ps(80.f))).exp_u20();
-  const __m512 r0 = _mm512_rcp14_ps(d);
-  __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.f)));
-  r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(a, _mm512_set1_ps(-80.f), _CMP_LT_OQ),
-                         _mm512_setzero_ps());
-  return a * V(r);
-}
-#endif
-
+// silu(v) = v / (1 + exp(-v)) on a vector of accumulators. For fp32 with
+// AVX-512 or AVX2 the division is a reciprocal estimate and one Newton step
+// (about 2^-22 relative at worst; the division would dominate the decode
+// step). exp's argument is capped so the reciprocal stays finite, and below
+// -80 the sigmoid is taken as 0, so silu(-inf) = -inf * 0 = NaN exactly as
+// in the reference.
 template <typename A>
 inline at::vec::Vectorized<A> silu_lanes(const at::vec::Vectorized<A>& v) {
   using V = at::vec::Vectorized<A>;
   if constexpr (std::is_same_v<A, float>) {
 #if defined(CPU_CAPABILITY_AVX512)
-    return silu_avx512(v);
+    const __m512 d = V(1.f) + V(_mm512_min_ps(v.neg(), _mm512_set1_ps(80.f))).exp_u20();
+    const __m512 r0 = _mm512_rcp14_ps(d);
+    __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.f)));
+    r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(v, _mm512_set1_ps(-80.f), _CMP_LT_OQ),
+                           _mm512_setzero_ps());
+    return v * V(r);
+#elif defined(CPU_CAPABILITY_AVX2)
+    const __m256 d = V(1.f) + V(_mm256_min_ps(v.neg(), _mm256_set1_ps(80.f))).exp_u20();
+    const __m256 r0 = _mm256_rcp_ps(d);
+    __m256 r = _mm256_mul_ps(r0, _mm256_fnmadd_ps(d, r0, _mm256_set1_ps(2.f)));
+    r = _mm256_andnot_ps(_mm256_cmp_ps(v, _mm256_set1_ps(-80.f), _CMP_LT_OQ), r);
+    return v * V(r);
 #else
     return v / (V(1.f) + v.neg().exp_u20());  // ~20 ulp: far inside every fp32 tolerance
 #endif
@@ -354,35 +354,42 @@ void shift_state(X* st, int64_t s_ch, int64_t s_col, int64_t S, int64_t n, const
     copy_channels(x + (first + i - kept) * xs_tok, xs_ch, st + i * s_col, s_ch, n);
 }
 
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // ---------------------------------------------------------------------------
 // One-token decode of a state stored (N, D, S), S <= 8, in registers.
 //
-// 16 channels' states are 16*S consecutive values: S registers of 16. Window
-// column c of the 16 channels (value l*S + c for lane l) takes one
-// two-register permute per pair of registers; the linear state update is S
-// loads one value further on (every value moves one place left) with the
-// token permuted into each channel's last column; the circular update
-// permutes the token into one column. No gathers, no scalar stores, and the
-// state moves as raw bits. Index vectors and masks depend only on S, so they
-// are built once per call.
+// With R values per register (16 on AVX-512, 8 on AVX2), R channels' states
+// are R*S consecutive values: S registers. Window column c of those channels
+// (value l*S + c for lane l) is a few in-register permutes and blends; the
+// linear state update is S loads one value further on (every value moves one
+// place left; the last register is permuted instead, so nothing past the
+// block is read) with the token permuted into each channel's last column;
+// the circular update permutes the token into one column. No gathers, no
+// scalar stores, and the state moves as raw bits. Index vectors and masks
+// depend only on S, so they are built once per call.
+//
+// Regs<X> holds R values of dtype X per register: fp32 as floats, fp16/bf16
+// as their bits (16 per ymm on AVX-512; on AVX2 zero-extended to 32-bit
+// lanes, which AVX2 can permute across the register).
 
-// 16 values of dtype X in one register: fp32 in a zmm, fp16/bf16 in a ymm.
-// Two-register permutes take 5-bit indices (bit 4 picks the second register).
+#if defined(CPU_CAPABILITY_AVX512)
 template <typename X>
-struct Raw16 {  // c10::Half, c10::BFloat16
+struct Regs {  // c10::Half, c10::BFloat16
+  static constexpr int kLanes = 16;
   using R = __m256i;
   using Idx = __m256i;
+  using Mask = __mmask16;
   static R load(const X* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  static R load(const X* p, __mmask16 k) { return _mm256_maskz_loadu_epi16(k, p); }
   static void store(X* p, R v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
   static Idx index(const int32_t* v) { return _mm512_cvtepi32_epi16(_mm512_loadu_si512(v)); }
+  static Mask mask(uint32_t bits) { return static_cast<Mask>(bits); }
   static R permute(Idx i, R a) { return _mm256_permutexvar_epi16(i, a); }
-  static R permute_into(R src, __mmask16 k, Idx i, R a) {
+  // indices 0..31: bit 4 picks b
+  static R permute2(R a, Idx i, R b) { return _mm256_permutex2var_epi16(a, i, b); }
+  static R blend(Mask k, R a, R b) { return _mm256_mask_blend_epi16(k, a, b); }
+  static R permute_into(R src, Mask k, Idx i, R a) {
     return _mm256_mask_permutexvar_epi16(src, k, i, a);
   }
-  static R permute2(R a, Idx i, R b) { return _mm256_permutex2var_epi16(a, i, b); }
-  static R blend(__mmask16 k, R a, R b) { return _mm256_mask_blend_epi16(k, a, b); }
   static __m512 widen(R a) {
     if constexpr (std::is_same_v<X, c10::BFloat16>) {
       return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(a), 16));
@@ -393,38 +400,99 @@ struct Raw16 {  // c10::Half, c10::BFloat16
 };
 
 template <>
-struct Raw16<float> {
+struct Regs<float> {
+  static constexpr int kLanes = 16;
   using R = __m512;
   using Idx = __m512i;
+  using Mask = __mmask16;
   static R load(const float* p) { return _mm512_loadu_ps(p); }
-  static R load(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
   static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
   static Idx index(const int32_t* v) { return _mm512_loadu_si512(v); }
+  static Mask mask(uint32_t bits) { return static_cast<Mask>(bits); }
   static R permute(Idx i, R a) { return _mm512_permutexvar_ps(i, a); }
-  static R permute_into(R src, __mmask16 k, Idx i, R a) {
+  static R permute2(R a, Idx i, R b) { return _mm512_permutex2var_ps(a, i, b); }
+  static R blend(Mask k, R a, R b) { return _mm512_mask_blend_ps(k, a, b); }
+  static R permute_into(R src, Mask k, Idx i, R a) {
     return _mm512_mask_permutexvar_ps(src, k, i, a);
   }
-  static R permute2(R a, Idx i, R b) { return _mm512_permutex2var_ps(a, i, b); }
-  static R blend(__mmask16 k, R a, R b) { return _mm512_mask_blend_ps(k, a, b); }
   static __m512 widen(R a) { return a; }
 };
+#else  // AVX2
+template <typename X>
+struct Regs {  // c10::Half, c10::BFloat16: bits zero-extended to 32-bit lanes
+  static constexpr int kLanes = 8;
+  using R = __m256i;
+  using Idx = __m256i;
+  using Mask = __m256i;
+  static R load(const X* p) {
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static __m128i narrow(R v) {  // lanes hold values < 2^16: packus is exact
+    return _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  }
+  static void store(X* p, R v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow(v)); }
+  static Idx index(const int32_t* v) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)); }
+  static Mask mask(uint32_t bits) {
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits), lane_bit), lane_bit);
+  }
+  static R permute(Idx i, R a) { return _mm256_permutevar8x32_epi32(a, i); }
+  static R blend(Mask k, R a, R b) { return _mm256_blendv_epi8(a, b, k); }
+  static R permute2(R a, Idx i, R b) {  // indices 0..15: bit 3 picks b
+    return blend(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(7)), permute(i, a), permute(i, b));
+  }
+  static R permute_into(R src, Mask k, Idx i, R a) { return blend(k, src, permute(i, a)); }
+  static __m256 widen(R a) {
+    if constexpr (std::is_same_v<X, c10::BFloat16>) {
+      return _mm256_castsi256_ps(_mm256_slli_epi32(a, 16));
+    } else {
+      return _mm256_cvtph_ps(narrow(a));
+    }
+  }
+};
+
+template <>
+struct Regs<float> {
+  static constexpr int kLanes = 8;
+  using R = __m256;
+  using Idx = __m256i;
+  using Mask = __m256;
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static Idx index(const int32_t* v) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)); }
+  static Mask mask(uint32_t bits) { return _mm256_castsi256_ps(Regs<c10::BFloat16>::mask(bits)); }
+  static R permute(Idx i, R a) { return _mm256_permutevar8x32_ps(a, i); }
+  static R blend(Mask k, R a, R b) { return _mm256_blendv_ps(a, b, k); }
+  static R permute2(R a, Idx i, R b) {
+    return blend(_mm256_castsi256_ps(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(7))), permute(i, a),
+                 permute(i, b));
+  }
+  static R permute_into(R src, Mask k, Idx i, R a) { return blend(k, src, permute(i, a)); }
+  static __m256 widen(R a) { return a; }
+};
+#endif
 
 template <typename X>
 struct RegisterDecode {
   static constexpr int64_t kMaxS = 8;  // states up to 8 columns (W <= 9)
-  using Raw = Raw16<X>;
-  using R = typename Raw::R;
-  using Idx = typename Raw::Idx;
+  using Rg = Regs<X>;
+  static constexpr int64_t kR = Rg::kLanes;  // channels per register
+  using R = typename Rg::R;
+  using Idx = typename Rg::Idx;
+  using Mask = typename Rg::Mask;
   using V = at::vec::Vectorized<float>;
+  static_assert(V::size() == kR);
 
   int64_t S = 0, W = 0;
-  // Column c: lane l reads value (l*S + c) % 32 of register pair (l*S + c) / 32;
+  // Column c: lane l reads value (l*S + c) % 2R of register pair (l*S + c) / 2R;
   // col_pair[c][q] marks the lanes served by pair q >= 1.
   Idx col_index[kMaxS];
-  __mmask16 col_pair[kMaxS][kMaxS / 2];
-  // Register m, value e holds channel (16m + e) / S, column (16m + e) % S.
+  Mask col_pair[kMaxS][kMaxS / 2];
+  Idx last_shift;  // e -> e + 1, the last lane kept (a token replaces it)
+  // Register m, value e holds channel (R*m + e) / S, column (R*m + e) % S.
   Idx token_index[kMaxS];
-  __mmask16 token_mask[kMaxS][kMaxS];  // [c][m]: values of register m in column c
+  Mask token_mask[kMaxS][kMaxS];  // [c][m]: values of register m in column c
+  bool token_any[kMaxS][kMaxS];
 
   // The fast path's conditions: one token, fp16/bf16/fp32, a state with
   // per-channel runs of exactly S <= 8 values, x and out channel-contiguous.
@@ -435,30 +503,37 @@ struct RegisterDecode {
   }
 
   explicit RegisterDecode(const ConvParams& p) : S(p.state_len), W(p.width) {
-    alignas(64) int32_t idx[16];
+    alignas(64) int32_t idx[kR];
     for (int64_t c = 0; c < S; ++c) {
-      for (int64_t q = 0; q < kMaxS / 2; ++q) col_pair[c][q] = 0;
-      for (int64_t l = 0; l < 16; ++l) {
+      uint32_t pair_bits[kMaxS / 2] = {};
+      for (int64_t l = 0; l < kR; ++l) {
         const int64_t pos = l * S + c;
-        idx[l] = static_cast<int32_t>(pos % 32);
-        if (pos >= 32) col_pair[c][pos / 32] |= static_cast<__mmask16>(1u << l);
+        idx[l] = static_cast<int32_t>(pos % (2 * kR));
+        pair_bits[pos / (2 * kR)] |= 1u << l;
       }
-      col_index[c] = Raw::index(idx);
+      col_index[c] = Rg::index(idx);
+      for (int64_t q = 0; q < kMaxS / 2; ++q) col_pair[c][q] = Rg::mask(pair_bits[q]);
+    }
+    for (int64_t e = 0; e < kR; ++e) idx[e] = static_cast<int32_t>(std::min<int64_t>(e + 1, kR - 1));
+    last_shift = Rg::index(idx);
+    uint32_t token_bits[kMaxS][kMaxS] = {};
+    for (int64_t m = 0; m < S; ++m) {
+      for (int64_t e = 0; e < kR; ++e) {
+        const int64_t q = kR * m + e;
+        idx[e] = static_cast<int32_t>(q / S);
+        token_bits[q % S][m] |= 1u << e;
+      }
+      token_index[m] = Rg::index(idx);
     }
     for (int64_t c = 0; c < S; ++c)
-      for (int64_t m = 0; m < S; ++m) token_mask[c][m] = 0;
-    for (int64_t m = 0; m < S; ++m) {
-      for (int64_t e = 0; e < 16; ++e) {
-        const int64_t q = 16 * m + e;
-        idx[e] = static_cast<int32_t>(q / S);
-        token_mask[q % S][m] |= static_cast<__mmask16>(1u << e);
+      for (int64_t m = 0; m < S; ++m) {
+        token_mask[c][m] = Rg::mask(token_bits[c][m]);
+        token_any[c][m] = token_bits[c][m] != 0;
       }
-      token_index[m] = Raw::index(idx);
-    }
   }
 
   // Tasks [begin, end) of update_impl (batch row b = task / nblk, block of
-  // 32 channels c = task % nblk): full blocks of live rows run here, the
+  // 2R channels c = task % nblk): full blocks of live rows run here, the
   // others (a partial last block, padding rows) go to other(b, c).
   template <typename Other>
   void run(const ConvParams& p, const TapRows<float>& taps, int64_t nblk, int64_t begin,
@@ -481,41 +556,42 @@ struct RegisterDecode {
   template <int kS>
   R column(const R* regs, int64_t c) const {
     auto pair = [&](int q) {
-      return 2 * q + 1 < kS ? Raw::permute2(regs[2 * q], col_index[c], regs[2 * q + 1])
-                            : Raw::permute(col_index[c], regs[2 * q]);  // index < 16 there
+      return 2 * q + 1 < kS ? Rg::permute2(regs[2 * q], col_index[c], regs[2 * q + 1])
+                            : Rg::permute(col_index[c], regs[2 * q]);  // index < R there
     };
     R v = pair(0);
-    for (int q = 1; 2 * q < kS; ++q) v = Raw::blend(col_pair[c][q], v, pair(q));
+    for (int q = 1; 2 * q < kS; ++q) v = Rg::blend(col_pair[c][q], v, pair(q));
     return v;
   }
 
   template <int kS, typename Other>
   void run_s(const ConvParams& p, const TapRows<float>& taps, int64_t nblk, int64_t begin,
              int64_t end, Other& other) const {
-    using A2 = std::array<V, 2>;
     const int32_t* indices = ptr<int32_t>(p.state_indices);
     const int32_t* seqlens = ptr<int32_t>(p.cache_seqlens);
     int64_t b = begin / nblk, c = begin % nblk;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t d0 = c * 32;
+      const int64_t d0 = c * 2 * kR;
       const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
-      if (d0 + 32 > p.dim || row < 0) {
+      if (d0 + 2 * kR > p.dim || row < 0) {
         other(b, c);
       } else {
         X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * kS;
         const X* x = ptr<X>(p.x) + b * p.x.s0 + d0;
         X* out = ptr<X>(p.out) + b * p.out.s0 + d0;
         const int64_t next = seqlens ? seqlens[b * p.cache_seqlens.s0] % kS : -1;
-        A2 acc = {step_s<kS>(st, x, taps.tap(0, d0), taps.stride, taps.bias(d0), next),
-                  step_s<kS>(st + 16 * kS, x + 16, taps.tap(0, d0 + 16), taps.stride,
-                             taps.bias(d0 + 16), next)};
-        if (p.silu)
-          for (auto& a : acc) a = silu_lanes<float>(a);
+        V acc0 = step_s<kS>(st, x, taps.tap(0, d0), taps.stride, taps.bias(d0), next);
+        V acc1 = step_s<kS>(st + kR * kS, x + kR, taps.tap(0, d0 + kR), taps.stride,
+                            taps.bias(d0 + kR), next);
+        if (p.silu) {
+          acc0 = silu_lanes<float>(acc0);
+          acc1 = silu_lanes<float>(acc1);
+        }
         if constexpr (std::is_same_v<X, float>) {
-          acc[0].store(out);
-          acc[1].store(out + 16);
+          acc0.store(out);
+          acc1.store(out + kR);
         } else {
-          at::vec::convert_from_float<X>(acc[0], acc[1]).store(out);
+          at::vec::convert_from_float<X>(acc0, acc1).store(out);
         }
       }
       if (++c == nblk) {
@@ -525,42 +601,41 @@ struct RegisterDecode {
     }
   }
 
-  // 16 channels: returns bias + conv before the activation and updates the
-  // state st (16*S values). `next` < 0: linear state (shift left, token
+  // R channels: returns bias + conv before the activation and updates the
+  // state st (R*S values). `next` < 0: linear state (shift left, token
   // last); else the circular write column, next = cache_seqlens % S.
   template <int kS>
-  __m512 step_s(X* st, const X* x, const float* taps, int64_t tap_stride, const float* bias,
-                int64_t next) const {
+  V step_s(X* st, const X* x, const float* taps, int64_t tap_stride, const float* bias,
+           int64_t next) const {
     R regs[kS];
-    for (int m = 0; m < kS; ++m) regs[m] = Raw::load(st + 16 * m);
-    R shifted[kS];  // value e of register m = old value 16m + e + 1
+    for (int m = 0; m < kS; ++m) regs[m] = Rg::load(st + kR * m);
+    R shifted[kS];  // value e of register m = old value R*m + e + 1
     if (next < 0) {
-      for (int m = 0; m + 1 < kS; ++m) shifted[m] = Raw::load(st + 16 * m + 1);
-      // the last value would be the next block's: masked off (a token goes there)
-      shifted[kS - 1] = Raw::load(st + 16 * (kS - 1) + 1, static_cast<__mmask16>(0x7fff));
+      for (int m = 0; m + 1 < kS; ++m) shifted[m] = Rg::load(st + kR * m + 1);
+      shifted[kS - 1] = Rg::permute(last_shift, regs[kS - 1]);
     }
-    const R token = Raw::load(x);
+    const R token = Rg::load(x);
     V acc = V::loadu(bias);
     const int64_t first = next < 0 ? kS - (W - 1) : next - (W - 1) + kS;  // column of tap 0
     for (int64_t k = 0; k + 1 < W; ++k) {
       const int64_t c = next < 0 ? first + k : (first + k) % kS;
-      acc = at::vec::fmadd(V::loadu(taps + k * tap_stride), V(Raw::widen(column<kS>(regs, c))), acc);
+      acc = at::vec::fmadd(V::loadu(taps + k * tap_stride), V(Rg::widen(column<kS>(regs, c))), acc);
     }
-    acc = at::vec::fmadd(V::loadu(taps + (W - 1) * tap_stride), V(Raw::widen(token)), acc);
+    acc = at::vec::fmadd(V::loadu(taps + (W - 1) * tap_stride), V(Rg::widen(token)), acc);
     if (next < 0) {
       for (int m = 0; m < kS; ++m)
-        Raw::store(st + 16 * m,
-                   Raw::permute_into(shifted[m], token_mask[kS - 1][m], token_index[m], token));
+        Rg::store(st + kR * m,
+                  Rg::permute_into(shifted[m], token_mask[kS - 1][m], token_index[m], token));
     } else {
       for (int m = 0; m < kS; ++m) {
-        if (!token_mask[next][m]) continue;
-        Raw::store(st + 16 * m, Raw::permute_into(regs[m], token_mask[next][m], token_index[m], token));
+        if (!token_any[next][m]) continue;
+        Rg::store(st + kR * m, Rg::permute_into(regs[m], token_mask[next][m], token_index[m], token));
       }
     }
     return acc;
   }
 };
-#endif  // CPU_CAPABILITY_AVX512
+#endif  // CPU_CAPABILITY_AVX512 || CPU_CAPABILITY_AVX2
 
 // Tasks of about this many channel-token steps share a thread; below it a
 // call stays on the calling thread (waking the pool costs more).
@@ -614,9 +689,9 @@ void update_impl(const ConvParams& p) {
         shift_state(st, s_ch, s_col, S, n, x, p.x.s1, p.x.s2, L, /*keep_old=*/true);
       }
     };
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
     if constexpr (!std::is_same_v<X, double>) {
-      static_assert(kLanes == 32);
+      static_assert(kLanes == 2 * RegisterDecode<X>::kR);
       if (RegisterDecode<X>::applies(p)) {
         RegisterDecode<X>(p).run(p, taps, nblk, begin, end, task);
         return;
