@@ -1,0 +1,269 @@
+"""The CPU forward's internal paths (causal_conv1d/cpu/fwd.h), in every tier.
+
+The forward picks a path from the strides of x and out:
+
+  rows      contiguous along L: SIMD along t, in blocks of 4096 tokens
+  channels  contiguous along D (y.transpose(1, 2), slices of a projection):
+            SIMD across channels, 4 tokens per register pass
+  generic   anything else (scalar)
+
+and, inside rows and channels, an unrolled kernel for widths 1-4 and a
+runtime-width one for the others. Each instruction-set tier (default, avx2,
+avx512) is a separate compilation of those kernels, chosen when the library
+loads from ATEN_CPU_CAPABILITY, so the whole grid runs once per tier, in a
+subprocess with the capability forced. Everything is compared with the
+float64 reference (tolerance of x's dtype: weights and bias are exact in
+float64). The grid aims at the places where fast paths go wrong: the first
+W-1 outputs (initial states or zeros), tails shorter than a vector, lengths
+1, 2, 3, W-1, 129 and 4097 (two row blocks), D not a multiple of any vector
+width, seq_idx boundaries and padding inside vector chunks, final states,
+every x/weight dtype pairing, and thread counts (results must be bitwise
+identical for 1, 2 and 3 threads).
+
+Run directly, this file is the worker: `python test_fwd_cpu_paths.py SEED`
+prints a JSON report for the tier its environment selects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from helpers import random_seq_idx, randn_layout, tolerance  # noqa: E402
+
+I32 = torch.int32
+F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
+TIERS = ["default", "avx2", "avx512"]
+LAYOUTS = ["contiguous", "channel_last", "proj_slice"]  # rows, channels, channels with s2 > D
+
+
+# ---------------------------------------------------------------------------
+# worker: runs the grid in this process and reports the failures
+
+
+class Checker:
+    def __init__(self, cc):
+        self.cc = cc
+        self.cases = 0
+        self.failures: list[str] = []
+
+    def run(self, what, x, w, b=None, seq=None, init=None, final=False, silu=False):
+        """One call against the reference; records a failure instead of raising."""
+        self.cases += 1
+        act = "silu" if silu else None
+        try:
+            got = self.cc.causal_conv1d_fn(x, w, b, seq_idx=seq, initial_states=init,
+                                           return_final_states=final, activation=act)
+            want = self.cc.causal_conv1d_ref(
+                x.double(), w.double(), None if b is None else b.double(), seq_idx=seq,
+                initial_states=None if init is None else init.double(),
+                return_final_states=final, activation=act)
+            got, want = (got, want) if final else ((got,), (want,))
+            for dim in (1, 2):  # out keeps x's layout, so it takes the same path
+                if x.stride(dim) == 1 and x.shape[1] > 1 and x.shape[2] > 1:
+                    assert got[0].stride(dim) == 1, f"out strides {got[0].stride()}, x {x.stride()}"
+            rtol, atol = tolerance(x.dtype)
+            for name, g, e in zip(("out", "final_states"), got, want):
+                assert g.dtype == x.dtype, f"{name} dtype {g.dtype}"
+                torch.testing.assert_close(g.double(), e, rtol=rtol, atol=atol,
+                                           msg=lambda m: f"{name}: {m}")
+        except Exception as e:  # noqa: BLE001 (collected, reported by the parent)
+            shape = f"x {tuple(x.shape)} {x.dtype} strides {x.stride()}, w {tuple(w.shape)} {w.dtype}"
+            opts = f"seq={seq is not None} init={init is not None} final={final} silu={silu}"
+            self.failures.append(f"{what}: {shape}; {opts}: {str(e)[:600]}")
+
+
+def inputs(B, D, L, W, layout, xdt, wdt, seq=False, init=False, padding=True):
+    x = randn_layout(B, D, L, layout, xdt)
+    w = torch.randn(D, W).to(wdt)
+    b = torch.randn(D).to(wdt)
+    s = random_seq_idx(B, L, padding=padding) if seq else None
+    i = torch.randn(B, D, W - 1).to(xdt) if init else None
+    return x, w, b, s, i
+
+
+def grid_pairings(ck: Checker):
+    """Every x/weight dtype pairing, in both fast layouts, unrolled and runtime widths."""
+    pairs = [(a, c) for a in (F32, F16, BF16) for c in (F32, F16, BF16)] + [(F64, F64)]
+    for xdt, wdt in pairs:
+        for layout in ("contiguous", "channel_last"):
+            for W, L in ((4, 129), (7, 70)):
+                x, w, b, s, i = inputs(2, 37, L, W, layout, xdt, wdt, seq=True, init=True)
+                ck.run(f"pairing {layout} W={W}", x, w, b, s, i, final=True, silu=True)
+            x, w, _, _, _ = inputs(1, 37, 33, 3, layout, xdt, wdt)
+            ck.run(f"pairing {layout} no bias", x, w)
+
+
+def grid_widths(ck: Checker):
+    """Widths 1..32 x lengths 1, 2, 3, W-1, 129 (and 4097 for some widths) x
+    layouts; the options and x's dtype rotate so that every combination
+    appears across the grid."""
+    xdts = [F32, BF16, F16, F64]
+    n = 0
+    for W in range(1, 33):
+        lengths = {1, 2, 3, max(W - 1, 1), 129}
+        if W in (1, 2, 3, 4, 5, 8, 13, 32):  # two row blocks (kept to a few widths: time)
+            lengths.add(4097)
+        for L in sorted(lengths):
+            for layout in LAYOUTS:
+                n += 1
+                xdt = xdts[n % 4]
+                wdt = F64 if xdt == F64 else [F32, BF16, F16][n % 3]
+                seq, init, final, silu = (bool(n >> k & 1) for k in range(4))
+                # the channels path vectorizes over D: more than two vectors
+                # and a ragged end; rows: a few rows
+                B, D = (2, 3) if layout == "contiguous" else (1, 37)
+                if L == 4097:
+                    B = 1
+                x, w, b, s, i = inputs(B, D, L, W, layout, xdt, wdt, seq=seq, init=init)
+                ck.run(f"width W={W} L={L} {layout}", x, w, b, s, i, final=final, silu=silu)
+
+
+def segment_patterns(L):
+    """Named (2, L) seq_idx patterns with boundaries at every offset inside
+    vector chunks (16 and 8 lanes), padding runs short and long, leading
+    padding, ids that come back, and a single segment."""
+    cuts = [1, 5, 7, 8, 9, 15, 16, 17, 23, 31, 32, 33, 47, 63, 64, 65, 100, 101, 150, 151]
+    base = torch.zeros(L, dtype=I32)
+    for k, c in enumerate(c for c in cuts if c < L):
+        base[c:] = k + 1
+    pad = base.clone()
+    pad[40:42] = -1     # short run
+    pad[110:143] = -1   # longer than two 16-lane chunks
+    pad[L - 5:] = -1    # trailing: the last segment is padding
+    lead = base.clone()
+    lead[:20] = -1      # the first segment (owner of the initial state) is padding
+    back = base.clone() % 3  # ids that come back: 0 1 2 0 1 2 ... (equality, not order)
+    return {
+        "boundaries": torch.stack([base, pad]),
+        "leading_padding": torch.stack([lead, base]),
+        "reused_ids": torch.stack([back, pad]),
+        "one_segment": torch.zeros(2, L, dtype=I32),
+        "all_padding": torch.full((2, L), -1, dtype=I32),
+    }
+
+
+def grid_segments(ck: Checker):
+    L = 200
+    for name, s in segment_patterns(L).items():
+        for layout in ("contiguous", "channel_last"):
+            for W in (2, 4, 6, 17):
+                for xdt in (F32, BF16):
+                    x, w, b, _, i = inputs(2, 21, L, W, layout, xdt, F32, init=True)
+                    ck.run(f"segments {name} W={W} {layout}", x, w, b, s, i, final=True,
+                           silu=W % 4 == 0)
+                    # long rows: a boundary pattern crossing the 4096-token block edge
+                    if name == "boundaries" and layout == "contiguous" and xdt == F32:
+                        LL = 4097 + 40
+                        s2 = torch.zeros(1, LL, dtype=I32)
+                        s2[:, 4090:] = 1
+                        s2[:, 4095:4099] = -1
+                        s2[:, 4100:] = 2
+                        x, w, b, _, i = inputs(1, 3, LL, W, layout, xdt, F32, init=True)
+                        ck.run(f"segments block edge W={W}", x, w, b, s2, i, final=True)
+
+
+def grid_generic(ck: Checker):
+    """Strides the fast paths do not take: both strides > 1, and an out whose
+    layout differs from x's (fwd_out into a channel-last out)."""
+    for W in (1, 4, 9):
+        x, w, b, s, i = inputs(2, 9, 50, W, "strided", BF16, F32, seq=True, init=True)
+        ck.run(f"generic strided W={W}", x, w, b, s, i, final=True, silu=True)
+        ck.cases += 1
+        x, w, b, s, i = inputs(2, 9, 50, W, "contiguous", F32, F32, seq=True, init=True)
+        out = torch.empty(2, 50, 9).transpose(1, 2)
+        fin = torch.empty(2, 9, W - 1)
+        ck.cc.ops.fwd_out(x, w, b, s, i, out, fin, True)
+        want, want_fin = ck.cc.causal_conv1d_ref(x.double(), w.double(), b.double(), seq_idx=s,
+                                                 initial_states=i.double(),
+                                                 return_final_states=True, activation="silu")
+        for name, g, e in (("out", out, want), ("final_states", fin, want_fin)):
+            if not torch.allclose(g.double(), e, rtol=3e-4, atol=1e-3):
+                ck.failures.append(f"generic mixed layouts W={W}: {name} differs by "
+                                   f"{(g.double() - e).abs().max().item():.3g}")
+
+
+def grid_threads(ck: Checker):
+    """Bitwise the same for 1, 2 and 3 threads, on shapes that split into
+    many tasks (two row blocks; several channel tiles and a ragged D)."""
+    before = torch.get_num_threads()
+    for layout, (B, D, L) in (("contiguous", (2, 5, 4097 + 33)), ("channel_last", (2, 67, 300))):
+        for W in (4, 6):
+            x, w, b, s, i = inputs(B, D, L, W, layout, BF16, F32, seq=True, init=True)
+            results = []
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                results.append(ck.cc.causal_conv1d_fn(x, w, b, seq_idx=s, initial_states=i,
+                                                      return_final_states=True, activation="silu"))
+            torch.set_num_threads(before)
+            ck.cases += 1
+            for n, (out, fin) in zip((2, 3), results[1:]):
+                same = torch.equal(out.view(torch.int16), results[0][0].view(torch.int16)) and \
+                    torch.equal(fin.view(torch.int16), results[0][1].view(torch.int16))
+                if not same:
+                    ck.failures.append(f"threads {layout} W={W}: {n} threads differ from 1")
+
+
+def worker(seed: int) -> dict:
+    import kernels
+
+    root = Path(os.environ.get("CAUSAL_CONV1D_KERNEL_ROOT", HERE.parent))
+    cc = kernels.get_local_kernel(root, backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
+    torch.manual_seed(seed)
+    ck = Checker(cc)
+    for grid in (grid_pairings, grid_widths, grid_segments, grid_generic, grid_threads):
+        grid(ck)
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "cases": ck.cases,
+            "failures": ck.failures}
+
+
+# ---------------------------------------------------------------------------
+# the test: one worker per tier
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def tier_supported(tier: str) -> bool:
+    if tier == "default":
+        return True
+    flags = cpu_flags()
+    if tier == "avx2":
+        return {"avx2", "fma", "f16c"} <= flags
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_fwd_paths_in_tier(tier, seeded):
+    if not tier_supported(tier):
+        pytest.skip(f"this CPU cannot run the {tier} tier")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=tier)
+    proc = subprocess.run([sys.executable, __file__, str(seeded)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"worker crashed (seed {seeded}):\n{proc.stderr[-3000:]}"
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["capability"] == tier.upper(), f"asked for {tier}, ran {report['capability']}"
+    assert report["cases"] >= 600, report["cases"]  # the grid really ran
+    failures = report["failures"]
+    assert not failures, (f"{len(failures)} of {report['cases']} cases failed in tier {tier} "
+                          f"(seed {seeded}):\n" + "\n".join(failures[:15]))
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(int(sys.argv[1]) if len(sys.argv) > 1 else 0)))
