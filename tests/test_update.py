@@ -278,3 +278,28 @@ def test_reference_decode_loop_matches_reference_forward(cc, seeded, circular):
         if circular:
             seqlens += 1
     torch.testing.assert_close(torch.stack(outs, -1), full, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("L", [None, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_update_silu_extremes(cc, dtype, L):
+    """silu over its whole range, from -200 to 200, +-inf and NaN, against
+    F.silu in float64 (the kernels use their own exp and reciprocal)."""
+    import math
+    import torch.nn.functional as F
+    vals = torch.cat([torch.linspace(-200, 200, 801), torch.tensor([math.inf, -math.inf, math.nan])])
+    vals = vals[torch.randperm(len(vals))].to(dtype)
+    B, n = 3, len(vals)
+    Dv = n // B
+    x = vals[: B * Dv].reshape(B, Dv)
+    if L is not None:
+        x = torch.stack([torch.zeros_like(x), x], dim=-1)  # the second token is the value
+    weight = torch.zeros(Dv, 4, dtype=dtype)
+    weight[:, -1] = 1  # out = silu(newest token)
+    state = torch.zeros(B, Dv, 3, dtype=dtype)
+    out = cc.causal_conv1d_update(x, state, weight, None, activation="silu")
+    newest = x if L is None else x[..., -1]
+    got = out if L is None else out[..., -1]
+    want = F.silu(newest.double())
+    torch.testing.assert_close(got.double(), want, equal_nan=True,
+                               rtol=3e-4 if dtype != torch.bfloat16 else 1e-2, atol=1e-6)

@@ -92,15 +92,35 @@ inline void store_narrowed(X* p, const at::vec::Vectorized<A>& v, int64_t n) {
 }
 
 // One output row: out[d] = act(bias[d] + sum_k tap_k[d] * rows[k][d]), rows[k]
-// being the input row at position t - (W-1) + k.
+// being the input row at position t - (W-1) + k. Two vectors per step, so
+// fp16/bf16 outputs narrow and store whole vectors.
 template <typename X, typename Src, typename A>
 void conv_row(const Src* const* rows, const TapRows<A>& taps, int64_t D, bool silu, X* out) {
   using V = at::vec::Vectorized<A>;
   constexpr int64_t N = V::size();
-  for (int64_t d = 0; d < D; d += N) {
+  const int64_t W = taps.width;
+  int64_t d = 0;
+  for (; d + 2 * N <= D; d += 2 * N) {
+    V acc0 = V::loadu(taps.bias(d)), acc1 = V::loadu(taps.bias(d + N));
+    for (int64_t k = 0; k < W; ++k) {
+      acc0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), load_widened<A>(rows[k] + d, N), acc0);
+      acc1 = at::vec::fmadd(V::loadu(taps.tap(k, d + N)), load_widened<A>(rows[k] + d + N, N), acc1);
+    }
+    if (silu) {
+      acc0 = silu_lanes<A>(acc0);
+      acc1 = silu_lanes<A>(acc1);
+    }
+    if constexpr (std::is_same_v<X, A>) {
+      acc0.store(out + d);
+      acc1.store(out + d + N);
+    } else {
+      at::vec::convert_from_float<X>(acc0, acc1).store(out + d);
+    }
+  }
+  for (; d < D; d += N) {  // rows are padded to whole blocks, so taps and bias load fully
     const int64_t n = std::min(N, D - d);
-    V acc = V::loadu(taps.bias(d));  // rows are padded to whole blocks
-    for (int64_t k = 0; k < taps.width; ++k)
+    V acc = V::loadu(taps.bias(d));
+    for (int64_t k = 0; k < W; ++k)
       acc = at::vec::fmadd(V::loadu(taps.tap(k, d)), load_widened<A>(rows[k] + d, n), acc);
     if (silu) acc = silu_lanes<A>(acc);
     store_narrowed(out + d, acc, n);
