@@ -2,18 +2,22 @@
 // that packed.h's prefill shares.
 //
 // Decode touches a few values per channel (S state columns, one token), so
-// the work is spread over (block of channels, batch row) tasks and each
-// block is computed with lanes = channels: the W-1 inputs before the next
-// token of kLanes channels are gathered once into a transposed buffer, after
-// which every token is W vector FMAs over that buffer, whatever the strides
-// of x and conv_state. Only the gathers into the buffer and the state update
-// look at the layout: a state with contiguous columns (N, S, D storage, as
-// vLLM keeps it) moves by vector loads; the common contiguous (N, D, S) state
-// is read with vector gathers and shifts as one memmove per block.
+// all of it is vectorized across channels and split into (batch row, block
+// of channels) tasks, run batch-row-major so the states stream through
+// memory in order. Each thread first transposes the weights of the channels
+// it will see (tap k of every channel in one row) into a per-thread buffer
+// that later calls reuse: decode allocates nothing.
 //
-// Tasks run batch-row-major so the states stream through memory in order;
-// each thread first transposes the weights of the channels it will see into
-// a per-thread buffer reused across calls, so decode allocates nothing.
+// Two paths:
+//  - RegisterDecode (AVX-512, AVX2): one token with the usual contiguous
+//    (N, D, S <= 8) state. The states of a block of channels are loaded as
+//    whole registers; window columns, the shifted state and the token's place
+//    in it are in-register permutes.
+//  - ChannelBlock, everything else (any strides, L > 1, wide states, fp64,
+//    the portable tier): the W-1 inputs before the next token are gathered
+//    into a transposed buffer (lanes = channels), after which every token is
+//    W vector FMAs over that buffer. Only the gathers into the buffer and the
+//    state update (shift_state) look at the layout.
 #pragma once
 
 #include <algorithm>
@@ -56,67 +60,58 @@ inline int64_t wrap_index(int64_t a, int64_t m) {
 //
 // fp32 on AVX-512 / AVX2 (the decode and prefill hot loops): with
 // e = exp(-|v|) in [0, 1], sigmoid(|v|) = 1 / (1 + e) and sigmoid(-|v|) =
-// e / (1 + e), so nothing overflows; exp is 2^n times a degree-6
-// polynomial in the fraction (relative error ~1e-7), and the reciprocal of
-// 1 + e in [1, 2] is the hardware estimate plus one Newton step (~1e-7 on
-// AVX-512, ~1e-6 on AVX2; the division would dominate the decode step).
+// e / (1 + e), so nothing overflows. exp(-|v|) = 2^n * 2^f with f in
+// [-0.5, 0.5] and 2^f a degree-6 polynomial (relative error ~1e-7), taken
+// as 0 where 2^n would not be a normal float; the reciprocal of 1 + e in
+// [1, 2] is the hardware estimate plus one Newton step (~1e-7 on AVX-512,
+// ~1e-6 on AVX2), since a division would dominate the decode step.
 // silu(+inf) = inf, silu(-inf) = -inf * 0 = NaN and NaN stays NaN, exactly
-// as in the reference. Elsewhere: v / (1 + exp(-v)) with ATen's exp.
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-#if defined(CPU_CAPABILITY_AVX512)
-using SimdF = __m512;
-inline SimdF simd_set(float v) { return _mm512_set1_ps(v); }
-inline SimdF simd_fmadd(SimdF a, SimdF b, SimdF c) { return _mm512_fmadd_ps(a, b, c); }
-#else
-using SimdF = __m256;
-inline SimdF simd_set(float v) { return _mm256_set1_ps(v); }
-inline SimdF simd_fmadd(SimdF a, SimdF b, SimdF c) { return _mm256_fmadd_ps(a, b, c); }
-#endif
+// as in the reference. Other tiers and fp64: v / (1 + exp(-v)).
+namespace silu_poly {
+constexpr float kLog2e = 1.44269504f;
+// 2^f = e^(f ln 2): Taylor coefficients (ln 2)^k / k!, highest first
+constexpr float kC[] = {0.000154035304f, 0.00133335581f, 0.00961812911f, 0.0555041087f,
+                        0.240226507f,    0.693147181f,   1.0f};
+}  // namespace silu_poly
 
-inline SimdF silu_simd(SimdF v) {
-  // y = -|v| * log2(e), kept >= -126 so 2^n below is a normal float; below
-  // that exp(-|v|) is taken as 0 (so sigmoid(-inf) is exactly 0)
-  constexpr float kLog2e = 1.44269504f;
-  // 2^f = e^(f ln 2), f in [-0.5, 0.5]: Taylor coefficients (ln 2)^k / k!
-  constexpr float kC[] = {1.0f, 0.693147181f, 0.240226507f, 0.0555041087f,
-                          0.00961812911f, 0.00133335581f, 0.000154035304f};
 #if defined(CPU_CAPABILITY_AVX512)
-  const __m512 y0 = _mm512_mul_ps(_mm512_abs_ps(v), simd_set(-kLog2e));
-  const __mmask16 underflow = _mm512_cmp_ps_mask(y0, simd_set(-126.f), _CMP_LT_OQ);
-  const __m512 y = _mm512_max_ps(y0, simd_set(-126.f));
+inline __m512 silu_simd(__m512 v) {
+  using namespace silu_poly;
+  const __m512 y0 = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(-kLog2e));  // log2 exp(-|v|)
+  const __mmask16 underflow = _mm512_cmp_ps_mask(y0, _mm512_set1_ps(-126.f), _CMP_LT_OQ);
+  const __m512 y = _mm512_max_ps(y0, _mm512_set1_ps(-126.f));
   const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-#else
-  const __m256 y0 = _mm256_mul_ps(_mm256_andnot_ps(simd_set(-0.f), v), simd_set(-kLog2e));
-  const __m256 underflow = _mm256_cmp_ps(y0, simd_set(-126.f), _CMP_LT_OQ);
-  const __m256 y = _mm256_max_ps(y0, simd_set(-126.f));
-  const __m256 n = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-#endif
-  SimdF f, p = simd_set(kC[6]);
-#if defined(CPU_CAPABILITY_AVX512)
-  f = _mm512_sub_ps(y, n);
-#else
-  f = _mm256_sub_ps(y, n);
-#endif
-  for (int k = 5; k >= 0; --k) p = simd_fmadd(p, f, simd_set(kC[k]));
-#if defined(CPU_CAPABILITY_AVX512)
+  const __m512 f = _mm512_sub_ps(y, n);
+  __m512 poly = _mm512_set1_ps(kC[0]);
+  for (int k = 1; k < 7; ++k) poly = _mm512_fmadd_ps(poly, f, _mm512_set1_ps(kC[k]));
   const __m512 pow2n = _mm512_castsi512_ps(
       _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
-  const __m512 e = _mm512_maskz_mul_ps(~underflow, p, pow2n);  // exp(-|v|), 0 below 2^-126
-  const __m512 d = _mm512_add_ps(e, simd_set(1.f));
+  const __m512 e = _mm512_maskz_mul_ps(~underflow, poly, pow2n);
+  const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.f));
   const __m512 r0 = _mm512_rcp14_ps(d);
-  const __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, simd_set(2.f)));  // 1 / (1 + e)
+  const __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.f)));  // 1/(1+e)
   const __mmask16 negative = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
   return _mm512_mul_ps(v, _mm512_mask_mul_ps(r, negative, r, e));
-#else
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+inline __m256 silu_simd(__m256 v) {
+  using namespace silu_poly;
+  const __m256 y0 = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), v),
+                                  _mm256_set1_ps(-kLog2e));
+  const __m256 underflow = _mm256_cmp_ps(y0, _mm256_set1_ps(-126.f), _CMP_LT_OQ);
+  const __m256 y = _mm256_max_ps(y0, _mm256_set1_ps(-126.f));
+  const __m256 n = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(y, n);
+  __m256 poly = _mm256_set1_ps(kC[0]);
+  for (int k = 1; k < 7; ++k) poly = _mm256_fmadd_ps(poly, f, _mm256_set1_ps(kC[k]));
   const __m256 pow2n = _mm256_castsi256_ps(
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
-  const __m256 e = _mm256_andnot_ps(underflow, _mm256_mul_ps(p, pow2n));
-  const __m256 d = _mm256_add_ps(e, simd_set(1.f));
+  const __m256 e = _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, pow2n));
+  const __m256 d = _mm256_add_ps(e, _mm256_set1_ps(1.f));
   const __m256 r0 = _mm256_rcp_ps(d);
-  const __m256 r = _mm256_mul_ps(r0, _mm256_fnmadd_ps(d, r0, simd_set(2.f)));
+  const __m256 r = _mm256_mul_ps(r0, _mm256_fnmadd_ps(d, r0, _mm256_set1_ps(2.f)));
   const __m256 negative = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
   return _mm256_mul_ps(v, _mm256_blendv_ps(r, _mm256_mul_ps(r, e), negative));
-#endif
 }
 #endif
 
