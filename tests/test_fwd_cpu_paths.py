@@ -191,6 +191,37 @@ def grid_generic(ck: Checker):
                                    f"{(g.double() - e).abs().max().item():.3g}")
 
 
+def grid_silu_extremes(ck: Checker):
+    """silu over its whole range, -200..200, +-inf and NaN, against F.silu in
+    float64 (the kernels use their own exp and reciprocal): W = 1 passes
+    every value through, W = 4 with taps (0, 0, 0, 1) the finite ones."""
+    import math
+
+    import torch.nn.functional as F
+
+    finite = torch.linspace(-200, 200, 801)
+    specials = torch.tensor([math.inf, -math.inf, math.nan, 0.0, -0.0, 1e-30, -1e-30, 87.5, -87.5])
+    for W, vals in ((1, torch.cat([finite, specials])), (4, finite)):
+        vals = vals[torch.randperm(len(vals))]
+        D = 9 if W == 1 else 3
+        L = len(vals) // D
+        for layout in ("contiguous", "channel_last"):
+            for xdt in (F32, BF16, F16, F64):
+                x = vals[: D * L].reshape(1, D, L).to(xdt)
+                if layout == "channel_last":
+                    x = x.transpose(1, 2).contiguous().transpose(1, 2)
+                w = torch.zeros(D, W, dtype=F64 if xdt == F64 else F32)
+                w[:, -1] = 1
+                ck.cases += 1
+                got = ck.cc.causal_conv1d_fn(x, w, activation="silu").double()
+                want = F.silu(x.double())
+                rtol = tolerance(xdt)[0]
+                if not torch.allclose(got, want, rtol=rtol, atol=1e-6, equal_nan=True):
+                    bad = ~torch.isclose(got, want, rtol=rtol, atol=1e-6, equal_nan=True)
+                    ck.failures.append(f"silu extremes W={W} {layout} {xdt}: x={x[bad][:4].tolist()} "
+                                       f"got {got[bad][:4].tolist()} want {want[bad][:4].tolist()}")
+
+
 def grid_threads(ck: Checker):
     """Bitwise the same for 1, 2 and 3 threads, on shapes that split into
     many tasks (two row blocks; several channel tiles and a ragged D)."""
@@ -219,7 +250,8 @@ def worker(seed: int) -> dict:
     cc = kernels.get_local_kernel(root, backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
     torch.manual_seed(seed)
     ck = Checker(cc)
-    for grid in (grid_pairings, grid_widths, grid_segments, grid_generic, grid_threads):
+    for grid in (grid_pairings, grid_widths, grid_segments, grid_generic, grid_silu_extremes,
+                 grid_threads):
         grid(ck)
     return {"capability": torch.backends.cpu.get_cpu_capability(), "cases": ck.cases,
             "failures": ck.failures}
