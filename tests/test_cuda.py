@@ -638,6 +638,7 @@ def test_invalid_device_indices_stay_in_bounds(cu):
     cs = torch.tensor([-5, -(1 << 31), 7, 1 << 30], dtype=torch.int32, device=DEV)
     cu.causal_conv1d_update(x, pool[:4], w, None, None, cs, None)
     torch.cuda.synchronize()
+    before = pool.clone()
     T = 20
     xt = torch.randn(T, D, device=DEV)
     for cus in ([0, 50, 3, -4, 20], [-(1 << 31), (1 << 31) - 1, 5, 6, 2], [19, 0, 0, 25, 99]):
