@@ -242,12 +242,15 @@ def test_decode_loop_matches_forward(cc, seeded, dtype, W, circular, S_extra):
         seqlens = start.clone()
     outs = []
     for t in range(L, L + steps):
+        # alternate a strided token view and a contiguous copy: the kernels
+        # for either layout must keep the state in the same form
+        xt = x[..., t] if t % 2 else x[..., t].contiguous()
         if circular:
             outs.append(cc.causal_conv1d_update(
-                x[..., t], state, weight, bias, activation="silu", cache_seqlens=seqlens))
+                xt, state, weight, bias, activation="silu", cache_seqlens=seqlens))
             seqlens += 1
         else:
-            outs.append(cc.causal_conv1d_update(x[..., t], state, weight, bias, activation="silu"))
+            outs.append(cc.causal_conv1d_update(xt, state, weight, bias, activation="silu"))
     decoded = torch.stack(outs, dim=-1)
     msg = f"seed={seeded} {dtype} W={W} S={S} circular={circular}"
     assert_close(out_pre, full[..., :L], (dtype,), msg)
