@@ -417,6 +417,7 @@ void shift_state(X* st, int64_t s_ch, int64_t s_col, int64_t S, int64_t n, const
 template <typename X>
 struct Regs {  // c10::Half, c10::BFloat16
   static constexpr int kLanes = 16;
+  static constexpr int kGroup = 2;  // registers one permute reads from
   using R = __m256i;
   using Idx = __m256i;
   using Mask = __mmask16;
@@ -443,6 +444,7 @@ struct Regs {  // c10::Half, c10::BFloat16
 template <>
 struct Regs<float> {
   static constexpr int kLanes = 16;
+  static constexpr int kGroup = 2;
   using R = __m512;
   using Idx = __m512i;
   using Mask = __mmask16;
@@ -462,6 +464,7 @@ struct Regs<float> {
 template <typename X>
 struct Regs {  // c10::Half, c10::BFloat16: bits zero-extended to 32-bit lanes
   static constexpr int kLanes = 8;
+  static constexpr int kGroup = 1;  // AVX2 permutes read one register
   using R = __m256i;
   using Idx = __m256i;
   using Mask = __m256i;
@@ -479,9 +482,6 @@ struct Regs {  // c10::Half, c10::BFloat16: bits zero-extended to 32-bit lanes
   }
   static R permute(Idx i, R a) { return _mm256_permutevar8x32_epi32(a, i); }
   static R blend(Mask k, R a, R b) { return _mm256_blendv_epi8(a, b, k); }
-  static R permute2(R a, Idx i, R b) {  // indices 0..15: bit 3 picks b
-    return blend(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(7)), permute(i, a), permute(i, b));
-  }
   static R permute_into(R src, Mask k, Idx i, R a) { return blend(k, src, permute(i, a)); }
   static __m256 widen(R a) {
     if constexpr (std::is_same_v<X, c10::BFloat16>) {
@@ -495,6 +495,7 @@ struct Regs {  // c10::Half, c10::BFloat16: bits zero-extended to 32-bit lanes
 template <>
 struct Regs<float> {
   static constexpr int kLanes = 8;
+  static constexpr int kGroup = 1;
   using R = __m256;
   using Idx = __m256i;
   using Mask = __m256;
@@ -504,10 +505,6 @@ struct Regs<float> {
   static Mask mask(uint32_t bits) { return _mm256_castsi256_ps(Regs<c10::BFloat16>::mask(bits)); }
   static R permute(Idx i, R a) { return _mm256_permutevar8x32_ps(a, i); }
   static R blend(Mask k, R a, R b) { return _mm256_blendv_ps(a, b, k); }
-  static R permute2(R a, Idx i, R b) {
-    return blend(_mm256_castsi256_ps(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(7))), permute(i, a),
-                 permute(i, b));
-  }
   static R permute_into(R src, Mask k, Idx i, R a) { return blend(k, src, permute(i, a)); }
   static __m256 widen(R a) { return a; }
 };
@@ -525,10 +522,12 @@ struct RegisterDecode {
   static_assert(V::size() == kR);
 
   int64_t S = 0, W = 0;
-  // Column c: lane l reads value (l*S + c) % 2R of register pair (l*S + c) / 2R;
-  // col_pair[c][q] marks the lanes served by pair q >= 1.
+  // Column c: lane l reads value (l*S + c) % (G*R) of register group
+  // (l*S + c) / (G*R), G = Regs::kGroup registers per permute;
+  // col_group[c][g] marks the lanes served by group g >= 1.
+  static constexpr int64_t kG = Rg::kGroup;
   Idx col_index[kMaxS];
-  Mask col_pair[kMaxS][kMaxS / 2];
+  Mask col_group[kMaxS][kMaxS];
   Idx last_shift;  // e -> e + 1, the last lane kept (a token replaces it)
   // Register m, value e holds channel (R*m + e) / S, column (R*m + e) % S.
   Idx token_index[kMaxS];
@@ -546,14 +545,14 @@ struct RegisterDecode {
   explicit RegisterDecode(const ConvParams& p) : S(p.state_len), W(p.width) {
     alignas(64) int32_t idx[kR];
     for (int64_t c = 0; c < S; ++c) {
-      uint32_t pair_bits[kMaxS / 2] = {};
+      uint32_t group_bits[kMaxS] = {};
       for (int64_t l = 0; l < kR; ++l) {
         const int64_t pos = l * S + c;
-        idx[l] = static_cast<int32_t>(pos % (2 * kR));
-        pair_bits[pos / (2 * kR)] |= 1u << l;
+        idx[l] = static_cast<int32_t>(pos % (kG * kR));
+        group_bits[pos / (kG * kR)] |= 1u << l;
       }
       col_index[c] = Rg::index(idx);
-      for (int64_t q = 0; q < kMaxS / 2; ++q) col_pair[c][q] = Rg::mask(pair_bits[q]);
+      for (int64_t g = 0; g < kMaxS; ++g) col_group[c][g] = Rg::mask(group_bits[g]);
     }
     for (int64_t e = 0; e < kR; ++e) idx[e] = static_cast<int32_t>(std::min<int64_t>(e + 1, kR - 1));
     last_shift = Rg::index(idx);
@@ -596,12 +595,16 @@ struct RegisterDecode {
  private:
   template <int kS>
   R column(const R* regs, int64_t c) const {
-    auto pair = [&](int q) {
-      return 2 * q + 1 < kS ? Rg::permute2(regs[2 * q], col_index[c], regs[2 * q + 1])
-                            : Rg::permute(col_index[c], regs[2 * q]);  // index < R there
+    auto group = [&](int g) {
+      if constexpr (kG == 2) {
+        return kG * g + 1 < kS ? Rg::permute2(regs[kG * g], col_index[c], regs[kG * g + 1])
+                               : Rg::permute(col_index[c], regs[kG * g]);  // index < R there
+      } else {
+        return Rg::permute(col_index[c], regs[g]);
+      }
     };
-    R v = pair(0);
-    for (int q = 1; 2 * q < kS; ++q) v = Rg::blend(col_pair[c][q], v, pair(q));
+    R v = group(0);
+    for (int g = 1; kG * g < kS; ++g) v = Rg::blend(col_group[c][g], v, group(g));
     return v;
   }
 
