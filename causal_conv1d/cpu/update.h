@@ -37,9 +37,9 @@
 
 namespace causal_conv1d::cpu::CPU_CAPABILITY {
 
-// Calls f.template operator()<Wt>() for the runtime weight dtype. The
-// engine converts weight and bias once per channel block, so only that
-// conversion depends on Wt (fewer template instances than dispatch_dtypes).
+// Calls f.template operator()<Wt>() for the runtime weight dtype. Weight and
+// bias are converted once per call (transpose_taps), so only that conversion
+// depends on Wt: the kernels are instantiated per x dtype only.
 template <typename F>
 void dispatch_weight_dtype(DType w, F&& f) {
   switch (w) {
