@@ -25,9 +25,13 @@ root="$out/kernel"          # build/<variant>/ for both variants live in $root/b
 py="${PYTHON:-python3}"
 jobs="${JOBS:-$(nproc)}"
 caps="${CUDA_CAPABILITIES:-9.0}"
-if [[ -z "${CUDA_HOME:-}" ]] && command -v nvcc >/dev/null; then
-  export CUDA_HOME="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
+if [[ -z "${CUDA_HOME:-}" ]]; then  # the toolkit of the nvcc on PATH, else the usual places
+  nvcc_dir="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /none/bin/nvcc)")")")"
+  for c in "$nvcc_dir" /usr/local/cuda /opt/cuda; do
+    if [[ -x "$c/bin/nvcc" && -f "$c/include/cuda_runtime.h" ]]; then export CUDA_HOME="$c"; break; fi
+  done
 fi
+echo "CUDA_HOME=${CUDA_HOME:-unset}"
 start=$SECONDS
 declare -a names=() results=() times=()
 record() { names+=("$1"); results+=("$2"); times+=("$3"); }
@@ -73,6 +77,9 @@ if [[ $cuda_rc -eq 0 ]]; then
   # -- 2. tests ---------------------------------------------------------------
   run_step "tests/test_cuda.py" "$(limit 240)" "$out/test_cuda.log" \
     "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" --junitxml="$out/test_cuda.xml"
+  if ! grep -qE '[0-9]+ passed' "$out/test_cuda.log"; then  # all skipped: no GPU visible
+    results[${#results[@]}-1]="FAIL (nothing ran: is a GPU visible?)"
+  fi
 
   # -- 3. benchmark -------------------------------------------------------------
   run_step "benchmarks/bench_gpu.py" "$(limit 120)" "$out/bench.log" \
@@ -110,14 +117,18 @@ summary="$out/summary.md"
   for i in "${!names[@]}"; do echo "| ${names[$i]} | ${results[$i]} | ${times[$i]} |"; done
   echo "| total | | $((SECONDS - start)) |"
 } >"$summary"
-tests_line="$(grep -E '^[0-9]+ (passed|failed)|passed|failed' "$out/test_cuda.log" 2>/dev/null | tail -n 1)"
+tests_line="$(grep -E '[0-9]+ (passed|failed|skipped|errors?)' "$out/test_cuda.log" 2>/dev/null | tail -n 1)"
 echo
 cat "$summary"
 [[ -n "$tests_line" ]] && echo "tests: $tests_line"
-[[ -f "$out/bench.log" ]] && sed -n '/^device:/,$p' "$out/bench.log"
+grep -q '^device:' "$out/bench.log" 2>/dev/null && sed -n '/^device:/,$p' "$out/bench.log"
 
 card="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
-commit="$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty)')"
+if git rev-parse --git-dir >/dev/null 2>&1; then
+  commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with local changes)')"
+else
+  commit="unknown (not a git checkout)"
+fi
 {
   echo "# GPU results"
   echo
@@ -125,7 +136,7 @@ commit="$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/
   echo
   echo "- card: ${card:-unknown}"
   echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
-  echo "- commit: ${commit:-unknown}"
+  echo "- commit: $commit"
   echo "- torch: $("$py" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>/dev/null)"
   echo "- nvcc: $("${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version 2>/dev/null | tail -n 1)"
   echo
@@ -133,7 +144,7 @@ commit="$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/
   echo
   cat "$summary"
   [[ -n "$tests_line" ]] && { echo; echo "tests/test_cuda.py: $tests_line"; }
-  if [[ -f "$out/bench.log" ]]; then
+  if grep -q '^device:' "$out/bench.log" 2>/dev/null; then
     echo
     echo "## Benchmark (W = 4, bias, silu; CUDA-event medians)"
     echo
