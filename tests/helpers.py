@@ -15,6 +15,24 @@ _PRECISION_ORDER = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 LAYOUTS = ["contiguous", "channel_last", "proj_slice", "strided"]
 
+# x / weight dtype pairs every backend supports on CPU (any pairing, plus fp64).
+DTYPE_PAIRS = [
+    (torch.float32, torch.float32),
+    (torch.float16, torch.float16),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float32, torch.bfloat16),
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32),
+    (torch.float32, torch.float16),
+    (torch.float16, torch.bfloat16),
+    (torch.bfloat16, torch.float16),
+    (torch.float64, torch.float64),
+]
+
+
+def dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
 
 def tolerance(*dtypes: torch.dtype) -> tuple[float, float]:
     """The loosest tolerance among the dtypes involved."""

@@ -8,25 +8,10 @@ import itertools
 import pytest
 import torch
 
-from helpers import LAYOUTS, assert_close, randn_layout, random_seq_idx
+from helpers import DTYPE_PAIRS, LAYOUTS, assert_close, randn_layout, random_seq_idx
+from helpers import dtype_name as _name
 
-DTYPE_PAIRS = [
-    (torch.float32, torch.float32),
-    (torch.float16, torch.float16),
-    (torch.bfloat16, torch.bfloat16),
-    (torch.float32, torch.bfloat16),
-    (torch.bfloat16, torch.float32),
-    (torch.float16, torch.float32),
-    (torch.float32, torch.float16),
-    (torch.float16, torch.bfloat16),
-    (torch.bfloat16, torch.float16),
-    (torch.float64, torch.float64),
-]
 WIDTHS = [1, 2, 3, 4, 5, 8, 16, 32]
-
-
-def _name(dt: torch.dtype) -> str:
-    return str(dt).replace("torch.", "")
 
 
 def run_case(

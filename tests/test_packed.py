@@ -10,26 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_close
+from helpers import DTYPE_PAIRS, assert_close
+from helpers import dtype_name as _name
 
-DTYPE_PAIRS = [
-    (torch.float32, torch.float32),
-    (torch.float16, torch.float16),
-    (torch.bfloat16, torch.bfloat16),
-    (torch.float32, torch.bfloat16),
-    (torch.bfloat16, torch.float32),
-    (torch.float16, torch.float32),
-    (torch.float32, torch.float16),
-    (torch.float16, torch.bfloat16),
-    (torch.bfloat16, torch.float16),
-    (torch.float64, torch.float64),
-]
 WIDTHS = [1, 2, 3, 4, 6, 16, 32]
 D = 77  # two full channel blocks and a partial one on every tier
-
-
-def _name(dt: torch.dtype) -> str:
-    return str(dt).replace("torch.", "")
 
 
 def random_cu_seqlens(lengths: list[int], lead: int = 0) -> torch.Tensor:
