@@ -25,12 +25,15 @@ namespace {
 // itself (on the 2-core VM of bench_cpu_fwd.py: 14 ms of faults for a 32 MiB
 // output the forward fills in 3 ms). Where Linux gives transparent huge
 // pages on request ("madvise" mode), ask for them, so the memory is faulted
-// in 2 MiB at a time. Only whole 2 MiB pages inside the tensor are advised;
-// a no-op elsewhere, and harmless if refused.
+// in 2 MiB at a time. Only from 32 MiB: glibc serves those with a fresh
+// mmap that free unmaps again, so every call faults; smaller blocks may come
+// from the heap, reused without faults, where huge-page advice measured
+// slower (compaction when the heap regrows). Only whole 2 MiB pages inside
+// the tensor are advised; a no-op elsewhere, and harmless if refused.
 void advise_huge_pages(const Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  constexpr size_t kMinBytes = size_t(8) << 20;
+  constexpr size_t kMinBytes = size_t(32) << 20;
   const size_t bytes = t.nbytes();
   if (!t.device().is_cpu() || bytes < kMinBytes) return;
   const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
