@@ -15,7 +15,11 @@ with silu, for fp32 and bf16 inputs of each (B, D, L):
 
 and prints times (median over repeats, after warmup; the minimum too, since
 other processes share the machine) with the ratios the targets are stated in:
-speedup = ref / kernel, and fwd_out / copy with and without silu.
+speedup = ref / kernel, and fwd_out / copy with and without silu. On a busy
+machine multi-threaded medians jump in scheduler ticks (4 ms steps when a
+thread loses its core); the minimum then shows the uncontended cost. The
+"kernel" column includes allocating the output: for outputs of 32 MiB and
+more that is mostly page faults (see advise_huge_pages in ops.cpp).
 
     python benchmarks/bench_cpu_fwd.py                  # full table
     python benchmarks/bench_cpu_fwd.py --quick          # CI smoke run: tiny shapes
