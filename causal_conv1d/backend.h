@@ -39,4 +39,8 @@ void run_varlen_states(const ConvParams& p);
 // untouched. Writes out (1, D, T).
 void run_fwd_packed(const ConvParams& p);
 
+// Which build of this backend's kernels runs: the CPU tier ("default",
+// "avx2", "avx512", "avx512_bf16"; see cpu/dispatch.cpp) or "cuda".
+const char* kernel_tier();
+
 }  // namespace causal_conv1d

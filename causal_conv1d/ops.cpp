@@ -10,40 +10,12 @@
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "backend.h"
 #include "checks.h"
+#include "output_memory.h"
 
 namespace causal_conv1d {
 namespace {
-
-// A fresh CPU output of many MiB is first touched by the kernel that fills
-// it, and with 4 KiB pages those page faults can cost more than the kernel
-// itself (on the 2-core VM of bench_cpu_fwd.py: 14 ms of faults for a 32 MiB
-// output the forward fills in 3 ms). Where Linux gives transparent huge
-// pages on request ("madvise" mode), ask for them, so the memory is faulted
-// in 2 MiB at a time. Only from 32 MiB: glibc serves those with a fresh
-// mmap that free unmaps again, so every call faults; smaller blocks may come
-// from the heap, reused without faults, where huge-page advice measured
-// slower (compaction when the heap regrows). Only whole 2 MiB pages inside
-// the tensor are advised; a no-op elsewhere, and harmless if refused.
-void advise_huge_pages(const Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  constexpr size_t kMinBytes = size_t(32) << 20;
-  const size_t bytes = t.nbytes();
-  if (!t.device().is_cpu() || bytes < kMinBytes) return;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + bytes) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
 
 // A new dense tensor with t's sizes, dtype and stride order, so that a
 // channel-last x gives a channel-last out.
@@ -61,9 +33,7 @@ Tensor empty_with_layout_of(const Tensor& t) {
     permuted[i] = t.size(order[i]);
     inverse[order[i]] = i;
   }
-  Tensor out = at::empty(permuted, t.options());
-  advise_huge_pages(out);
-  return out.permute(inverse);
+  return empty_output(permuted, t.options()).permute(inverse);
 }
 
 // 0-element placeholder for an optional output that was not asked for.

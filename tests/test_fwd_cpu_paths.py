@@ -9,9 +9,9 @@ The forward picks a path from the strides of x and out:
 
 and, inside rows and channels, an unrolled kernel for widths 1-4 and a
 runtime-width one for the others. Each instruction-set tier (default, avx2,
-avx512) is a separate compilation of those kernels, chosen when the library
-loads from ATEN_CPU_CAPABILITY, so the whole grid runs once per tier, in a
-subprocess with the capability forced. Everything is compared with the
+avx512, avx512_bf16) is a separate compilation of those kernels, chosen when
+the first op runs, so the whole grid runs once per tier, in a subprocess
+with CAUSAL_CONV1D_CPU_TIER set. Everything is compared with the
 float64 reference (tolerance of x's dtype: weights and bias are exact in
 float64). The grid aims at the places where fast paths go wrong: the first
 W-1 outputs (initial states or zeros), tails shorter than a vector, lengths
@@ -41,7 +41,7 @@ from helpers import random_seq_idx, randn_layout, tolerance  # noqa: E402
 
 I32 = torch.int32
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
-TIERS = ["default", "avx2", "avx512"]
+TIERS = ["default", "avx2", "avx512", "avx512_bf16"]
 LAYOUTS = ["contiguous", "channel_last", "proj_slice"]  # rows, channels, channels with s2 > D
 
 
@@ -253,8 +253,7 @@ def worker(seed: int) -> dict:
     for grid in (grid_pairings, grid_widths, grid_segments, grid_generic, grid_silu_extremes,
                  grid_threads):
         grid(ck)
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "cases": ck.cases,
-            "failures": ck.failures}
+    return {"tier": cc.kernel_tier(), "cases": ck.cases, "failures": ck.failures}
 
 
 # ---------------------------------------------------------------------------
@@ -278,19 +277,20 @@ def tier_supported(tier: str) -> bool:
     flags = cpu_flags()
     if tier == "avx2":
         return {"avx2", "fma", "f16c"} <= flags
-    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    return avx512 if tier == "avx512" else avx512 and "avx512_bf16" in flags
 
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_fwd_paths_in_tier(tier, seeded):
     if not tier_supported(tier):
         pytest.skip(f"this CPU cannot run the {tier} tier")
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=tier)
+    env = dict(os.environ, CAUSAL_CONV1D_CPU_TIER=tier)
     proc = subprocess.run([sys.executable, __file__, str(seeded)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, f"worker crashed (seed {seeded}):\n{proc.stderr[-3000:]}"
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["capability"] == tier.upper(), f"asked for {tier}, ran {report['capability']}"
+    assert report["tier"] == tier, f"asked for {tier}, ran {report['tier']}"
     assert report["cases"] >= 600, report["cases"]  # the grid really ran
     failures = report["failures"]
     assert not failures, (f"{len(failures)} of {report['cases']} cases failed in tier {tier} "

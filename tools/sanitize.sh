@@ -7,8 +7,8 @@
 # sanitizer runtimes: the bad-input table, the property tests at a reduced
 # budget, non-finite values, threads, and the per-op grids, on the CPU tier
 # this machine picks; then the property and non-finite tests again on each
-# lower tier (ATEN_CPU_CAPABILITY=avx2, default), whose code differs (vector
-# widths, the portable exp). Fails on any
+# lower tier (CAUSAL_CONV1D_CPU_TIER=avx512, avx2, default), whose code
+# differs (bf16 rounding, vector widths, the portable exp). Fails on any
 # test failure and on any sanitizer report (reports also go to log files, so
 # one raised in a worker thread or swallowed by a crash still counts).
 #
@@ -60,7 +60,7 @@ existing() {
   for f in "$@"; do [ -f "tests/$f.py" ] && printf 'tests/%s.py\n' "$f"; done
 }
 
-# run_tests SCALE [ATEN_CPU_CAPABILITY] -- pytest arguments
+# run_tests SCALE [CAUSAL_CONV1D_CPU_TIER] -- pytest arguments
 run_tests() {
   local scale="$1" tier="$2"
   shift 3
@@ -69,7 +69,7 @@ run_tests() {
     LD_PRELOAD="$libasan $libstdcxx${LD_PRELOAD:+ $LD_PRELOAD}" \
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$LOGS/asan" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$LOGS/ubsan" \
-    ${tier:+ATEN_CPU_CAPABILITY=$tier} \
+    ${tier:+CAUSAL_CONV1D_CPU_TIER=$tier} \
     CAUSAL_CONV1D_KERNEL_ROOT="$SAN_ROOT" \
     CAUSAL_CONV1D_TEST_BACKEND=cpu \
     CAUSAL_CONV1D_HYPOTHESIS_SCALE="$scale" \
@@ -87,7 +87,10 @@ else
   run_tests "${SANITIZE_SCALE:-0.25}" "" -- "${main[@]}" || rc=1
   best="$("$PYTHON" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')"
   case "$best" in
-    AVX512) lower=(avx2 default) ;;
+    AVX512)
+      lower=(avx2 default)
+      # the best tier is then avx512_bf16 where the CPU has it (cpu/dispatch.cpp)
+      if grep -qw avx512_bf16 /proc/cpuinfo; then lower=(avx512 avx2 default); fi ;;
     AVX2) lower=(default) ;;
     *) lower=() ;;
   esac

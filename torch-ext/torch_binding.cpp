@@ -1,7 +1,10 @@
 #include <torch/library.h>
 
+#include <string>
+
 #include "registration.h"
 #include "torch_binding.h"
+#include "../causal_conv1d/backend.h"
 
 // Schemas. Functional ops allocate what they return; `(a!)` marks tensors an
 // op writes in place. Fake (meta) kernels and autograd are registered in
@@ -25,6 +28,8 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
       "fwd_packed(Tensor x, Tensor weight, Tensor? bias, Tensor cu_seqlens, "
       "Tensor(a!) conv_states, Tensor? cache_indices, Tensor? has_initial_state, "
       "int pad_slot_id, bool silu) -> Tensor");
+  // No tensors, so no dispatch key: one kernel for every backend.
+  ops.def("kernel_tier() -> str", [] { return std::string(causal_conv1d::kernel_tier()); });
 
 #if defined(CPU_KERNEL)
   const auto key = c10::DeviceType::CPU;

@@ -88,7 +88,7 @@ inline void store_row(const A* src, X* dst, int64_t stride, int64_t n) {
       using VA = Vectorized<float>;
       int64_t i = 0;
       for (; i + VX::size() <= n; i += VX::size()) {
-        at::vec::convert_from_float<X>(VA::loadu(src + i), VA::loadu(src + i + VA::size()))
+        narrow<X>(VA::loadu(src + i), VA::loadu(src + i + VA::size()))
             .store(dst + i);
       }
       for (; i < n; ++i) dst[i] = X(src[i]);

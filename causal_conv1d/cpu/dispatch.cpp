@@ -1,9 +1,20 @@
 // Runtime choice of the CPU tier, and backend.h's entry points for CPU.
-// ATen's capability detection is used so ATEN_CPU_CAPABILITY=default|avx2|
-// avx512 forces a tier, exactly as it does for PyTorch's own kernels.
+//
+// The best tier this process may use follows ATen's own capability
+// detection, so ATEN_CPU_CAPABILITY=default|avx2|avx512 caps it exactly as it
+// does PyTorch's kernels; above avx512, avx512_bf16 needs AVX512_BF16 in
+// CPUID. CAUSAL_CONV1D_CPU_TIER=default|avx2|avx512|avx512_bf16 asks for a
+// tier at or below that best one (tests run every tier this way).
+#include <array>
+#include <cstdlib>
 #include <string>
 
 #include <ATen/Version.h>
+#include <c10/util/Exception.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
 
 #include "../backend.h"
 #include "../checks.h"
@@ -12,17 +23,63 @@
 static_assert(causal_conv1d::cpu::kMaxWidthCpu == causal_conv1d::kMaxWidth);
 
 namespace causal_conv1d::cpu {
+namespace {
+
+using TableFn = KernelTable (*)();
+
+struct Tier {
+  const char* name;
+  TableFn table;
+};
+
+// Lowest first.
+#if defined(__x86_64__) || defined(_M_X64)
+constexpr std::array<Tier, 4> kTiers{{{"default", &default_table},
+                                      {"avx2", &avx2_table},
+                                      {"avx512", &avx512_table},
+                                      {"avx512_bf16", &avx512_bf16_table}}};
+
+bool cpu_has_avx512_bf16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  // CPUID leaf 7, sub-leaf 1: EAX bit 5 is AVX512_BF16.
+  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+  return (eax >> 5) & 1u;
+}
+
+// Index in kTiers of the best tier this process may use.
+size_t best_tier() {
+  // "DEFAULT", "AVX2" or "AVX512" (torch.backends.cpu.get_cpu_capability()).
+  const std::string capability = at::get_cpu_capability();
+  if (capability == "AVX512") return cpu_has_avx512_bf16() ? 3 : 2;
+  if (capability == "AVX2") return 1;
+  return 0;
+}
+#else
+constexpr std::array<Tier, 1> kTiers{{{"default", &default_table}}};
+size_t best_tier() { return 0; }
+#endif
+
+KernelTable choose_table() {
+  const size_t best = best_tier();
+  const char* asked = std::getenv("CAUSAL_CONV1D_CPU_TIER");
+  if (asked == nullptr || *asked == '\0') return kTiers[best].table();
+  std::string names;
+  for (size_t i = 0; i < kTiers.size(); ++i) {
+    if (std::string(asked) == kTiers[i].name) {
+      TORCH_CHECK(i <= best, "CAUSAL_CONV1D_CPU_TIER=", asked,
+                  " asks for a tier this CPU (or ATEN_CPU_CAPABILITY) does not allow; the best "
+                  "available is ", kTiers[best].name);
+      return kTiers[i].table();
+    }
+    names += (i ? ", " : "") + std::string(kTiers[i].name);
+  }
+  TORCH_CHECK(false, "CAUSAL_CONV1D_CPU_TIER=", asked, " is not a tier; use one of ", names);
+}
+
+}  // namespace
 
 const KernelTable& active_table() {
-  static const KernelTable table = [] {
-#if defined(__x86_64__) || defined(_M_X64)
-    // "DEFAULT", "AVX2" or "AVX512" (what torch.backends.cpu.get_cpu_capability() shows).
-    const std::string capability = at::get_cpu_capability();
-    if (capability == "AVX512") return avx512_table();
-    if (capability == "AVX2") return avx2_table();
-#endif
-    return default_table();
-  }();
+  static const KernelTable table = choose_table();
   return table;
 }
 
@@ -35,5 +92,6 @@ void run_bwd(const ConvParams& p) { cpu::active_table().bwd(p); }
 void run_update(const ConvParams& p) { cpu::active_table().update(p); }
 void run_varlen_states(const ConvParams& p) { cpu::active_table().varlen_states(p); }
 void run_fwd_packed(const ConvParams& p) { cpu::active_table().fwd_packed(p); }
+const char* kernel_tier() { return cpu::active_table().name; }
 
 }  // namespace causal_conv1d

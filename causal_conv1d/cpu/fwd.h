@@ -260,6 +260,47 @@ void row_span(const Ctx<X>& c, const RowTaps<acc_t<X>>& tp, const acc_t<X>* src,
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// Whether row_slide serves this width and dtype.
+template <int WC, typename X>
+constexpr bool kSlides = WC >= 1 && WC <= 4 && std::is_same_v<acc_t<X>, float>;
+
+// dst[i] = act(bias + sum_k w[k] * x[t + i - (W-1) + k]) for i < n, n a
+// multiple of 16 and t >= 16, reading the row's inputs xr in place: each
+// step loads the next 16 inputs once and builds the W-1 earlier windows
+// from them and the previous 16 with VALIGND, instead of the W unaligned
+// loads (all but one crossing a cache line) of row_span. The load ports were
+// what bounded row_span; the shuffles go to otherwise idle ones.
+template <int WC, typename X>
+void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, X* dst, int64_t t, int64_t n) {
+  using IO = VecIO<X>;
+  constexpr int64_t N = 16;
+  static_assert(kLanes<float> == N);
+  __m512 w[WC];
+  for (int k = 0; k < WC; ++k) w[k] = _mm512_set1_ps(tp.w[k]);
+  const __m512 bias = _mm512_set1_ps(tp.bias);
+  // Tap k reads the input W-1-k positions before the output: lanes of cur
+  // moved up by that many, the gap filled from the top of prev.
+  auto window = [](__m512 prev, __m512 cur, auto back) {
+    constexpr int kBack = decltype(back)::value;
+    return _mm512_castsi512_ps(
+        _mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), N - kBack));
+  };
+  __m512 prev = IO::load1(xr + t - N, N);
+  for (int64_t i = 0; i < n; i += N) {
+    const __m512 cur = IO::load1(xr + t + i, N);
+    __m512 a = _mm512_fmadd_ps(w[WC - 1], cur, bias);
+    if constexpr (WC >= 2) a = _mm512_fmadd_ps(w[WC - 2], window(prev, cur, std::integral_constant<int, 1>{}), a);
+    if constexpr (WC >= 3) a = _mm512_fmadd_ps(w[WC - 3], window(prev, cur, std::integral_constant<int, 2>{}), a);
+    if constexpr (WC >= 4) a = _mm512_fmadd_ps(w[WC - 4], window(prev, cur, std::integral_constant<int, 3>{}), a);
+    Vec<float> out(a);
+    if (silu) out = silu_vec(out);
+    IO::store1(dst + i, out, N);
+    prev = cur;
+  }
+}
+#endif
+
 // Outputs t0 .. t0+n-1 of row (b, d). buf: kRowBlock + kMaxWidthCpu + S elements.
 template <int WC, typename X>
 void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_t<X>* buf) {
@@ -281,6 +322,21 @@ void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_
     stage_row<X>(buf, xr, init, p.initial_states.s2, W, t - (W - 1), m + W - 1);
     span(buf, t, m);
   };
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (kSlides<WC, X>) {
+    if (!sr) {
+      // Staged head (up to position 16, where row_slide can look back a
+      // whole vector) and tail (under a vector); in place in between.
+      constexpr int64_t N = 16;
+      const int64_t head = std::min(n, std::max<int64_t>(N - t0, 0));
+      if (head > 0) staged(t0, head);
+      const int64_t m = (n - head) / N * N;
+      if (m > 0) row_slide<WC, X>(tp, p.silu, xr, orow + t0 + head, t0 + head, m);
+      if (head + m < n) staged(t0 + head + m, n - head - m);
+      return;
+    }
+  }
+#endif
   if constexpr (VecIO<X>::kWide) {
     // x already holds the compute type: read it in place, staging only the
     // head (positions < 0 come from the initial state) and the tail.

@@ -87,7 +87,7 @@ inline void store_narrowed(X* p, const at::vec::Vectorized<A>& v, int64_t n) {
   if constexpr (std::is_same_v<X, A>) {
     v.store(p, n);
   } else {
-    at::vec::convert_from_float<X>(v, v).store(p, n);
+    narrow<X>(v, v).store(p, n);
   }
 }
 
@@ -114,7 +114,7 @@ void conv_row(const Src* const* rows, const TapRows<A>& taps, int64_t D, bool si
       acc0.store(out + d);
       acc1.store(out + d + N);
     } else {
-      at::vec::convert_from_float<X>(acc0, acc1).store(out + d);
+      narrow<X>(acc0, acc1).store(out + d);
     }
   }
   for (; d < D; d += N) {  // rows are padded to whole blocks, so taps and bias load fully

@@ -27,9 +27,11 @@ KernelTable default_table();  // tier_default.cpp: portable, no ISA flags
 #if defined(__x86_64__) || defined(_M_X64)
 KernelTable avx2_table();     // tier_avx2.cpp:   -mavx2 -mfma -mf16c
 KernelTable avx512_table();   // tier_avx512.cpp: AVX-512 F/BW/VL/DQ
+KernelTable avx512_bf16_table();  // tier_avx512_bf16.cpp: avx512 + AVX512_BF16
 #endif
 
-// The tier used for this process (see dispatch.cpp), exposed for tests/logs.
+// The tier used for this process (see dispatch.cpp); its name is what the
+// kernel_tier op reports.
 const KernelTable& active_table();
 
 }  // namespace causal_conv1d::cpu

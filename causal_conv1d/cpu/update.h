@@ -349,7 +349,7 @@ struct ChannelBlock {
         if (lanes > N) b.store(dst + N, lanes - N);
       }
     } else {
-      at::vec::convert_from_float<X>(a, b).store(dst, lanes);
+      narrow<X>(a, b).store(dst, lanes);
     }
   }
 };
@@ -635,7 +635,7 @@ struct RegisterDecode {
           acc0.store(out);
           acc1.store(out + kR);
         } else {
-          at::vec::convert_from_float<X>(acc0, acc1).store(out);
+          narrow<X>(acc0, acc1).store(out);
         }
       }
       if (++c == nblk) {

@@ -38,6 +38,8 @@ void check_launch(const char* op) {
 
 }  // namespace
 
+const char* kernel_tier() { return "cuda"; }
+
 void run_fwd(const ConvParams& p) {
   cuda::launch_fwd(p, current_stream());
   check_launch("causal_conv1d_fn (forward)");

@@ -16,6 +16,7 @@ from .functions import (
     causal_conv1d_packed_fwd,
     causal_conv1d_update,
     causal_conv1d_varlen_states,
+    kernel_tier,
 )
 from .reference import (
     causal_conv1d_packed_fwd_ref,
@@ -30,6 +31,7 @@ __all__ = [
     "causal_conv1d_update",
     "causal_conv1d_varlen_states",
     "causal_conv1d_packed_fwd",
+    "kernel_tier",
     "causal_conv1d_ref",
     "causal_conv1d_update_ref",
     "causal_conv1d_varlen_states_ref",

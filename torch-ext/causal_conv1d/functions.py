@@ -20,6 +20,7 @@ __all__ = [
     "causal_conv1d_update",
     "causal_conv1d_varlen_states",
     "causal_conv1d_packed_fwd",
+    "kernel_tier",
 ]
 
 
@@ -188,3 +189,15 @@ def causal_conv1d_packed_fwd(
         pad_slot_id, silu,
     )
     return out if channels_first else out.transpose(-1, -2)
+
+
+def kernel_tier() -> str:
+    """Which build of the kernels this process runs.
+
+    On CPU, the instruction-set tier picked from the CPU's features when the
+    first op runs: "default" (portable), "avx2" (AVX2/FMA), "avx512" or
+    "avx512_bf16" (AVX-512 with hardware bf16 rounding). ATEN_CPU_CAPABILITY
+    caps it as it caps PyTorch's own kernels, and CAUSAL_CONV1D_CPU_TIER asks
+    for a lower tier by name. The CUDA variant returns "cuda".
+    """
+    return ops.kernel_tier()

@@ -1,0 +1,13 @@
+// Memory for the tensors the ops return (see output_memory.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace causal_conv1d {
+
+// A new uninitialized contiguous tensor of `sizes` with `options`' dtype and
+// device. Large CPU outputs come from a small cache of huge-page-backed
+// blocks (output_memory.cpp); everything else from at::empty.
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+}  // namespace causal_conv1d
