@@ -64,64 +64,82 @@ template <typename A> constexpr int64_t kLanes = Vec<A>::size();
 inline float exp_scalar(float v) { return std::exp(v); }
 inline double exp_scalar(double v) { return std::exp(v); }
 
-// silu in fp32 with AVX2/AVX-512: silu(v) = v / (1 + e^-v), where
-// -v log2(e) = n + f with n an integer and |f| <= 1/2, 2^f comes from a
-// degree-4 polynomial (fitted for relative error on [-1/2, 1/2]) and is
-// scaled by 2^n. Relative error of silu < 1e-5 (measured over [-80, 80]);
-// about half the instructions of ATen's exp_u20, so that silu hides behind
-// memory traffic. A division measured faster than reciprocal + Newton, and
-// it gets the non-finite cases right with no extra work: e^-v overflows to
-// +inf below v = -88.7, so silu(-inf) = -inf / inf = NaN as in the reference,
-// large negative v give -0, silu(+inf) = +inf / 1, and NaN stays NaN.
+// silu(v) = v / (1 + e^-v) in fp32 with AVX-512 / AVX2. One implementation
+// for every op, in two precisions: kFull for fp32 results (relative error
+// below 4e-6), and for results rounded to fp16/bf16 a cheaper one (below
+// 1e-4, under half an fp16 ulp) that the 16-bit stores hide.
+//
+// AVX-512: e^-v = 2^t with t = -v log2(e) = floor(t) + f, f in [0, 1) from
+// one VREDUCEPS; 2^f is a polynomial in f fitted for relative error (degree
+// 4, or 3 for 16-bit results) and VSCALEFPS applies 2^floor(t). 1 / (1 + e)
+// is a division for fp32 results and VRCP14PS (2^-14) for 16-bit ones. Nine
+// instructions, no range clamps: the non-finite cases come out right by
+// themselves: t = +-inf gives f = 0 and 2^t = inf or 0, so silu(-inf) =
+// -inf / inf = NaN as in the reference, silu(+inf) = inf / 1, large
+// negative v give -0 and NaN stays NaN.
+// AVX2 has neither instruction: t is clamped to [-126, 128], f in [-1/2,
+// 1/2] comes from a rounding and 2^n is built in the exponent field (2^128
+// is +inf, the overflow the division relies on); the 16-bit variant takes
+// VRCPPS (2^-12) for the division.
+enum class SiluPrecision { kFull, kHalf };
+
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 namespace silu_poly {
 constexpr float kMinusLog2e = -1.44269504088896341f;
-constexpr float c0 = 0x1.ffffe8p-1f, c1 = 0x1.62e0dcp-1f, c2 = 0x1.ec06dap-3f,
-                c3 = 0x1.ca1442p-5f, c4 = 0x1.3997d4p-7f;
+#if defined(CPU_CAPABILITY_AVX512)
+// 2^f on [0, 1), highest degree first.
+constexpr float kFull[] = {0x1.bb7c40p-7f, 0x1.aa13f2p-5f, 0x1.ee7998p-3f, 0x1.62d164p-1f,
+                           0x1.00002cp+0f};
+constexpr float kHalf[] = {0x1.3f95e2p-4f, 0x1.cefc24p-3f, 0x1.644468p-1f, 0x1.fff62ep-1f};
+#else
+// 2^f on [-1/2, 1/2], highest degree first.
+constexpr float kFull[] = {0x1.3997d4p-7f, 0x1.ca1442p-5f, 0x1.ec06dap-3f, 0x1.62e0dcp-1f,
+                           0x1.ffffe8p-1f};
+#endif
 }  // namespace silu_poly
 #endif
 
+template <SiluPrecision P>
 inline Vec<float> silu_fp32(const Vec<float>& v) {
+  constexpr bool kFull = P == SiluPrecision::kFull;
 #if defined(CPU_CAPABILITY_AVX512)
-  using namespace silu_poly;
-  // v above 104 (+inf) would give n = -inf and f = NaN; e^-104 is 0 already.
-  const __m512 t = _mm512_mul_ps(_mm512_min_ps(v, _mm512_set1_ps(104.f)), _mm512_set1_ps(kMinusLog2e));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(c4), f, _mm512_set1_ps(c3));
-  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(c2));
-  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(c1));
-  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(c0));
-  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.f), _mm512_scalef_ps(q, n));  // 1 + q 2^n
-  return Vec<float>(_mm512_div_ps(v, d));
+  const __m512 t = _mm512_mul_ps(v, _mm512_set1_ps(silu_poly::kMinusLog2e));
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);  // t - floor(t)
+  const float* c = kFull ? silu_poly::kFull : silu_poly::kHalf;
+  constexpr int kDegree = kFull ? 4 : 3;
+  __m512 q = _mm512_set1_ps(c[0]);
+  for (int k = 1; k <= kDegree; ++k) q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(c[k]));
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.f), _mm512_scalef_ps(q, t));  // 1 + 2^f 2^floor(t)
+  if constexpr (kFull) return Vec<float>(_mm512_div_ps(v, d));
+  return Vec<float>(_mm512_mul_ps(v, _mm512_rcp14_ps(d)));
 #elif defined(CPU_CAPABILITY_AVX2)
-  using namespace silu_poly;
-  __m256 t = _mm256_mul_ps(v, _mm256_set1_ps(kMinusLog2e));
-  // n in [-126, 128]: 2^-126 is the smallest normal, and 2^128 built below
-  // is +inf (exponent field 255), the overflow the division relies on.
+  const float* c = silu_poly::kFull;
+  __m256 t = _mm256_mul_ps(v, _mm256_set1_ps(silu_poly::kMinusLog2e));
   t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-126.f)), _mm256_set1_ps(128.f));
   const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(t, n);
-  __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(c4), f, _mm256_set1_ps(c3));
-  q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(c2));
-  q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(c1));
-  q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(c0));
+  __m256 q = _mm256_set1_ps(c[0]);
+  for (int k = 1; k <= 4; ++k) q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(c[k]));
   const __m256i p2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   const __m256 d = _mm256_fmadd_ps(q, _mm256_castsi256_ps(p2), _mm256_set1_ps(1.f));  // 1 + q 2^n
-  return Vec<float>(_mm256_div_ps(v, d));
+  if constexpr (kFull) return Vec<float>(_mm256_div_ps(v, d));
+  return Vec<float>(_mm256_mul_ps(v, _mm256_rcp_ps(d)));
 #else
   // Portable tier: std::exp per lane (no dependency on the Sleef symbols
   // inside libtorch_cpu).
+  (void)kFull;
   return v / (Vec<float>(1) + v.neg().map(exp_scalar));
 #endif
 }
 
-// silu(v) = v / (1 + exp(-v)) in the accumulator type.
-template <typename A> inline Vec<A> silu_vec(const Vec<A>& v) {
-  if constexpr (std::is_same_v<A, float>) {
-    return silu_fp32(v);
+// silu of accumulators whose results are stored as X: fp32 math for
+// fp32/fp16/bf16 (16-bit results take the cheaper precision), fp64 for fp64.
+template <typename X>
+inline Vec<acc_t<X>> silu_vec(const Vec<acc_t<X>>& v) {
+  if constexpr (std::is_same_v<acc_t<X>, float>) {
+    return silu_fp32<sizeof(X) == 2 ? SiluPrecision::kHalf : SiluPrecision::kFull>(v);
   } else {
-    return v / (Vec<A>(1) + v.neg().map(exp_scalar));
+    return v / (Vec<double>(1) + v.neg().map(exp_scalar));
   }
 }
 

@@ -253,8 +253,8 @@ void row_span(const Ctx<X>& c, const RowTaps<acc_t<X>>& tp, const acc_t<X>* src,
       a1 = at::vec::fmadd(vw[k], V::loadu(src + i + N + k), a1);
     }
     if (c.p.silu) {
-      a0 = silu_vec(a0);
-      a1 = silu_vec(a1);
+      a0 = silu_vec<X>(a0);
+      a1 = silu_vec<X>(a1);
     }
     IO::store2(dst + i, a0, a1, cnt);
   }
@@ -294,7 +294,7 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, X* dst, int64_t
     if constexpr (WC >= 3) a = _mm512_fmadd_ps(w[WC - 3], window(prev, cur, std::integral_constant<int, 2>{}), a);
     if constexpr (WC >= 4) a = _mm512_fmadd_ps(w[WC - 4], window(prev, cur, std::integral_constant<int, 3>{}), a);
     Vec<float> out(a);
-    if (silu) out = silu_vec(out);
+    if (silu) out = silu_vec<X>(out);
     IO::store1(dst + i, out, N);
     prev = cur;
   }
@@ -445,7 +445,7 @@ void chan_group(const Ctx<X>& c, const ChanTile<X>& g, int64_t tg, int64_t end,
         if (Masked && !use[i][k]) continue;
         a = at::vec::fmadd(w[k], h[i + k], a);
       }
-      if (silu) a = silu_vec(a);
+      if (silu) a = silu_vec<X>(a);
       if (Masked && pad[i]) a = V(0);
       IO::store1(g.out + (tg + i) * g.os + j, a, cnt);
     }

@@ -107,8 +107,8 @@ void conv_row(const Src* const* rows, const TapRows<A>& taps, int64_t D, bool si
       acc1 = at::vec::fmadd(V::loadu(taps.tap(k, d + N)), load_widened<A>(rows[k] + d + N, N), acc1);
     }
     if (silu) {
-      acc0 = silu_lanes<A>(acc0);
-      acc1 = silu_lanes<A>(acc1);
+      acc0 = silu_vec<X>(acc0);
+      acc1 = silu_vec<X>(acc1);
     }
     if constexpr (std::is_same_v<X, A>) {
       acc0.store(out + d);
@@ -122,7 +122,7 @@ void conv_row(const Src* const* rows, const TapRows<A>& taps, int64_t D, bool si
     V acc = V::loadu(taps.bias(d));
     for (int64_t k = 0; k < W; ++k)
       acc = at::vec::fmadd(V::loadu(taps.tap(k, d)), load_widened<A>(rows[k] + d, n), acc);
-    if (silu) acc = silu_lanes<A>(acc);
+    if (silu) acc = silu_vec<X>(acc);
     store_narrowed(out + d, acc, n);
   }
 }

@@ -56,74 +56,6 @@ inline int64_t wrap_index(int64_t a, int64_t m) {
   return r < 0 ? r + m : r;
 }
 
-// silu(v) = v * sigmoid(v) on a vector of accumulators.
-//
-// fp32 on AVX-512 / AVX2 (the decode and prefill hot loops): with
-// e = exp(-|v|) in [0, 1], sigmoid(|v|) = 1 / (1 + e) and sigmoid(-|v|) =
-// e / (1 + e), so nothing overflows. exp(-|v|) = 2^n * 2^f with f in
-// [-0.5, 0.5] and 2^f a degree-6 polynomial (relative error ~1e-7), taken
-// as 0 where 2^n would not be a normal float; the reciprocal of 1 + e in
-// [1, 2] is the hardware estimate plus one Newton step (~1e-7 on AVX-512,
-// ~1e-6 on AVX2), since a division would dominate the decode step.
-// silu(+inf) = inf, silu(-inf) = -inf * 0 = NaN and NaN stays NaN, exactly
-// as in the reference. Other tiers and fp64: v / (1 + exp(-v)).
-namespace silu_poly {
-constexpr float kLog2e = 1.44269504f;
-// 2^f = e^(f ln 2): Taylor coefficients (ln 2)^k / k!, highest first
-constexpr float kC[] = {0.000154035304f, 0.00133335581f, 0.00961812911f, 0.0555041087f,
-                        0.240226507f,    0.693147181f,   1.0f};
-}  // namespace silu_poly
-
-#if defined(CPU_CAPABILITY_AVX512)
-inline __m512 silu_simd(__m512 v) {
-  using namespace silu_poly;
-  const __m512 y0 = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(-kLog2e));  // log2 exp(-|v|)
-  const __mmask16 underflow = _mm512_cmp_ps_mask(y0, _mm512_set1_ps(-126.f), _CMP_LT_OQ);
-  const __m512 y = _mm512_max_ps(y0, _mm512_set1_ps(-126.f));
-  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(y, n);
-  __m512 poly = _mm512_set1_ps(kC[0]);
-  for (int k = 1; k < 7; ++k) poly = _mm512_fmadd_ps(poly, f, _mm512_set1_ps(kC[k]));
-  const __m512 pow2n = _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
-  const __m512 e = _mm512_maskz_mul_ps(~underflow, poly, pow2n);
-  const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.f));
-  const __m512 r0 = _mm512_rcp14_ps(d);
-  const __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.f)));  // 1/(1+e)
-  const __mmask16 negative = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
-  return _mm512_mul_ps(v, _mm512_mask_mul_ps(r, negative, r, e));
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-inline __m256 silu_simd(__m256 v) {
-  using namespace silu_poly;
-  const __m256 y0 = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), v),
-                                  _mm256_set1_ps(-kLog2e));
-  const __m256 underflow = _mm256_cmp_ps(y0, _mm256_set1_ps(-126.f), _CMP_LT_OQ);
-  const __m256 y = _mm256_max_ps(y0, _mm256_set1_ps(-126.f));
-  const __m256 n = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(y, n);
-  __m256 poly = _mm256_set1_ps(kC[0]);
-  for (int k = 1; k < 7; ++k) poly = _mm256_fmadd_ps(poly, f, _mm256_set1_ps(kC[k]));
-  const __m256 pow2n = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
-  const __m256 e = _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, pow2n));
-  const __m256 d = _mm256_add_ps(e, _mm256_set1_ps(1.f));
-  const __m256 r0 = _mm256_rcp_ps(d);
-  const __m256 r = _mm256_mul_ps(r0, _mm256_fnmadd_ps(d, r0, _mm256_set1_ps(2.f)));
-  const __m256 negative = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
-  return _mm256_mul_ps(v, _mm256_blendv_ps(r, _mm256_mul_ps(r, e), negative));
-}
-#endif
-
-template <typename A>
-inline at::vec::Vectorized<A> silu_lanes(const at::vec::Vectorized<A>& v) {
-  using V = at::vec::Vectorized<A>;
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<A, float>) return V(silu_simd(v));
-#endif
-  return v / (V(A(1)) + v.neg().exp());
-}
-
 // Weights and bias with channels along rows: row k < W holds tap k of every
 // channel, row W the bias (zeros without one); rows are D rounded up to whole
 // channel blocks long, the padding lanes zero.
@@ -299,7 +231,7 @@ struct ChannelBlock {
         V acc = V::loadu(bias + h);
         for (int64_t k = 0; k < width; ++k)
           acc = at::vec::fmadd(V::loadu(taps + k * tap_stride + h), V::loadu(buf[t + k] + h), acc);
-        if (silu) acc = silu_lanes<A>(acc);
+        if (silu) acc = silu_vec<X>(acc);
         acc.store(res[t] + h);
       }
     }
@@ -628,8 +560,8 @@ struct RegisterDecode {
         V acc1 = step_s<kS>(st + kR * kS, x + kR, taps.tap(0, d0 + kR), taps.stride,
                             taps.bias(d0 + kR), next);
         if (p.silu) {
-          acc0 = silu_lanes<float>(acc0);
-          acc1 = silu_lanes<float>(acc1);
+          acc0 = silu_vec<X>(acc0);
+          acc1 = silu_vec<X>(acc1);
         }
         if constexpr (std::is_same_v<X, float>) {
           acc0.store(out);
