@@ -25,15 +25,12 @@ speedup = ref / kernel.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import load_kernel, make_inputs, measure
+
 SHAPES = [(2, 2048, 2048), (4, 4096, 1024), (1, 5120, 4096), (8, 1024, 512)]
 QUICK_SHAPES = [(2, 64, 256), (1, 128, 129)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -45,38 +42,6 @@ TOL_DX = {"fp32": (3e-4, 1e-3), "bf16": (1e-2, 5e-2)}
 TOL_PARAM = {"fp32": 1e-4, "bf16": 5e-2}
 
 
-def load_kernel():
-    import kernels
-
-    root = Path(os.environ.get("CAUSAL_CONV1D_KERNEL_ROOT", ROOT))
-    return kernels.get_local_kernel(root)
-
-
-def measure(fns: dict, repeats: int, warmup: int) -> dict:
-    """Runs the candidates round-robin (so drift in machine load hits them all
-    alike) and returns {name: (median_s, min_s)}."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
-
-
-def make_inputs(B, D, L, dtype, channel_last):
-    if channel_last:
-        x = torch.randn(B, L, D, dtype=dtype).transpose(1, 2)
-    else:
-        x = torch.randn(B, D, L, dtype=dtype)
-    weight = torch.randn(D, WIDTH, dtype=dtype) / WIDTH
-    bias = torch.randn(D, dtype=dtype)
-    return x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()
-
-
 def check(name, got, want):
     rtol, atol = TOL_DX[name]
     torch.testing.assert_close(got[0].float(), want[0].float(), rtol=rtol, atol=atol)
@@ -86,7 +51,7 @@ def check(name, got, want):
 
 
 def bench_case(cc, name, B, D, L, channel_last, repeats, warmup):
-    x, weight, bias = make_inputs(B, D, L, DTYPES[name], channel_last)
+    x, weight, bias = make_inputs(B, D, L, WIDTH, DTYPES[name], channel_last, requires_grad=True)
     W = WIDTH
     inputs = (x, weight, bias)
     y_ref = F.silu(F.conv1d(x, weight.unsqueeze(1), bias, padding=W - 1, groups=D)[..., :L])

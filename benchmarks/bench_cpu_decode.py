@@ -37,15 +37,14 @@ is the cost of one call, unaffected by time slicing.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
+import harness
+from harness import load_kernel
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WIDTH = 4
 STATE_LEN = WIDTH - 1
@@ -58,37 +57,13 @@ TARGET_DECODE, TARGET_DECODE_MIN_B, TARGET_PACKED = 5.0, 8, 4.0
 TOL = {torch.float32: dict(rtol=3e-4, atol=1e-3), torch.bfloat16: dict(rtol=1e-2, atol=5e-2)}
 
 
-def load_kernel():
-    import kernels
-
-    root = Path(os.environ.get("CAUSAL_CONV1D_KERNEL_ROOT", ROOT))
-    return kernels.get_local_kernel(root)
-
-
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]
 
 
-def measure(fns: dict, repeats: int, warmup: int, min_sample_s: float = 2e-3) -> dict:
-    """{name: (median_s, min_s)} per call. Each sample times enough calls to
-    last about min_sample_s (so microsecond calls are not timer noise); the
-    candidates run round-robin."""
-    inner = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        t0 = time.perf_counter()
-        fn()
-        inner[name] = max(1, int(min_sample_s / max(time.perf_counter() - t0, 1e-7)))
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            n = inner[name]
-            t0 = clock()
-            for _ in range(n):
-                fn()
-            times[name].append((clock() - t0) / n)
-    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
+def measure(fns: dict, repeats: int, warmup: int) -> dict:
+    """harness.measure with samples of about 2 ms each, on the --clock clock."""
+    return harness.measure(fns, repeats, warmup, min_sample_s=2e-3, clock=clock)
 
 
 # ---------------------------------------------------------------------------

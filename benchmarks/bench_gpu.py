@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -42,23 +41,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import load_kernel
+
 W = 4
 TARGET_FWD_COPY, TARGET_BWD_COPY, TARGET_DECODE_SPEEDUP = 0.85, 0.60, 10.0
-
-
-def load_kernel():
-    """kernels.get_local_kernel on $CAUSAL_CONV1D_KERNEL_ROOT (default: this
-    checkout), or the same import by hand where `kernels` is not installed."""
-    root = Path(os.environ.get("CAUSAL_CONV1D_KERNEL_ROOT", ROOT))
-    try:
-        import kernels
-    except ImportError:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import load_kernel as by_hand
-
-        return by_hand(root)
-    return kernels.get_local_kernel(root)
 
 
 def cuda_time(fn, repeats: int, warmup: int) -> float:
