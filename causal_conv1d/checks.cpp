@@ -139,30 +139,24 @@ Strided view3(const at::Tensor& t) {
 Strided view2(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), 0}; }
 Strided view1(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), 0, 0}; }
 
-// Shared by fwd and bwd: x (B, D, L), weight (D, W), bias, seq_idx, initial_states.
-ConvParams conv_inputs(const Ctx& c, const at::Tensor& x, const at::Tensor& weight,
-                       OptTensorRef bias, OptTensorRef seq_idx, OptTensorRef initial_states,
-                       bool silu) {
-  TORCH_CHECK_VALUE(x.dim() == 3, c.op, ": x must be 3-D (batch, dim, seqlen), got shape ",
-                    shape_str(x));
+// weight (D, width) for x's D channels and bias (D,) in weight's dtype,
+// checked; returns the params every op fills alike: dim, width, dtypes,
+// weight, bias, silu (the op adds batch, lengths and its own tensors).
+ConvParams weight_params(const Ctx& c, const at::Tensor& x, int64_t D, const at::Tensor& weight,
+                         OptTensorRef bias, bool silu) {
   TORCH_CHECK_VALUE(weight.dim() == 2, c.op, ": weight must be 2-D (dim, width), got shape ",
                     shape_str(weight));
   check_device(c, weight, "weight");
   check_x_weight_dtypes(c, x, weight);
   check_width(c, weight);
-  const int64_t B = x.size(0), D = x.size(1), L = x.size(2), W = weight.size(1);
   TORCH_CHECK_VALUE(weight.size(0) == D, c.op, ": weight must have shape [", D,
                     ", width] to match x's dim, got ", shape_str(weight));
-
   ConvParams p;
-  p.batch = B;
   p.dim = D;
-  p.seqlen = L;
-  p.width = W;
+  p.width = weight.size(1);
   p.silu = silu;
   p.x_dtype = to_dtype(x.scalar_type());
   p.weight_dtype = to_dtype(weight.scalar_type());
-  p.x = view3(x);
   p.weight = view2(weight);
   if (bias) {
     check_device(c, *bias, "bias");
@@ -170,6 +164,21 @@ ConvParams conv_inputs(const Ctx& c, const at::Tensor& x, const at::Tensor& weig
     check_dtype(c, *bias, "bias", weight.scalar_type(), "weight's dtype");
     p.bias = view1(*bias);
   }
+  return p;
+}
+
+// Shared by fwd and bwd: x (B, D, L), weight (D, W), bias, seq_idx, initial_states.
+ConvParams conv_inputs(const Ctx& c, const at::Tensor& x, const at::Tensor& weight,
+                       OptTensorRef bias, OptTensorRef seq_idx, OptTensorRef initial_states,
+                       bool silu) {
+  TORCH_CHECK_VALUE(x.dim() == 3, c.op, ": x must be 3-D (batch, dim, seqlen), got shape ",
+                    shape_str(x));
+  const int64_t B = x.size(0), D = x.size(1), L = x.size(2);
+  ConvParams p = weight_params(c, x, D, weight, bias, silu);
+  const int64_t W = p.width;
+  p.batch = B;
+  p.seqlen = L;
+  p.x = view3(x);
   if (seq_idx) {
     check_device(c, *seq_idx, "seq_idx");
     check_int32(c, *seq_idx, "seq_idx");
@@ -236,6 +245,44 @@ void check_pool_indices(const Ctx& c, const at::Tensor& idx, const char* name, i
                       " twice; each live row needs its own state");
     used[a[i]] = true;
   }
+}
+
+// A state pool (N, D, state_len >= W - 1) of x's dtype that the op writes in
+// place (p.conv_state, state_len, num_states). `rows` names what its first
+// dimension counts, for the messages.
+void pool_params(const Ctx& c, ConvParams& p, const at::Tensor& pool, const char* name,
+                 const char* rows, const at::Tensor& x, const at::Tensor& weight,
+                 OptTensorRef bias) {
+  check_device(c, pool, name);
+  TORCH_CHECK_VALUE(pool.dim() == 3, c.op, ": ", name, " must be 3-D (", rows,
+                    ", dim, state_len), got shape ", shape_str(pool));
+  check_dtype(c, pool, name, x.scalar_type(), "x's dtype");
+  TORCH_CHECK_VALUE(pool.size(1) == p.dim, c.op, ": ", name, " must have dim ", p.dim,
+                    " (x's dim) in dimension 1, got shape ", shape_str(pool));
+  TORCH_CHECK_VALUE(pool.size(2) >= p.width - 1, c.op, ": the state_len of ", name,
+                    " (last dimension) must be >= width - 1 = ", p.width - 1, ", got ",
+                    pool.size(2));
+  check_writable(c, pool, name);
+  check_no_overlap(c, pool, name, x, "x");
+  check_no_overlap(c, pool, name, weight, "weight");
+  if (bias) check_no_overlap(c, pool, name, *bias, "bias");
+  p.conv_state = view3(pool);
+  p.state_len = pool.size(2);
+  p.num_states = pool.size(0);
+}
+
+// The optional (batch,) int32 pool row per batch row or sequence
+// (p.state_indices); host values must be in range and distinct (see
+// check_pool_indices).
+void pool_index_params(const Ctx& c, ConvParams& p, OptTensorRef idx, const char* name,
+                       const at::Tensor& pool, const char* pool_name, int64_t pad_slot_id) {
+  if (!idx) return;
+  check_device(c, *idx, name);
+  check_int32(c, *idx, name);
+  check_shape(c, *idx, name, {p.batch}, "(batch,)");
+  check_no_overlap(c, pool, pool_name, *idx, name);
+  if (on_host(*idx)) check_pool_indices(c, *idx, name, p.num_states, pad_slot_id);
+  p.state_indices = view1(*idx);
 }
 
 }  // namespace
@@ -317,48 +364,12 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
   TORCH_CHECK_VALUE(x.dim() == 3, c.op,
                     ": x must be 2-D (batch, dim) or 3-D (batch, dim, seqlen), got shape ",
                     shape_str(x));
-  TORCH_CHECK_VALUE(weight.dim() == 2, c.op, ": weight must be 2-D (dim, width), got shape ",
-                    shape_str(weight));
-  check_device(c, weight, "weight");
-  check_x_weight_dtypes(c, x, weight);
-  check_width(c, weight);
-  const int64_t B = x.size(0), D = x.size(1), L = x.size(2), W = weight.size(1);
-  TORCH_CHECK_VALUE(weight.size(0) == D, c.op, ": weight must have shape [", D,
-                    ", width] to match x's dim, got ", shape_str(weight));
-  check_device(c, conv_state, "conv_state");
-  TORCH_CHECK_VALUE(conv_state.dim() == 3, c.op,
-                    ": conv_state must be 3-D (batch or pool size, dim, state_len), got shape ",
-                    shape_str(conv_state));
-  check_dtype(c, conv_state, "conv_state", x.scalar_type(), "x's dtype");
-  const int64_t N = conv_state.size(0), S = conv_state.size(2);
-  TORCH_CHECK_VALUE(conv_state.size(1) == D, c.op, ": conv_state must have dim ", D,
-                    " (x's dim) in dimension 1, got shape ", shape_str(conv_state));
-  TORCH_CHECK_VALUE(S >= W - 1, c.op, ": conv_state's state_len (last dimension) must be >= width - 1 = ",
-                    W - 1, ", got ", S);
-  check_writable(c, conv_state, "conv_state");
-  check_no_overlap(c, conv_state, "conv_state", x, "x");
-  check_no_overlap(c, conv_state, "conv_state", weight, "weight");
-
-  ConvParams p;
+  const int64_t B = x.size(0), D = x.size(1), L = x.size(2);
+  ConvParams p = weight_params(c, x, D, weight, bias, silu);
   p.batch = B;
-  p.dim = D;
   p.seqlen = L;
-  p.width = W;
-  p.silu = silu;
-  p.x_dtype = to_dtype(x.scalar_type());
-  p.weight_dtype = to_dtype(weight.scalar_type());
   p.x = view3(x);
-  p.weight = view2(weight);
-  p.conv_state = view3(conv_state);
-  p.state_len = S;
-  p.num_states = N;
-  if (bias) {
-    check_device(c, *bias, "bias");
-    check_shape(c, *bias, "bias", {D}, "(dim,)");
-    check_dtype(c, *bias, "bias", weight.scalar_type(), "weight's dtype");
-    check_no_overlap(c, conv_state, "conv_state", *bias, "bias");
-    p.bias = view1(*bias);
-  }
+  pool_params(c, p, conv_state, "conv_state", "batch or pool size", x, weight, bias);
   if (cache_seqlens) {
     check_device(c, *cache_seqlens, "cache_seqlens");
     check_int32(c, *cache_seqlens, "cache_seqlens");
@@ -366,7 +377,7 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
     check_no_overlap(c, conv_state, "conv_state", *cache_seqlens, "cache_seqlens");
     // The write position is cache_seqlens[b] % state_len: an empty circular
     // buffer has no position at all.
-    TORCH_CHECK_VALUE(S >= 1 || B * D == 0, c.op,
+    TORCH_CHECK_VALUE(p.state_len >= 1 || B * D == 0, c.op,
                       ": cache_seqlens needs conv_state's state_len >= 1 (a circular buffer), "
                       "got state_len 0");
     if (on_host(*cache_seqlens)) {
@@ -377,17 +388,10 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
     }
     p.cache_seqlens = view1(*cache_seqlens);
   }
-  if (conv_state_indices) {
-    check_device(c, *conv_state_indices, "conv_state_indices");
-    check_int32(c, *conv_state_indices, "conv_state_indices");
-    check_shape(c, *conv_state_indices, "conv_state_indices", {B}, "(batch,)");
-    check_no_overlap(c, conv_state, "conv_state", *conv_state_indices, "conv_state_indices");
-    if (on_host(*conv_state_indices)) check_pool_indices(c, *conv_state_indices, "conv_state_indices", N, -1);
-    p.state_indices = view1(*conv_state_indices);
-  } else {
-    TORCH_CHECK_VALUE(N == B, c.op, ": conv_state must have batch ", B,
-                      " rows (x's batch) when conv_state_indices is not given, got ", N);
-  }
+  pool_index_params(c, p, conv_state_indices, "conv_state_indices", conv_state, "conv_state", -1);
+  TORCH_CHECK_VALUE(conv_state_indices || p.num_states == B, c.op, ": conv_state must have batch ",
+                    B, " rows (x's batch) when conv_state_indices is not given, got ",
+                    p.num_states);
   const auto& b = or_undefined(bias);
   check_output(c, out, "out", {B, D, L}, "(batch, dim, seqlen)", x.scalar_type(),
                {{&x, "x"}, {&weight, "weight"}, {&b, "bias"}, {&conv_state, "conv_state"}});
@@ -424,62 +428,21 @@ ConvParams fwd_packed_params(const at::Tensor& x, const at::Tensor& weight, OptT
                              int64_t pad_slot_id, const at::Tensor& out, bool silu) {
   Ctx c{"causal_conv1d_packed_fwd", x.device()};
   TORCH_CHECK_VALUE(x.dim() == 2, c.op, ": x must be 2-D packed tokens, got shape ", shape_str(x));
-  TORCH_CHECK_VALUE(weight.dim() == 2, c.op, ": weight must be 2-D (dim, width), got shape ",
-                    shape_str(weight));
-  check_device(c, weight, "weight");
-  check_x_weight_dtypes(c, x, weight);
-  check_width(c, weight);
-  const int64_t D = x.size(0), T = x.size(1), W = weight.size(1);
-  TORCH_CHECK_VALUE(weight.size(0) == D, c.op, ": weight must have shape [", D,
-                    ", width] to match x's dim, got ", shape_str(weight));
+  const int64_t D = x.size(0), T = x.size(1);
+  ConvParams p = weight_params(c, x, D, weight, bias, silu);
   check_cu_seqlens(c, cu_seqlens, T);
   const int64_t B = cu_seqlens.size(0) - 1;
-  check_device(c, conv_states, "conv_states");
-  TORCH_CHECK_VALUE(conv_states.dim() == 3 && conv_states.size(1) == D, c.op,
-                    ": conv_states must be 3-D (pool size, dim=", D, ", state_len), got shape ",
-                    shape_str(conv_states));
-  check_dtype(c, conv_states, "conv_states", x.scalar_type(), "x's dtype");
-  const int64_t N = conv_states.size(0), S = conv_states.size(2);
-  TORCH_CHECK_VALUE(S >= W - 1, c.op, ": conv_states' state_len (last dimension) must be >= width - 1 = ",
-                    W - 1, ", got ", S);
-  check_writable(c, conv_states, "conv_states");
-  check_no_overlap(c, conv_states, "conv_states", x, "x");
-  check_no_overlap(c, conv_states, "conv_states", weight, "weight");
-  check_no_overlap(c, conv_states, "conv_states", cu_seqlens, "cu_seqlens");
-
-  ConvParams p;
   p.batch = B;
-  p.dim = D;
   p.seqlen = T;
-  p.width = W;
-  p.silu = silu;
-  p.x_dtype = to_dtype(x.scalar_type());
-  p.weight_dtype = to_dtype(weight.scalar_type());
   p.x = {x.data_ptr(), 0, x.stride(0), x.stride(1)};
-  p.weight = view2(weight);
   p.cu_seqlens = view1(cu_seqlens);
-  p.conv_state = view3(conv_states);
-  p.state_len = S;
-  p.num_states = N;
   p.pad_slot_id = pad_slot_id;
-  if (bias) {
-    check_device(c, *bias, "bias");
-    check_shape(c, *bias, "bias", {D}, "(dim,)");
-    check_dtype(c, *bias, "bias", weight.scalar_type(), "weight's dtype");
-    check_no_overlap(c, conv_states, "conv_states", *bias, "bias");
-    p.bias = view1(*bias);
-  }
-  if (cache_indices) {
-    check_device(c, *cache_indices, "cache_indices");
-    check_int32(c, *cache_indices, "cache_indices");
-    check_shape(c, *cache_indices, "cache_indices", {B}, "(batch,)");
-    check_no_overlap(c, conv_states, "conv_states", *cache_indices, "cache_indices");
-    if (on_host(*cache_indices)) check_pool_indices(c, *cache_indices, "cache_indices", N, pad_slot_id);
-    p.state_indices = view1(*cache_indices);
-  } else {
-    TORCH_CHECK_VALUE(N >= B, c.op, ": conv_states needs at least ", B,
-                      " rows (one per sequence) when cache_indices is not given, got ", N);
-  }
+  pool_params(c, p, conv_states, "conv_states", "pool size", x, weight, bias);
+  check_no_overlap(c, conv_states, "conv_states", cu_seqlens, "cu_seqlens");
+  pool_index_params(c, p, cache_indices, "cache_indices", conv_states, "conv_states", pad_slot_id);
+  TORCH_CHECK_VALUE(cache_indices || p.num_states >= B, c.op, ": conv_states needs at least ", B,
+                    " rows (one per sequence) when cache_indices is not given, got ",
+                    p.num_states);
   if (has_initial_state) {
     check_device(c, *has_initial_state, "has_initial_state");
     check_dtype(c, *has_initial_state, "has_initial_state", at::kBool, "one flag per sequence");
