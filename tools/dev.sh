@@ -52,6 +52,11 @@ case "${1:-}" in
     python -m pytest tests -m slow -q -p no:cacheprovider --ignore=tests/test_cuda.py
     step "CUDA variant: build, link, ABI, load without a GPU"
     bash tools/ci_cuda.sh
+    step "CUDA kernels compiled for the CPU emulator (causal_conv1d/cuda/emu): tests/test_cuda.py"
+    emu="${TMPDIR:-/tmp}/causal-conv1d-ci-emu"
+    python causal_conv1d/cuda/emu/build_emu.py --out "$emu/build"
+    CAUSAL_CONV1D_KERNEL_ROOT="$emu" CAUSAL_CONV1D_TEST_BACKEND=cpu CAUSAL_CONV1D_CUDA_EMU=1 \
+      python -m pytest tests/test_cuda.py -q -p no:cacheprovider
     step "AddressSanitizer + UndefinedBehaviorSanitizer"
     bash tools/sanitize.sh
     step "benchmark smoke runs"

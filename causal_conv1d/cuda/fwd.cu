@@ -44,31 +44,9 @@ __global__ void __launch_bounds__(kThreads)
     const float bias = bias_at(p, d);
 
     float win[N];
-#pragma unroll
-    for (int q = 0; q <= NP; ++q) {
-      const int64_t base = t0 - O + q * E;
-      const bool needed = base + E > t0 - (W - 1);  // overlaps [t0 - (W-1), t0 + E)
-      if (needed && x_vec && base >= 0 && base + E <= L) {
-        const V v = *reinterpret_cast<const V*>(xr + base);
-#pragma unroll
-        for (int e = 0; e < E; ++e) win[q * E + e] = to_f(v.v[e]);
-      } else {
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const int64_t pos = base + e;
-          win[q * E + e] = (needed && pos >= 0 && pos < L) ? to_f(xr[pos]) : 0.f;
-        }
-      }
-    }
-    if (p.initial_states.data != nullptr && t0 < W - 1) {
-      const X* ir = ptr<const X>(p.initial_states) + b * p.initial_states.s0 +
-                    d * p.initial_states.s1;
-#pragma unroll
-      for (int i = 0; i < O; ++i) {
-        const int64_t pos = t0 - O + i;
-        if (pos < 0 && pos >= -(W - 1)) win[i] = to_f(ir[(W - 1 + pos) * p.initial_states.s2]);
-      }
-    }
+    load_row_window<NP + 1, E>(win, p, xr, b, d, t0, O, W, x_vec, [&](int64_t base) {
+      return base + E > t0 - (W - 1);  // overlaps [t0 - (W-1), t0 + E)
+    });
     int32_t ids[kSeq ? N : 1];
     if constexpr (kSeq) {
       const int32_t* sr = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;

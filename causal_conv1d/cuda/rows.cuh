@@ -44,6 +44,43 @@ struct Row {
   }
 };
 
+// The x window of one rows-kernel thread (x.s2 == 1): win[i] = input at
+// position t0 - O + i for i < Q * E, read in E-element chunks: one aligned
+// vector load where a chunk lies inside [0, L) and vec_ok says loads may be
+// vectors, single elements at the edges. Chunks the thread does not need
+// (needed(first position) is false) and positions outside [0, L) read as 0;
+// positions in [-(W-1), 0) then come from the initial state when given.
+template <int Q, int E, typename X, typename Needed>
+__device__ inline void load_row_window(float* win, const ConvParams& p, const X* xr, int64_t b,
+                                       int64_t d, int64_t t0, int O, int W, bool vec_ok,
+                                       Needed needed) {
+  using V = Pack<X, E>;
+  const int64_t L = p.seqlen;
+#pragma unroll
+  for (int q = 0; q < Q; ++q) {
+    const int64_t base = t0 - O + q * E;
+    const bool want = needed(base);
+    if (want && vec_ok && base >= 0 && base + E <= L) {
+      const V v = *reinterpret_cast<const V*>(xr + base);
+#pragma unroll
+      for (int e = 0; e < E; ++e) win[q * E + e] = to_f(v.v[e]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int64_t pos = base + e;
+        win[q * E + e] = (want && pos >= 0 && pos < L) ? to_f(xr[pos]) : 0.f;
+      }
+    }
+  }
+  if (p.initial_states.data != nullptr && t0 < W - 1) {
+    const X* ir = ptr<const X>(p.initial_states) + b * p.initial_states.s0 + d * p.initial_states.s1;
+    for (int i = 0; i < O; ++i) {
+      const int64_t pos = t0 - O + i;
+      if (pos < 0 && pos >= -(W - 1)) win[i] = to_f(ir[(W - 1 + pos) * p.initial_states.s2]);
+    }
+  }
+}
+
 template <typename X>
 __device__ Row<X> make_row(const ConvParams& p, int64_t b, int64_t d) {
   Row<X> r;
