@@ -116,24 +116,11 @@ inline void prefetch_row(const T* p, int64_t stride, int64_t n, bool write) {
 // ---------------------------------------------------------------------------
 // silu'
 
-inline double exp_double(double v) { return std::exp(v); }
-
-// Intrinsics only (no Sleef call). fp32: ATen's exp_u20, input clamped to
-// float's range, ~20 ulp (far inside the fp32 tolerance); fp64: exact.
-template <typename A>
-inline Vectorized<A> vexp(const Vectorized<A>& v) {
-  if constexpr (std::is_same_v<A, float>) {
-    return v.exp_u20();
-  } else {
-    return v.map(exp_double);
-  }
-}
-
 // dy * silu'(z), silu'(z) = s * (1 + z * (1 - s)), s = sigmoid(z).
 template <typename A>
 inline Vectorized<A> dsilu_mul(const Vectorized<A>& z, const Vectorized<A>& dy) {
   const Vectorized<A> one(A(1));
-  const Vectorized<A> s = one / (one + vexp(z.neg()));
+  const Vectorized<A> s = sigmoid_vec<A>(z);
   return dy * s * (one + z * (one - s));
 }
 

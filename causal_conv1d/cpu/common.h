@@ -99,19 +99,18 @@ constexpr float kFull[] = {0x1.3997d4p-7f, 0x1.ca1442p-5f, 0x1.ec06dap-3f, 0x1.6
 }  // namespace silu_poly
 #endif
 
+// d = 1 + e^-v per lane: silu(v) = v / d and sigmoid(v) = 1 / d.
 template <SiluPrecision P>
-inline Vec<float> silu_fp32(const Vec<float>& v) {
-  constexpr bool kFull = P == SiluPrecision::kFull;
+inline Vec<float> one_plus_exp_neg(const Vec<float>& v) {
 #if defined(CPU_CAPABILITY_AVX512)
+  constexpr bool kFull = P == SiluPrecision::kFull;
   const __m512 t = _mm512_mul_ps(v, _mm512_set1_ps(silu_poly::kMinusLog2e));
   const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);  // t - floor(t)
   const float* c = kFull ? silu_poly::kFull : silu_poly::kHalf;
   constexpr int kDegree = kFull ? 4 : 3;
   __m512 q = _mm512_set1_ps(c[0]);
   for (int k = 1; k <= kDegree; ++k) q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(c[k]));
-  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.f), _mm512_scalef_ps(q, t));  // 1 + 2^f 2^floor(t)
-  if constexpr (kFull) return Vec<float>(_mm512_div_ps(v, d));
-  return Vec<float>(_mm512_mul_ps(v, _mm512_rcp14_ps(d)));
+  return Vec<float>(_mm512_add_ps(_mm512_set1_ps(1.f), _mm512_scalef_ps(q, t)));  // 1 + 2^f 2^floor(t)
 #elif defined(CPU_CAPABILITY_AVX2)
   const float* c = silu_poly::kFull;
   __m256 t = _mm256_mul_ps(v, _mm256_set1_ps(silu_poly::kMinusLog2e));
@@ -121,15 +120,25 @@ inline Vec<float> silu_fp32(const Vec<float>& v) {
   __m256 q = _mm256_set1_ps(c[0]);
   for (int k = 1; k <= 4; ++k) q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(c[k]));
   const __m256i p2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 d = _mm256_fmadd_ps(q, _mm256_castsi256_ps(p2), _mm256_set1_ps(1.f));  // 1 + q 2^n
-  if constexpr (kFull) return Vec<float>(_mm256_div_ps(v, d));
-  return Vec<float>(_mm256_mul_ps(v, _mm256_rcp_ps(d)));
+  return Vec<float>(_mm256_fmadd_ps(q, _mm256_castsi256_ps(p2), _mm256_set1_ps(1.f)));  // 1 + q 2^n
 #else
   // Portable tier: std::exp per lane (no dependency on the Sleef symbols
   // inside libtorch_cpu).
-  (void)kFull;
-  return v / (Vec<float>(1) + v.neg().map(exp_scalar));
+  return Vec<float>(1) + v.neg().map(exp_scalar);
 #endif
+}
+
+template <SiluPrecision P>
+inline Vec<float> silu_fp32(const Vec<float>& v) {
+  const Vec<float> d = one_plus_exp_neg<P>(v);
+  if constexpr (P == SiluPrecision::kHalf) {
+#if defined(CPU_CAPABILITY_AVX512)
+    return Vec<float>(_mm512_mul_ps(v, _mm512_rcp14_ps(d)));
+#elif defined(CPU_CAPABILITY_AVX2)
+    return Vec<float>(_mm256_mul_ps(v, _mm256_rcp_ps(d)));
+#endif
+  }
+  return v / d;
 }
 
 // silu of accumulators whose results are stored as X: fp32 math for
@@ -140,6 +149,17 @@ inline Vec<acc_t<X>> silu_vec(const Vec<acc_t<X>>& v) {
     return silu_fp32<sizeof(X) == 2 ? SiluPrecision::kHalf : SiluPrecision::kFull>(v);
   } else {
     return v / (Vec<double>(1) + v.neg().map(exp_scalar));
+  }
+}
+
+// sigmoid(v) = 1 / (1 + exp(-v)) at full precision of the accumulator type
+// A (the backward's silu').
+template <typename A>
+inline Vec<A> sigmoid_vec(const Vec<A>& v) {
+  if constexpr (std::is_same_v<A, float>) {
+    return Vec<float>(1) / one_plus_exp_neg<SiluPrecision::kFull>(v);
+  } else {
+    return Vec<double>(1) / (Vec<double>(1) + v.neg().map(exp_scalar));
   }
 }
 
