@@ -36,14 +36,13 @@ is the cost of one call, unaffected by time slicing.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 import torch.nn.functional as F
 
 import harness
-from harness import load_kernel
+from harness import cpu_arguments, cpu_setting, load_kernel, parse_cpu_arguments
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WIDTH = 4
@@ -151,31 +150,20 @@ def bench_packed(cc, seqs, tokens, dim, dtype, repeats, warmup):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (CI smoke run)")
-    ap.add_argument("--repeats", type=int, default=None, help="samples per candidate (default 15)")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), action="append",
-                    help="restrict to these dtypes (repeatable)")
+    ap = cpu_arguments(__doc__, DTYPES, default_repeats=15, default_warmup=3, layouts=False)
     ap.add_argument("--only", choices=["decode", "packed"], default=None)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall: elapsed time; cpu: the process's CPU time, all threads summed")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_cpu_arguments(ap)
     global clock
     clock = CLOCKS[args.clock]
-    repeats = args.repeats or (3 if args.quick else 15)
-    dtypes = args.dtype or list(DTYPES)
+    repeats, dtypes = args.repeats, args.dtype
     Bs, Ds = (QUICK_DECODE_B, QUICK_DECODE_D) if args.quick else (DECODE_B, DECODE_D)
     packed = QUICK_PACKED if args.quick else PACKED
 
     cc = load_kernel()
-    print(f"causal_conv1d CPU decode/serving, W={WIDTH}, S={STATE_LEN}, silu; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; {args.clock} clock, {repeats} samples, "
-          "median (min)")
+    print(f"causal_conv1d CPU decode/serving, W={WIDTH}, S={STATE_LEN}, silu; {cpu_setting(cc)}; "
+          f"{args.clock} clock, {repeats} samples, median (min)")
     misses = []
     if args.only in (None, "decode"):
         head = f"{'decode':6} {'dtype':5} {'B':>4} {'D':>5} | {'ref us':>17} {'kernel us':>17} | {'speedup':>13}"

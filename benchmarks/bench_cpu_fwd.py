@@ -28,12 +28,10 @@ more that is mostly page faults (see advise_huge_pages in ops.cpp).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
-from harness import load_kernel, make_inputs, measure
+from harness import cpu_arguments, cpu_setting, load_kernel, make_inputs, measure, parse_cpu_arguments
 
 SHAPES = [(2, 2048, 2048), (4, 4096, 1024), (1, 5120, 4096), (8, 1024, 512)]
 QUICK_SHAPES = [(2, 64, 256), (1, 128, 129)]
@@ -69,27 +67,14 @@ def bench_case(cc, B, D, L, dtype, channel_last, repeats, warmup):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (CI smoke run)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per candidate (default 25)")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--channel-last", action="store_true",
-                    help="x as a (B, L, D) tensor transposed to (B, D, L) instead of contiguous")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), action="append",
-                    help="restrict to these dtypes (repeatable)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    repeats = args.repeats or (3 if args.quick else 25)
+    args = parse_cpu_arguments(cpu_arguments(__doc__, DTYPES, default_repeats=25, default_warmup=3))
+    repeats, dtypes = args.repeats, args.dtype
     shapes = QUICK_SHAPES if args.quick else SHAPES
-    dtypes = args.dtype or list(DTYPES)
 
     cc = load_kernel()
     layout = "channel-last" if args.channel_last else "contiguous"
-    print(f"causal_conv1d CPU forward, W={WIDTH}, silu, x {layout}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; {repeats} repeats, median (min) in ms")
+    print(f"causal_conv1d CPU forward, W={WIDTH}, silu, x {layout}; {cpu_setting(cc)}; "
+          f"{repeats} repeats, median (min) in ms")
     head = (f"{'dtype':5} {'B':>2} {'D':>5} {'L':>5} | {'ref':>15} {'kernel':>13} {'speedup':>13} | "
             f"{'copy':>13} {'out+silu':>13} {'/copy':>11} {'out':>13} {'/copy':>11}")
     print(head)

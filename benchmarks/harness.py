@@ -5,6 +5,7 @@ Not a benchmark itself (tools/dev.sh runs benchmarks/bench_*.py).
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -71,3 +72,39 @@ def make_inputs(B: int, D: int, L: int, width: int, dtype: torch.dtype, channel_
     weight = torch.randn(D, width, dtype=dtype, device=device) / width
     bias = torch.randn(D, dtype=dtype, device=device)
     return tuple(t.requires_grad_(requires_grad) for t in (x, weight, bias))
+
+
+def cpu_arguments(doc: str, dtypes, default_repeats: int, default_warmup: int,
+                  layouts: bool = True) -> argparse.ArgumentParser:
+    """The options every CPU benchmark takes (--quick, --repeats, --warmup,
+    --threads, --dtype and, with layouts, --channel-last); add more, then
+    call parse_cpu_arguments."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (CI smoke run)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help=f"timed samples per candidate (default {default_repeats}; 3 with --quick)")
+    ap.add_argument("--warmup", type=int, default=default_warmup)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    if layouts:
+        ap.add_argument("--channel-last", action="store_true",
+                        help="x as a (B, L, D) tensor transposed to (B, D, L) instead of contiguous")
+    ap.add_argument("--dtype", choices=sorted(dtypes), action="append",
+                    help="restrict to these dtypes (repeatable)")
+    ap.set_defaults(default_repeats=default_repeats, all_dtypes=list(dtypes))
+    return ap
+
+
+def parse_cpu_arguments(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parses, applies --threads, and fills in repeats and dtypes."""
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.repeats = args.repeats or (3 if args.quick else args.default_repeats)
+    args.dtype = args.dtype or args.all_dtypes
+    return args
+
+
+def cpu_setting(cc) -> str:
+    """torch version, threads and the kernel tier, for a benchmark's header."""
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"kernel tier {cc.kernel_tier()}")
