@@ -25,10 +25,15 @@
 // kernels write.
 #include "output_memory.h"
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <list>
 #include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include <ATen/EmptyTensor.h>
 #include <ATen/ops/empty.h>
@@ -46,6 +51,7 @@
 
 #if defined(__linux__) && !defined(CAUSAL_CONV1D_ASAN)
 #define CAUSAL_CONV1D_OUTPUT_BLOCKS 1
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -62,30 +68,38 @@ size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 size_t cache_limit_from_env() {
   const char* env = std::getenv("CAUSAL_CONV1D_CPU_CACHE_MB");
   if (env == nullptr || *env == '\0') return size_t(256) << 20;
-  char* end = nullptr;
-  const unsigned long long mb = std::strtoull(env, &end, 10);
-  TORCH_CHECK(end != env && *end == '\0',
+  const std::string text(env);
+  const bool digits = text.find_first_not_of("0123456789") == std::string::npos;
+  errno = 0;
+  const unsigned long long mb = digits ? std::strtoull(env, nullptr, 10) : 0;
+  TORCH_CHECK(digits && errno != ERANGE && mb <= (std::numeric_limits<size_t>::max() >> 20),
               "CAUSAL_CONV1D_CPU_CACHE_MB must be a whole number of MiB, got '", env, "'");
   return size_t(mb) << 20;
 }
 
-struct Block {
-  void* base;
-  size_t bytes;  // a multiple of kHugePage; base is aligned to kHugePage
-};
-
 class OutputBlocks final : public c10::Allocator {
  public:
-  OutputBlocks() : limit_(cache_limit_from_env()) {}
+  OutputBlocks() : limit_(cache_limit_from_env()) {
+    // A fork while another thread holds the lock would leave it locked in
+    // the child forever: hold it across fork() instead.
+    pthread_atfork([] { get().mutex_.lock(); }, [] { get().mutex_.unlock(); },
+                   [] { get().mutex_.unlock(); });
+  }
 
   c10::DataPtr allocate(size_t n) override {
     if (n < kMinBytes) return c10::GetCPUAllocator()->allocate(n);
     const size_t bytes = round_up(n, kHugePage);
-    Block* block = take_cached(bytes);
-    if (block == nullptr) block = map_block(bytes);
+    void* base = take_cached(bytes);
+    if (base == nullptr) base = map_block(bytes);
     // Out of address space or memory: torch's allocator reports it properly.
-    if (block == nullptr) return c10::GetCPUAllocator()->allocate(n);
-    return {block->base, block, &OutputBlocks::release, c10::Device(c10::DeviceType::CPU)};
+    if (base == nullptr) return c10::GetCPUAllocator()->allocate(n);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_.emplace(base, bytes);
+    }
+    // Context == data, as torch's own CPU allocator does: copy-on-write
+    // clones (torch._lazy_clone) accept only such "simple" data pointers.
+    return {base, base, &OutputBlocks::release, c10::Device(c10::DeviceType::CPU)};
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -100,20 +114,25 @@ class OutputBlocks final : public c10::Allocator {
   }
 
  private:
-  Block* take_cached(size_t bytes) {
+  struct Cached {
+    void* base;
+    size_t bytes;  // a multiple of kHugePage; base is aligned to kHugePage
+  };
+
+  void* take_cached(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto it = cache_.begin(); it != cache_.end(); ++it) {
-      if ((*it)->bytes == bytes) {
-        Block* block = *it;
+      if (it->bytes == bytes) {
+        void* base = it->base;
         cache_.erase(it);
         cached_bytes_ -= bytes;
-        return block;
+        return base;
       }
     }
     return nullptr;
   }
 
-  static Block* map_block(size_t bytes) {
+  static void* map_block(size_t bytes) {
     // Map one huge page more than needed and cut it to an aligned range.
     const size_t span = bytes + kHugePage;
     void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -127,35 +146,38 @@ class OutputBlocks final : public c10::Allocator {
 #if defined(MADV_HUGEPAGE)
     madvise(base, bytes, MADV_HUGEPAGE);  // refused where THP is off: then 4 KiB pages
 #endif
-    return new Block{base, bytes};
+    return base;
   }
 
-  static void unmap_block(Block* block) {
-    munmap(block->base, block->bytes);
-    delete block;
-  }
+  static void release(void* base) { get().give_back(base); }
 
-  static void release(void* ctx) { get().give_back(static_cast<Block*>(ctx)); }
-
-  void give_back(Block* block) {
-    if (block->bytes > limit_) return unmap_block(block);
-    std::list<Block*> evicted;
+  void give_back(void* base) {
+    std::vector<Cached> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      cache_.push_front(block);
-      cached_bytes_ += block->bytes;
-      while (cached_bytes_ > limit_) {
-        evicted.push_back(cache_.back());
-        cached_bytes_ -= cache_.back()->bytes;
-        cache_.pop_back();
+      const auto it = live_.find(base);
+      TORCH_INTERNAL_ASSERT(it != live_.end(), "causal_conv1d: freeing an unknown output block");
+      const Cached block{base, it->second};
+      live_.erase(it);
+      if (block.bytes > limit_) {
+        evicted.push_back(block);
+      } else {
+        cache_.push_front(block);
+        cached_bytes_ += block.bytes;
+        while (cached_bytes_ > limit_) {
+          evicted.push_back(cache_.back());
+          cached_bytes_ -= cache_.back().bytes;
+          cache_.pop_back();
+        }
       }
     }
-    for (Block* old : evicted) unmap_block(old);
+    for (const Cached& old : evicted) munmap(old.base, old.bytes);
   }
 
   const size_t limit_;
   std::mutex mutex_;
-  std::list<Block*> cache_;  // most recently freed first
+  std::unordered_map<void*, size_t> live_;  // blocks held by tensors: base -> bytes
+  std::list<Cached> cache_;                 // free blocks, most recently freed first
   size_t cached_bytes_ = 0;
 };
 

@@ -160,8 +160,49 @@ def test_cache_off():
     assert proc.stdout.strip() == "ok"
 
 
-def test_malformed_cache_size_is_refused():
+@pytest.mark.parametrize("value", ["lots", "-1", "1.5", "99999999999999999999", "17592186044416"])
+def test_malformed_cache_size_is_refused(value):
     proc = run_python(f"cc.causal_conv1d_fn(torch.randn{BIG}, torch.randn({BIG[1]}, 4))\n",
-                      CAUSAL_CONV1D_CPU_CACHE_MB="lots")
+                      CAUSAL_CONV1D_CPU_CACHE_MB=value)
     assert proc.returncode != 0
-    assert "CAUSAL_CONV1D_CPU_CACHE_MB must be a whole number of MiB" in proc.stderr
+    assert f"CAUSAL_CONV1D_CPU_CACHE_MB must be a whole number of MiB, got '{value}'" in proc.stderr
+
+
+def test_output_block_supports_lazy_clone(cc):
+    """Copy-on-write clones need the storage's data pointer to be its own
+    context, as torch's CPU allocator makes it."""
+    x = torch.randn(*BIG)
+    w = torch.randn(BIG[1], 4)
+    y = cc.causal_conv1d_fn(x, w)
+    expected = y.clone()
+    z = torch._lazy_clone(y)
+    z.add_(1)  # materializes z's own copy; y must not change
+    assert torch.equal(y, expected)
+    assert torch.equal(z, expected + 1)
+
+
+def test_forked_child_allocates_and_frees_outputs(cc):
+    """The block cache's lock is held across fork(): a forked child (a
+    DataLoader worker, say) allocates, frees and reuses outputs, and frees a
+    block it inherited."""
+    x = torch.randn(*BIG)
+    w = torch.randn(BIG[1], 4)
+    keep = cc.causal_conv1d_fn(x, w)  # a live block the child inherits
+    pid = os.fork()
+    if pid == 0:  # child: report through the exit status only
+        code = 1
+        try:
+            torch.set_num_threads(1)  # OpenMP's pool does not survive fork (DataLoader does this too)
+            good = True
+            for _ in range(3):
+                y = cc.causal_conv1d_fn(x, w)
+                good &= torch.equal(y, keep)
+                del y
+            expected = keep.clone()
+            del keep  # frees the inherited block into the child's cache
+            good &= torch.equal(cc.causal_conv1d_fn(x, w), expected)  # and reuses it
+            code = 0 if good else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
