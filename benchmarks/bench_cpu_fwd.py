@@ -18,8 +18,9 @@ other processes share the machine) with the ratios the targets are stated in:
 speedup = ref / kernel, and fwd_out / copy with and without silu. On a busy
 machine multi-threaded medians jump in scheduler ticks (4 ms steps when a
 thread loses its core); the minimum then shows the uncontended cost. The
-"kernel" column includes allocating the output: for outputs of 32 MiB and
-more that is mostly page faults (see advise_huge_pages in ops.cpp).
+"kernel" column includes allocating the output (from the block cache of
+output_memory.cpp); the reference's time depends on whether glibc hands it
+recycled heap memory or fresh pages, whose faults can dominate it.
 
     python benchmarks/bench_cpu_fwd.py                  # full table
     python benchmarks/bench_cpu_fwd.py --quick          # CI smoke run: tiny shapes
