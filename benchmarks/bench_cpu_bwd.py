@@ -27,12 +27,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness import cpu_arguments, cpu_setting, load_kernel, make_inputs, measure, parse_cpu_arguments
+from harness import (
+    DTYPES, QUICK_SHAPES, SHAPES, WIDTH, cpu_arguments, cpu_setting, load_kernel, make_inputs,
+    measure, parse_cpu_arguments,
+)
 
-SHAPES = [(2, 2048, 2048), (4, 4096, 1024), (1, 5120, 4096), (8, 1024, 512)]
-QUICK_SHAPES = [(2, 64, 256), (1, 128, 129)]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-WIDTH = 4
 TARGET_SPEEDUP = 5.0  # issue "Training on CPU": >= 5x in fp32 and bf16 at every shape
 # dx against the reference (x's dtype on both sides); dweight / dbias relative
 # to their largest magnitude (the reference accumulates bf16 in bf16).

@@ -42,10 +42,8 @@ import torch
 import torch.nn.functional as F
 
 import harness
-from harness import cpu_arguments, cpu_setting, load_kernel, parse_cpu_arguments
+from harness import DTYPES, WIDTH, cpu_arguments, cpu_setting, load_kernel, parse_cpu_arguments
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-WIDTH = 4
 STATE_LEN = WIDTH - 1
 DECODE_B = [1, 8, 64, 256]
 DECODE_D = [4096, 8192]

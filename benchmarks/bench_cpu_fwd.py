@@ -32,12 +32,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness import cpu_arguments, cpu_setting, load_kernel, make_inputs, measure, parse_cpu_arguments
+from harness import (
+    DTYPES, QUICK_SHAPES, SHAPES, WIDTH, cpu_arguments, cpu_setting, load_kernel, make_inputs,
+    measure, parse_cpu_arguments,
+)
 
-SHAPES = [(2, 2048, 2048), (4, 4096, 1024), (1, 5120, 4096), (8, 1024, 512)]
-QUICK_SHAPES = [(2, 64, 256), (1, 128, 129)]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-WIDTH = 4
 # Targets (issue 2): speedup over ref per dtype; fwd_out / copy per activation.
 TARGET_SPEEDUP = {"fp32": 4.0, "bf16": 10.0}
 TARGET_VS_COPY = {"silu": 1.5, "none": 1.15}

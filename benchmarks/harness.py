@@ -17,6 +17,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# What the CPU targets are stated in (issues 2-4): W = 4, fp32 and bf16, and
+# for the forward and backward these (B, D, L); QUICK_SHAPES for smoke runs.
+WIDTH = 4
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SHAPES = [(2, 2048, 2048), (4, 4096, 1024), (1, 5120, 4096), (8, 1024, 512)]
+QUICK_SHAPES = [(2, 64, 256), (1, 128, 129)]
+
 
 def load_kernel():
     """kernels.get_local_kernel on $CAUSAL_CONV1D_KERNEL_ROOT (default: this
