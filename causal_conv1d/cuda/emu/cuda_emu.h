@@ -33,6 +33,7 @@ inline float __bfloat162float(__nv_bfloat16 v) { return static_cast<float>(v); }
 inline __half __float2half_rn(float v) { return __half(v); }
 inline __nv_bfloat16 __float2bfloat16_rn(float v) { return __nv_bfloat16(v); }
 inline float __expf(float v) { return std::exp(v); }
+inline float __fdividef(float a, float b) { return a / b; }
 
 namespace causal_conv1d::cuda::emu {
 
@@ -49,7 +50,8 @@ dim3& grid_dim();
 void run_grid(unsigned blocks, unsigned threads, const std::function<void()>& body);
 
 void syncthreads();
-float shfl_xor(float v, int lane_mask);
+// The value `v` of lane src_lane(own lane) of the calling thread's warp.
+float shfl(float v, unsigned (*src_lane)(unsigned lane, int arg), int arg);
 
 }  // namespace causal_conv1d::cuda::emu
 
@@ -60,7 +62,21 @@ float shfl_xor(float v, int lane_mask);
 
 inline void __syncthreads() { ::causal_conv1d::cuda::emu::syncthreads(); }
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
-  return ::causal_conv1d::cuda::emu::shfl_xor(v, lane_mask);
+  return ::causal_conv1d::cuda::emu::shfl(
+      v, [](unsigned lane, int m) { return lane ^ static_cast<unsigned>(m); }, lane_mask);
+}
+inline float __shfl_up_sync(unsigned, float v, int delta) {
+  return ::causal_conv1d::cuda::emu::shfl(
+      v, [](unsigned lane, int dl) { return lane >= static_cast<unsigned>(dl) ? lane - dl : lane; },
+      delta);
+}
+inline float __shfl_down_sync(unsigned, float v, int delta) {
+  return ::causal_conv1d::cuda::emu::shfl(
+      v, [](unsigned lane, int dl) { return lane + dl < 32u ? lane + dl : lane; }, delta);
+}
+inline float __shfl_sync(unsigned, float v, int src) {
+  return ::causal_conv1d::cuda::emu::shfl(
+      v, [](unsigned, int s) { return static_cast<unsigned>(s) % 32u; }, src);
 }
 inline float atomicAdd(float* address, float v) {
   const float old = *address;

@@ -191,10 +191,10 @@ void run_grid(unsigned blocks, unsigned threads, const std::function<void()>& bo
 
 void syncthreads() { wait_at(kBlockBarrier); }
 
-float shfl_xor(float v, int lane_mask) {
+float shfl(float v, unsigned (*src_lane)(unsigned lane, int arg), int arg) {
   Scheduler& s = sched();
   const unsigned tid = s.cur->state.thread_idx.x;
-  const unsigned src = (tid & ~(kWarp - 1)) | ((tid % kWarp) ^ static_cast<unsigned>(lane_mask));
+  const unsigned src = (tid & ~(kWarp - 1)) | (src_lane(tid % kWarp, arg) % kWarp);
   s.slots[tid] = v;
   wait_at(kWarpBarrier);
   const float r = s.slots[src];
