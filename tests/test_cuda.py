@@ -281,6 +281,25 @@ def test_bwd_sizes(cu, seeded, B, D, L, layout):
                  layout=layout, seq=True)
 
 
+LONG_ROW_DTYPES = [DTYPE_PAIRS[0], (torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("init", [False, True])
+@pytest.mark.parametrize("L", [264, 1032, 2056])
+@pytest.mark.parametrize("W", [2, 3, 4])
+@pytest.mark.parametrize("dtypes", LONG_ROW_DTYPES, ids=_pair_id)
+@pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
+def test_long_rows(cu, seeded, layout, dtypes, W, L, init):
+    """Rows of one or more warp tiles (the tiled fast paths: W <= 4, no
+    seq_idx, 16-byte aligned rows, so L is a multiple of 8), with a partial
+    last tile; forward and backward, silu or not."""
+    act = "silu" if L != 1032 else None
+    fwd_case(cu, seeded, B=2, D=3, L=L, W=W, xdt=dtypes[0], wdt=dtypes[1], layout=layout,
+             act=act, init=init, final=True)
+    bwd_case(cu, seeded, B=2, D=3, L=L, W=W, xdt=dtypes[0], wdt=dtypes[1], layout=layout,
+             act=act, init=init, final=init, deterministic=L == 2056)
+
+
 @pytest.mark.parametrize("W", [2, 4, 6])
 def test_bwd_empty_sequence_with_states(cu, seeded, W):
     """L == 0: dinitial_states receive dfinal_states; dweight is zero."""

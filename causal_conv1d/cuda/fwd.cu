@@ -4,6 +4,8 @@
 //   rows      x contiguous along L (x.s2 == 1): a thread computes E = 16 bytes
 //             of consecutive outputs of one row from one aligned vector load
 //             plus the vectors before it (the halo comes from L1/L2, not DRAM).
+//             For W <= 4 without seq_idx on aligned rows of >= 512 bytes,
+//             rows_tiled: a warp owns 32 * C vectors of a row, halos by shuffle.
 //   chanlast  x channel-last (x.s1 == 1, also slices of a wider projection):
 //             a block stages a (64 + W-1) x 32E tile in shared memory with all
 //             its loads in flight, then a lane computes E consecutive channels
@@ -85,6 +87,54 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < E; ++e)
         if (t0 + e < L) orow[(t0 + e) * p.out.s2] = from_f<X>(res[e]);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// rows_tiled: the rows layout with 16-byte aligned rows, W in {2, 3, 4}, no
+// seq_idx and rows of at least one tile: a warp owns a WarpTile (32 * C
+// vectors), so the loads and stores of a warp are 512 contiguous bytes, the
+// W-1 inputs before a vector come from the neighbouring lane by a shuffle
+// instead of a second load, and the weights, bias and index math are paid
+// once per tile instead of once per vector.
+
+template <typename X, int kW, int C>
+__global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, int64_t tiles) {
+  using Tile = WarpTile<X, C>;
+  constexpr int E = Tile::E, H = kW - 1;
+  static_assert(H >= 1 && H <= E, "the inputs before a vector come from one neighbour");
+  const int64_t D = p.dim, L = p.seqlen;
+  const int64_t total = p.batch * D * tiles;
+  Tile tile;
+  tile.lane = threadIdx.x % kWarp;
+  for (int64_t wg = global_thread() / kWarp; wg < total; wg += grid_threads() / kWarp) {
+    const int64_t row = wg / tiles;
+    const int64_t b = row / D, d = row - b * D;
+    tile.t0 = (wg - row * tiles) * Tile::kLen;
+    const X* xr = ptr<const X>(p.x) + b * p.x.s0 + d * p.x.s1;
+    tile.load(xr, L);
+
+    float wr[kW];  // wr[k] multiplies the input k positions back
+#pragma unroll
+    for (int k = 0; k < kW; ++k) wr[k] = weight_at(p, d, kW - 1 - k);
+    const float bias = bias_at(p, d);
+    float head[H] = {};
+    if (tile.lane == 0) inputs_before<X, H>(p, xr, b, d, tile.t0, head);
+
+    float res[C][E];
+#pragma unroll
+    for (int q = 0; q < C; ++q) {
+      float prev[H];
+      tile.template before<H>(q, head, prev);
+#pragma unroll
+      for (int j = 0; j < E; ++j) {
+        float acc = bias;
+#pragma unroll
+        for (int k = 0; k < kW; ++k) acc += wr[k] * (j - k >= 0 ? tile.v[q][j - k] : prev[H + j - k]);
+        res[q][j] = p.silu ? silu(acc) : acc;
+      }
+    }
+    tile.store(ptr<X>(p.out) + b * p.out.s0 + d * p.out.s1, L, res);
   }
 }
 
@@ -251,13 +301,32 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
         const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s1, D);
         const bool out_vec = (p.out.s2 == 1 || L == 1) &&
                              vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s1, D);
-        dispatch_width<32>(p.width, [&](auto wt) {
-          constexpr int kW = decltype(wt)::kW;
-          constexpr bool kExact = decltype(wt)::kExact;
-          auto kernel = seq ? fwd_rows_kernel<X, kW, kExact, true>
-                            : fwd_rows_kernel<X, kW, kExact, false>;
-          launch(kernel, grid_for(B * D * chunks), stream, p, chunks, x_vec, out_vec);
-        });
+        constexpr int64_t kTile1 = WarpTile<X, 1>::kLen, kTile4 = WarpTile<X, 4>::kLen;
+        if (!seq && x_vec && out_vec && p.out.s2 == 1 && p.width >= 2 && p.width <= 4 &&
+            L >= kTile1) {
+          dispatch_width<4>(p.width, [&](auto wt) {
+            constexpr int kW = decltype(wt)::kW;
+            if constexpr (kW <= 4) {
+              if (L >= kTile4) {
+                const int64_t tiles = (L + kTile4 - 1) / kTile4;
+                launch(fwd_rows_tiled_kernel<X, kW, 4>, grid_for(B * D * tiles * kWarp), stream, p,
+                       tiles);
+              } else {
+                const int64_t tiles = (L + kTile1 - 1) / kTile1;
+                launch(fwd_rows_tiled_kernel<X, kW, 1>, grid_for(B * D * tiles * kWarp), stream, p,
+                       tiles);
+              }
+            }
+          });
+        } else {
+          dispatch_width<32>(p.width, [&](auto wt) {
+            constexpr int kW = decltype(wt)::kW;
+            constexpr bool kExact = decltype(wt)::kExact;
+            auto kernel = seq ? fwd_rows_kernel<X, kW, kExact, true>
+                              : fwd_rows_kernel<X, kW, kExact, false>;
+            launch(kernel, grid_for(B * D * chunks), stream, p, chunks, x_vec, out_vec);
+          });
+        }
       } else if ((p.x.s1 == 1 || D == 1) && p.width <= 8) {
         constexpr int64_t CB = kWarp * E, TT = (kThreads / kWarp) * kFwdStepsPerWarp;
         const int64_t cblocks = (D + CB - 1) / CB, tiles = (L + TT - 1) / TT;

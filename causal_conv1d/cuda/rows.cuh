@@ -81,6 +81,91 @@ __device__ inline void load_row_window(float* win, const ConvParams& p, const X*
   }
 }
 
+// A warp's tile of one row (x.s2 == 1, rows 16-byte aligned): 32 * C
+// consecutive vectors of E = 16 / sizeof(X) elements from position t0. Lane l
+// holds vectors l, l + 32, ..., l + 32 (C - 1): each warp-wide load or store
+// covers 512 contiguous bytes and a lane has its C loads in flight at once.
+// Per element the index math is a shift; per tile it is one division.
+template <typename X, int C>
+struct WarpTile {
+  static constexpr int E = kVec16<X>;
+  static constexpr int kLen = kWarp * C * E;  // positions per tile
+  float v[C][E];                              // v[q][e]: position at(q) + e
+
+  int64_t t0 = 0;
+  int lane = 0;
+
+  __device__ int64_t at(int q) const { return t0 + (static_cast<int64_t>(q) * kWarp + lane) * E; }
+
+  // v from row r (r[pos], pos < L); positions >= L read as 0.
+  __device__ void load(const X* r, int64_t L) {
+    using V = Pack<X, E>;
+    V raw[C];
+#pragma unroll
+    for (int q = 0; q < C; ++q) {
+      const int64_t pos = at(q);
+      if (pos + E <= L) {
+        raw[q] = *reinterpret_cast<const V*>(r + pos);
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e) raw[q].v[e] = pos + e < L ? r[pos + e] : from_f<X>(0.f);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < C; ++q)
+#pragma unroll
+      for (int e = 0; e < E; ++e) v[q][e] = to_f(raw[q].v[e]);
+  }
+
+  // The H inputs before vector q (before[i]: position at(q) - H + i), H <= E:
+  // lane l-1's last H, for lane 0 lane 31's previous vector, and for the
+  // tile's first vector `head` (lane 0's, read by the caller). All lanes
+  // must call it together (warp shuffles).
+  template <int H>
+  __device__ void before(int q, const float (&head)[H], float (&out)[H]) const {
+#pragma unroll
+    for (int i = 0; i < H; ++i) {
+      const float up = lane_up(v[q][E - H + i], 1);
+      const float wrap = q > 0 ? lane_from(v[q > 0 ? q - 1 : 0][E - H + i], kWarp - 1) : head[i];
+      out[i] = lane == 0 ? wrap : up;
+    }
+  }
+
+  // Stores vals (converted to X) at the tile's positions < L of row r.
+  __device__ void store(X* r, int64_t L, const float (&vals)[C][E]) const {
+    using V = Pack<X, E>;
+#pragma unroll
+    for (int q = 0; q < C; ++q) {
+      const int64_t pos = at(q);
+      V o;
+#pragma unroll
+      for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(vals[q][e]);
+      if (pos + E <= L) {
+        *reinterpret_cast<V*>(r + pos) = o;
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+          if (pos + e < L) r[pos + e] = o.v[e];
+      }
+    }
+  }
+};
+
+// The H inputs before position t0 of row (b, d) as lane 0 of a tile needs
+// them: x, the initial state before position 0, zeros without one.
+template <typename X, int H>
+__device__ inline void inputs_before(const ConvParams& p, const X* xr, int64_t b, int64_t d,
+                                     int64_t t0, float (&out)[H]) {
+  const X* ir = p.initial_states.data != nullptr
+                    ? ptr<const X>(p.initial_states) + b * p.initial_states.s0 + d * p.initial_states.s1
+                    : nullptr;
+#pragma unroll
+  for (int i = 0; i < H; ++i) {
+    const int64_t pos = t0 - H + i;
+    out[i] = pos >= 0 ? to_f(xr[pos]) : ir != nullptr ? to_f(ir[(H + pos) * p.initial_states.s2]) : 0.f;
+  }
+}
+
 template <typename X>
 __device__ Row<X> make_row(const ConvParams& p, int64_t b, int64_t d) {
   Row<X> r;
