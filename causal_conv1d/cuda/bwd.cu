@@ -14,6 +14,9 @@
 //             shuffles (fixed order) and either added atomically or, in
 //             deterministic mode, stored per (row, warp chunk) and summed in
 //             a fixed order by reduce_partials_kernel.
+//   rows_tiled  the rows layout for W <= 4 without seq_idx on aligned rows of
+//             >= 512 bytes: a warp owns 32 * C vectors of a row, neighbours'
+//             x and dy by shuffle, partials once per tile.
 //   chanlast  x.s1 == 1, widths <= 8: a block stages x and dout tiles in
 //             shared memory, a lane owns 4 channels of a warp's time steps;
 //             partials per (batch, tile), the block's warps summed in order.
@@ -191,6 +194,125 @@ __global__ void __launch_bounds__(kThreads)
     if (lane == 0) {
       float* slot = ws != nullptr ? ws + (b * wchunks + wc) * D * (W + 1) : nullptr;
       emit_partials<kW, kExact>(p, W, d, dwr, db, slot);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// rows_tiled: the rows layout with x, dout and dx 16-byte aligned, W in
+// {2, 3, 4}, no seq_idx, rows of at least one tile. A warp owns a WarpTile of
+// x and of dout (32 * C vectors of a row): each lane computes dy for its own
+// positions only (the x before a vector comes from the neighbouring lane),
+// then takes the H = W-1 dy after each vector from the neighbouring lane too;
+// only the H positions after the tile are recomputed (by lane 31). Partials
+// are reduced once per tile.
+
+// dy at position pos (0 when pos >= L) from y's inputs in[0..kW-1] (in[k] is
+// the input k positions back) and the output gradient g.
+template <int kW>
+__device__ __forceinline__ float dy_from(const ConvParams& p, const float (&wr)[kW], float bias,
+                                         const float (&in)[kW], float g, bool inside) {
+  if (!inside) return 0.f;  // NaN/Inf in x must not leak through positions >= L
+  if (!p.silu) return g;
+  float y = bias;
+#pragma unroll
+  for (int k = 0; k < kW; ++k) y += wr[k] * in[k];
+  return g * silu_grad(y);
+}
+
+template <typename X, int kW, int C>
+__global__ void __launch_bounds__(kThreads)
+    bwd_rows_tiled_kernel(ConvParams p, int64_t tiles, float* ws) {
+  using Tile = WarpTile<X, C>;
+  constexpr int E = Tile::E, H = kW - 1;
+  static_assert(H >= 1 && H <= E, "the neighbours of a vector come from one lane");
+  const int64_t D = p.dim, L = p.seqlen;
+  const int64_t total = p.batch * D * tiles;
+  const int lane = threadIdx.x % kWarp;
+  Tile xt, gt;  // x and dout
+  xt.lane = gt.lane = lane;
+  for (int64_t wg = global_thread() / kWarp; wg < total; wg += grid_threads() / kWarp) {
+    const int64_t row = wg / tiles, tile = wg - row * tiles;
+    const int64_t b = row / D, d = row - b * D;
+    xt.t0 = gt.t0 = tile * Tile::kLen;
+    const X* xr = ptr<const X>(p.x) + b * p.x.s0 + d * p.x.s1;
+    xt.load(xr, L);
+    gt.load(ptr<const X>(p.dout) + b * p.dout.s0 + d * p.dout.s1, L);
+
+    float wr[kW];  // wr[k] multiplies the input k positions back
+#pragma unroll
+    for (int k = 0; k < kW; ++k) wr[k] = weight_at(p, d, kW - 1 - k);
+    const float bias = bias_at(p, d);
+    float head[H] = {};
+    if (lane == 0) inputs_before<X, H>(p, xr, b, d, xt.t0, head);
+
+    // dy at the tile's positions, and the dweight/dbias partials.
+    float dy[C][E], dwr[kW] = {}, db = 0.f;
+#pragma unroll
+    for (int q = 0; q < C; ++q) {
+      float prev[H];
+      lanes_before(xt.v, q, lane, head, prev);
+#pragma unroll
+      for (int j = 0; j < E; ++j) {
+        float in[kW];
+#pragma unroll
+        for (int k = 0; k < kW; ++k) in[k] = j - k >= 0 ? xt.v[q][j - k] : prev[H + j - k];
+        dy[q][j] = dy_from(p, wr, bias, in, gt.v[q][j], xt.at(q) + j < L);
+#pragma unroll
+        for (int k = 0; k < kW; ++k) dwr[k] += dy[q][j] * in[k];
+        db += dy[q][j];
+      }
+    }
+
+    // dy at the H positions after the tile (lane 31 needs them for dx).
+    float tail[H] = {};
+    if (lane == kWarp - 1) {
+      const X* gr = ptr<const X>(p.dout) + b * p.dout.s0 + d * p.dout.s1;
+      const int64_t te = xt.t0 + Tile::kLen;
+      float win[2 * H];  // inputs at te - H .. te + H - 1
+#pragma unroll
+      for (int i = 0; i < H; ++i) {
+        win[i] = xt.v[C - 1][E - H + i];
+        win[H + i] = te + i < L ? to_f(xr[te + i]) : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < H; ++i) {
+        float in[kW];
+#pragma unroll
+        for (int k = 0; k < kW; ++k) in[k] = win[H + i - k];
+        const float g = te + i < L ? to_f(gr[te + i]) : 0.f;
+        tail[i] = dy_from(p, wr, bias, in, g, te + i < L);
+      }
+    }
+
+    // dx[t] = sum_m wr[m] * dy[t + m], plus dfinal_states for the last H.
+    const X* fr = p.dfinal_states.data != nullptr
+                      ? ptr<const X>(p.dfinal_states) + b * p.dfinal_states.s0 + d * p.dfinal_states.s1
+                      : nullptr;
+    float dx[C][E];
+#pragma unroll
+    for (int q = 0; q < C; ++q) {
+      float next[H];
+      lanes_after(dy, q, lane, tail, next);
+#pragma unroll
+      for (int j = 0; j < E; ++j) {
+        float acc = 0.f;
+#pragma unroll
+        for (int m = 0; m < kW; ++m) acc += wr[m] * (j + m < E ? dy[q][j + m] : next[j + m - E]);
+        const int64_t pos = xt.at(q) + j;
+        if (fr != nullptr && pos >= L - H && pos < L)
+          acc += to_f(fr[(pos - (L - H)) * p.dfinal_states.s2]);
+        dx[q][j] = acc;
+      }
+    }
+    xt.store(ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1, L, dx);
+
+#pragma unroll
+    for (int k = 0; k < kW; ++k) dwr[k] = warp_sum(dwr[k]);
+    db = warp_sum(db);
+    if (lane == 0) {
+      float* slot = ws != nullptr ? ws + (b * tiles + tile) * D * (kW + 1) : nullptr;
+      emit_partials<kW, true>(p, kW, d, dwr, db, slot);
     }
   }
 }
@@ -564,13 +686,16 @@ __global__ void __launch_bounds__(kThreads) bwd_dinit_kernel(ConvParams p) {
 // ---------------------------------------------------------------------------
 // plan: which kernels, and how much workspace
 
-enum class Path { None, Rows, Chanlast, Generic };
+enum class Path { None, Rows, RowsTiled, Chanlast, Generic };
 
 struct Plan {
   Path path = Path::None;
-  int64_t a = 0, b = 0;  // rows: a = warp chunks per row; chanlast: a = channel blocks, b = tiles
-  int64_t slots = 0;            // partial-sum slots (deterministic mode)
+  // rows: a = warp chunks per row; rows_tiled: a = tiles per row, b = C;
+  // chanlast: a = channel blocks, b = tiles
+  int64_t a = 0, b = 0;
+  int64_t slots = 0;  // partial-sum slots (deterministic mode)
   size_t ws_bytes = 0;
+  bool x_vec = false, dout_vec = false, dx_vec = false;  // rows: 16-byte vectors allowed
 };
 
 Plan make_plan(const ConvParams& p) {
@@ -580,9 +705,21 @@ Plan make_plan(const ConvParams& p) {
   const int64_t elem = p.x_dtype == DType::Float32 ? 4 : 2;
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(D * (W + 1));
   if ((p.x.s2 == 1 || L == 1) && W <= kRowsMaxWidth) {
-    const int64_t E = 16 / elem;
-    plan.path = Path::Rows;
-    plan.a = (L + kWarp * E - 1) / (kWarp * E);
+    const int64_t E = 16 / elem, tile1 = kWarp * E, tile4 = 4 * tile1;
+    plan.x_vec = vector_aligned(p.x.data, elem, E, p.x.s0, B, p.x.s1, D);
+    plan.dout_vec = (p.dout.s2 == 1 || L == 1) &&
+                    vector_aligned(p.dout.data, elem, E, p.dout.s0, B, p.dout.s1, D);
+    plan.dx_vec = (p.dx.s2 == 1 || L == 1) &&
+                  vector_aligned(p.dx.data, elem, E, p.dx.s0, B, p.dx.s1, D);
+    if (plan.x_vec && plan.dout_vec && plan.dx_vec && p.seq_idx.data == nullptr && W >= 2 &&
+        W <= 4 && L >= tile1) {
+      plan.path = Path::RowsTiled;
+      plan.b = L >= tile4 ? 4 : 1;
+      plan.a = (L + plan.b * tile1 - 1) / (plan.b * tile1);
+    } else {
+      plan.path = Path::Rows;
+      plan.a = (L + kWarp * E - 1) / (kWarp * E);
+    }
     plan.slots = B * plan.a;
   } else if ((p.x.s1 == 1 || D == 1) && W <= kChanlastMaxWidth) {
     const int64_t CB = kThreads, TT = (kThreads / kWarp) * (elem == 4 ? 8 : 16);
@@ -611,21 +748,23 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
     const bool seq = p.seq_idx.data != nullptr;
     float* ws = static_cast<float*>(workspace);
     float* part = p.deterministic ? ws : nullptr;
-    if (plan.path == Path::Rows) {
-      constexpr int E = kVec16<X>;
-      const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s1, D);
-      const bool dout_vec = (p.dout.s2 == 1 || L == 1) &&
-                            vector_aligned(p.dout.data, sizeof(X), E, p.dout.s0, B, p.dout.s1, D);
-      const bool dx_vec = (p.dx.s2 == 1 || L == 1) &&
-                          vector_aligned(p.dx.data, sizeof(X), E, p.dx.s0, B, p.dx.s1, D);
+    if (plan.path == Path::RowsTiled) {
+      dispatch_width<4>(p.width, [&](auto wt) {
+        constexpr int kW = decltype(wt)::kW;
+        if constexpr (kW <= 4) {
+          auto kernel = plan.b == 4 ? bwd_rows_tiled_kernel<X, kW, 4> : bwd_rows_tiled_kernel<X, kW, 1>;
+          launch(kernel, grid_for(B * D * plan.a * kWarp), stream, p, plan.a, part);
+        }
+      });
+    } else if (plan.path == Path::Rows) {
       const int64_t wchunks = plan.a;
       dispatch_width<kRowsMaxWidth>(p.width, [&](auto wt) {
-          constexpr int kW = decltype(wt)::kW;
-          constexpr bool kExact = decltype(wt)::kExact;
+        constexpr int kW = decltype(wt)::kW;
+        constexpr bool kExact = decltype(wt)::kExact;
         auto kernel = seq ? bwd_rows_kernel<X, kW, kExact, true>
                           : bwd_rows_kernel<X, kW, kExact, false>;
-        launch(kernel, grid_for(B * D * wchunks * kWarp), stream, p, wchunks, x_vec, dout_vec,
-               dx_vec, part);
+        launch(kernel, grid_for(B * D * wchunks * kWarp), stream, p, wchunks, plan.x_vec,
+               plan.dout_vec, plan.dx_vec, part);
       });
     } else if (plan.path == Path::Chanlast) {
       constexpr int64_t E = 4;
@@ -649,7 +788,8 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
       launch(bwd_dweight_generic_kernel<X>, grid_for(D * kThreads), stream, p,
              static_cast<const float*>(ws));
     }
-    if (part != nullptr && (plan.path == Path::Rows || plan.path == Path::Chanlast)) {
+    if (part != nullptr && (plan.path == Path::Rows || plan.path == Path::RowsTiled ||
+                            plan.path == Path::Chanlast)) {
       const int64_t cols = D * (p.width + 1);
       launch(reduce_partials_kernel, grid_for(cols * kThreads / kWarp), stream, p,
              static_cast<const float*>(part), plan.slots);

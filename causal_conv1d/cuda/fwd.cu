@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
 #pragma unroll
     for (int q = 0; q < C; ++q) {
       float prev[H];
-      tile.template before<H>(q, head, prev);
+      lanes_before(tile.v, q, tile.lane, head, prev);
 #pragma unroll
       for (int j = 0; j < E; ++j) {
         float acc = bias;

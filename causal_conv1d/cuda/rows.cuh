@@ -117,20 +117,6 @@ struct WarpTile {
       for (int e = 0; e < E; ++e) v[q][e] = to_f(raw[q].v[e]);
   }
 
-  // The H inputs before vector q (before[i]: position at(q) - H + i), H <= E:
-  // lane l-1's last H, for lane 0 lane 31's previous vector, and for the
-  // tile's first vector `head` (lane 0's, read by the caller). All lanes
-  // must call it together (warp shuffles).
-  template <int H>
-  __device__ void before(int q, const float (&head)[H], float (&out)[H]) const {
-#pragma unroll
-    for (int i = 0; i < H; ++i) {
-      const float up = lane_up(v[q][E - H + i], 1);
-      const float wrap = q > 0 ? lane_from(v[q > 0 ? q - 1 : 0][E - H + i], kWarp - 1) : head[i];
-      out[i] = lane == 0 ? wrap : up;
-    }
-  }
-
   // Stores vals (converted to X) at the tile's positions < L of row r.
   __device__ void store(X* r, int64_t L, const float (&vals)[C][E]) const {
     using V = Pack<X, E>;
@@ -150,6 +136,35 @@ struct WarpTile {
     }
   }
 };
+
+// Neighbours across lanes of per-position values laid out as a WarpTile's
+// (v[q][e] at position at(q) + e). All 32 lanes must call these together
+// (warp shuffles); H <= E.
+//   lanes_before: out[i] = the value at position at(q) - H + i: lane l-1's
+//     last H, for lane 0 lane 31's vector q-1, or `head` (lane 0, q == 0).
+//   lanes_after: out[i] = the value at position at(q) + E + i: lane l+1's
+//     first H, for lane 31 lane 0's vector q+1, or `tail` (lane 31, q == C-1).
+template <int H, int C, int E>
+__device__ inline void lanes_before(const float (&v)[C][E], int q, int lane, const float (&head)[H],
+                                    float (&out)[H]) {
+#pragma unroll
+  for (int i = 0; i < H; ++i) {
+    const float up = lane_up(v[q][E - H + i], 1);
+    const float wrap = q > 0 ? lane_from(v[q > 0 ? q - 1 : 0][E - H + i], kWarp - 1) : head[i];
+    out[i] = lane == 0 ? wrap : up;
+  }
+}
+
+template <int H, int C, int E>
+__device__ inline void lanes_after(const float (&v)[C][E], int q, int lane, const float (&tail)[H],
+                                   float (&out)[H]) {
+#pragma unroll
+  for (int i = 0; i < H; ++i) {
+    const float down = lane_down(v[q][i], 1);
+    const float wrap = q + 1 < C ? lane_from(v[q + 1 < C ? q + 1 : q][i], 0) : tail[i];
+    out[i] = lane == kWarp - 1 ? wrap : down;
+  }
+}
 
 // The H inputs before position t0 of row (b, d) as lane 0 of a tile needs
 // them: x, the initial state before position 0, zeros without one.
