@@ -437,6 +437,20 @@ def test_update_layouts_and_lengths(cu, seeded, x_layout, state_layout, L, circu
                 state_layout=state_layout, xdt=torch.bfloat16, wdt=torch.float32)
 
 
+@pytest.mark.parametrize("act", ["silu", None])
+@pytest.mark.parametrize("x_layout", ["contiguous", "proj_slice", "strided"])
+@pytest.mark.parametrize("state_layout", ["contiguous", "channel_last", "slice"])
+@pytest.mark.parametrize("W", [2, 3, 4])
+def test_update_decode_layouts(cu, seeded, W, state_layout, x_layout, act):
+    """One token with state_len W - 1, the decode kernel's case where the
+    state's columns are contiguous: batch rows not a multiple of the rows a
+    thread takes, partial warps of channels, strided tokens and state rows,
+    padding rows; without the activation also without bias."""
+    update_case(cu, seeded, B=9, D=70, W=W, pool=True, act=act, bias=act is not None,
+                x_layout=x_layout, state_layout=state_layout, xdt=torch.float16,
+                wdt=torch.bfloat16)
+
+
 @pytest.mark.parametrize("circular", [False, True])
 def test_update_race_pool(cu, seeded, circular):
     """Many rows of a large pool, distinct random indices with padding rows,

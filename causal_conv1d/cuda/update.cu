@@ -1,17 +1,151 @@
-// Decode step (backend.h run_update) on CUDA.
+// Decode step (backend.h run_update) on CUDA. Two kernels:
 //
-// One thread per (batch row, channel), channels fastest so that a warp reads
-// and writes neighbouring state rows. The thread computes all L outputs
-// from the unchanged state first, then updates its own state row: no other
-// thread touches that row (distinct pool indices), so no synchronisation is
-// needed. Pool indices and cache_seqlens live on the device and are never
-// trusted: an index outside [0, N) is treated as padding (output 0, state
-// untouched) and the circular write position is reduced into [0, S).
+//   fast     the usual decode step (Mamba, vLLM): one token, width 2..4 with
+//            state_len W - 1 (both compile-time), a linear state (no
+//            cache_seqlens) whose columns are contiguous, pooled or not. A
+//            thread takes one channel of kRows batch rows: all loads first,
+//            then the outputs, then the shifted states.
+//   general  every other case (any L, W, S, strides, circular states): one
+//            thread per (batch row, channel), loops bounded at run time.
+//
+// In both, channels are fastest across threads, so that a warp reads and
+// writes neighbouring state rows, and the outputs come from the unchanged
+// state before the state is written. No other thread touches a thread's
+// state rows (distinct pool indices), so no synchronisation is needed. Pool
+// indices and cache_seqlens live on the device and are never trusted: an
+// index outside [0, N) is treated as padding (output 0, state untouched)
+// and the circular write position is reduced into [0, S).
 #include "launch.h"
 #include "common.cuh"
 
 namespace causal_conv1d::cuda {
 namespace {
+
+// ---------------------------------------------------------------------------
+// fast: L == 1, W in 2..4, S == W - 1, no cache_seqlens, conv_state.s2 == 1
+// (or S == 1)
+
+// Batch rows per thread of the fast kernel. The thread reads its channel's
+// weights and bias once for all of them, and has all their loads in flight
+// together: one bf16 row alone is 8 bytes of state and token, too little to
+// cover the memory latency at full occupancy.
+constexpr int kRows = 4;
+
+// weight[d, 0..kW-1] and bias[d] (0 without bias) as float, with one switch
+// on their dtype for all of them. (Calling weight_at per tap converts each
+// value inside its own branch of the switch, which waits for that load
+// before the next one is issued.)
+template <typename Wt, int kW>
+__device__ __forceinline__ void load_taps_as(const ConvParams& p, int64_t d, float (&w)[kW],
+                                             float& bias) {
+  const Wt* wd = ptr<const Wt>(p.weight) + d * p.weight.s0;
+#pragma unroll
+  for (int k = 0; k < kW; ++k) w[k] = to_f(wd[k * p.weight.s1]);
+  bias = p.bias.data ? to_f(ptr<const Wt>(p.bias)[d * p.bias.s0]) : 0.f;
+}
+
+template <int kW>
+__device__ __forceinline__ void load_taps(const ConvParams& p, int64_t d, float (&w)[kW],
+                                          float& bias) {
+  switch (p.weight_dtype) {
+    case DType::Float16: return load_taps_as<__half>(p, d, w, bias);
+    case DType::BFloat16: return load_taps_as<__nv_bfloat16>(p, d, w, bias);
+    default: return load_taps_as<float>(p, d, w, bias);
+  }
+}
+
+// A thread takes channel d of batch rows b0 .. b0 + kRows - 1 and works in
+// three phases: every load (pool indices, tokens, state rows), then the
+// outputs, then the stores. Loads and stores of a row never interleave, so
+// no load waits for an earlier store to the same (possibly aliased) memory.
+// I is the index type: int32_t when every offset and the work count fit
+// (fewer and cheaper multiplies and divides), else int64_t.
+template <typename X, int kW, typename I>
+__global__ void __launch_bounds__(kThreads) update_fast_kernel(ConvParams p) {
+  constexpr int kS = kW - 1;
+  const I D = static_cast<I>(p.dim), B = static_cast<I>(p.batch), N = static_cast<I>(p.num_states);
+  const I xs0 = static_cast<I>(p.x.s0), xs1 = static_cast<I>(p.x.s1);
+  const I os0 = static_cast<I>(p.out.s0), os1 = static_cast<I>(p.out.s1);
+  const I ss0 = static_cast<I>(p.conv_state.s0), ss1 = static_cast<I>(p.conv_state.s1);
+  const I is0 = static_cast<I>(p.state_indices.s0);
+  const int32_t* indices = ptr<const int32_t>(p.state_indices);
+  const X* x = ptr<const X>(p.x);
+  X* out = ptr<X>(p.out);
+  X* state = ptr<X>(p.conv_state);
+  const X zero = from_f<X>(0.f);
+  const I total = (B + kRows - 1) / kRows * D;
+  for (I i = static_cast<I>(global_thread()); i < total; i += static_cast<I>(grid_threads())) {
+    const I d = i % D, b0 = i / D * kRows;
+
+    bool live[kRows];  // the batch row exists and its pool index is in [0, N)
+    I st[kRows];       // offset of its state row
+    X hist[kRows][kS];
+    X tok[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const I b = b0 + r;
+      const bool in = b < B;
+      const I row = !in ? I{-1} : indices ? static_cast<I>(indices[b * is0]) : b;
+      live[r] = row >= 0 && row < N;
+      st[r] = live[r] ? row * ss0 + d * ss1 : I{0};
+      tok[r] = in ? x[b * xs0 + d * xs1] : zero;
+#pragma unroll
+      for (int j = 0; j < kS; ++j) hist[r][j] = live[r] ? state[st[r] + j] : zero;
+    }
+    float w[kW], bias;
+    load_taps(p, d, w, bias);
+
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const I b = b0 + r;
+      if (b >= B) break;
+      // the general kernel's order: bias, then taps 0..W-1 (the token last)
+      float acc = bias;
+#pragma unroll
+      for (int k = 0; k < kS; ++k) acc += w[k] * to_f(hist[r][k]);
+      acc += w[kS] * to_f(tok[r]);
+      out[b * os0 + d * os1] = live[r] ? from_f<X>(p.silu ? silu(acc) : acc) : zero;
+    }
+
+    // new state = old state[1:], then the token (copied, so bit-exact)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (!live[r]) continue;
+#pragma unroll
+      for (int j = 0; j + 1 < kS; ++j) state[st[r] + j] = hist[r][j + 1];
+      state[st[r] + kS - 1] = tok[r];
+    }
+  }
+}
+
+bool fast_update_applies(const ConvParams& p) {
+  return p.seqlen == 1 && p.width >= 2 && p.width <= 4 && p.state_len == p.width - 1 &&
+         !p.cache_seqlens.given() && (p.conv_state.s2 == 1 || p.state_len == 1);
+}
+
+// Largest element offset of a view of sizes n0 x n1 x n2 (torch strides are
+// never negative; an empty pool, n0 == 0, gives a negative bound and is
+// never addressed).
+int64_t max_offset(const Strided& v, int64_t n0, int64_t n1 = 1, int64_t n2 = 1) {
+  return (n0 - 1) * v.s0 + (n1 - 1) * v.s1 + (n2 - 1) * v.s2;
+}
+
+// Whether the fast kernel may index with int32_t: every offset it forms
+// fits, and so does i + grid_threads() in its loop (at most work - 1 plus
+// grid_for's cap of 2^20 blocks).
+bool fast_update_fits_int32(const ConvParams& p, int64_t work) {
+  constexpr int64_t kMax = INT32_MAX;
+  const int64_t B = p.batch, D = p.dim;
+  const int64_t grid_cap = (int64_t{1} << 20) * kThreads;
+  bool fits = work + grid_cap <= kMax && B + kRows <= kMax && p.num_states <= kMax &&
+              max_offset(p.x, B, D) <= kMax && max_offset(p.out, B, D) <= kMax &&
+              max_offset(p.conv_state, p.num_states, D, p.state_len) <= kMax;
+  if (p.state_indices.given()) fits = fits && max_offset(p.state_indices, B) <= kMax;
+  return fits;
+}
+
+// ---------------------------------------------------------------------------
+// general
 
 template <typename X>
 __global__ void __launch_bounds__(kThreads) update_kernel(ConvParams p) {
@@ -71,7 +205,25 @@ __global__ void __launch_bounds__(kThreads) update_kernel(ConvParams p) {
 void launch_update(const ConvParams& p, cudaStream_t stream) {
   dispatch_x(p.x_dtype, [&](auto xt) {
     using X = typename decltype(xt)::type;
-    launch(update_kernel<X>, grid_for(p.batch * p.dim), stream, p);
+    if (!fast_update_applies(p)) {
+      launch(update_kernel<X>, grid_for(p.batch * p.dim), stream, p);
+      return;
+    }
+    const int64_t work = (p.batch + kRows - 1) / kRows * p.dim;
+    const bool narrow = fast_update_fits_int32(p, work);
+    auto go = [&](auto wt) {
+      constexpr int kW = decltype(wt)::kW;
+      if (narrow) {
+        launch(update_fast_kernel<X, kW, int32_t>, grid_for(work), stream, p);
+      } else {
+        launch(update_fast_kernel<X, kW, int64_t>, grid_for(work), stream, p);
+      }
+    };
+    switch (p.width) {
+      case 2: return go(WidthTag<2, true>{});
+      case 3: return go(WidthTag<3, true>{});
+      default: return go(WidthTag<4, true>{});
+    }
   });
 }
 
