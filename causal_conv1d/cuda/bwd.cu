@@ -705,7 +705,7 @@ Plan make_plan(const ConvParams& p) {
   const int64_t elem = p.x_dtype == DType::Float32 ? 4 : 2;
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(D * (W + 1));
   if ((p.x.s2 == 1 || L == 1) && W <= kRowsMaxWidth) {
-    const int64_t E = 16 / elem, tile1 = kWarp * E, tile4 = 4 * tile1;
+    const int64_t E = 16 / elem, tile1 = kWarp * E, tile_n = kTileVectors * tile1;
     plan.x_vec = vector_aligned(p.x.data, elem, E, p.x.s0, B, p.x.s1, D);
     plan.dout_vec = (p.dout.s2 == 1 || L == 1) &&
                     vector_aligned(p.dout.data, elem, E, p.dout.s0, B, p.dout.s1, D);
@@ -714,7 +714,7 @@ Plan make_plan(const ConvParams& p) {
     if (plan.x_vec && plan.dout_vec && plan.dx_vec && p.seq_idx.data == nullptr && W >= 2 &&
         W <= 4 && L >= tile1) {
       plan.path = Path::RowsTiled;
-      plan.b = L >= tile4 ? 4 : 1;
+      plan.b = L >= tile_n ? kTileVectors : 1;
       plan.a = (L + plan.b * tile1 - 1) / (plan.b * tile1);
     } else {
       plan.path = Path::Rows;
@@ -752,7 +752,8 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
       dispatch_width<4>(p.width, [&](auto wt) {
         constexpr int kW = decltype(wt)::kW;
         if constexpr (kW <= 4) {
-          auto kernel = plan.b == 4 ? bwd_rows_tiled_kernel<X, kW, 4> : bwd_rows_tiled_kernel<X, kW, 1>;
+          auto kernel = plan.b == kTileVectors ? bwd_rows_tiled_kernel<X, kW, kTileVectors>
+                                               : bwd_rows_tiled_kernel<X, kW, 1>;
           launch(kernel, grid_for(B * D * plan.a * kWarp), stream, p, plan.a, part);
         }
       });

@@ -301,16 +301,16 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
         const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s1, D);
         const bool out_vec = (p.out.s2 == 1 || L == 1) &&
                              vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s1, D);
-        constexpr int64_t kTile1 = WarpTile<X, 1>::kLen, kTile4 = WarpTile<X, 4>::kLen;
+        constexpr int64_t kTile1 = WarpTile<X, 1>::kLen, kTileN = WarpTile<X, kTileVectors>::kLen;
         if (!seq && x_vec && out_vec && p.out.s2 == 1 && p.width >= 2 && p.width <= 4 &&
             L >= kTile1) {
           dispatch_width<4>(p.width, [&](auto wt) {
             constexpr int kW = decltype(wt)::kW;
             if constexpr (kW <= 4) {
-              if (L >= kTile4) {
-                const int64_t tiles = (L + kTile4 - 1) / kTile4;
-                launch(fwd_rows_tiled_kernel<X, kW, 4>, grid_for(B * D * tiles * kWarp), stream, p,
-                       tiles);
+              if (L >= kTileN) {
+                const int64_t tiles = (L + kTileN - 1) / kTileN;
+                launch(fwd_rows_tiled_kernel<X, kW, kTileVectors>, grid_for(B * D * tiles * kWarp),
+                       stream, p, tiles);
               } else {
                 const int64_t tiles = (L + kTile1 - 1) / kTile1;
                 launch(fwd_rows_tiled_kernel<X, kW, 1>, grid_for(B * D * tiles * kWarp), stream, p,

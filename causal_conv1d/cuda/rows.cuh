@@ -81,6 +81,15 @@ __device__ inline void load_row_window(float* win, const ConvParams& p, const X*
   }
 }
 
+// Vectors per lane of the rows_tiled kernels on rows long enough (shorter
+// rows get one). More keeps more bytes in flight per thread and spreads the
+// per-tile work thinner, at the cost of registers (occupancy). Set at build
+// time (-DCAUSAL_CONV1D_TILE_VECTORS=N) only to compare on a GPU.
+#ifndef CAUSAL_CONV1D_TILE_VECTORS
+#define CAUSAL_CONV1D_TILE_VECTORS 4
+#endif
+constexpr int kTileVectors = CAUSAL_CONV1D_TILE_VECTORS;
+
 // A warp's tile of one row (x.s2 == 1, rows 16-byte aligned): 32 * C
 // consecutive vectors of E = 16 / sizeof(X) elements from position t0. Lane l
 // holds vectors l, l + 32, ..., l + 32 (C - 1): each warp-wide load or store
