@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t base = t0 + q * E;
         const bool needed = base < t0 + E + (W - 1);
         if (needed && dout_vec && base + E <= L) {
-          const V v = *reinterpret_cast<const V*>(gr + base);
+          const V v = load_pack<X, E>(gr + base);
 #pragma unroll
           for (int e = 0; e < E; ++e) g[q * E + e] = to_f(v.v[e]);
         } else {
@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kThreads)
         V v;
 #pragma unroll
         for (int e = 0; e < E; ++e) v.v[e] = from_f<X>(dxv[e]);
-        *reinterpret_cast<V*>(dxr + t0) = v;
+        store_pack(dxr + t0, v);
       } else {
 #pragma unroll
         for (int e = 0; e < E; ++e)
@@ -505,7 +505,7 @@ __global__ void __launch_bounds__(kThreads)
           for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(acc[e]);
           X* dst = ptr<X>(p.dx) + b * p.dx.s0 + q * p.dx.s2 + d0 * p.dx.s1;
           if (dx_vec && ne == E) {
-            *reinterpret_cast<V*>(dst) = o;
+            store_pack(dst, o);
           } else {
 #pragma unroll
             for (int e = 0; e < E; ++e)

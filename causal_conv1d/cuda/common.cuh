@@ -80,6 +80,46 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// Whole-pack loads and stores as 4-, 8- or 16-byte words. Assigning a Pack
+// of __half/__nv_bfloat16 (class types with their own assignment) compiles
+// to one 2-byte access per element or pair: several store instructions per
+// 16 bytes, each a partial write of every sector it touches, which held the
+// bf16 kernels to half the copy bandwidth. The words are built from the
+// elements' bits instead.
+__device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ uint32_t bits_of(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ uint32_t bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* src) {
+  return *reinterpret_cast<const Pack<T, N>*>(src);  // loads do compile to one vector load
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_pack(T* dst, const Pack<T, N>& pack) {
+  constexpr int kPerWord = 4 / static_cast<int>(sizeof(T)), kWords = N / kPerWord;
+  static_assert(kWords == 1 || kWords == 2 || kWords == 4, "4, 8 or 16 bytes");
+  uint32_t w[kWords];
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) {
+    w[i] = bits_of(pack.v[i * kPerWord]);
+    if constexpr (kPerWord == 2) w[i] |= bits_of(pack.v[i * kPerWord + 1]) << 16;
+  }
+  // __stwb (a plain store, written as PTX): with an ordinary assignment the
+  // compiler was still seen splitting the 16-byte word into four 4-byte stores.
+  if constexpr (kWords == 4) {
+    uint4 u;
+    u.x = w[0], u.y = w[1], u.z = w[2], u.w = w[3];
+    __stwb(reinterpret_cast<uint4*>(dst), u);
+  } else if constexpr (kWords == 2) {
+    uint2 u;
+    u.x = w[0], u.y = w[1];
+    __stwb(reinterpret_cast<uint2*>(dst), u);
+  } else {
+    __stwb(reinterpret_cast<unsigned int*>(dst), w[0]);
+  }
+}
+
 // Global -> shared copy of one 4/8/16-byte aligned element that does not
 // wait for the data (cp.async on sm_80+; a plain copy before that), so a
 // thread can have all its tile loads in flight without holding registers.

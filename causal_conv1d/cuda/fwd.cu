@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
       V v;
 #pragma unroll
       for (int e = 0; e < E; ++e) v.v[e] = from_f<X>(res[e]);
-      *reinterpret_cast<V*>(orow + t0) = v;
+      store_pack(orow + t0, v);
     } else {
 #pragma unroll
       for (int e = 0; e < E; ++e)
@@ -230,7 +230,7 @@ __global__ void __launch_bounds__(kThreads)
         }
         X* dst = ptr<X>(p.out) + b * p.out.s0 + t * p.out.s2 + d0 * p.out.s1;
         if (out_vec && ne == E) {
-          *reinterpret_cast<V*>(dst) = o;
+          store_pack(dst, o);
         } else {
 #pragma unroll
           for (int e = 0; e < E; ++e)

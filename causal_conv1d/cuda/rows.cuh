@@ -61,7 +61,7 @@ __device__ inline void load_row_window(float* win, const ConvParams& p, const X*
     const int64_t base = t0 - O + q * E;
     const bool want = needed(base);
     if (want && vec_ok && base >= 0 && base + E <= L) {
-      const V v = *reinterpret_cast<const V*>(xr + base);
+      const V v = load_pack<X, E>(xr + base);
 #pragma unroll
       for (int e = 0; e < E; ++e) win[q * E + e] = to_f(v.v[e]);
     } else {
@@ -114,7 +114,7 @@ struct WarpTile {
     for (int q = 0; q < C; ++q) {
       const int64_t pos = at(q);
       if (pos + E <= L) {
-        raw[q] = *reinterpret_cast<const V*>(r + pos);
+        raw[q] = load_pack<X, E>(r + pos);
       } else {
 #pragma unroll
         for (int e = 0; e < E; ++e) raw[q].v[e] = pos + e < L ? r[pos + e] : from_f<X>(0.f);
@@ -136,7 +136,7 @@ struct WarpTile {
 #pragma unroll
       for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(vals[q][e]);
       if (pos + E <= L) {
-        *reinterpret_cast<V*>(r + pos) = o;
+        store_pack(r + pos, o);
       } else {
 #pragma unroll
         for (int e = 0; e < E; ++e)

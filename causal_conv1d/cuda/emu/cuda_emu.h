@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 
 #include <c10/util/BFloat16.h>
@@ -19,6 +20,13 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -34,6 +42,17 @@ inline __half __float2half_rn(float v) { return __half(v); }
 inline __nv_bfloat16 __float2bfloat16_rn(float v) { return __nv_bfloat16(v); }
 inline float __expf(float v) { return std::exp(v); }
 inline float __fdividef(float a, float b) { return a / b; }
+inline unsigned __float_as_uint(float v) {
+  unsigned u;
+  std::memcpy(&u, &v, sizeof(u));
+  return u;
+}
+template <typename T>
+inline void __stwb(T* dst, T v) {
+  *dst = v;
+}
+inline unsigned short __half_as_ushort(__half v) { return v.x; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 v) { return v.x; }
 
 namespace causal_conv1d::cuda::emu {
 
