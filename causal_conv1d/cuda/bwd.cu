@@ -286,9 +286,8 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     // dx[t] = sum_m wr[m] * dy[t + m], plus dfinal_states for the last H.
-    const X* fr = p.dfinal_states.data != nullptr
-                      ? ptr<const X>(p.dfinal_states) + b * p.dfinal_states.s0 + d * p.dfinal_states.s1
-                      : nullptr;
+    const Strided& f = p.dfinal_states;
+    const X* fr = f.data != nullptr ? ptr<const X>(f) + b * f.s0 + d * f.s1 : nullptr;
     float dx[C][E];
 #pragma unroll
     for (int q = 0; q < C; ++q) {
@@ -301,7 +300,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int m = 0; m < kW; ++m) acc += wr[m] * (j + m < E ? dy[q][j + m] : next[j + m - E]);
         const int64_t pos = xt.at(q) + j;
         if (fr != nullptr && pos >= L - H && pos < L)
-          acc += to_f(fr[(pos - (L - H)) * p.dfinal_states.s2]);
+          acc += to_f(fr[(pos - (L - H)) * f.s2]);
         dx[q][j] = acc;
       }
     }
@@ -705,7 +704,7 @@ Plan make_plan(const ConvParams& p) {
   const int64_t elem = p.x_dtype == DType::Float32 ? 4 : 2;
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(D * (W + 1));
   if ((p.x.s2 == 1 || L == 1) && W <= kRowsMaxWidth) {
-    const int64_t E = 16 / elem, tile1 = kWarp * E, tile_n = kTileVectors * tile1;
+    const int64_t E = 16 / elem, tile1 = kWarp * E, vectors = tile_vectors(elem);
     plan.x_vec = vector_aligned(p.x.data, elem, E, p.x.s0, B, p.x.s1, D);
     plan.dout_vec = (p.dout.s2 == 1 || L == 1) &&
                     vector_aligned(p.dout.data, elem, E, p.dout.s0, B, p.dout.s1, D);
@@ -714,7 +713,7 @@ Plan make_plan(const ConvParams& p) {
     if (plan.x_vec && plan.dout_vec && plan.dx_vec && p.seq_idx.data == nullptr && W >= 2 &&
         W <= 4 && L >= tile1) {
       plan.path = Path::RowsTiled;
-      plan.b = L >= tile_n ? kTileVectors : 1;
+      plan.b = L >= vectors * tile1 ? vectors : 1;
       plan.a = (L + plan.b * tile1 - 1) / (plan.b * tile1);
     } else {
       plan.path = Path::Rows;
@@ -752,8 +751,9 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
       dispatch_width<4>(p.width, [&](auto wt) {
         constexpr int kW = decltype(wt)::kW;
         if constexpr (kW <= 4) {
-          auto kernel = plan.b == kTileVectors ? bwd_rows_tiled_kernel<X, kW, kTileVectors>
-                                               : bwd_rows_tiled_kernel<X, kW, 1>;
+          constexpr int C = kTileVectors<X>;
+          auto kernel =
+              plan.b == C ? bwd_rows_tiled_kernel<X, kW, C> : bwd_rows_tiled_kernel<X, kW, 1>;
           launch(kernel, grid_for(B * D * plan.a * kWarp), stream, p, plan.a, part);
         }
       });

@@ -130,7 +130,8 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
       for (int j = 0; j < E; ++j) {
         float acc = bias;
 #pragma unroll
-        for (int k = 0; k < kW; ++k) acc += wr[k] * (j - k >= 0 ? tile.v[q][j - k] : prev[H + j - k]);
+        for (int k = 0; k < kW; ++k)
+          acc += wr[k] * (j - k >= 0 ? tile.v[q][j - k] : prev[H + j - k]);
         res[q][j] = p.silu ? silu(acc) : acc;
       }
     }
@@ -301,21 +302,17 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
         const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s1, D);
         const bool out_vec = (p.out.s2 == 1 || L == 1) &&
                              vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s1, D);
-        constexpr int64_t kTile1 = WarpTile<X, 1>::kLen, kTileN = WarpTile<X, kTileVectors>::kLen;
+        constexpr int C = kTileVectors<X>;
+        constexpr int64_t kTile1 = WarpTile<X, 1>::kLen, kTileC = WarpTile<X, C>::kLen;
         if (!seq && x_vec && out_vec && p.out.s2 == 1 && p.width >= 2 && p.width <= 4 &&
             L >= kTile1) {
+          const bool full = L >= kTileC;  // else one vector per lane
+          const int64_t tiles = full ? (L + kTileC - 1) / kTileC : (L + kTile1 - 1) / kTile1;
           dispatch_width<4>(p.width, [&](auto wt) {
             constexpr int kW = decltype(wt)::kW;
             if constexpr (kW <= 4) {
-              if (L >= kTileN) {
-                const int64_t tiles = (L + kTileN - 1) / kTileN;
-                launch(fwd_rows_tiled_kernel<X, kW, kTileVectors>, grid_for(B * D * tiles * kWarp),
-                       stream, p, tiles);
-              } else {
-                const int64_t tiles = (L + kTile1 - 1) / kTile1;
-                launch(fwd_rows_tiled_kernel<X, kW, 1>, grid_for(B * D * tiles * kWarp), stream, p,
-                       tiles);
-              }
+              launch(full ? fwd_rows_tiled_kernel<X, kW, C> : fwd_rows_tiled_kernel<X, kW, 1>,
+                     grid_for(B * D * tiles * kWarp), stream, p, tiles);
             }
           });
         } else {

@@ -81,14 +81,20 @@ __device__ inline void load_row_window(float* win, const ConvParams& p, const X*
   }
 }
 
-// Vectors per lane of the rows_tiled kernels on rows long enough (shorter
-// rows get one). More keeps more bytes in flight per thread and spreads the
-// per-tile work thinner, at the cost of registers (occupancy). Set at build
-// time (-DCAUSAL_CONV1D_TILE_VECTORS=N) only to compare on a GPU.
-#ifndef CAUSAL_CONV1D_TILE_VECTORS
-#define CAUSAL_CONV1D_TILE_VECTORS 4
+// Positions per lane of the rows_tiled kernels on rows long enough (shorter
+// rows get one vector per lane). More keeps more bytes in flight per thread
+// and spreads the per-tile work thinner, at the cost of registers
+// (occupancy). 16 was the fastest measured on an H100 (docs/gpu-perf-notes.md):
+// 4 vectors per lane in fp32, 2 in fp16/bf16. Set at build time
+// (-DCAUSAL_CONV1D_TILE_POSITIONS=N) only to compare on a GPU.
+#ifndef CAUSAL_CONV1D_TILE_POSITIONS
+#define CAUSAL_CONV1D_TILE_POSITIONS 16
 #endif
-constexpr int kTileVectors = CAUSAL_CONV1D_TILE_VECTORS;
+constexpr int kTilePositions = CAUSAL_CONV1D_TILE_POSITIONS;
+inline constexpr int tile_vectors(int elem_bytes) {
+  return kTilePositions * elem_bytes / 16 > 1 ? kTilePositions * elem_bytes / 16 : 1;
+}
+template <typename X> constexpr int kTileVectors = tile_vectors(sizeof(X));
 
 // A warp's tile of one row (x.s2 == 1, rows 16-byte aligned): 32 * C
 // consecutive vectors of E = 16 / sizeof(X) elements from position t0. Lane l
@@ -180,13 +186,12 @@ __device__ inline void lanes_after(const float (&v)[C][E], int q, int lane, cons
 template <typename X, int H>
 __device__ inline void inputs_before(const ConvParams& p, const X* xr, int64_t b, int64_t d,
                                      int64_t t0, float (&out)[H]) {
-  const X* ir = p.initial_states.data != nullptr
-                    ? ptr<const X>(p.initial_states) + b * p.initial_states.s0 + d * p.initial_states.s1
-                    : nullptr;
+  const Strided& is = p.initial_states;
+  const X* ir = is.data != nullptr ? ptr<const X>(is) + b * is.s0 + d * is.s1 : nullptr;
 #pragma unroll
   for (int i = 0; i < H; ++i) {
     const int64_t pos = t0 - H + i;
-    out[i] = pos >= 0 ? to_f(xr[pos]) : ir != nullptr ? to_f(ir[(H + pos) * p.initial_states.s2]) : 0.f;
+    out[i] = pos >= 0 ? to_f(xr[pos]) : ir != nullptr ? to_f(ir[(H + pos) * is.s2]) : 0.f;
   }
 }
 
