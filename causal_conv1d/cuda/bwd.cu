@@ -321,9 +321,11 @@ __global__ void __launch_bounds__(kThreads)
 // (4 per lane) of a time tile of 4 warps x kSteps positions. It stages x
 // (with W-1 rows of history and W-1 rows of lookahead) and dout (with W-1
 // rows of lookahead) in shared memory, all loads in flight at once; each warp
-// then walks its positions and their W-1 successors once, keeping the last W
-// output gradients in registers, and the 4 warps' dweight/dbias partials are
-// summed in a fixed order through shared memory.
+// then walks its positions and their W-1 successors once in an unrolled loop,
+// keeping the last W rows of x (converted once, on arrival) and the last W
+// output gradients in registers as windows that slide by register renaming,
+// and the 4 warps' dweight/dbias partials are summed in a fixed order through
+// shared memory.
 
 template <typename X>
 __host__ __device__ constexpr int bwd_steps_per_warp() { return sizeof(X) == 4 ? 8 : 16; }
@@ -431,45 +433,66 @@ __global__ void __launch_bounds__(kThreads)
                         ? ptr<const X>(p.dfinal_states) + b * p.dfinal_states.s0
                         : nullptr;
       float gw[kW][E];  // output gradients of the last W positions, newest last
+      float xw[kW][E];  // xw[k]: x k positions before the current one (taps k >= W unused)
+      int32_t ids[kW];  // and its segment (with seq_idx)
 #pragma unroll
-      for (int k = 0; k < kW; ++k)
+      for (int k = 0; k < kW; ++k) {
+        ids[k] = 0;
 #pragma unroll
-        for (int e = 0; e < E; ++e) gw[k][e] = 0.f;
+        for (int e = 0; e < E; ++e) gw[k][e] = xw[k][e] = 0.f;
+      }
+      auto load_x = [&](int k, int i) {  // x tile row i into window slot k
+        const V v = xt[i][lane];
+#pragma unroll
+        for (int e = 0; e < E; ++e) xw[k][e] = to_f(v.v[e]);
+        if (kSeq) ids[k] = tile_ids[i];
+      };
+      const int i0 = static_cast<int>(q0 - row0);  // x tile row of q0
+#pragma unroll
+      for (int k = 1; k < kW; ++k)
+        if (kExact || k < W) load_x(k, i0 - k);
 
-#pragma unroll 1
-      for (int64_t pos = q0; pos < q1 + (W - 1); ++pos) {
-        const int i = static_cast<int>(pos - row0);  // x tile row of pos
+      // Walk positions q0 + j: the warp's own (j < steps) and the W-1 after
+      // them, whose gradients its last dx need; only those before L (j < nd)
+      // have one. The loop is unrolled (a uniform exit for short tiles and
+      // runtime widths), so the x, segment and gradient windows slide by
+      // renaming.
+      const int steps = static_cast<int>(q1 - q0);
+      const int n = steps + W - 1;
+      const int nd = L - q0 < n ? static_cast<int>(L - q0) : n;
+      X* dxp = ptr<X>(p.dx) + b * p.dx.s0 + q0 * p.dx.s2 + d0 * p.dx.s1;  // dx at q0 + j - (W-1)
+#pragma unroll
+      for (int j = 0; j < kSteps + kW - 1; ++j) {
+        if (j == n) break;
+        const int i = i0 + j;  // x tile row of the position
         float dy[E] = {};
-        if (pos < L) {
-          const int32_t tok = kSeq ? tile_ids[i] : 0;
+        if (j < nd) {
+          load_x(0, i);
+          const int32_t tok = ids[0];
           if (!kSeq || tok >= 0) {
-            float xv[kW][E];
-            bool same[kW];
+            bool same[kW];  // taps that see the position's segment
 #pragma unroll
-            for (int k = 0; k < kW; ++k) {
-              same[k] = (kExact || k < W) && (!kSeq || tile_ids[i - k] == tok);
-              const V v = xt[same[k] ? i - k : i][lane];
-#pragma unroll
-              for (int e = 0; e < E; ++e) xv[k][e] = same[k] ? to_f(v.v[e]) : 0.f;
-            }
-            const V g = gt[pos - t0][lane];
+            for (int k = 0; k < kW; ++k)
+              same[k] = (kExact || k < W) && (!kSeq || ids[k] == tok);
+            const V g = gt[warp * kSteps + j][lane];
 #pragma unroll
             for (int e = 0; e < E; ++e) {
               dy[e] = to_f(g.v[e]);
               if (p.silu) {
                 float y = bias[e];
 #pragma unroll
-                for (int k = 0; k < kW; ++k) y += wr[k][e] * xv[k][e];
+                for (int k = 0; k < kW; ++k)
+                  if (same[k]) y += wr[k][e] * xw[k][e];
                 dy[e] *= silu_grad(y);
               }
             }
-            if (pos < q1) {
+            if (j < steps) {
 #pragma unroll
               for (int e = 0; e < E; ++e) {
                 db[e] += dy[e];
 #pragma unroll
                 for (int k = 0; k < kW; ++k)
-                  if (same[k]) dwr[k][e] += dy[e] * xv[k][e];
+                  if (same[k]) dwr[k][e] += dy[e] * xw[k][e];
               }
             }
           }
@@ -481,15 +504,15 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int e = 0; e < E; ++e) gw[kW - 1][e] = dy[e];
 
-        // dx at q = pos - (W-1): w[k] meets the gradient of position pos - k.
-        const int64_t q = pos - (W - 1);
-        if (q >= q0 && q < L) {
-          const int iq = i - (W - 1);
-          const int32_t qid = kSeq ? tile_ids[iq] : 0;
+        // dx at q = q0 + j - (W-1) (< q1 <= L): w[k] meets the gradient of
+        // position q + W-1 - k, which exists when it is before L.
+        if (j >= W - 1) {
+          const int64_t q = q0 + j - (W - 1);
+          const int32_t qid = !kSeq ? 0 : kExact ? ids[kW - 1] : tile_ids[i - (W - 1)];
           float acc[E] = {};
 #pragma unroll
           for (int k = 0; k < kW; ++k)
-            if ((kExact || k < W) && pos - k < L && (!kSeq || tile_ids[i - k] == qid))
+            if ((kExact || k < W) && j - k < nd && (!kSeq || ids[k] == qid))
 #pragma unroll
               for (int e = 0; e < E; ++e) acc[e] += w[k][e] * gw[kW - 1 - k][e];
           if (fr != nullptr && q >= L - (W - 1) && (!kSeq || qid == last)) {
@@ -502,14 +525,20 @@ __global__ void __launch_bounds__(kThreads)
           V o;
 #pragma unroll
           for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(acc[e]);
-          X* dst = ptr<X>(p.dx) + b * p.dx.s0 + q * p.dx.s2 + d0 * p.dx.s1;
           if (dx_vec && ne == E) {
-            store_pack(dst, o);
+            store_pack(dxp, o);
           } else {
 #pragma unroll
             for (int e = 0; e < E; ++e)
-              if (e < ne) dst[e * p.dx.s1] = o.v[e];
+              if (e < ne) dxp[e * p.dx.s1] = o.v[e];
           }
+          dxp += p.dx.s2;
+        }
+#pragma unroll
+        for (int k = kW - 1; k > 0; --k) {
+          ids[k] = ids[k - 1];
+#pragma unroll
+          for (int e = 0; e < E; ++e) xw[k][e] = xw[k - 1][e];
         }
       }
     }

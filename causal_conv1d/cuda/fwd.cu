@@ -143,7 +143,11 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
 // chanlast: x.s1 == 1 (or D == 1), widths up to 8. A block owns 32 * E
 // channels of a 64-step time tile: it first loads the tile and its W-1
 // rows of history into shared memory (every load of the block in flight at
-// once), then each warp computes 16 time steps, a lane E channels.
+// once), then each warp computes 16 consecutive time steps, a lane E
+// channels. The step loop is unrolled and slides a window of the last W
+// input rows, already converted to float, through registers: a step reads
+// one new row from shared memory and converts it once, instead of W rows W
+// times (for bf16 the conversions, not the bytes, were the limit).
 
 constexpr int kFwdStepsPerWarp = 16;
 
@@ -196,7 +200,9 @@ __global__ void __launch_bounds__(kThreads)
 
     const int64_t d0 = c0 + lane * E;
     const int ne = D - d0 >= E ? E : D - d0 > 0 ? static_cast<int>(D - d0) : 0;
-    if (ne > 0) {
+    const int64_t tw = t0 + warp * kFwdStepsPerWarp;  // the warp's first step
+    const int steps = t_end - tw < kFwdStepsPerWarp ? static_cast<int>(t_end - tw) : kFwdStepsPerWarp;
+    if (ne > 0 && steps > 0) {
       float wr[kW][E], bias[E];  // wr[k]: the tap k positions back
 #pragma unroll
       for (int e = 0; e < E; ++e) {
@@ -205,11 +211,25 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int k = 0; k < kW; ++k) wr[k][e] = (kExact || k < W) ? weight_at(p, d, W - 1 - k) : 0.f;
       }
-#pragma unroll 1
+      // xw[k]: the input k positions before the current step. Taps k >= W
+      // (runtime width) are never read. Segment ids stay in shared memory
+      // (one broadcast load per tap; registers are the scarcer resource).
+      const int i0 = static_cast<int>(tw - row0);
+      float xw[kW][E];
+      auto load_row = [&](int k, int i) {  // tile row i into window slot k
+        const bool used = kExact || k < W;
+        const V v = used ? tile[i][lane] : V{};
+#pragma unroll
+        for (int e = 0; e < E; ++e) xw[k][e] = used ? to_f(v.v[e]) : 0.f;
+      };
+#pragma unroll
+      for (int k = 1; k < kW; ++k) load_row(k, i0 - k);
+      X* dst = ptr<X>(p.out) + b * p.out.s0 + tw * p.out.s2 + d0 * p.out.s1;
+#pragma unroll
       for (int s = 0; s < kFwdStepsPerWarp; ++s) {
-        const int64_t t = t0 + warp * kFwdStepsPerWarp + s;
-        if (t >= t_end) break;
-        const int i = static_cast<int>(t - row0);
+        if (s == steps) break;  // the same for the whole warp
+        const int i = i0 + s;
+        load_row(0, i);
         const int32_t tok = kSeq ? tile_ids[i] : 0;
         float acc[E];
 #pragma unroll
@@ -217,9 +237,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int k = 0; k < kW; ++k) {
           if ((kExact || k < W) && (!kSeq || tile_ids[i - k] == tok)) {
-            const V v = tile[i - k][lane];
 #pragma unroll
-            for (int e = 0; e < E; ++e) acc[e] += wr[k][e] * to_f(v.v[e]);
+            for (int e = 0; e < E; ++e) acc[e] += wr[k][e] * xw[k][e];
           }
         }
         V o;
@@ -229,13 +248,19 @@ __global__ void __launch_bounds__(kThreads)
           if (kSeq && tok < 0) y = 0.f;
           o.v[e] = from_f<X>(y);
         }
-        X* dst = ptr<X>(p.out) + b * p.out.s0 + t * p.out.s2 + d0 * p.out.s1;
         if (out_vec && ne == E) {
           store_pack(dst, o);
         } else {
 #pragma unroll
           for (int e = 0; e < E; ++e)
             if (e < ne) dst[e * p.out.s1] = o.v[e];
+        }
+        dst += p.out.s2;
+        // Slide the window; the loop is unrolled, so this only renames registers.
+#pragma unroll
+        for (int k = kW - 1; k > 0; --k) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) xw[k][e] = xw[k - 1][e];
         }
       }
     }
