@@ -12,7 +12,8 @@
 #    memcheck, then racecheck for the shared-memory kernels if time is left,
 # and prints a short table. Results (card, date, commit, tables) go to
 # $OUT/gpu-results.md (OUT defaults to build/gpu-check) and replace
-# docs/gpu-results.md in this checkout. Budget: 8 minutes; every step has a
+# docs/gpu-results.md in this checkout; CHECK_COMMIT=<hash> names the commit
+# there when the machine's copy of .git may not be the tested tree's. Budget: 8 minutes; every step has a
 # timeout so the summary always comes out. Exit status: 0 when every step
 # passed.
 set -uo pipefail
@@ -124,7 +125,9 @@ cat "$summary"
 grep -q '^device:' "$out/bench.log" 2>/dev/null && sed -n '/^device:/,$p' "$out/bench.log"
 
 card="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
-if git rev-parse --git-dir >/dev/null 2>&1; then
+if [[ -n "${CHECK_COMMIT:-}" ]]; then  # the caller knows better (a device copy's .git can be stale)
+  commit="$CHECK_COMMIT"
+elif git rev-parse --git-dir >/dev/null 2>&1; then
   commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with local changes)')"
 else
   commit="unknown (not a git checkout)"

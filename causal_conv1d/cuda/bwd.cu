@@ -733,7 +733,8 @@ Plan make_plan(const ConvParams& p) {
   const int64_t elem = p.x_dtype == DType::Float32 ? 4 : 2;
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(D * (W + 1));
   if ((p.x.s2 == 1 || L == 1) && W <= kRowsMaxWidth) {
-    const int64_t E = 16 / elem, tile1 = kWarp * E, vectors = tile_vectors(elem);
+    const int64_t E = 16 / elem, tile1 = kWarp * E;
+    const int64_t vectors = tile_vectors(kBwdTilePositions, static_cast<int>(elem));
     plan.x_vec = vector_aligned(p.x.data, elem, E, p.x.s0, B, p.x.s1, D);
     plan.dout_vec = (p.dout.s2 == 1 || L == 1) &&
                     vector_aligned(p.dout.data, elem, E, p.dout.s0, B, p.dout.s1, D);
@@ -780,7 +781,7 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
       dispatch_width<4>(p.width, [&](auto wt) {
         constexpr int kW = decltype(wt)::kW;
         if constexpr (kW <= 4) {
-          constexpr int C = kTileVectors<X>;
+          constexpr int C = tile_vectors(kBwdTilePositions, sizeof(X));
           auto kernel =
               plan.b == C ? bwd_rows_tiled_kernel<X, kW, C> : bwd_rows_tiled_kernel<X, kW, 1>;
           launch(kernel, grid_for(B * D * plan.a * kWarp), stream, p, plan.a, part);

@@ -327,7 +327,7 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
         const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s1, D);
         const bool out_vec = (p.out.s2 == 1 || L == 1) &&
                              vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s1, D);
-        constexpr int C = kTileVectors<X>;
+        constexpr int C = tile_vectors(kFwdTilePositions, sizeof(X));
         constexpr int64_t kTile1 = WarpTile<X, 1>::kLen, kTileC = WarpTile<X, C>::kLen;
         if (!seq && x_vec && out_vec && p.out.s2 == 1 && p.width >= 2 && p.width <= 4 &&
             L >= kTile1) {

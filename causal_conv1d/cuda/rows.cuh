@@ -84,17 +84,24 @@ __device__ inline void load_row_window(float* win, const ConvParams& p, const X*
 // Positions per lane of the rows_tiled kernels on rows long enough (shorter
 // rows get one vector per lane). More keeps more bytes in flight per thread
 // and spreads the per-tile work thinner, at the cost of registers
-// (occupancy). 16 was the fastest measured on an H100 (docs/gpu-perf-notes.md):
-// 4 vectors per lane in fp32, 2 in fp16/bf16. Set at build time
-// (-DCAUSAL_CONV1D_TILE_POSITIONS=N) only to compare on a GPU.
-#ifndef CAUSAL_CONV1D_TILE_POSITIONS
-#define CAUSAL_CONV1D_TILE_POSITIONS 16
+// (occupancy). Fastest measured on an H100 (docs/gpu-perf-notes.md): 32 for
+// the forward (bf16 76% of copy against 70% with 16), 16 for the backward,
+// which holds four arrays per position (bf16 43% against 38% with 32); fp32
+// ran the same either way. Set at build time only to compare on a GPU
+// (tools/gpu_tune.sh).
+#ifndef CAUSAL_CONV1D_FWD_TILE_POSITIONS
+#define CAUSAL_CONV1D_FWD_TILE_POSITIONS 32
 #endif
-constexpr int kTilePositions = CAUSAL_CONV1D_TILE_POSITIONS;
-inline constexpr int tile_vectors(int elem_bytes) {
-  return kTilePositions * elem_bytes / 16 > 1 ? kTilePositions * elem_bytes / 16 : 1;
+#ifndef CAUSAL_CONV1D_BWD_TILE_POSITIONS
+#define CAUSAL_CONV1D_BWD_TILE_POSITIONS 16
+#endif
+constexpr int kFwdTilePositions = CAUSAL_CONV1D_FWD_TILE_POSITIONS;
+constexpr int kBwdTilePositions = CAUSAL_CONV1D_BWD_TILE_POSITIONS;
+
+// 16-byte vectors per lane for `positions` positions of elem_bytes each.
+inline constexpr int tile_vectors(int positions, int elem_bytes) {
+  return positions * elem_bytes / 16 > 1 ? positions * elem_bytes / 16 : 1;
 }
-template <typename X> constexpr int kTileVectors = tile_vectors(sizeof(X));
 
 // A warp's tile of one row (x.s2 == 1, rows 16-byte aligned): 32 * C
 // consecutive vectors of E = 16 / sizeof(X) elements from position t0. Lane l
