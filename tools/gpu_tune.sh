@@ -11,8 +11,9 @@
 # runs on it; the tables print one after another, each headed by its flags,
 # and go to $OUT/tune.md. Same machine and call for all, so the figures
 # compare. Settings known today: CAUSAL_CONV1D_FWD_TILE_POSITIONS,
-# CAUSAL_CONV1D_BWD_TILE_POSITIONS (causal_conv1d/cuda/rows.cuh),
-# CAUSAL_CONV1D_DECODE_ROWS (causal_conv1d/cuda/update.cu).
+# CAUSAL_CONV1D_BWD_TILE_POSITIONS, CAUSAL_CONV1D_TILE_PREFETCH
+# (causal_conv1d/cuda/rows.cuh), CAUSAL_CONV1D_DECODE_ROWS
+# (causal_conv1d/cuda/update.cu).
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

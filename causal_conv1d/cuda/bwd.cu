@@ -229,15 +229,28 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t D = p.dim, L = p.seqlen;
   const int64_t total = p.batch * D * tiles;
   const int lane = threadIdx.x % kWarp;
+  const int64_t first = global_thread() / kWarp, stride = grid_threads() / kWarp;
+  auto x_row = [&](const TileAt& t) { return ptr<const X>(p.x) + t.b * p.x.s0 + t.d * p.x.s1; };
+  auto g_row = [&](const TileAt& t) {
+    return ptr<const X>(p.dout) + t.b * p.dout.s0 + t.d * p.dout.s1;
+  };
   Tile xt, gt;  // x and dout
   xt.lane = gt.lane = lane;
-  for (int64_t wg = global_thread() / kWarp; wg < total; wg += grid_threads() / kWarp) {
-    const int64_t row = wg / tiles, tile = wg - row * tiles;
-    const int64_t b = row / D, d = row - b * D;
-    xt.t0 = gt.t0 = tile * Tile::kLen;
-    const X* xr = ptr<const X>(p.x) + b * p.x.s0 + d * p.x.s1;
-    xt.load(xr, L);
-    gt.load(ptr<const X>(p.dout) + b * p.dout.s0 + d * p.dout.s1, L);
+  for (int64_t wg = first; wg < total; wg += stride) {
+    const TileAt at = tile_at(wg, tiles, D, Tile::kLen);
+    const int64_t b = at.b, d = at.d, tile = at.t0 / Tile::kLen;
+    const X* xr = x_row(at);
+    if (!kTilePrefetch || wg == first) {
+      xt.fetch(xr, at.t0, L);
+      gt.fetch(g_row(at), at.t0, L);
+    }
+    xt.unpack(at.t0);
+    gt.unpack(at.t0);
+    if (kTilePrefetch && wg + stride < total) {  // in flight while this tile computes
+      const TileAt next = tile_at(wg + stride, tiles, D, Tile::kLen);
+      xt.fetch(x_row(next), next.t0, L);
+      gt.fetch(g_row(next), next.t0, L);
+    }
 
     float wr[kW];  // wr[k] multiplies the input k positions back
 #pragma unroll
@@ -784,7 +797,9 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
           constexpr int C = tile_vectors(kBwdTilePositions, sizeof(X));
           auto kernel =
               plan.b == C ? bwd_rows_tiled_kernel<X, kW, C> : bwd_rows_tiled_kernel<X, kW, 1>;
-          launch(kernel, grid_for(B * D * plan.a * kWarp), stream, p, plan.a, part);
+          const int64_t work = B * D * plan.a * kWarp;
+          launch(kernel, kTilePrefetch ? resident_grid(kernel, work) : grid_for(work), stream, p,
+                 plan.a, part);
         }
       });
     } else if (plan.path == Path::Rows) {

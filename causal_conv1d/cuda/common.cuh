@@ -190,6 +190,30 @@ __device__ __forceinline__ float lane_from(float v, int src) {
   return __shfl_sync(0xffffffffu, v, src);
 }
 
+// One wave of resident blocks of `kernel` (launched with kThreads threads),
+// or fewer when `work` threads need fewer: for kernels whose warps loop over
+// their work and overlap one item's loads with another's arithmetic.
+// grid_for's answer when the device cannot be asked.
+template <typename K>
+inline unsigned resident_grid(K kernel, int64_t work) {
+  const unsigned want = grid_for(work);
+#ifdef CAUSAL_CONV1D_CUDA_EMU
+  (void)kernel;
+  return want < 3u ? want : 3u;  // a few blocks, so that warps loop over several items
+#else
+  int device = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0) != cudaSuccess ||
+      sms <= 0 || per_sm <= 0) {
+    (void)cudaGetLastError();  // not this launch's error
+    return want;
+  }
+  const int64_t wave = static_cast<int64_t>(sms) * per_sm;
+  return want < wave ? want : static_cast<unsigned>(wave);
+#endif
+}
+
 // Sum over the 32 lanes of a warp; every lane gets the total. The xor
 // butterfly has a fixed order, so the result is the same on every run.
 __device__ __forceinline__ float warp_sum(float v) {

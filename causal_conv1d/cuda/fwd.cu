@@ -105,14 +105,20 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
   static_assert(H >= 1 && H <= E, "the inputs before a vector come from one neighbour");
   const int64_t D = p.dim, L = p.seqlen;
   const int64_t total = p.batch * D * tiles;
+  const int64_t first = global_thread() / kWarp, stride = grid_threads() / kWarp;
+  auto row_of = [&](const TileAt& t) { return ptr<const X>(p.x) + t.b * p.x.s0 + t.d * p.x.s1; };
   Tile tile;
   tile.lane = threadIdx.x % kWarp;
-  for (int64_t wg = global_thread() / kWarp; wg < total; wg += grid_threads() / kWarp) {
-    const int64_t row = wg / tiles;
-    const int64_t b = row / D, d = row - b * D;
-    tile.t0 = (wg - row * tiles) * Tile::kLen;
-    const X* xr = ptr<const X>(p.x) + b * p.x.s0 + d * p.x.s1;
-    tile.load(xr, L);
+  for (int64_t wg = first; wg < total; wg += stride) {
+    const TileAt at = tile_at(wg, tiles, D, Tile::kLen);
+    const int64_t b = at.b, d = at.d;
+    const X* xr = row_of(at);
+    if (!kTilePrefetch || wg == first) tile.fetch(xr, at.t0, L);
+    tile.unpack(at.t0);
+    if (kTilePrefetch && wg + stride < total) {  // in flight while this tile computes
+      const TileAt next = tile_at(wg + stride, tiles, D, Tile::kLen);
+      tile.fetch(row_of(next), next.t0, L);
+    }
 
     float wr[kW];  // wr[k] multiplies the input k positions back
 #pragma unroll
@@ -336,8 +342,10 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
           dispatch_width<4>(p.width, [&](auto wt) {
             constexpr int kW = decltype(wt)::kW;
             if constexpr (kW <= 4) {
-              launch(full ? fwd_rows_tiled_kernel<X, kW, C> : fwd_rows_tiled_kernel<X, kW, 1>,
-                     grid_for(B * D * tiles * kWarp), stream, p, tiles);
+              auto kernel = full ? fwd_rows_tiled_kernel<X, kW, C> : fwd_rows_tiled_kernel<X, kW, 1>;
+              const int64_t work = B * D * tiles * kWarp;
+              launch(kernel, kTilePrefetch ? resident_grid(kernel, work) : grid_for(work), stream,
+                     p, tiles);
             }
           });
         } else {

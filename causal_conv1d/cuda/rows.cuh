@@ -103,6 +103,27 @@ inline constexpr int tile_vectors(int positions, int elem_bytes) {
   return positions * elem_bytes / 16 > 1 ? positions * elem_bytes / 16 : 1;
 }
 
+// Experiment, off until measured (docs/gpu-perf-notes.md; compare with
+// tools/gpu_tune.sh "" "-DCAUSAL_CONV1D_TILE_PREFETCH=1"): the rows_tiled
+// kernels run one wave of resident blocks whose warps loop over tiles and
+// issue the next tile's loads before computing the current one, so loads
+// stay in flight while a warp computes (bf16 does twice fp32's arithmetic
+// per byte, and ran at 70-76% of copy against fp32's 99%).
+#ifndef CAUSAL_CONV1D_TILE_PREFETCH
+#define CAUSAL_CONV1D_TILE_PREFETCH 0
+#endif
+constexpr bool kTilePrefetch = CAUSAL_CONV1D_TILE_PREFETCH != 0;
+
+// Row (b, d) and first position of warp tile wg of a rows_tiled launch.
+struct TileAt {
+  int64_t b, d, t0;
+};
+__device__ inline TileAt tile_at(int64_t wg, int64_t tiles, int64_t D, int64_t len) {
+  const int64_t row = wg / tiles;
+  const int64_t b = row / D;
+  return TileAt{b, row - b * D, (wg - row * tiles) * len};
+}
+
 // A warp's tile of one row (x.s2 == 1, rows 16-byte aligned): 32 * C
 // consecutive vectors of E = 16 / sizeof(X) elements from position t0. Lane l
 // holds vectors l, l + 32, ..., l + 32 (C - 1): each warp-wide load or store
@@ -113,19 +134,22 @@ struct WarpTile {
   static constexpr int E = kVec16<X>;
   static constexpr int kLen = kWarp * C * E;  // positions per tile
   float v[C][E];                              // v[q][e]: position at(q) + e
+  Pack<X, E> raw[C];                          // fetched, not yet unpacked
 
   int64_t t0 = 0;
   int lane = 0;
 
-  __device__ int64_t at(int q) const { return t0 + (static_cast<int64_t>(q) * kWarp + lane) * E; }
+  __device__ int64_t at(int q) const { return position(t0, q); }
+  __device__ int64_t position(int64_t start, int q) const {
+    return start + (static_cast<int64_t>(q) * kWarp + lane) * E;
+  }
 
-  // v from row r (r[pos], pos < L); positions >= L read as 0.
-  __device__ void load(const X* r, int64_t L) {
-    using V = Pack<X, E>;
-    V raw[C];
+  // raw from the tile at `start` of row r (r[pos], pos < L); positions >= L
+  // read as 0. The loads are not waited for until unpack().
+  __device__ void fetch(const X* r, int64_t start, int64_t L) {
 #pragma unroll
     for (int q = 0; q < C; ++q) {
-      const int64_t pos = at(q);
+      const int64_t pos = position(start, q);
       if (pos + E <= L) {
         raw[q] = load_pack<X, E>(r + pos);
       } else {
@@ -133,6 +157,11 @@ struct WarpTile {
         for (int e = 0; e < E; ++e) raw[q].v[e] = pos + e < L ? r[pos + e] : from_f<X>(0.f);
       }
     }
+  }
+
+  // v from raw, which was fetched for the tile at `start`.
+  __device__ void unpack(int64_t start) {
+    t0 = start;
 #pragma unroll
     for (int q = 0; q < C; ++q)
 #pragma unroll

@@ -47,6 +47,9 @@ def main() -> int:
                     help="AddressSanitizer + UndefinedBehaviorSanitizer: any out-of-bounds access "
                          "by a kernel, used or not, is reported (run python with libasan and "
                          "libstdc++ preloaded, as tools/sanitize.sh does)")
+    ap.add_argument("--define", "-D", action="append", default=[], metavar="NAME=VALUE",
+                    help="a preprocessor definition for the kernels, e.g. a build-time setting "
+                         "that tools/gpu_tune.sh compares (repeatable)")
     args = ap.parse_args()
 
     bv = load_builder()
@@ -70,7 +73,7 @@ def main() -> int:
         "-std=c++20", "-fPIC", "-Wall", "-Wno-unused-function", "-Wno-unused-variable",
         "-Wno-maybe-uninitialized", "-Wno-unknown-pragmas", *opt,
         f"-D_GLIBCXX_USE_CXX11_ABI={facts['cxx11_abi']}", "-DCPU_KERNEL",
-        "-DCAUSAL_CONV1D_CUDA_EMU", f"-DTORCH_EXTENSION_NAME={ext_id}",
+        "-DCAUSAL_CONV1D_CUDA_EMU", f"-DTORCH_EXTENSION_NAME={ext_id}", *[f"-D{d}" for d in args.define],
         f"-I{ROOT}", f"-I{gen}",
         *[f"-isystem{p}" for p in facts["include"]], f"-isystem{sysconfig.get_paths()['include']}",
     ]
