@@ -538,13 +538,7 @@ __global__ void __launch_bounds__(kThreads)
           V o;
 #pragma unroll
           for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(acc[e]);
-          if (dx_vec && ne == E) {
-            store_pack(dxp, o);
-          } else {
-#pragma unroll
-            for (int e = 0; e < E; ++e)
-              if (e < ne) dxp[e * p.dx.s1] = o.v[e];
-          }
+          store_channels(dxp, o, dx_vec && ne == E, ne, p.dx.s1);
           dxp += p.dx.s2;
         }
 #pragma unroll

@@ -210,13 +210,7 @@ __global__ void __launch_bounds__(kThreads)
     const int steps = t_end - tw < kFwdStepsPerWarp ? static_cast<int>(t_end - tw) : kFwdStepsPerWarp;
     if (ne > 0 && steps > 0) {
       float wr[kW][E], bias[E];  // wr[k]: the tap k positions back
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const int64_t d = e < ne ? d0 + e : d0;  // spare lanes mirror a real channel
-        bias[e] = bias_at(p, d);
-#pragma unroll
-        for (int k = 0; k < kW; ++k) wr[k][e] = (kExact || k < W) ? weight_at(p, d, W - 1 - k) : 0.f;
-      }
+      channel_taps(p, d0, ne, kExact ? kW : W, wr, bias);
       // xw[k]: the input k positions before the current step. Taps k >= W
       // (runtime width) are never read. Segment ids stay in shared memory
       // (one broadcast load per tap; registers are the scarcer resource).
@@ -254,13 +248,7 @@ __global__ void __launch_bounds__(kThreads)
           if (kSeq && tok < 0) y = 0.f;
           o.v[e] = from_f<X>(y);
         }
-        if (out_vec && ne == E) {
-          store_pack(dst, o);
-        } else {
-#pragma unroll
-          for (int e = 0; e < E; ++e)
-            if (e < ne) dst[e * p.out.s1] = o.v[e];
-        }
+        store_channels(dst, o, out_vec && ne == E, ne, p.out.s1);
         dst += p.out.s2;
         // Slide the window; the loop is unrolled, so this only renames registers.
 #pragma unroll
@@ -327,13 +315,7 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     float wr[kW][E], bias[E];  // wr[k]: the tap k positions back
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int64_t d = e < ne ? d0 + e : d0;  // spare channels mirror a real one
-      bias[e] = bias_at(p, d);
-#pragma unroll
-      for (int k = 0; k < kW; ++k) wr[k][e] = weight_at(p, d, kW - 1 - k);
-    }
+    channel_taps(p, d0, ne, kW, wr, bias);
     X* dst = ptr<X>(p.out) + b * p.out.s0 + t0 * p.out.s2 + d0 * p.out.s1;
 #pragma unroll
     for (int s = 0; s < kStreamSteps; ++s) {
@@ -348,13 +330,7 @@ __global__ void __launch_bounds__(kThreads)
       V o;
 #pragma unroll
       for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(p.silu ? silu(acc[e]) : acc[e]);
-      if (out_vec && ne == E) {
-        store_pack(dst, o);
-      } else {
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          if (e < ne) dst[e * p.out.s1] = o.v[e];
-      }
+      store_channels(dst, o, out_vec && ne == E, ne, p.out.s1);
       dst += p.out.s2;
     }
   }

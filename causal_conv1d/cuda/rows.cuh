@@ -306,4 +306,34 @@ __device__ Pack<X, E> channels_at(const ConvParams& p, const Strided& v, int64_t
   return out;
 }
 
+// wr[k][e] = weight[d0 + e, W-1-k], the tap k positions back (0 for k >= W),
+// and bias[e], for the E channels from d0 of a channel-last lane; channels
+// past the ne real ones mirror d0, so that their values stay finite.
+template <int kW, int E>
+__device__ inline void channel_taps(const ConvParams& p, int64_t d0, int ne, int W,
+                                    float (&wr)[kW][E], float (&bias)[E]) {
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int64_t d = e < ne ? d0 + e : d0;
+    bias[e] = bias_at(p, d);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) wr[k][e] = k < W ? weight_at(p, d, W - 1 - k) : 0.f;
+  }
+}
+
+// Stores the E consecutive channels of o at dst (channel stride cs): one
+// 16-byte store when `vec` (all E real and aligned), else the first ne one
+// by one. The channel-last kernels' output step.
+template <typename X, int E>
+__device__ __forceinline__ void store_channels(X* dst, const Pack<X, E>& o, bool vec, int ne,
+                                               int64_t cs) {
+  if (vec) {
+    store_pack(dst, o);
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      if (e < ne) dst[e * cs] = o.v[e];
+  }
+}
+
 }  // namespace causal_conv1d::cuda
