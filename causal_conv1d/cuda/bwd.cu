@@ -785,16 +785,14 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
     float* ws = static_cast<float*>(workspace);
     float* part = p.deterministic ? ws : nullptr;
     if (plan.path == Path::RowsTiled) {
-      dispatch_width<4>(p.width, [&](auto wt) {
+      dispatch_exact_width(p.width, [&](auto wt) {
         constexpr int kW = decltype(wt)::kW;
-        if constexpr (kW <= 4) {
-          constexpr int C = tile_vectors(kBwdTilePositions, sizeof(X));
-          auto kernel =
-              plan.b == C ? bwd_rows_tiled_kernel<X, kW, C> : bwd_rows_tiled_kernel<X, kW, 1>;
-          const int64_t work = B * D * plan.a * kWarp;
-          launch(kernel, kTilePrefetch ? resident_grid(kernel, work) : grid_for(work), stream, p,
-                 plan.a, part);
-        }
+        constexpr int C = tile_vectors(kBwdTilePositions, sizeof(X));
+        auto kernel =
+            plan.b == C ? bwd_rows_tiled_kernel<X, kW, C> : bwd_rows_tiled_kernel<X, kW, 1>;
+        const int64_t work = B * D * plan.a * kWarp;
+        launch(kernel, kTilePrefetch ? resident_grid(kernel, work) : grid_for(work), stream, p,
+               plan.a, part);
       });
     } else if (plan.path == Path::Rows) {
       const int64_t wchunks = plan.a;

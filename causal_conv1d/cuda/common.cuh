@@ -274,6 +274,15 @@ inline void dispatch_width(int64_t w, F&& f) {
   }
 }
 
+// The fast paths' widths 2, 3 and 4 only (the caller has checked w):
+// calls f(WidthTag<w, true>{}).
+template <typename F>
+inline void dispatch_exact_width(int64_t w, F&& f) {
+  if (w == 2) return f(WidthTag<2, true>{});
+  if (w == 3) return f(WidthTag<3, true>{});
+  return f(WidthTag<4, true>{});
+}
+
 template <typename T> __device__ __forceinline__ T* ptr(const Strided& v) {
   return static_cast<T*>(v.data);
 }

@@ -401,15 +401,12 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
             L >= kTile1) {
           const bool full = L >= kTileC;  // else one vector per lane
           const int64_t tiles = full ? (L + kTileC - 1) / kTileC : (L + kTile1 - 1) / kTile1;
-          dispatch_width<4>(p.width, [&](auto wt) {
+          dispatch_exact_width(p.width, [&](auto wt) {
             constexpr int kW = decltype(wt)::kW;
-            if constexpr (kW <= 4) {
-              auto kernel =
-                  full ? fwd_rows_tiled_kernel<X, kW, C> : fwd_rows_tiled_kernel<X, kW, 1>;
-              const int64_t work = B * D * tiles * kWarp;
-              launch(kernel, kTilePrefetch ? resident_grid(kernel, work) : grid_for(work), stream,
-                     p, tiles);
-            }
+            auto kernel = full ? fwd_rows_tiled_kernel<X, kW, C> : fwd_rows_tiled_kernel<X, kW, 1>;
+            const int64_t work = B * D * tiles * kWarp;
+            launch(kernel, kTilePrefetch ? resident_grid(kernel, work) : grid_for(work), stream, p,
+                   tiles);
           });
         } else {
           dispatch_width<32>(p.width, [&](auto wt) {
@@ -428,12 +425,9 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
                              vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s2, L);
         if (kChanlastStream && !seq && x_vec && p.width >= 2 && p.width <= 4) {
           const int64_t chunks = (L + kStreamSteps - 1) / kStreamSteps;
-          dispatch_width<4>(p.width, [&](auto wt) {
-            constexpr int kW = decltype(wt)::kW;
-            if constexpr (kW <= 4) {
-              launch(fwd_chanlast_stream_kernel<X, kW>, grid_for(B * chunks * cblocks * kWarp),
-                     stream, p, cblocks, chunks, out_vec);
-            }
+          dispatch_exact_width(p.width, [&](auto wt) {
+            launch(fwd_chanlast_stream_kernel<X, decltype(wt)::kW>,
+                   grid_for(B * chunks * cblocks * kWarp), stream, p, cblocks, chunks, out_vec);
           });
         } else {
           dispatch_width<8>(p.width, [&](auto wt) {

@@ -215,19 +215,14 @@ void launch_update(const ConvParams& p, cudaStream_t stream) {
     }
     const int64_t work = (p.batch + kRows - 1) / kRows * p.dim;
     const bool narrow = fast_update_fits_int32(p, work);
-    auto go = [&](auto wt) {
+    dispatch_exact_width(p.width, [&](auto wt) {
       constexpr int kW = decltype(wt)::kW;
       if (narrow) {
         launch(update_fast_kernel<X, kW, int32_t>, grid_for(work), stream, p);
       } else {
         launch(update_fast_kernel<X, kW, int64_t>, grid_for(work), stream, p);
       }
-    };
-    switch (p.width) {
-      case 2: return go(WidthTag<2, true>{});
-      case 3: return go(WidthTag<3, true>{});
-      default: return go(WidthTag<4, true>{});
-    }
+    });
   });
 }
 
