@@ -207,20 +207,26 @@ __global__ void __launch_bounds__(kThreads)
 // only the H positions after the tile are recomputed (by lane 31). Partials
 // are reduced once per tile.
 
-// dy at position pos (0 when pos >= L) from y's inputs in[0..kW-1] (in[k] is
-// the input k positions back) and the output gradient g.
-template <int kW>
-__device__ __forceinline__ float dy_from(const ConvParams& p, const float (&wr)[kW], float bias,
-                                         const float (&in)[kW], float g, bool inside) {
-  if (!inside) return 0.f;  // NaN/Inf in x must not leak through positions >= L
-  if (!p.silu) return g;
-  float y = bias;
+// dy at one position from y's inputs in[0..kW-1] (in[k] is the input k
+// positions back) and the output gradient g; 0 where !inside (positions >= L,
+// so that NaN/Inf in x cannot leak through them). Selects, not branches: the
+// positions of a tile then interleave (each one's silu is a chain of two
+// MUFU operations that one position alone would wait for; a runtime silu
+// flag would split the tile into one block per position).
+template <bool kSilu, int kW>
+__device__ __forceinline__ float dy_from(const float (&wr)[kW], float bias, const float (&in)[kW],
+                                         float g, bool inside) {
+  float dy = g;
+  if constexpr (kSilu) {
+    float y = bias;
 #pragma unroll
-  for (int k = 0; k < kW; ++k) y += wr[k] * in[k];
-  return g * silu_grad(y);
+    for (int k = 0; k < kW; ++k) y += wr[k] * in[k];
+    dy = g * silu_grad(y);
+  }
+  return inside ? dy : 0.f;
 }
 
-template <typename X, int kW, int C>
+template <typename X, int kW, int C, bool kSilu>
 __global__ void __launch_bounds__(kThreads)
     bwd_rows_tiled_kernel(ConvParams p, int64_t tiles, float* ws) {
   using Tile = WarpTile<X, C>;
@@ -235,42 +241,41 @@ __global__ void __launch_bounds__(kThreads)
     return ptr<const X>(p.dout) + t.b * p.dout.s0 + t.d * p.dout.s1;
   };
   Tile xt, gt;  // x and dout
+  TileEdges<X, kW, true> edges;
   xt.lane = gt.lane = lane;
+  auto fetch = [&](const TileAt& t) {
+    const X* xr = x_row(t);
+    const X* gr = g_row(t);
+    xt.fetch(xr, t.t0, L);
+    gt.fetch(gr, t.t0, L);
+    edges.fetch(p, t.b, t.d, t.t0, t.t0 + Tile::kLen, xr, gr);
+  };
   for (int64_t wg = first; wg < total; wg += stride) {
     const TileAt at = tile_at(wg, tiles, D, Tile::kLen);
     const int64_t b = at.b, d = at.d, tile = at.t0 / Tile::kLen;
-    const X* xr = x_row(at);
-    if (!kTilePrefetch || wg == first) {
-      xt.fetch(xr, at.t0, L);
-      gt.fetch(g_row(at), at.t0, L);
-    }
+    if (!kTilePrefetch || wg == first) fetch(at);
     xt.unpack(at.t0);
     gt.unpack(at.t0);
+    edges.unpack(p);
     if (kTilePrefetch && wg + stride < total) {  // in flight while this tile computes
-      const TileAt next = tile_at(wg + stride, tiles, D, Tile::kLen);
-      xt.fetch(x_row(next), next.t0, L);
-      gt.fetch(g_row(next), next.t0, L);
+      fetch(tile_at(wg + stride, tiles, D, Tile::kLen));
     }
-
-    float wr[kW];  // wr[k] multiplies the input k positions back
-#pragma unroll
-    for (int k = 0; k < kW; ++k) wr[k] = weight_at(p, d, kW - 1 - k);
-    const float bias = bias_at(p, d);
-    float head[H] = {};
-    if (lane == 0) inputs_before<X, H>(p, xr, b, d, xt.t0, head);
+    const float(&wr)[kW] = edges.wr;
+    const float bias = edges.bias;
 
     // dy at the tile's positions, and the dweight/dbias partials.
     float dy[C][E], dwr[kW] = {}, db = 0.f;
 #pragma unroll
     for (int q = 0; q < C; ++q) {
       float prev[H];
-      lanes_before(xt.v, q, lane, head, prev);
+      lanes_before(xt.v, q, lane, edges.head, prev);
+      const int inside = positions_before(L, xt.at(q), E);
 #pragma unroll
       for (int j = 0; j < E; ++j) {
         float in[kW];
 #pragma unroll
         for (int k = 0; k < kW; ++k) in[k] = j - k >= 0 ? xt.v[q][j - k] : prev[H + j - k];
-        dy[q][j] = dy_from(p, wr, bias, in, gt.v[q][j], xt.at(q) + j < L);
+        dy[q][j] = dy_from<kSilu>(wr, bias, in, gt.v[q][j], j < inside);
 #pragma unroll
         for (int k = 0; k < kW; ++k) dwr[k] += dy[q][j] * in[k];
         db += dy[q][j];
@@ -280,25 +285,24 @@ __global__ void __launch_bounds__(kThreads)
     // dy at the H positions after the tile (lane 31 needs them for dx).
     float tail[H] = {};
     if (lane == kWarp - 1) {
-      const X* gr = ptr<const X>(p.dout) + b * p.dout.s0 + d * p.dout.s1;
       const int64_t te = xt.t0 + Tile::kLen;
       float win[2 * H];  // inputs at te - H .. te + H - 1
 #pragma unroll
       for (int i = 0; i < H; ++i) {
         win[i] = xt.v[C - 1][E - H + i];
-        win[H + i] = te + i < L ? to_f(xr[te + i]) : 0.f;
+        win[H + i] = edges.xtail[i];
       }
 #pragma unroll
       for (int i = 0; i < H; ++i) {
         float in[kW];
 #pragma unroll
         for (int k = 0; k < kW; ++k) in[k] = win[H + i - k];
-        const float g = te + i < L ? to_f(gr[te + i]) : 0.f;
-        tail[i] = dy_from(p, wr, bias, in, g, te + i < L);
+        tail[i] = dy_from<kSilu>(wr, bias, in, edges.gtail[i], te + i < L);
       }
     }
 
-    // dx[t] = sum_m wr[m] * dy[t + m], plus dfinal_states for the last H.
+    // dx[t] = sum_m wr[m] * dy[t + m], plus dfinal_states for the last H
+    // (a vector holding any of them is the rare case, handled apart).
     const Strided& f = p.dfinal_states;
     const X* fr = f.data != nullptr ? ptr<const X>(f) + b * f.s0 + d * f.s1 : nullptr;
     float dx[C][E];
@@ -311,10 +315,13 @@ __global__ void __launch_bounds__(kThreads)
         float acc = 0.f;
 #pragma unroll
         for (int m = 0; m < kW; ++m) acc += wr[m] * (j + m < E ? dy[q][j + m] : next[j + m - E]);
-        const int64_t pos = xt.at(q) + j;
-        if (fr != nullptr && pos >= L - H && pos < L)
-          acc += to_f(fr[(pos - (L - H)) * f.s2]);
         dx[q][j] = acc;
+      }
+      const int64_t final0 = L - H - xt.at(q);  // vector index of the first final position
+      if (fr != nullptr && final0 < E && final0 > -H) {
+#pragma unroll
+        for (int j = 0; j < E; ++j)
+          if (j >= final0 && j < final0 + H) dx[q][j] += to_f(fr[(j - final0) * f.s2]);
       }
     }
     xt.store(ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1, L, dx);
@@ -788,8 +795,10 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
       dispatch_exact_width(p.width, [&](auto wt) {
         constexpr int kW = decltype(wt)::kW;
         constexpr int C = tile_vectors(kBwdTilePositions, sizeof(X));
-        auto kernel =
-            plan.b == C ? bwd_rows_tiled_kernel<X, kW, C> : bwd_rows_tiled_kernel<X, kW, 1>;
+        auto kernel = p.silu ? (plan.b == C ? bwd_rows_tiled_kernel<X, kW, C, true>
+                                            : bwd_rows_tiled_kernel<X, kW, 1, true>)
+                             : (plan.b == C ? bwd_rows_tiled_kernel<X, kW, C, false>
+                                            : bwd_rows_tiled_kernel<X, kW, 1, false>);
         const int64_t work = B * D * plan.a * kWarp;
         launch(kernel, kTilePrefetch ? resident_grid(kernel, work) : grid_for(work), stream, p,
                plan.a, part);

@@ -43,12 +43,22 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 
 // Weight and bias have their own dtype; they are read a handful of times per
 // thread, so a runtime switch costs nothing and saves 3x the instantiations.
-__device__ __forceinline__ float load_param(const void* base, int64_t i, DType t) {
+// A load in two halves: param_bits issues it (a 16-bit element's bits in the
+// low half), param_value converts, so that a kernel can issue it with other
+// loads and wait for all of them at once.
+__device__ __forceinline__ uint32_t param_bits(const void* base, int64_t i, DType t) {
+  if (t == DType::Float16 || t == DType::BFloat16) return static_cast<const uint16_t*>(base)[i];
+  return static_cast<const uint32_t*>(base)[i];
+}
+__device__ __forceinline__ float param_value(uint32_t bits, DType t) {
   switch (t) {
-    case DType::Float16: return __half2float(static_cast<const __half*>(base)[i]);
-    case DType::BFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
-    default: return static_cast<const float*>(base)[i];
+    case DType::Float16: return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+    case DType::BFloat16: return __uint_as_float(bits << 16);
+    default: return __uint_as_float(bits);
   }
+}
+__device__ __forceinline__ float load_param(const void* base, int64_t i, DType t) {
+  return param_value(param_bits(base, i, t), t);
 }
 
 // weight[d, k] and bias[d] (0 when there is no bias) as float.

@@ -108,30 +108,29 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
   const int64_t first = global_thread() / kWarp, stride = grid_threads() / kWarp;
   auto row_of = [&](const TileAt& t) { return ptr<const X>(p.x) + t.b * p.x.s0 + t.d * p.x.s1; };
   Tile tile;
+  TileEdges<X, kW, false> edges;
   tile.lane = threadIdx.x % kWarp;
+  auto fetch = [&](const TileAt& t) {
+    const X* xr = row_of(t);
+    tile.fetch(xr, t.t0, L);
+    edges.fetch(p, t.b, t.d, t.t0, t.t0 + Tile::kLen, xr, nullptr);
+  };
   for (int64_t wg = first; wg < total; wg += stride) {
     const TileAt at = tile_at(wg, tiles, D, Tile::kLen);
-    const int64_t b = at.b, d = at.d;
-    const X* xr = row_of(at);
-    if (!kTilePrefetch || wg == first) tile.fetch(xr, at.t0, L);
+    if (!kTilePrefetch || wg == first) fetch(at);
     tile.unpack(at.t0);
+    edges.unpack(p);
     if (kTilePrefetch && wg + stride < total) {  // in flight while this tile computes
-      const TileAt next = tile_at(wg + stride, tiles, D, Tile::kLen);
-      tile.fetch(row_of(next), next.t0, L);
+      fetch(tile_at(wg + stride, tiles, D, Tile::kLen));
     }
-
-    float wr[kW];  // wr[k] multiplies the input k positions back
-#pragma unroll
-    for (int k = 0; k < kW; ++k) wr[k] = weight_at(p, d, kW - 1 - k);
-    const float bias = bias_at(p, d);
-    float head[H] = {};
-    if (tile.lane == 0) inputs_before<X, H>(p, xr, b, d, tile.t0, head);
+    const float(&wr)[kW] = edges.wr;
+    const float bias = edges.bias;
 
     float res[C][E];
 #pragma unroll
     for (int q = 0; q < C; ++q) {
       float prev[H];
-      lanes_before(tile.v, q, tile.lane, head, prev);
+      lanes_before(tile.v, q, tile.lane, edges.head, prev);
 #pragma unroll
       for (int j = 0; j < E; ++j) {
         float acc = bias;
@@ -141,7 +140,7 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
         res[q][j] = p.silu ? silu(acc) : acc;
       }
     }
-    tile.store(ptr<X>(p.out) + b * p.out.s0 + d * p.out.s1, L, res);
+    tile.store(ptr<X>(p.out) + at.b * p.out.s0 + at.d * p.out.s1, L, res);
   }
 }
 

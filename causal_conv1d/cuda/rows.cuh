@@ -114,6 +114,13 @@ inline constexpr int tile_vectors(int positions, int elem_bytes) {
 #endif
 constexpr bool kTilePrefetch = CAUSAL_CONV1D_TILE_PREFETCH != 0;
 
+// How many of the n positions from pos are before L (0 to n): a 32-bit
+// bound for per-element tests inside a vector.
+__device__ __forceinline__ int positions_before(int64_t L, int64_t pos, int n) {
+  const int64_t room = L - pos;
+  return room >= n ? n : room > 0 ? static_cast<int>(room) : 0;
+}
+
 // Row (b, d) and first position of warp tile wg of a rows_tiled launch.
 struct TileAt {
   int64_t b, d, t0;
@@ -217,19 +224,62 @@ __device__ inline void lanes_after(const float (&v)[C][E], int q, int lane, cons
   }
 }
 
-// The H inputs before position t0 of row (b, d) as lane 0 of a tile needs
-// them: x, the initial state before position 0, zeros without one.
-template <typename X, int H>
-__device__ inline void inputs_before(const ConvParams& p, const X* xr, int64_t b, int64_t d,
-                                     int64_t t0, float (&out)[H]) {
-  const Strided& is = p.initial_states;
-  const X* ir = is.data != nullptr ? ptr<const X>(is) + b * is.s0 + d * is.s1 : nullptr;
+// What a rows_tiled warp reads for a tile of row (b, d) from position t0
+// besides the tile's vectors: the row's taps and bias, the H = kW-1 inputs
+// before the tile (x, the initial state before position 0, zeros without
+// one; lane 0's head) and, with kTail (the backward), x and dout at the H
+// positions after it (lane 31's tail; zeros past L). fetch() only issues the
+// loads (every lane the same addresses, one broadcast request each) and
+// unpack() converts them, so that they and the tile's vectors share one
+// memory round trip instead of adding one each.
+template <typename X, int kW, bool kTail>
+struct TileEdges {
+  static constexpr int H = kW - 1, T = kTail ? H : 1;
+  uint32_t w_bits[kW], b_bits;
+  X head_raw[H], xtail_raw[T], gtail_raw[T];
+
+  float wr[kW];  // wr[k] multiplies the input k positions back
+  float bias;
+  float head[H], xtail[T], gtail[T];
+
+  // t_end: the position after the tile; gr: dout's row (kTail only).
+  __device__ void fetch(const ConvParams& p, int64_t b, int64_t d, int64_t t0, int64_t t_end,
+                        const X* xr, const X* gr) {
 #pragma unroll
-  for (int i = 0; i < H; ++i) {
-    const int64_t pos = t0 - H + i;
-    out[i] = pos >= 0 ? to_f(xr[pos]) : ir != nullptr ? to_f(ir[(H + pos) * is.s2]) : 0.f;
+    for (int k = 0; k < kW; ++k)
+      w_bits[k] = param_bits(p.weight.data, d * p.weight.s0 + (kW - 1 - k) * p.weight.s1,
+                             p.weight_dtype);
+    b_bits = p.bias.data != nullptr ? param_bits(p.bias.data, d * p.bias.s0, p.weight_dtype) : 0u;
+    const Strided& is = p.initial_states;
+    const X* ir = is.data != nullptr ? ptr<const X>(is) + b * is.s0 + d * is.s1 : nullptr;
+#pragma unroll
+    for (int i = 0; i < H; ++i) {
+      const int64_t pos = t0 - H + i;
+      head_raw[i] = pos >= 0 ? xr[pos] : ir != nullptr ? ir[(H + pos) * is.s2] : from_f<X>(0.f);
+    }
+    if constexpr (kTail) {
+#pragma unroll
+      for (int i = 0; i < H; ++i) {
+        const bool inside = t_end + i < p.seqlen;
+        xtail_raw[i] = inside ? xr[t_end + i] : from_f<X>(0.f);
+        gtail_raw[i] = inside ? gr[t_end + i] : from_f<X>(0.f);
+      }
+    }
   }
-}
+
+  __device__ void unpack(const ConvParams& p) {
+#pragma unroll
+    for (int k = 0; k < kW; ++k) wr[k] = param_value(w_bits[k], p.weight_dtype);
+    bias = p.bias.data != nullptr ? param_value(b_bits, p.weight_dtype) : 0.f;
+#pragma unroll
+    for (int i = 0; i < H; ++i) head[i] = to_f(head_raw[i]);
+#pragma unroll
+    for (int i = 0; i < T; ++i) {
+      xtail[i] = to_f(xtail_raw[i]);
+      gtail[i] = to_f(gtail_raw[i]);
+    }
+  }
+};
 
 template <typename X>
 __device__ Row<X> make_row(const ConvParams& p, int64_t b, int64_t d) {

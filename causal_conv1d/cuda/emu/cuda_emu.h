@@ -51,7 +51,13 @@ template <typename T>
 inline void __stwb(T* dst, T v) {
   *dst = v;
 }
+inline float __uint_as_float(unsigned u) {
+  float v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
 inline unsigned short __half_as_ushort(__half v) { return v.x; }
+inline __half __ushort_as_half(unsigned short u) { return __half(u, __half::from_bits()); }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 v) { return v.x; }
 
 namespace causal_conv1d::cuda::emu {
