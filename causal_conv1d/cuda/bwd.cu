@@ -350,7 +350,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename X>
 __host__ __device__ constexpr int bwd_steps_per_warp() { return sizeof(X) == 4 ? 8 : 16; }
 
-template <typename X, int kW, bool kExact, bool kSeq>
+template <typename X, int kW, bool kExact, bool kSeq, bool kSilu>
 __global__ void __launch_bounds__(kThreads)
     bwd_chanlast_kernel(ConvParams p, int64_t cblocks, int64_t tiles, bool x_vec, bool dout_vec,
                         bool dx_vec, float* ws) {
@@ -384,18 +384,19 @@ __global__ void __launch_bounds__(kThreads)
     // rows that hold data: positions < min(t_end + W - 1, L)
     const int64_t p_end = t_end + (W - 1) < L ? t_end + (W - 1) : L;
     const int xrows = static_cast<int>(p_end - row0), grows = static_cast<int>(p_end - t0);
-    // Warp w loads tile rows w, w + 4, ..., lane l the channels c0 + l*E ..
+    // Lane l's channels: E from d0 = c0 + l*E, ne of them real.
+    const int64_t d0 = c0 + lane * E;
+    const int ne = D - d0 >= E ? E : D - d0 > 0 ? static_cast<int>(D - d0) : 0;
+    // Warp w loads tile rows w, w + 4, ..., lane l its channels.
     {
-      const int64_t d = c0 + lane * E;
-      const int ne = D - d >= E ? E : D - d > 0 ? static_cast<int>(D - d) : 0;
-      const X* xb = ptr<const X>(p.x) + b * p.x.s0 + d;       // channel stride 1 when vectors are used
-      const X* gb = ptr<const X>(p.dout) + b * p.dout.s0 + d;
+      const X* xb = ptr<const X>(p.x) + b * p.x.s0 + d0;  // channel stride 1 when vectors are used
+      const X* gb = ptr<const X>(p.dout) + b * p.dout.s0 + d0;
       for (int i = warp; i < xrows; i += kWarps) {
         const int64_t pos = row0 + i;
         if (pos >= 0 && x_vec && ne == E) {
           copy_async(&xt[i][lane], reinterpret_cast<const V*>(xb + pos * p.x.s2));
         } else {
-          xt[i][lane] = channels_at<X, E>(p, p.x, b, pos, d, ne);
+          xt[i][lane] = channels_at<X, E>(p, p.x, b, pos, d0, ne);
         }
       }
       for (int i = warp; i < grows; i += kWarps) {
@@ -403,36 +404,14 @@ __global__ void __launch_bounds__(kThreads)
         if (dout_vec && ne == E) {
           copy_async(&gt[i][lane], reinterpret_cast<const V*>(gb + pos * p.dout.s2));
         } else {
-          gt[i][lane] = channels_at<X, E>(p, p.dout, b, pos, d, ne);
+          gt[i][lane] = channels_at<X, E>(p, p.dout, b, pos, d0, ne);
         }
       }
-      copy_async_wait();
     }
-    int32_t last = 0;
-    if constexpr (kSeq) {
-      const int32_t* sr = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;
-      last = sr[(L - 1) * p.seq_idx.s1];
-      for (int i = threadIdx.x; i < xrows; i += kThreads) {
-        const int64_t pos = row0 + i;
-        tile_ids[i] = pos < 0 ? sr[0] : sr[pos * p.seq_idx.s1];
-      }
-    }
-    __syncthreads();
-
-    const int64_t d0 = c0 + lane * E;
-    const int ne = D - d0 >= E ? E : D - d0 > 0 ? static_cast<int>(D - d0) : 0;
-    float dwr[kW][E], db[E];  // dwr[k]: partial of the tap k positions back
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      db[e] = 0.f;
-#pragma unroll
-      for (int k = 0; k < kW; ++k) dwr[k][e] = 0.f;
-    }
-    const int64_t q0 = t0 + warp * kSteps;  // this warp's positions q0 .. q1-1
-    const int64_t q1 = q0 + kSteps < t_end ? q0 + kSteps : t_end;
-    if (ne > 0 && q0 < q1) {
-      // w[k] natural taps (for dx), wr[k] = w[W-1-k] (for y and dweight).
-      float w[kW][E], wr[kW][E], bias[E];
+    // The taps while the tile is in flight (the wait below is for both):
+    // w[k] natural taps (for dx), wr[k] = w[W-1-k] (for y and dweight).
+    float w[kW][E] = {}, wr[kW][E] = {}, bias[E] = {};
+    if (ne > 0) {
 #pragma unroll
       for (int e = 0; e < E; ++e) {
         const int64_t d = e < ne ? d0 + e : d0;
@@ -449,6 +428,29 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int e = 0; e < E; ++e) wr[k][e] = w[kW - 1 - k][e];
       }
+    }
+    copy_async_wait();
+    int32_t last = 0;
+    if constexpr (kSeq) {
+      const int32_t* sr = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;
+      last = sr[(L - 1) * p.seq_idx.s1];
+      for (int i = threadIdx.x; i < xrows; i += kThreads) {
+        const int64_t pos = row0 + i;
+        tile_ids[i] = pos < 0 ? sr[0] : sr[pos * p.seq_idx.s1];
+      }
+    }
+    __syncthreads();
+
+    float dwr[kW][E], db[E];  // dwr[k]: partial of the tap k positions back
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      db[e] = 0.f;
+#pragma unroll
+      for (int k = 0; k < kW; ++k) dwr[k][e] = 0.f;
+    }
+    const int64_t q0 = t0 + warp * kSteps;  // this warp's positions q0 .. q1-1
+    const int64_t q1 = q0 + kSteps < t_end ? q0 + kSteps : t_end;
+    if (ne > 0 && q0 < q1) {
       const X* fr = p.dfinal_states.data != nullptr
                         ? ptr<const X>(p.dfinal_states) + b * p.dfinal_states.s0
                         : nullptr;
@@ -498,7 +500,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int e = 0; e < E; ++e) {
               dy[e] = to_f(g.v[e]);
-              if (p.silu) {
+              if constexpr (kSilu) {  // not a runtime flag, which splits the channels into blocks
                 float y = bias[e];
 #pragma unroll
                 for (int k = 0; k < kW; ++k)
@@ -795,10 +797,9 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
       dispatch_exact_width(p.width, [&](auto wt) {
         constexpr int kW = decltype(wt)::kW;
         constexpr int C = tile_vectors(kBwdTilePositions, sizeof(X));
-        auto kernel = p.silu ? (plan.b == C ? bwd_rows_tiled_kernel<X, kW, C, true>
-                                            : bwd_rows_tiled_kernel<X, kW, 1, true>)
-                             : (plan.b == C ? bwd_rows_tiled_kernel<X, kW, C, false>
-                                            : bwd_rows_tiled_kernel<X, kW, 1, false>);
+        auto kernel = dispatch_flags(plan.b == C, p.silu, [](auto wide, auto ksilu) {
+          return bwd_rows_tiled_kernel<X, kW, decltype(wide)::value ? C : 1, decltype(ksilu)::value>;
+        });
         const int64_t work = B * D * plan.a * kWarp;
         launch(kernel, kTilePrefetch ? resident_grid(kernel, work) : grid_for(work), stream, p,
                plan.a, part);
@@ -823,8 +824,9 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
       dispatch_width<kChanlastMaxWidth>(p.width, [&](auto wt) {
           constexpr int kW = decltype(wt)::kW;
           constexpr bool kExact = decltype(wt)::kExact;
-        auto kernel = seq ? bwd_chanlast_kernel<X, kW, kExact, true>
-                          : bwd_chanlast_kernel<X, kW, kExact, false>;
+        auto kernel = dispatch_flags(seq, p.silu, [](auto kseq, auto ksilu) {
+          return bwd_chanlast_kernel<X, kW, kExact, decltype(kseq)::value, decltype(ksilu)::value>;
+        });
         launch(kernel, grid_for(B * plan.b * plan.a, 1), stream, p, plan.a, plan.b, x_vec,
                dout_vec, dx_vec, part);
       });

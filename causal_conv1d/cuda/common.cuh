@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../params.h"
 
@@ -75,8 +76,22 @@ __device__ __forceinline__ float bias_at(const ConvParams& p, int64_t d) {
 // denominator above 2^126 (v < -87) it returns 0, which is where silu and
 // sigmoid are below 1e-36 anyway. NaN and +-Inf give what x * sigmoid(x)
 // gives in PyTorch (silu(-Inf) is NaN there too).
-__device__ __forceinline__ float sigmoid(float v) { return __fdividef(1.f, 1.f + __expf(-v)); }
-__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + __expf(-v)); }
+//
+// exp(-v) is 2^(-v * log2(e)) by one MUFU.EX2 that flushes denormal results
+// to 0 (v > 87, where 1 + exp(-v) is 1 in float anyway); __expf would add a
+// compare and two multiplies per element to keep them.
+__device__ __forceinline__ float exp_neg(float v) {
+  const float t = v * -1.4426950408889634f;
+#ifdef __CUDA_ARCH__
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(t));
+  return r;
+#else
+  return std::exp2(t);
+#endif
+}
+__device__ __forceinline__ float sigmoid(float v) { return __fdividef(1.f, 1.f + exp_neg(v)); }
+__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + exp_neg(v)); }
 
 // d silu(y) / dy = s * (1 + y * (1 - s)), s = sigmoid(y)
 __device__ __forceinline__ float silu_grad(float y) {
@@ -291,6 +306,15 @@ inline void dispatch_exact_width(int64_t w, F&& f) {
   if (w == 2) return f(WidthTag<2, true>{});
   if (w == 3) return f(WidthTag<3, true>{});
   return f(WidthTag<4, true>{});
+}
+
+// f(std::bool_constant<a>{}, std::bool_constant<b>{}): a kernel's
+// compile-time switches picked from runtime flags at launch.
+template <typename F>
+inline auto dispatch_flags(bool a, bool b, F&& f) {
+  using T = std::true_type;
+  using N = std::false_type;
+  return a ? (b ? f(T{}, T{}) : f(T{}, N{})) : (b ? f(N{}, T{}) : f(N{}, N{}));
 }
 
 template <typename T> __device__ __forceinline__ T* ptr(const Strided& v) {

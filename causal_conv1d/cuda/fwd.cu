@@ -179,21 +179,23 @@ __global__ void __launch_bounds__(kThreads)
     const int rows = static_cast<int>(t_end - row0);
     const X* xb = ptr<const X>(p.x) + b * p.x.s0;
 
+    // Lane l's channels: E from d0 = c0 + l*E, ne of them real.
+    const int64_t d0 = c0 + lane * E;
+    const int ne = D - d0 >= E ? E : D - d0 > 0 ? static_cast<int>(D - d0) : 0;
     // Tile row i: position row0 + i; warp w loads rows w, w + 4, ..., lane l
-    // the E channels c0 + l*E ..: x, or the initial state before position 0.
-    {
-      const int64_t d = c0 + lane * E;
-      const int ne = D - d >= E ? E : D - d > 0 ? static_cast<int>(D - d) : 0;
-      for (int i = warp; i < rows; i += kThreads / kWarp) {
-        const int64_t pos = row0 + i;
-        if (pos >= 0 && x_vec && ne == E) {
-          copy_async(&tile[i][lane], reinterpret_cast<const V*>(xb + pos * p.x.s2 + d));
-        } else {
-          tile[i][lane] = channels_at<X, E>(p, p.x, b, pos, d, ne);
-        }
+    // its channels: x, or the initial state before position 0.
+    for (int i = warp; i < rows; i += kThreads / kWarp) {
+      const int64_t pos = row0 + i;
+      if (pos >= 0 && x_vec && ne == E) {
+        copy_async(&tile[i][lane], reinterpret_cast<const V*>(xb + pos * p.x.s2 + d0));
+      } else {
+        tile[i][lane] = channels_at<X, E>(p, p.x, b, pos, d0, ne);
       }
-      copy_async_wait();
     }
+    // The taps while the tile is in flight (the wait below is for both).
+    float wr[kW][E] = {}, bias[E] = {};  // wr[k]: the tap k positions back
+    if (ne > 0) channel_taps(p, d0, ne, kExact ? kW : W, wr, bias);
+    copy_async_wait();
     if constexpr (kSeq) {
       const int32_t* sr = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;
       for (int i = threadIdx.x; i < rows; i += kThreads) {
@@ -203,13 +205,9 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    const int64_t d0 = c0 + lane * E;
-    const int ne = D - d0 >= E ? E : D - d0 > 0 ? static_cast<int>(D - d0) : 0;
     const int64_t tw = t0 + warp * kFwdStepsPerWarp;  // the warp's first step
     const int steps = t_end - tw < kFwdStepsPerWarp ? static_cast<int>(t_end - tw) : kFwdStepsPerWarp;
     if (ne > 0 && steps > 0) {
-      float wr[kW][E], bias[E];  // wr[k]: the tap k positions back
-      channel_taps(p, d0, ne, kExact ? kW : W, wr, bias);
       // xw[k]: the input k positions before the current step. Taps k >= W
       // (runtime width) are never read. Segment ids stay in shared memory
       // (one broadcast load per tap; registers are the scarcer resource).
