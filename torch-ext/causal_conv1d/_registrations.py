@@ -25,10 +25,13 @@ def _empty_with_layout_of(t: torch.Tensor) -> torch.Tensor:
                 break
             order[j - 1], order[j] = b, a
             j -= 1
-    inverse = [0] * len(order)
-    for i, d in enumerate(order):
-        inverse[d] = i
-    return t.new_empty([t.size(d) for d in order]).permute(inverse)
+    # the strides of a contiguous tensor of the dims in that order
+    strides = [0] * len(order)
+    stride = 1
+    for d in reversed(order):
+        strides[d] = stride
+        stride *= max(t.size(d), 1)
+    return t.new_empty_strided(t.shape, strides)
 
 
 def _none_like(t: torch.Tensor) -> torch.Tensor:
@@ -81,8 +84,6 @@ def _bwd_fake(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, sil
 def _update_fake(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu):
     _same_device("causal_conv1d_update", x, conv_state=conv_state, weight=weight, bias=bias,
                  cache_seqlens=cache_seqlens, conv_state_indices=conv_state_indices)
-    if x.dim() == 2:
-        return _empty_with_layout_of(x.unsqueeze(-1)).squeeze(-1)
     return _empty_with_layout_of(x)
 
 
@@ -138,3 +139,4 @@ def _fwd_backward(ctx, dout, dfinal_states):
 torch.library.register_autograd(
     add_op_namespace_prefix("fwd"), _fwd_backward, setup_context=_fwd_setup_context
 )
+
