@@ -140,3 +140,23 @@ torch.library.register_autograd(
     add_op_namespace_prefix("fwd"), _fwd_backward, setup_context=_fwd_setup_context
 )
 
+
+def fwd(x, weight, bias, seq_idx, initial_states, return_final_states, silu):
+    """ops.fwd for eager callers, without the autograd kernel's cost when
+    nothing needs a gradient.
+
+    register_autograd's kernel is Python: every call, even one that needs no
+    gradient, goes from the dispatcher back into the interpreter and then
+    redispatches below autograd, which more than doubles a small forward's
+    host time (9.4 -> 3.9 us on the 2-core development machine). When grad
+    mode is off or no input requires grad, that kernel's own no-grad path
+    does nothing but the redispatch, so the call enters the dispatcher below
+    autograd directly. torch.compile and export trace the operator as usual
+    (dynamo does not trace the dispatch guard)."""
+    args = (x, weight, bias, seq_idx, initial_states, return_final_states, silu)
+    if torch.compiler.is_compiling() or (
+        torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
+    ):
+        return ops.fwd.default(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return ops.fwd.default(*args)
