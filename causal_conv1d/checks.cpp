@@ -19,15 +19,6 @@ std::string shape_str(const at::Tensor& t) {
   return s + "]";
 }
 
-std::string shape_str(const std::vector<int64_t>& sizes) {
-  std::string s = "[";
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(sizes[i]);
-  }
-  return s + "]";
-}
-
 // Everything one check needs to phrase its message.
 struct Ctx {
   const char* op;      // public function name, e.g. "causal_conv1d_fn"
@@ -70,8 +61,8 @@ void check_device(const Ctx& c, const at::Tensor& t, const char* name) {
 }
 
 // rank and exact sizes; a size of -1 matches anything.
-void check_shape(const Ctx& c, const at::Tensor& t, const char* name,
-                 const std::vector<int64_t>& sizes, const char* meaning) {
+void check_shape(const Ctx& c, const at::Tensor& t, const char* name, at::IntArrayRef sizes,
+                 const char* meaning) {
   bool ok = t.dim() == static_cast<int64_t>(sizes.size());
   for (size_t i = 0; ok && i < sizes.size(); ++i) ok = sizes[i] < 0 || t.size(i) == sizes[i];
   if (ok) return;
@@ -138,6 +129,11 @@ Strided view3(const at::Tensor& t) {
 }
 Strided view2(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), 0}; }
 Strided view1(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), 0, 0}; }
+// update's x and out: (B, D, L), or (B, D) as one token, (B, D, 1) with the
+// last stride x.unsqueeze(-1) would have.
+Strided view_tokens(const at::Tensor& t) {
+  return t.dim() == 2 ? Strided{t.data_ptr(), t.stride(0), t.stride(1), 1} : view3(t);
+}
 
 // weight (D, width) for x's D channels and bias (D,) in weight's dtype,
 // checked; returns the params every op fills alike: dim, width, dtypes,
@@ -195,8 +191,8 @@ ConvParams conv_inputs(const Ctx& c, const at::Tensor& x, const at::Tensor& weig
 }
 
 // An output of x's dtype and the given shape that must not alias any input.
-void check_output(const Ctx& c, const at::Tensor& t, const char* name,
-                  const std::vector<int64_t>& sizes, const char* meaning, at::ScalarType dtype,
+void check_output(const Ctx& c, const at::Tensor& t, const char* name, at::IntArrayRef sizes,
+                  const char* meaning, at::ScalarType dtype,
                   std::initializer_list<std::pair<const at::Tensor*, const char*>> inputs) {
   check_device(c, t, name);
   check_shape(c, t, name, sizes, meaning);
@@ -361,14 +357,15 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
                          const at::Tensor& weight, OptTensorRef bias, OptTensorRef cache_seqlens,
                          OptTensorRef conv_state_indices, const at::Tensor& out, bool silu) {
   Ctx c{"causal_conv1d_update", x.device()};
-  TORCH_CHECK_VALUE(x.dim() == 3, c.op,
+  TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3, c.op,
                     ": x must be 2-D (batch, dim) or 3-D (batch, dim, seqlen), got shape ",
                     shape_str(x));
-  const int64_t B = x.size(0), D = x.size(1), L = x.size(2);
+  const bool single_token = x.dim() == 2;
+  const int64_t B = x.size(0), D = x.size(1), L = single_token ? 1 : x.size(2);
   ConvParams p = weight_params(c, x, D, weight, bias, silu);
   p.batch = B;
   p.seqlen = L;
-  p.x = view3(x);
+  p.x = view_tokens(x);
   pool_params(c, p, conv_state, "conv_state", "batch or pool size", x, weight, bias);
   if (cache_seqlens) {
     check_device(c, *cache_seqlens, "cache_seqlens");
@@ -393,9 +390,10 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
                     B, " rows (x's batch) when conv_state_indices is not given, got ",
                     p.num_states);
   const auto& b = or_undefined(bias);
-  check_output(c, out, "out", {B, D, L}, "(batch, dim, seqlen)", x.scalar_type(),
+  check_output(c, out, "out", x.sizes(), single_token ? "(batch, dim)" : "(batch, dim, seqlen)",
+               x.scalar_type(),
                {{&x, "x"}, {&weight, "weight"}, {&b, "bias"}, {&conv_state, "conv_state"}});
-  p.out = view3(out);
+  p.out = view_tokens(out);
   return p;
 }
 

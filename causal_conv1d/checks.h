@@ -31,7 +31,7 @@ ConvParams bwd_params(const at::Tensor& x, const at::Tensor& weight, OptTensorRe
                       OptTensorRef dinitial_states, const at::Tensor& dweight_acc,
                       OptTensorRef dbias_acc, bool silu, bool deterministic);
 
-// Decode: x is (B, D, L) (callers unsqueeze a (B, D) x), out like x.
+// Decode: x is (B, D, L), or (B, D) for one token per row; out like x.
 ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
                          const at::Tensor& weight, OptTensorRef bias, OptTensorRef cache_seqlens,
                          OptTensorRef conv_state_indices, const at::Tensor& out, bool silu);

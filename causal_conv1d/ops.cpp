@@ -3,12 +3,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <numeric>
-#include <vector>
 
 #include <ATen/Context.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/util/SmallVector.h>
 
 #include "backend.h"
 #include "checks.h"
@@ -18,26 +18,31 @@ namespace causal_conv1d {
 namespace {
 
 // A new dense tensor with t's sizes, dtype and stride order, so that a
-// channel-last x gives a channel-last out.
+// channel-last x gives a channel-last out. Allocated with those strides, not
+// as a permuted view of a contiguous tensor: the permute is a dispatcher call
+// with autograd view bookkeeping on every call, and an output that is a view
+// could not be modified in place once autograd has recorded it.
 Tensor empty_with_layout_of(const Tensor& t) {
   const int64_t n = t.dim();
-  std::vector<int64_t> order(n);  // dims, outermost first
+  c10::SmallVector<int64_t, 4> order(n);  // dims, outermost first
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
     // size-1 dims have meaningless strides: keep them in their place.
     if (t.size(a) == 1 || t.size(b) == 1) return false;
     return t.stride(a) > t.stride(b);
   });
-  std::vector<int64_t> permuted(n), inverse(n);
-  for (int64_t i = 0; i < n; ++i) {
-    permuted[i] = t.size(order[i]);
-    inverse[order[i]] = i;
+  // The strides of a contiguous tensor of the dims in that order.
+  c10::SmallVector<int64_t, 4> strides(n);
+  int64_t stride = 1;
+  for (int64_t i = n - 1; i >= 0; --i) {
+    strides[order[i]] = stride;
+    stride *= std::max<int64_t>(t.size(order[i]), 1);
   }
-  return empty_output(permuted, t.options()).permute(inverse);
+  return empty_output(t.sizes(), strides, t.options());
 }
 
 // 0-element placeholder for an optional output that was not asked for.
-Tensor none_like(const Tensor& t) { return at::empty({0}, t.options()); }
+Tensor none_like(const Tensor& t) { return empty_output({0}, {1}, t.options()); }
 
 bool deterministic_requested(bool asked) {
   if (asked || at::globalContext().deterministicAlgorithms()) return true;
@@ -108,13 +113,11 @@ Tensor update(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
               const OptTensor& bias, const OptTensor& cache_seqlens,
               const OptTensor& conv_state_indices, bool silu) {
   c10::OptionalDeviceGuard guard(x.device());
-  const bool single_token = x.dim() == 2;
-  Tensor x3 = single_token ? x.unsqueeze(-1) : x;
-  Tensor out = x3.dim() == 3 ? empty_with_layout_of(x3) : none_like(x);
+  Tensor out = x.dim() == 2 || x.dim() == 3 ? empty_with_layout_of(x) : none_like(x);
   ConvParams p =
-      update_params(x3, conv_state, weight, bias, cache_seqlens, conv_state_indices, out, silu);
+      update_params(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, out, silu);
   if (p.batch * p.dim * p.seqlen > 0) run_update(p);
-  return single_token ? out.squeeze(-1) : out;
+  return out;
 }
 
 Tensor varlen_states(const Tensor& x, const Tensor& cu_seqlens, int64_t state_len) {

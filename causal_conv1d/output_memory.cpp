@@ -36,7 +36,7 @@
 #include <vector>
 
 #include <ATen/EmptyTensor.h>
-#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 
@@ -183,17 +183,19 @@ class OutputBlocks final : public c10::Allocator {
 
 }  // namespace
 
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  if (!options.device().is_cpu()) return at::empty(sizes, options);
-  return at::detail::empty_generic(sizes, &OutputBlocks::get(),
-                                   c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   c10::typeMetaToScalarType(options.dtype()), std::nullopt);
+at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides,
+                        const at::TensorOptions& options) {
+  if (!options.device().is_cpu()) return at::empty_strided(sizes, strides, options);
+  return at::detail::empty_strided_generic(sizes, strides, &OutputBlocks::get(),
+                                           c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                           c10::typeMetaToScalarType(options.dtype()));
 }
 
 #else
 
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return at::empty(sizes, options);
+at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides,
+                        const at::TensorOptions& options) {
+  return at::empty_strided(sizes, strides, options);
 }
 
 #endif

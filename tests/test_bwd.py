@@ -325,3 +325,25 @@ def test_empty_sequence(cc, seeded, dtype):
                                    return_final_states=True, activation="silu")
     (out.sum() + fin.sum() * 0).backward()
     assert torch.equal(leaves[3].grad, torch.zeros(B, D, W - 1, dtype=dt))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
+def test_output_modified_in_place(cc, seeded, layout):
+    """The output is a fresh tensor, not a view of one the operator made, so
+    autograd lets callers modify it in place (y.mul_(gate), y += residual)."""
+    x, w, b, _, ini = make_inputs(2, 5, 9, 4, F64, F64, layout, init=True)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b, ini)]
+    out, fin = cc.causal_conv1d_fn(*leaves[:3], initial_states=leaves[3],
+                                   return_final_states=True, activation="silu")
+    assert out._base is None and fin._base is None
+    out.mul_(3)
+    fin.add_(1)
+    (out.sum() + fin.sum()).backward()
+    grads = [t.grad for t in leaves]
+    for t in leaves:
+        t.grad = None
+    out, fin = cc.causal_conv1d_ref(*leaves[:3], initial_states=leaves[3],
+                                    return_final_states=True, activation="silu")
+    (3 * out.sum() + fin.sum()).backward()
+    for got, t in zip(grads, leaves):
+        torch.testing.assert_close(got, t.grad)

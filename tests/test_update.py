@@ -291,3 +291,15 @@ def test_update_silu_extremes(cc, dtype, L):
     want = F.silu(newest.double())
     torch.testing.assert_close(got.double(), want, equal_nan=True,
                                rtol=3e-4 if dtype != torch.bfloat16 else 1e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize("x_layout", ["contiguous", "channel_last", "strided"])
+@pytest.mark.parametrize("L", [None, 3])
+def test_update_output_is_not_a_view(cc, seeded, x_layout, L):
+    """out is a fresh tensor with x's stride order, not a view of one."""
+    x = make_x(4, 6, L, torch.float32, x_layout)
+    state = make_state(4, 6, 3, torch.float32, "contiguous")
+    out = cc.causal_conv1d_update(x, state, torch.randn(6, 4), activation="silu")
+    assert out._base is None
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))  # outermost first
+    assert out.shape == x.shape and out.permute(order).is_contiguous()

@@ -2,7 +2,9 @@
 
 Argument checks live in the native check layer (causal_conv1d/checks.cpp),
 which every backend shares; here we only translate Python conventions
-(activation strings, optional outputs, (B, D) decode inputs).
+(activation strings, optional outputs, (B, D) decode inputs). Operators
+are called through their one overload (ops.X.default), which skips the
+overload resolution of a call through ops.X (0.2 us a call).
 """
 
 from __future__ import annotations
@@ -71,19 +73,19 @@ def causal_conv1d_fn(
             "causal_conv1d_fn: final_states_out is given but return_final_states is False"
         )
     if final_states_out is None:
-        out, final_states = ops.fwd(
+        out, final_states = _registrations.fwd(
             x, weight, bias, seq_idx, initial_states, return_final_states, silu
         )
         return (out, final_states) if return_final_states else out
     # The out= operator's check layer validates final_states_out (shape,
     # dtype, device, no memory shared with any input) before writing it.
     out = _registrations._empty_with_layout_of(x)
-    ops.fwd_out(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu)
+    ops.fwd_out.default(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu)
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias, initial_states)
     ):
         # fwd_out has no autograd: run the differentiable operator for the graph
-        out, final_states = ops.fwd(x, weight, bias, seq_idx, initial_states, True, silu)
+        out, final_states = ops.fwd.default(x, weight, bias, seq_idx, initial_states, True, silu)
         final_states_out.copy_(final_states)
     return out, final_states_out
 
@@ -128,7 +130,9 @@ def causal_conv1d_update(
         out shaped like x, x's dtype.
     """
     silu = _silu(activation, "causal_conv1d_update")
-    return ops.update(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu)
+    return ops.update.default(
+        x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu
+    )
 
 
 def causal_conv1d_varlen_states(
@@ -145,7 +149,7 @@ def causal_conv1d_varlen_states(
         (batch, dim, state_len), x's dtype: the last state_len tokens of each
         sequence, right-aligned, zero where a sequence is shorter.
     """
-    return ops.varlen_states(x, cu_seqlens, state_len)
+    return ops.varlen_states.default(x, cu_seqlens, state_len)
 
 
 def causal_conv1d_packed_fwd(
@@ -184,7 +188,7 @@ def causal_conv1d_packed_fwd(
     """
     silu = _silu(activation, "causal_conv1d_packed_fwd")
     x_dt = x if channels_first else x.transpose(-1, -2) if x.dim() == 2 else x
-    out = ops.fwd_packed(
+    out = ops.fwd_packed.default(
         x_dt, weight, bias, cu_seqlens, conv_states, cache_indices, has_initial_state,
         pad_slot_id, silu,
     )
