@@ -303,3 +303,30 @@ def test_update_output_is_not_a_view(cc, seeded, x_layout, L):
     assert out._base is None
     order = sorted(range(x.dim()), key=lambda d: -x.stride(d))  # outermost first
     assert out.shape == x.shape and out.permute(order).is_contiguous()
+
+
+
+def test_state_ops_have_no_gradient(cc, seeded):
+    """update, varlen_states and packed prefill are not differentiable (as
+    upstream's): with inputs that require grad their outputs do not, so a
+    backward through them fails loudly instead of giving no gradient with a
+    warning; the values are those of a call without gradients."""
+    x = torch.randn(3, 5, requires_grad=True)
+    w = torch.randn(5, 4, requires_grad=True)
+    state = torch.randn(3, 5, 3)
+    state_no_grad = state.clone()
+    out = cc.causal_conv1d_update(x, state, w, activation="silu")
+    assert not out.requires_grad and out.grad_fn is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        out.sum().backward()
+    with torch.no_grad():
+        expected = cc.causal_conv1d_update(x, state_no_grad, w, activation="silu")
+    assert torch.equal(out, expected) and torch.equal(state, state_no_grad)
+
+    packed = torch.randn(7, 5, requires_grad=True)
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    assert not cc.causal_conv1d_varlen_states(packed, cu, 3).requires_grad
+    pool = torch.zeros(2, 5, 3)
+    y = cc.causal_conv1d_packed_fwd(packed.t(), w, None, cu, pool, activation="silu",
+                                    channels_first=True)
+    assert not y.requires_grad

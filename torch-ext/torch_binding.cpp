@@ -44,6 +44,13 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.impl("update", key, &causal_conv1d::update);
   ops.impl("varlen_states", key, &causal_conv1d::varlen_states);
   ops.impl("fwd_packed", key, &causal_conv1d::fwd_packed);
+
+  // Decode and state ops have no gradient (as upstream's): their outputs do
+  // not require grad, instead of carrying a graph node that backpropagates
+  // nothing (torch's not-implemented fallback, which only warns).
+  for (const char* op : {"update", "varlen_states", "fwd_packed"}) {
+    ops.impl(op, c10::DispatchKey::Autograd, torch::CppFunction::makeFallthrough());
+  }
 }
 
 REGISTER_EXTENSION(TORCH_EXTENSION_NAME)

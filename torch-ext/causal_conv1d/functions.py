@@ -127,7 +127,8 @@ def causal_conv1d_update(
             padding row (output 0, no state touched).
 
     Returns:
-        out shaped like x, x's dtype.
+        out shaped like x, x's dtype. Not differentiable (as upstream's): out
+        does not require grad, whatever the inputs.
     """
     silu = _silu(activation, "causal_conv1d_update")
     return ops.update.default(
