@@ -347,3 +347,19 @@ def test_output_modified_in_place(cc, seeded, layout):
     (3 * out.sum() + fin.sum()).backward()
     for got, t in zip(grads, leaves):
         torch.testing.assert_close(got, t.grad)
+
+
+def test_forward_mode_ad_refused(cc, seeded):
+    """Dual tensors would pass through without a tangent: a clear error
+    instead (jvp included); without tangents the call works as usual."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, w, b, _, _ = make_inputs(2, 5, 9, 4, F64, F64, "contiguous")
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.randn_like(x))
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            cc.causal_conv1d_fn(dual, w, b, activation="silu")
+        torch.testing.assert_close(cc.causal_conv1d_fn(x, w, b, activation="silu"),
+                                   cc.causal_conv1d_ref(x, w, b, activation="silu"))
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jvp(lambda t: cc.causal_conv1d_fn(t, w, b), (x,), (torch.randn_like(x),))

@@ -156,6 +156,15 @@ def fwd(x, weight, bias, seq_idx, initial_states, return_final_states, silu):
     autograd directly. Under torch.compile and export the call goes through
     the operator as before, so they trace it as they always did."""
     args = (x, weight, bias, seq_idx, initial_states, return_final_states, silu)
+    if torch.autograd.forward_ad._current_level >= 0 and any(
+        t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+        for t in (x, weight, bias, initial_states)
+    ):
+        # the operator would return a result without a tangent: refuse instead
+        raise NotImplementedError(
+            "causal_conv1d_fn: forward-mode AD (dual tensors, torch.func.jvp) is not "
+            "supported; gradients come from reverse mode (backward)"
+        )
     if torch.compiler.is_compiling() or (
         torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
     ):
