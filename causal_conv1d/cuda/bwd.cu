@@ -350,6 +350,18 @@ __global__ void __launch_bounds__(kThreads)
 template <typename X>
 __host__ __device__ constexpr int bwd_steps_per_warp() { return sizeof(X) == 4 ? 8 : 16; }
 
+// Full channel-last tiles take a copy of the step loop whose bounds are
+// constants: its 19 steps become one straight block (sm_90, bf16, W=4: 97
+// instructions a step against 194 with per-step bounds, and the steps
+// interleave), for 2 more registers and 1.4x the code. On by default since
+// the count halves; not yet measured on a GPU: compare with
+// tools/gpu_tune.sh "" "-DCAUSAL_CONV1D_BWD_FULL_TILES=0", then drop the
+// switch (docs/gpu-perf-notes.md).
+#ifndef CAUSAL_CONV1D_BWD_FULL_TILES
+#define CAUSAL_CONV1D_BWD_FULL_TILES 1
+#endif
+constexpr bool kBwdFullTiles = CAUSAL_CONV1D_BWD_FULL_TILES != 0;
+
 template <typename X, int kW, bool kExact, bool kSeq, bool kSilu>
 __global__ void __launch_bounds__(kThreads)
     bwd_chanlast_kernel(ConvParams p, int64_t cblocks, int64_t tiles, bool x_vec, bool dout_vec,
@@ -483,79 +495,98 @@ __global__ void __launch_bounds__(kThreads)
       const int n = steps + W - 1;
       const int nd = L - q0 < n ? static_cast<int>(L - q0) : n;
       X* dxp = ptr<X>(p.dx) + b * p.dx.s0 + q0 * p.dx.s2 + d0 * p.dx.s1;  // dx at q0 + j - (W-1)
+      // A full tile (kFull: its steps and their W-1 successors all before L,
+      // none of the last W-1 positions, vector stores) has constant bounds,
+      // so its unrolled steps are one block that the compiler interleaves;
+      // other tiles test them per step.
+      auto walk = [&](auto full) {
+        constexpr bool kFull = decltype(full)::value;
+        const int n_ = kFull ? kSteps + kW - 1 : n;
+        const int nd_ = kFull ? kSteps + kW - 1 : nd;
+        const int steps_ = kFull ? kSteps : steps;
 #pragma unroll
-      for (int j = 0; j < kSteps + kW - 1; ++j) {
-        if (j == n) break;
-        const int i = i0 + j;  // x tile row of the position
-        float dy[E] = {};
-        if (j < nd) {
-          load_x(0, i);
-          const int32_t tok = ids[0];
-          if (!kSeq || tok >= 0) {
-            bool same[kW];  // taps that see the position's segment
+        for (int j = 0; j < kSteps + kW - 1; ++j) {
+          if (j == n_) break;
+          const int i = i0 + j;  // x tile row of the position
+          float dy[E] = {};
+          if (j < nd_) {
+            load_x(0, i);
+            const int32_t tok = ids[0];
+            if (!kSeq || tok >= 0) {
+              bool same[kW];  // taps that see the position's segment
 #pragma unroll
-            for (int k = 0; k < kW; ++k)
-              same[k] = (kExact || k < W) && (!kSeq || ids[k] == tok);
-            const V g = gt[warp * kSteps + j][lane];
-#pragma unroll
-            for (int e = 0; e < E; ++e) {
-              dy[e] = to_f(g.v[e]);
-              if constexpr (kSilu) {  // not a runtime flag, which splits the channels into blocks
-                float y = bias[e];
-#pragma unroll
-                for (int k = 0; k < kW; ++k)
-                  if (same[k]) y += wr[k][e] * xw[k][e];
-                dy[e] *= silu_grad(y);
-              }
-            }
-            if (j < steps) {
+              for (int k = 0; k < kW; ++k)
+                same[k] = (kExact || k < W) && (!kSeq || ids[k] == tok);
+              const V g = gt[warp * kSteps + j][lane];
 #pragma unroll
               for (int e = 0; e < E; ++e) {
-                db[e] += dy[e];
+                dy[e] = to_f(g.v[e]);
+                if constexpr (kSilu) {  // not a runtime flag, which splits the channels into blocks
+                  float y = bias[e];
 #pragma unroll
-                for (int k = 0; k < kW; ++k)
-                  if (same[k]) dwr[k][e] += dy[e] * xw[k][e];
+                  for (int k = 0; k < kW; ++k)
+                    if (same[k]) y += wr[k][e] * xw[k][e];
+                  dy[e] *= silu_grad(y);
+                }
+              }
+              if (j < steps_) {
+#pragma unroll
+                for (int e = 0; e < E; ++e) {
+                  db[e] += dy[e];
+#pragma unroll
+                  for (int k = 0; k < kW; ++k)
+                    if (same[k]) dwr[k][e] += dy[e] * xw[k][e];
+                }
               }
             }
           }
-        }
 #pragma unroll
-        for (int k = 0; k + 1 < kW; ++k)
+          for (int k = 0; k + 1 < kW; ++k)
 #pragma unroll
-          for (int e = 0; e < E; ++e) gw[k][e] = gw[k + 1][e];
+            for (int e = 0; e < E; ++e) gw[k][e] = gw[k + 1][e];
 #pragma unroll
-        for (int e = 0; e < E; ++e) gw[kW - 1][e] = dy[e];
+          for (int e = 0; e < E; ++e) gw[kW - 1][e] = dy[e];
 
-        // dx at q = q0 + j - (W-1) (< q1 <= L): w[k] meets the gradient of
-        // position q + W-1 - k, which exists when it is before L.
-        if (j >= W - 1) {
-          const int64_t q = q0 + j - (W - 1);
-          const int32_t qid = !kSeq ? 0 : kExact ? ids[kW - 1] : tile_ids[i - (W - 1)];
-          float acc[E] = {};
+          // dx at q = q0 + j - (W-1) (< q1 <= L): w[k] meets the gradient of
+          // position q + W-1 - k, which exists when it is before L.
+          if (j >= W - 1) {
+            const int64_t q = q0 + j - (W - 1);
+            const int32_t qid = !kSeq ? 0 : kExact ? ids[kW - 1] : tile_ids[i - (W - 1)];
+            float acc[E] = {};
 #pragma unroll
-          for (int k = 0; k < kW; ++k)
-            if ((kExact || k < W) && j - k < nd && (!kSeq || ids[k] == qid))
+            for (int k = 0; k < kW; ++k)
+              if ((kExact || k < W) && j - k < nd_ && (!kSeq || ids[k] == qid))
 #pragma unroll
-              for (int e = 0; e < E; ++e) acc[e] += w[k][e] * gw[kW - 1 - k][e];
-          if (fr != nullptr && q >= L - (W - 1) && (!kSeq || qid == last)) {
+                for (int e = 0; e < E; ++e) acc[e] += w[k][e] * gw[kW - 1 - k][e];
+            if (!kFull && fr != nullptr && q >= L - (W - 1) && (!kSeq || qid == last)) {
 #pragma unroll
-            for (int e = 0; e < E; ++e)
-              if (e < ne)
-                acc[e] += to_f(fr[(d0 + e) * p.dfinal_states.s1 +
-                                  (q - (L - (W - 1))) * p.dfinal_states.s2]);
+              for (int e = 0; e < E; ++e)
+                if (e < ne)
+                  acc[e] += to_f(fr[(d0 + e) * p.dfinal_states.s1 +
+                                    (q - (L - (W - 1))) * p.dfinal_states.s2]);
+            }
+            V o;
+#pragma unroll
+            for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(acc[e]);
+            store_channels(dxp, o, kFull || (dx_vec && ne == E), ne, p.dx.s1);
+            dxp += p.dx.s2;
           }
-          V o;
 #pragma unroll
-          for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(acc[e]);
-          store_channels(dxp, o, dx_vec && ne == E, ne, p.dx.s1);
-          dxp += p.dx.s2;
+          for (int k = kW - 1; k > 0; --k) {
+            ids[k] = ids[k - 1];
+#pragma unroll
+            for (int e = 0; e < E; ++e) xw[k][e] = xw[k - 1][e];
+          }
         }
-#pragma unroll
-        for (int k = kW - 1; k > 0; --k) {
-          ids[k] = ids[k - 1];
-#pragma unroll
-          for (int e = 0; e < E; ++e) xw[k][e] = xw[k - 1][e];
+      };
+      if constexpr (kBwdFullTiles && kExact && !kSeq) {
+        if (steps == kSteps && L - q0 >= kSteps + kW - 1 && dx_vec && ne == E) {
+          walk(std::true_type{});
+        } else {
+          walk(std::false_type{});
         }
+      } else {
+        walk(std::false_type{});
       }
     }
     __syncthreads();  // tiles are dead: reuse shared memory for the partials
