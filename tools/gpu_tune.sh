@@ -14,7 +14,8 @@
 # CAUSAL_CONV1D_BWD_TILE_POSITIONS, CAUSAL_CONV1D_TILE_PREFETCH
 # (causal_conv1d/cuda/rows.cuh), CAUSAL_CONV1D_DECODE_ROWS
 # (causal_conv1d/cuda/update.cu), CAUSAL_CONV1D_CHANLAST_STREAM and
-# CAUSAL_CONV1D_STREAM_STEPS (causal_conv1d/cuda/fwd.cu).
+# CAUSAL_CONV1D_STREAM_STEPS (causal_conv1d/cuda/fwd.cu),
+# CAUSAL_CONV1D_BWD_FULL_TILES (causal_conv1d/cuda/bwd.cu).
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
