@@ -15,7 +15,7 @@
 # (causal_conv1d/cuda/rows.cuh), CAUSAL_CONV1D_DECODE_ROWS
 # (causal_conv1d/cuda/update.cu), CAUSAL_CONV1D_CHANLAST_STREAM and
 # CAUSAL_CONV1D_STREAM_STEPS (causal_conv1d/cuda/fwd.cu),
-# CAUSAL_CONV1D_BWD_FULL_TILES (causal_conv1d/cuda/bwd.cu).
+# CAUSAL_CONV1D_CHANLAST_FULL_TILES (causal_conv1d/cuda/rows.cuh).
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

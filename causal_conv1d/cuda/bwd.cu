@@ -350,18 +350,6 @@ __global__ void __launch_bounds__(kThreads)
 template <typename X>
 __host__ __device__ constexpr int bwd_steps_per_warp() { return sizeof(X) == 4 ? 8 : 16; }
 
-// Full channel-last tiles take a copy of the step loop whose bounds are
-// constants: its 19 steps become one straight block (sm_90, bf16, W=4: 97
-// instructions a step against 194 with per-step bounds, and the steps
-// interleave), for 2 more registers and 1.4x the code. On by default since
-// the count halves; not yet measured on a GPU: compare with
-// tools/gpu_tune.sh "" "-DCAUSAL_CONV1D_BWD_FULL_TILES=0", then drop the
-// switch (docs/gpu-perf-notes.md).
-#ifndef CAUSAL_CONV1D_BWD_FULL_TILES
-#define CAUSAL_CONV1D_BWD_FULL_TILES 1
-#endif
-constexpr bool kBwdFullTiles = CAUSAL_CONV1D_BWD_FULL_TILES != 0;
-
 template <typename X, int kW, bool kExact, bool kSeq, bool kSilu>
 __global__ void __launch_bounds__(kThreads)
     bwd_chanlast_kernel(ConvParams p, int64_t cblocks, int64_t tiles, bool x_vec, bool dout_vec,
@@ -495,10 +483,9 @@ __global__ void __launch_bounds__(kThreads)
       const int n = steps + W - 1;
       const int nd = L - q0 < n ? static_cast<int>(L - q0) : n;
       X* dxp = ptr<X>(p.dx) + b * p.dx.s0 + q0 * p.dx.s2 + d0 * p.dx.s1;  // dx at q0 + j - (W-1)
-      // A full tile (kFull: its steps and their W-1 successors all before L,
-      // none of the last W-1 positions, vector stores) has constant bounds,
-      // so its unrolled steps are one block that the compiler interleaves;
-      // other tiles test them per step.
+      // Full tiles (kChanlastFullTiles, rows.cuh: every step and its W-1
+      // successors before L, no dx among the last W-1 positions, vector
+      // stores) have constant bounds; other tiles test them per step.
       auto walk = [&](auto full) {
         constexpr bool kFull = decltype(full)::value;
         const int n_ = kFull ? kSteps + kW - 1 : n;
@@ -579,7 +566,7 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
       };
-      if constexpr (kBwdFullTiles && kExact && !kSeq) {
+      if constexpr (kChanlastFullTiles && kExact && !kSeq) {
         if (steps == kSteps && L - q0 >= kSteps + kW - 1 && dx_vec && ne == E) {
           walk(std::true_type{});
         } else {

@@ -222,37 +222,51 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int k = 1; k < kW; ++k) load_row(k, i0 - k);
       X* dst = ptr<X>(p.out) + b * p.out.s0 + tw * p.out.s2 + d0 * p.out.s1;
+      // Full tiles (kChanlastFullTiles, rows.cuh): constant bounds, vector stores.
+      auto walk = [&](auto full) {
+        constexpr bool kFull = decltype(full)::value;
+        const int steps_ = kFull ? kFwdStepsPerWarp : steps;
 #pragma unroll
-      for (int s = 0; s < kFwdStepsPerWarp; ++s) {
-        if (s == steps) break;  // the same for the whole warp
-        const int i = i0 + s;
-        load_row(0, i);
-        const int32_t tok = kSeq ? tile_ids[i] : 0;
-        float acc[E];
+        for (int s = 0; s < kFwdStepsPerWarp; ++s) {
+          if (s == steps_) break;  // the same for the whole warp
+          const int i = i0 + s;
+          load_row(0, i);
+          const int32_t tok = kSeq ? tile_ids[i] : 0;
+          float acc[E];
 #pragma unroll
-        for (int e = 0; e < E; ++e) acc[e] = bias[e];
+          for (int e = 0; e < E; ++e) acc[e] = bias[e];
 #pragma unroll
-        for (int k = 0; k < kW; ++k) {
-          if ((kExact || k < W) && (!kSeq || tile_ids[i - k] == tok)) {
+          for (int k = 0; k < kW; ++k) {
+            if ((kExact || k < W) && (!kSeq || tile_ids[i - k] == tok)) {
 #pragma unroll
-            for (int e = 0; e < E; ++e) acc[e] += wr[k][e] * xw[k][e];
+              for (int e = 0; e < E; ++e) acc[e] += wr[k][e] * xw[k][e];
+            }
+          }
+          V o;
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            float y = p.silu ? silu(acc[e]) : acc[e];
+            if (kSeq && tok < 0) y = 0.f;
+            o.v[e] = from_f<X>(y);
+          }
+          store_channels(dst, o, kFull || (out_vec && ne == E), ne, p.out.s1);
+          dst += p.out.s2;
+          // Slide the window; the loop is unrolled, so this only renames registers.
+#pragma unroll
+          for (int k = kW - 1; k > 0; --k) {
+#pragma unroll
+            for (int e = 0; e < E; ++e) xw[k][e] = xw[k - 1][e];
           }
         }
-        V o;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          float y = p.silu ? silu(acc[e]) : acc[e];
-          if (kSeq && tok < 0) y = 0.f;
-          o.v[e] = from_f<X>(y);
+      };
+      if constexpr (kChanlastFullTiles && kExact && !kSeq) {
+        if (steps == kFwdStepsPerWarp && out_vec && ne == E) {
+          walk(std::true_type{});
+        } else {
+          walk(std::false_type{});
         }
-        store_channels(dst, o, out_vec && ne == E, ne, p.out.s1);
-        dst += p.out.s2;
-        // Slide the window; the loop is unrolled, so this only renames registers.
-#pragma unroll
-        for (int k = kW - 1; k > 0; --k) {
-#pragma unroll
-          for (int e = 0; e < E; ++e) xw[k][e] = xw[k - 1][e];
-        }
+      } else {
+        walk(std::false_type{});
       }
     }
     __syncthreads();  // the next tile overwrites shared memory

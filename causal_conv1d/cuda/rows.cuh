@@ -121,6 +121,21 @@ __device__ __forceinline__ int positions_before(int64_t L, int64_t pos, int n) {
   return room >= n ? n : room > 0 ? static_cast<int>(room) : 0;
 }
 
+// The channel-last kernels' full tiles (every step of the warp before L, no
+// position among the last W-1 in the backward, vector stores) take a copy of
+// the step loop whose bounds are constants, so that the unrolled steps are
+// one straight block the compiler interleaves, instead of one block per step
+// waiting out its own dependency chain (sm_90, bf16, W=4 backward: 97
+// instructions a step against 194; forward: no bound test or store branch
+// per step), for 2-8 more registers and about 1.4x the code. On by default
+// since no instruction is added on any path; not yet measured on a GPU:
+// compare with tools/gpu_tune.sh "" "-DCAUSAL_CONV1D_CHANLAST_FULL_TILES=0",
+// then drop the switch (docs/gpu-perf-notes.md).
+#ifndef CAUSAL_CONV1D_CHANLAST_FULL_TILES
+#define CAUSAL_CONV1D_CHANLAST_FULL_TILES 1
+#endif
+constexpr bool kChanlastFullTiles = CAUSAL_CONV1D_CHANLAST_FULL_TILES != 0;
+
 // Row (b, d) and first position of warp tile wg of a rows_tiled launch.
 struct TileAt {
   int64_t b, d, t0;
