@@ -235,7 +235,6 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t D = p.dim, L = p.seqlen;
   const int64_t total = p.batch * D * tiles;
   const int lane = threadIdx.x % kWarp;
-  const int64_t first = global_thread() / kWarp, stride = grid_threads() / kWarp;
   auto x_row = [&](const TileAt& t) { return ptr<const X>(p.x) + t.b * p.x.s0 + t.d * p.x.s1; };
   auto g_row = [&](const TileAt& t) {
     return ptr<const X>(p.dout) + t.b * p.dout.s0 + t.d * p.dout.s1;
@@ -250,16 +249,13 @@ __global__ void __launch_bounds__(kThreads)
     gt.fetch(gr, t.t0, L);
     edges.fetch(p, t.b, t.d, t.t0, t.t0 + Tile::kLen, xr, gr);
   };
-  for (int64_t wg = first; wg < total; wg += stride) {
-    const TileAt at = tile_at(wg, tiles, D, Tile::kLen);
-    const int64_t b = at.b, d = at.d, tile = at.t0 / Tile::kLen;
-    if (!kTilePrefetch || wg == first) fetch(at);
-    xt.unpack(at.t0);
-    gt.unpack(at.t0);
+  auto unpack = [&](const TileAt& t) {
+    xt.unpack(t.t0);
+    gt.unpack(t.t0);
     edges.unpack(p);
-    if (kTilePrefetch && wg + stride < total) {  // in flight while this tile computes
-      fetch(tile_at(wg + stride, tiles, D, Tile::kLen));
-    }
+  };
+  for_each_tile(total, tiles, D, Tile::kLen, fetch, unpack, [&](const TileAt& at) {
+    const int64_t b = at.b, d = at.d, tile = at.t0 / Tile::kLen;
     const float(&wr)[kW] = edges.wr;
     const float bias = edges.bias;
 
@@ -333,7 +329,7 @@ __global__ void __launch_bounds__(kThreads)
       float* slot = ws != nullptr ? ws + (b * tiles + tile) * D * (kW + 1) : nullptr;
       emit_partials<kW, true>(p, kW, d, dwr, db, slot);
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------

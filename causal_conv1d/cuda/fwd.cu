@@ -105,7 +105,6 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
   static_assert(H >= 1 && H <= E, "the inputs before a vector come from one neighbour");
   const int64_t D = p.dim, L = p.seqlen;
   const int64_t total = p.batch * D * tiles;
-  const int64_t first = global_thread() / kWarp, stride = grid_threads() / kWarp;
   auto row_of = [&](const TileAt& t) { return ptr<const X>(p.x) + t.b * p.x.s0 + t.d * p.x.s1; };
   Tile tile;
   TileEdges<X, kW, false> edges;
@@ -115,14 +114,11 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
     tile.fetch(xr, t.t0, L);
     edges.fetch(p, t.b, t.d, t.t0, t.t0 + Tile::kLen, xr, nullptr);
   };
-  for (int64_t wg = first; wg < total; wg += stride) {
-    const TileAt at = tile_at(wg, tiles, D, Tile::kLen);
-    if (!kTilePrefetch || wg == first) fetch(at);
-    tile.unpack(at.t0);
+  auto unpack = [&](const TileAt& t) {
+    tile.unpack(t.t0);
     edges.unpack(p);
-    if (kTilePrefetch && wg + stride < total) {  // in flight while this tile computes
-      fetch(tile_at(wg + stride, tiles, D, Tile::kLen));
-    }
+  };
+  for_each_tile(total, tiles, D, Tile::kLen, fetch, unpack, [&](const TileAt& at) {
     const float(&wr)[kW] = edges.wr;
     const float bias = edges.bias;
 
@@ -141,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
       }
     }
     tile.store(ptr<X>(p.out) + at.b * p.out.s0 + at.d * p.out.s1, L, res);
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------

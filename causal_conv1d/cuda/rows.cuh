@@ -146,6 +146,24 @@ __device__ inline TileAt tile_at(int64_t wg, int64_t tiles, int64_t D, int64_t l
   return TileAt{b, row - b * D, (wg - row * tiles) * len};
 }
 
+// The rows_tiled kernels' walk over warp tiles (grid-stride over `total`
+// tiles of `len` positions, `tiles` to a row): fetch(at) issues a tile's
+// loads, unpack(at) waits for and converts them, body(at) computes. With
+// kTilePrefetch the next tile's loads are issued between unpack and body, so
+// that they are in flight while this tile computes.
+template <typename Fetch, typename Unpack, typename Body>
+__device__ __forceinline__ void for_each_tile(int64_t total, int64_t tiles, int64_t D, int64_t len,
+                                              Fetch&& fetch, Unpack&& unpack, Body&& body) {
+  const int64_t first = global_thread() / kWarp, stride = grid_threads() / kWarp;
+  for (int64_t wg = first; wg < total; wg += stride) {
+    const TileAt at = tile_at(wg, tiles, D, len);
+    if (!kTilePrefetch || wg == first) fetch(at);
+    unpack(at);
+    if (kTilePrefetch && wg + stride < total) fetch(tile_at(wg + stride, tiles, D, len));
+    body(at);
+  }
+}
+
 // A warp's tile of one row (x.s2 == 1, rows 16-byte aligned): 32 * C
 // consecutive vectors of E = 16 / sizeof(X) elements from position t0. Lane l
 // holds vectors l, l + 32, ..., l + 32 (C - 1): each warp-wide load or store
