@@ -10,7 +10,8 @@
 # own folder under $OUT (default build/gpu-tune) and benchmarks/bench_gpu.py
 # runs on it; the tables print one after another, each headed by its flags,
 # and go to $OUT/tune.md. Same machine and call for all, so the figures
-# compare. Settings known today: CAUSAL_CONV1D_FWD_TILE_POSITIONS,
+# compare. The sets build side by side first; TUNE_STEP=build stops there
+# (to overlap the builds with other work) and TUNE_STEP=bench only benchmarks. Settings known today: CAUSAL_CONV1D_FWD_TILE_POSITIONS,
 # CAUSAL_CONV1D_BWD_TILE_POSITIONS, CAUSAL_CONV1D_TILE_PREFETCH
 # (causal_conv1d/cuda/rows.cuh), CAUSAL_CONV1D_DECODE_ROWS
 # (causal_conv1d/cuda/update.cu), CAUSAL_CONV1D_CHANLAST_STREAM and
@@ -27,23 +28,35 @@ caps="${CUDA_CAPABILITIES:-9.0}"
 (( $# > 0 )) || { echo "usage: tools/gpu_tune.sh FLAGS [FLAGS ...]  (\"\" = defaults)" >&2; exit 2; }
 mkdir -p "$out"
 report="$out/tune.md"
-: >"$report"
+step="${TUNE_STEP:-all}"   # build | bench | all (build: all sets at once, then stop)
 status=0
+build_set() {  # index flags
+  CAUSAL_CONV1D_NVCC_FLAGS="$2" "$py" tools/build_variant.py --backend cuda \
+    --cuda-capabilities "$caps" --out "$out/v$1/build" --jobs "$jobs" >"$out/build-$1.log" 2>&1
+  echo $? >"$out/build-$1.rc"
+}
+if [[ $step != bench ]]; then  # the builds run side by side: nvcc is one process per file
+  echo "== building $# sets"
+  declare -a pids=()
+  i=0
+  for flags in "$@"; do i=$((i + 1)); build_set "$i" "$flags" & pids+=($!); done
+  for p in "${pids[@]}"; do wait "$p"; done
+  grep -qvx 0 "$out"/build-*.rc && status=1
+  [[ $step == build ]] && exit $status
+fi
+: >"$report"
 i=0
 for flags in "$@"; do
   i=$((i + 1))
-  root="$out/v$i"
   label="${flags:-defaults}"
-  echo "== [$i/$#] $label: building"
-  if ! CAUSAL_CONV1D_NVCC_FLAGS="$flags" "$py" tools/build_variant.py --backend cuda \
-      --cuda-capabilities "$caps" --out "$root/build" --jobs "$jobs" >"$out/build-$i.log" 2>&1; then
-    echo "build failed (see $out/build-$i.log)" | tee -a "$report"
+  if [[ "$(cat "$out/build-$i.rc" 2>/dev/null)" != 0 ]]; then
+    echo "[$i/$#] $label: build failed (see $out/build-$i.log)" | tee -a "$report"
     status=1
     continue
   fi
   echo "== [$i/$#] $label: benchmarking"
   printf '### %s\n\n' "$label" | tee -a "$report"
-  CAUSAL_CONV1D_KERNEL_ROOT="$root" "$py" benchmarks/bench_gpu.py 2>&1 | tee -a "$report"
+  CAUSAL_CONV1D_KERNEL_ROOT="$out/v$i" "$py" benchmarks/bench_gpu.py 2>&1 | tee -a "$report"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
   echo | tee -a "$report"
 done
