@@ -57,13 +57,12 @@ case "${1:-}" in
     python causal_conv1d/cuda/emu/build_emu.py --out "$emu/build"
     CAUSAL_CONV1D_KERNEL_ROOT="$emu" CAUSAL_CONV1D_TEST_BACKEND=cpu CAUSAL_CONV1D_CUDA_EMU=1 \
       python -m pytest tests/test_cuda.py -q -p no:cacheprovider
-    step "the same with the switches not at their defaults (docs/gpu-perf-notes.md): the paths they change"
+    step "the same with the rows_tiled kernels' tile sizes not at their defaults (tools/gpu_tune.sh): the paths they change"
     python causal_conv1d/cuda/emu/build_emu.py --out "$emu-experiments/build" \
-      -D CAUSAL_CONV1D_TILE_PREFETCH=1 -D CAUSAL_CONV1D_CHANLAST_STREAM=1 \
-      -D CAUSAL_CONV1D_CHANLAST_FULL_TILES=0
+      -D CAUSAL_CONV1D_FWD_TILE_POSITIONS=64 -D CAUSAL_CONV1D_BWD_TILE_POSITIONS=32
     CAUSAL_CONV1D_KERNEL_ROOT="$emu-experiments" CAUSAL_CONV1D_TEST_BACKEND=cpu CAUSAL_CONV1D_CUDA_EMU=1 \
       python -m pytest tests/test_cuda.py -q -p no:cacheprovider \
-      -k "long_rows or options or sizes or deterministic or (fwd and (channel_last or proj_slice))"
+      -k "long_rows or options or sizes or deterministic"
     step "AddressSanitizer + UndefinedBehaviorSanitizer"
     bash tools/sanitize.sh
     step "benchmark smoke runs"

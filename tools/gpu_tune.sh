@@ -11,12 +11,13 @@
 # runs on it; the tables print one after another, each headed by its flags,
 # and go to $OUT/tune.md. Same machine and call for all, so the figures
 # compare. The sets build side by side first; TUNE_STEP=build stops there
-# (to overlap the builds with other work) and TUNE_STEP=bench only benchmarks. Settings known today: CAUSAL_CONV1D_FWD_TILE_POSITIONS,
-# CAUSAL_CONV1D_BWD_TILE_POSITIONS, CAUSAL_CONV1D_TILE_PREFETCH
+# (to overlap the builds with other work) and TUNE_STEP=bench only
+# benchmarks. Settings known today:
+# CAUSAL_CONV1D_FWD_TILE_POSITIONS and CAUSAL_CONV1D_BWD_TILE_POSITIONS
 # (causal_conv1d/cuda/rows.cuh), CAUSAL_CONV1D_DECODE_ROWS
-# (causal_conv1d/cuda/update.cu), CAUSAL_CONV1D_CHANLAST_STREAM and
-# CAUSAL_CONV1D_STREAM_STEPS (causal_conv1d/cuda/fwd.cu),
-# CAUSAL_CONV1D_CHANLAST_FULL_TILES (causal_conv1d/cuda/rows.cuh).
+# (causal_conv1d/cuda/update.cu), CAUSAL_CONV1D_FWD_ROWS_MIN_BLOCKS
+# (causal_conv1d/cuda/fwd.cu),
+# CAUSAL_CONV1D_SILU_TANH (causal_conv1d/cuda/common.cuh).
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

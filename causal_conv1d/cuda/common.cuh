@@ -90,8 +90,31 @@ __device__ __forceinline__ float exp_neg(float v) {
   return std::exp2(t);
 #endif
 }
+// Experiment, for tools/gpu_tune.sh only (wrong precision for fp32 outputs;
+// docs/gpu-perf-notes.md): sigmoid(v) = (1 + tanh(v/2)) / 2 by one
+// MUFU.TANH (2^-11 relative) instead of MUFU.EX2 and MUFU.RCP.
+#ifndef CAUSAL_CONV1D_SILU_TANH
+#define CAUSAL_CONV1D_SILU_TANH 0
+#endif
+#if CAUSAL_CONV1D_SILU_TANH
+__device__ __forceinline__ float tanh_approx(float v) {
+#ifdef __CUDA_ARCH__
+  float r;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+#else
+  return std::tanh(v);
+#endif
+}
+__device__ __forceinline__ float sigmoid(float v) { return fmaf(0.5f, tanh_approx(0.5f * v), 0.5f); }
+__device__ __forceinline__ float silu(float v) {
+  const float h = 0.5f * v;
+  return fmaf(h, tanh_approx(h), h);
+}
+#else
 __device__ __forceinline__ float sigmoid(float v) { return __fdividef(1.f, 1.f + exp_neg(v)); }
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + exp_neg(v)); }
+#endif
 
 // d silu(y) / dy = s * (1 + y * (1 - s)), s = sigmoid(y)
 __device__ __forceinline__ float silu_grad(float y) {
@@ -213,30 +236,6 @@ __device__ __forceinline__ float lane_down(float v, int delta) {
 }
 __device__ __forceinline__ float lane_from(float v, int src) {
   return __shfl_sync(0xffffffffu, v, src);
-}
-
-// One wave of resident blocks of `kernel` (launched with kThreads threads),
-// or fewer when `work` threads need fewer: for kernels whose warps loop over
-// their work and overlap one item's loads with another's arithmetic.
-// grid_for's answer when the device cannot be asked.
-template <typename K>
-inline unsigned resident_grid(K kernel, int64_t work) {
-  const unsigned want = grid_for(work);
-#ifdef CAUSAL_CONV1D_CUDA_EMU
-  (void)kernel;
-  return want < 3u ? want : 3u;  // a few blocks, so that warps loop over several items
-#else
-  int device = 0, sms = 0, per_sm = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0) != cudaSuccess ||
-      sms <= 0 || per_sm <= 0) {
-    (void)cudaGetLastError();  // not this launch's error
-    return want;
-  }
-  const int64_t wave = static_cast<int64_t>(sms) * per_sm;
-  return want < wave ? want : static_cast<unsigned>(wave);
-#endif
 }
 
 // Sum over the 32 lanes of a warp; every lane gets the total. The xor

@@ -98,27 +98,36 @@ __global__ void __launch_bounds__(kThreads)
 // instead of a second load, and the weights, bias and index math are paid
 // once per tile instead of once per vector.
 
+// Experiment, for tools/gpu_tune.sh (docs/gpu-perf-notes.md): the resident
+// blocks per SM the compiler must allow for the rows_tiled forward (a
+// register cap; 8 is 64 registers, 60 bytes of spill in bf16). Unset,
+// ptxas picks (72 registers in bf16; a minimum of 1 lets it take 118).
+#ifdef CAUSAL_CONV1D_FWD_ROWS_MIN_BLOCKS
+#define CAUSAL_CONV1D_FWD_ROWS_BOUNDS \
+  __launch_bounds__(kThreads, CAUSAL_CONV1D_FWD_ROWS_MIN_BLOCKS)
+#else
+#define CAUSAL_CONV1D_FWD_ROWS_BOUNDS __launch_bounds__(kThreads)
+#endif
+
 template <typename X, int kW, int C>
-__global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, int64_t tiles) {
+__global__ void CAUSAL_CONV1D_FWD_ROWS_BOUNDS
+    fwd_rows_tiled_kernel(ConvParams p, int64_t tiles) {
   using Tile = WarpTile<X, C>;
   constexpr int E = Tile::E, H = kW - 1;
   static_assert(H >= 1 && H <= E, "the inputs before a vector come from one neighbour");
   const int64_t D = p.dim, L = p.seqlen;
   const int64_t total = p.batch * D * tiles;
-  auto row_of = [&](const TileAt& t) { return ptr<const X>(p.x) + t.b * p.x.s0 + t.d * p.x.s1; };
   Tile tile;
   TileEdges<X, kW, false> edges;
   tile.lane = threadIdx.x % kWarp;
-  auto fetch = [&](const TileAt& t) {
-    const X* xr = row_of(t);
-    tile.fetch(xr, t.t0, L);
-    edges.fetch(p, t.b, t.d, t.t0, t.t0 + Tile::kLen, xr, nullptr);
-  };
-  auto unpack = [&](const TileAt& t) {
-    tile.unpack(t.t0);
-    edges.unpack(p);
-  };
-  for_each_tile(total, tiles, D, Tile::kLen, fetch, unpack, [&](const TileAt& at) {
+  for_each_tile(total, tiles, D, Tile::kLen, [&](const TileAt& at) {
+    {  // every load of the tile in flight before the first wait
+      const X* xr = ptr<const X>(p.x) + at.b * p.x.s0 + at.d * p.x.s1;
+      tile.fetch(xr, at.t0, L);
+      edges.fetch(p, at.b, at.d, at.t0, at.t0 + Tile::kLen, xr, nullptr);
+      tile.unpack(at.t0);
+      edges.unpack(p);
+    }
     const float(&wr)[kW] = edges.wr;
     const float bias = edges.bias;
 
@@ -218,7 +227,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int k = 1; k < kW; ++k) load_row(k, i0 - k);
       X* dst = ptr<X>(p.out) + b * p.out.s0 + tw * p.out.s2 + d0 * p.out.s1;
-      // Full tiles (kChanlastFullTiles, rows.cuh): constant bounds, vector stores.
+      // Full tiles (every step before L, vector stores) take a copy of the step
+      // loop with constant bounds: one straight block whose steps the compiler
+      // interleaves (measured on an H100: bf16 82% of copy against 79%).
       auto walk = [&](auto full) {
         constexpr bool kFull = decltype(full)::value;
         const int steps_ = kFull ? kFwdStepsPerWarp : steps;
@@ -255,7 +266,7 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
       };
-      if constexpr (kChanlastFullTiles && kExact && !kSeq) {
+      if constexpr (kExact && !kSeq) {
         if (steps == kFwdStepsPerWarp && out_vec && ne == E) {
           walk(std::true_type{});
         } else {
@@ -266,80 +277,6 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     __syncthreads();  // the next tile overwrites shared memory
-  }
-}
-
-// ---------------------------------------------------------------------------
-// chanlast_stream (an experiment, off until measured: build with
-// -DCAUSAL_CONV1D_CHANLAST_STREAM=1, compare with tools/gpu_tune.sh;
-// docs/gpu-perf-notes.md): the chanlast layout with 16-byte aligned channel
-// vectors, W in {2, 3, 4}, no seq_idx. A warp owns 32 * E channels of
-// kStreamSteps consecutive steps of one batch row; lane l loads the E channels
-// d0 = c0 + l*E of the W-1 rows before the steps and of the steps themselves
-// (one 16-byte load each, 512 contiguous bytes per warp), all before the
-// first use, and keeps them in registers. No shared memory and no block
-// barrier: warps drift apart, so some warps' loads are in flight while
-// others compute (chanlast loads a block's whole tile, then computes it).
-
-#ifndef CAUSAL_CONV1D_CHANLAST_STREAM
-#define CAUSAL_CONV1D_CHANLAST_STREAM 0
-#endif
-#ifndef CAUSAL_CONV1D_STREAM_STEPS  // steps per warp item: more loads in flight, more registers
-#define CAUSAL_CONV1D_STREAM_STEPS 8
-#endif
-constexpr bool kChanlastStream = CAUSAL_CONV1D_CHANLAST_STREAM != 0;
-constexpr int kStreamSteps = CAUSAL_CONV1D_STREAM_STEPS;
-
-// Registers (sm_90, 8 steps): 108 in fp32, 166 in bf16 (every converted input
-// and weight stays live; capping at 128 spilled 600 bytes).
-template <typename X, int kW>
-__global__ void __launch_bounds__(kThreads)
-    fwd_chanlast_stream_kernel(ConvParams p, int64_t strips, int64_t chunks, bool out_vec) {
-  constexpr int E = kVec16<X>, H = kW - 1, R = kStreamSteps + H;
-  using V = Pack<X, E>;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t D = p.dim, L = p.seqlen;
-  const int64_t total = p.batch * chunks * strips;
-  for (int64_t wg = global_thread() / kWarp; wg < total; wg += grid_threads() / kWarp) {
-    const int64_t strip = wg % strips, r = wg / strips;
-    const int64_t b = r / chunks, t0 = (r - b * chunks) * kStreamSteps;
-    const int64_t d0 = strip * (kWarp * E) + lane * E;
-    const int ne = D - d0 >= E ? E : D - d0 > 0 ? static_cast<int>(D - d0) : 0;
-    if (ne == 0) continue;  // lanes past D (no warp-wide operation below)
-    const X* xb = ptr<const X>(p.x) + b * p.x.s0;
-    V raw[R];  // raw[i]: the input at position t0 - H + i
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const int64_t pos = t0 - H + i;
-      if (pos >= 0 && pos < L && ne == E) {
-        raw[i] = load_pack<X, E>(xb + pos * p.x.s2 + d0);
-      } else if (pos < L) {  // the initial state (or zeros) before 0, or a partial vector
-        raw[i] = channels_at<X, E>(p, p.x, b, pos, d0, ne);
-      } else {
-#pragma unroll
-        for (int e = 0; e < E; ++e) raw[i].v[e] = from_f<X>(0.f);
-      }
-    }
-
-    float wr[kW][E], bias[E];  // wr[k]: the tap k positions back
-    channel_taps(p, d0, ne, kW, wr, bias);
-    X* dst = ptr<X>(p.out) + b * p.out.s0 + t0 * p.out.s2 + d0 * p.out.s1;
-#pragma unroll
-    for (int s = 0; s < kStreamSteps; ++s) {
-      if (t0 + s >= L) break;
-      float acc[E];
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] = bias[e];
-#pragma unroll
-      for (int k = 0; k < kW; ++k)
-#pragma unroll
-        for (int e = 0; e < E; ++e) acc[e] += wr[k][e] * to_f(raw[s + H - k].v[e]);
-      V o;
-#pragma unroll
-      for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(p.silu ? silu(acc[e]) : acc[e]);
-      store_channels(dst, o, out_vec && ne == E, ne, p.out.s1);
-      dst += p.out.s2;
-    }
   }
 }
 
@@ -412,8 +349,7 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
             constexpr int kW = decltype(wt)::kW;
             auto kernel = full ? fwd_rows_tiled_kernel<X, kW, C> : fwd_rows_tiled_kernel<X, kW, 1>;
             const int64_t work = B * D * tiles * kWarp;
-            launch(kernel, kTilePrefetch ? resident_grid(kernel, work) : grid_for(work), stream, p,
-                   tiles);
+            launch(kernel, grid_for(work), stream, p, tiles);
           });
         } else {
           dispatch_width<32>(p.width, [&](auto wt) {
@@ -430,22 +366,14 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
         const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s2, L);
         const bool out_vec = (p.out.s1 == 1 || D == 1) &&
                              vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s2, L);
-        if (kChanlastStream && !seq && x_vec && p.width >= 2 && p.width <= 4) {
-          const int64_t chunks = (L + kStreamSteps - 1) / kStreamSteps;
-          dispatch_exact_width(p.width, [&](auto wt) {
-            launch(fwd_chanlast_stream_kernel<X, decltype(wt)::kW>,
-                   grid_for(B * chunks * cblocks * kWarp), stream, p, cblocks, chunks, out_vec);
-          });
-        } else {
-          dispatch_width<8>(p.width, [&](auto wt) {
-            constexpr int kW = decltype(wt)::kW;
-            constexpr bool kExact = decltype(wt)::kExact;
-            auto kernel = seq ? fwd_chanlast_kernel<X, kW, kExact, true>
-                              : fwd_chanlast_kernel<X, kW, kExact, false>;
-            launch(kernel, grid_for(B * tiles * cblocks, 1), stream, p, cblocks, tiles, x_vec,
-                   out_vec);
-          });
-        }
+        dispatch_width<8>(p.width, [&](auto wt) {
+          constexpr int kW = decltype(wt)::kW;
+          constexpr bool kExact = decltype(wt)::kExact;
+          auto kernel = seq ? fwd_chanlast_kernel<X, kW, kExact, true>
+                            : fwd_chanlast_kernel<X, kW, kExact, false>;
+          launch(kernel, grid_for(B * tiles * cblocks, 1), stream, p, cblocks, tiles, x_vec,
+                 out_vec);
+        });
       } else {
         const bool t_fastest = p.x.s2 <= p.x.s1;
         launch(fwd_generic_kernel<X>, grid_for(B * D * L), stream, p, t_fastest);

@@ -103,38 +103,12 @@ inline constexpr int tile_vectors(int positions, int elem_bytes) {
   return positions * elem_bytes / 16 > 1 ? positions * elem_bytes / 16 : 1;
 }
 
-// Experiment, off until measured (docs/gpu-perf-notes.md; compare with
-// tools/gpu_tune.sh "" "-DCAUSAL_CONV1D_TILE_PREFETCH=1"): the rows_tiled
-// kernels run one wave of resident blocks whose warps loop over tiles and
-// issue the next tile's loads before computing the current one, so loads
-// stay in flight while a warp computes (bf16 does twice fp32's arithmetic
-// per byte, and ran at 70-76% of copy against fp32's 99%).
-#ifndef CAUSAL_CONV1D_TILE_PREFETCH
-#define CAUSAL_CONV1D_TILE_PREFETCH 0
-#endif
-constexpr bool kTilePrefetch = CAUSAL_CONV1D_TILE_PREFETCH != 0;
-
 // How many of the n positions from pos are before L (0 to n): a 32-bit
 // bound for per-element tests inside a vector.
 __device__ __forceinline__ int positions_before(int64_t L, int64_t pos, int n) {
   const int64_t room = L - pos;
   return room >= n ? n : room > 0 ? static_cast<int>(room) : 0;
 }
-
-// The channel-last kernels' full tiles (every step of the warp before L, no
-// position among the last W-1 in the backward, vector stores) take a copy of
-// the step loop whose bounds are constants, so that the unrolled steps are
-// one straight block the compiler interleaves, instead of one block per step
-// waiting out its own dependency chain (sm_90, bf16, W=4 backward: 97
-// instructions a step against 194; forward: no bound test or store branch
-// per step), for 2-8 more registers and about 1.4x the code. On by default
-// since no instruction is added on any path; not yet measured on a GPU:
-// compare with tools/gpu_tune.sh "" "-DCAUSAL_CONV1D_CHANLAST_FULL_TILES=0",
-// then drop the switch (docs/gpu-perf-notes.md).
-#ifndef CAUSAL_CONV1D_CHANLAST_FULL_TILES
-#define CAUSAL_CONV1D_CHANLAST_FULL_TILES 1
-#endif
-constexpr bool kChanlastFullTiles = CAUSAL_CONV1D_CHANLAST_FULL_TILES != 0;
 
 // Row (b, d) and first position of warp tile wg of a rows_tiled launch.
 struct TileAt {
@@ -146,22 +120,16 @@ __device__ inline TileAt tile_at(int64_t wg, int64_t tiles, int64_t D, int64_t l
   return TileAt{b, row - b * D, (wg - row * tiles) * len};
 }
 
-// The rows_tiled kernels' walk over warp tiles (grid-stride over `total`
-// tiles of `len` positions, `tiles` to a row): fetch(at) issues a tile's
-// loads, unpack(at) waits for and converts them, body(at) computes. With
-// kTilePrefetch the next tile's loads are issued between unpack and body, so
-// that they are in flight while this tile computes.
-template <typename Fetch, typename Unpack, typename Body>
+// The rows_tiled kernels' walk over warp tiles: grid-stride over `total`
+// tiles of `len` positions, `tiles` to a row; body(at) loads, computes and
+// stores one. (Issuing the next tile's loads before computing this one was
+// measured slower on an H100: the registers it holds halve the resident
+// warps; docs/gpu-perf-notes.md.)
+template <typename Body>
 __device__ __forceinline__ void for_each_tile(int64_t total, int64_t tiles, int64_t D, int64_t len,
-                                              Fetch&& fetch, Unpack&& unpack, Body&& body) {
-  const int64_t first = global_thread() / kWarp, stride = grid_threads() / kWarp;
-  for (int64_t wg = first; wg < total; wg += stride) {
-    const TileAt at = tile_at(wg, tiles, D, len);
-    if (!kTilePrefetch || wg == first) fetch(at);
-    unpack(at);
-    if (kTilePrefetch && wg + stride < total) fetch(tile_at(wg + stride, tiles, D, len));
-    body(at);
-  }
+                                              Body&& body) {
+  for (int64_t wg = global_thread() / kWarp; wg < total; wg += grid_threads() / kWarp)
+    body(tile_at(wg, tiles, D, len));
 }
 
 // A warp's tile of one row (x.s2 == 1, rows 16-byte aligned): 32 * C
