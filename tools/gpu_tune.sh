@@ -15,9 +15,7 @@
 # benchmarks. Settings known today:
 # CAUSAL_CONV1D_FWD_TILE_POSITIONS and CAUSAL_CONV1D_BWD_TILE_POSITIONS
 # (causal_conv1d/cuda/rows.cuh), CAUSAL_CONV1D_DECODE_ROWS
-# (causal_conv1d/cuda/update.cu), CAUSAL_CONV1D_FWD_ROWS_MIN_BLOCKS
-# (causal_conv1d/cuda/fwd.cu),
-# CAUSAL_CONV1D_SILU_TANH (causal_conv1d/cuda/common.cuh).
+# (causal_conv1d/cuda/update.cu).
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

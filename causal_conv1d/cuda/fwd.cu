@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads)
           if (!kSeq || ids[O + j - k] == tok) acc += wr[k] * win[O + j - k];
         }
       }
-      float v = p.silu ? silu(acc) : acc;
+      float v = p.silu ? silu_out<X>(acc) : acc;
       if (kSeq && tok < 0) v = 0.f;
       res[j] = v;
     }
@@ -98,20 +98,8 @@ __global__ void __launch_bounds__(kThreads)
 // instead of a second load, and the weights, bias and index math are paid
 // once per tile instead of once per vector.
 
-// Experiment, for tools/gpu_tune.sh (docs/gpu-perf-notes.md): the resident
-// blocks per SM the compiler must allow for the rows_tiled forward (a
-// register cap; 8 is 64 registers, 60 bytes of spill in bf16). Unset,
-// ptxas picks (72 registers in bf16; a minimum of 1 lets it take 118).
-#ifdef CAUSAL_CONV1D_FWD_ROWS_MIN_BLOCKS
-#define CAUSAL_CONV1D_FWD_ROWS_BOUNDS \
-  __launch_bounds__(kThreads, CAUSAL_CONV1D_FWD_ROWS_MIN_BLOCKS)
-#else
-#define CAUSAL_CONV1D_FWD_ROWS_BOUNDS __launch_bounds__(kThreads)
-#endif
-
 template <typename X, int kW, int C>
-__global__ void CAUSAL_CONV1D_FWD_ROWS_BOUNDS
-    fwd_rows_tiled_kernel(ConvParams p, int64_t tiles) {
+__global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, int64_t tiles) {
   using Tile = WarpTile<X, C>;
   constexpr int E = Tile::E, H = kW - 1;
   static_assert(H >= 1 && H <= E, "the inputs before a vector come from one neighbour");
@@ -142,7 +130,7 @@ __global__ void CAUSAL_CONV1D_FWD_ROWS_BOUNDS
 #pragma unroll
         for (int k = 0; k < kW; ++k)
           acc += wr[k] * (j - k >= 0 ? tile.v[q][j - k] : prev[H + j - k]);
-        res[q][j] = p.silu ? silu(acc) : acc;
+        res[q][j] = p.silu ? silu_out<X>(acc) : acc;
       }
     }
     tile.store(ptr<X>(p.out) + at.b * p.out.s0 + at.d * p.out.s1, L, res);
@@ -252,7 +240,7 @@ __global__ void __launch_bounds__(kThreads)
           V o;
 #pragma unroll
           for (int e = 0; e < E; ++e) {
-            float y = p.silu ? silu(acc[e]) : acc[e];
+            float y = p.silu ? silu_out<X>(acc[e]) : acc[e];
             if (kSeq && tok < 0) y = 0.f;
             o.v[e] = from_f<X>(y);
           }
@@ -304,7 +292,7 @@ __global__ void __launch_bounds__(kThreads) fwd_generic_kernel(ConvParams p, boo
     float v = 0.f;
     if (!row.seq || row.id(t) >= 0) {
       const float y = y_at(p, row, t);
-      v = p.silu ? silu(y) : y;
+      v = p.silu ? silu_out<X>(y) : y;
     }
     ptr<X>(p.out)[b * p.out.s0 + d * p.out.s1 + t * p.out.s2] = from_f<X>(v);
   }

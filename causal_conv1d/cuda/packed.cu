@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) packed_out_kernel(ConvParams p, bool
         }
         acc += weight_at(p, d, k) * xv;
       }
-      v = p.silu ? silu(acc) : acc;
+      v = p.silu ? silu_out<X>(acc) : acc;
     }
     ptr<X>(p.out)[d * p.out.s1 + t * p.out.s2] = from_f<X>(v);
   }

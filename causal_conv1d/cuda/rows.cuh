@@ -84,13 +84,13 @@ __device__ inline void load_row_window(float* win, const ConvParams& p, const X*
 // Positions per lane of the rows_tiled kernels on rows long enough (shorter
 // rows get one vector per lane). More keeps more bytes in flight per thread
 // and spreads the per-tile work thinner, at the cost of registers
-// (occupancy). Fastest measured on an H100 (docs/gpu-perf-notes.md): 32 for
-// the forward (bf16 76% of copy against 70% with 16), 16 for the backward,
-// which holds four arrays per position (bf16 43% against 38% with 32); fp32
-// ran the same either way. Set at build time only to compare on a GPU
+// (occupancy). Fastest measured on an H100 (docs/gpu-perf-notes.md, run 5):
+// 16 for both (bf16 forward 78% of copy against 74% with 32 and 64% with
+// 64; the bf16 backward was slower with 32 in runs 3 and 4); fp32 ran the
+// same with 16, 32 or 64 in the forward. Set at build time only to compare on a GPU
 // (tools/gpu_tune.sh).
 #ifndef CAUSAL_CONV1D_FWD_TILE_POSITIONS
-#define CAUSAL_CONV1D_FWD_TILE_POSITIONS 32
+#define CAUSAL_CONV1D_FWD_TILE_POSITIONS 16
 #endif
 #ifndef CAUSAL_CONV1D_BWD_TILE_POSITIONS
 #define CAUSAL_CONV1D_BWD_TILE_POSITIONS 16

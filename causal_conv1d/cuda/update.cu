@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) update_fast_kernel(ConvParams p) {
 #pragma unroll
       for (int k = 0; k < kS; ++k) acc += w[k] * to_f(hist[r][k]);
       acc += w[kS] * to_f(tok[r]);
-      out[b * os0 + d * os1] = live[r] ? from_f<X>(p.silu ? silu(acc) : acc) : zero;
+      out[b * os0 + d * os1] = live[r] ? from_f<X>(p.silu ? silu_out<X>(acc) : acc) : zero;
     }
 
     // new state = old state[1:], then the token (copied, so bit-exact)
@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel(ConvParams p) {
         }
         acc += weight_at(p, d, k) * v;
       }
-      orow[t * p.out.s2] = from_f<X>(p.silu ? silu(acc) : acc);
+      orow[t * p.out.s2] = from_f<X>(p.silu ? silu_out<X>(acc) : acc);
     }
 
     if (S == 0) continue;
