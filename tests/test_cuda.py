@@ -331,6 +331,41 @@ def test_bwd_deterministic_matches_atomic(cu, seeded, layout, dtype):
         assert torch.equal(a, c), f"deterministic {name} differs between runs, seed={seeded}"
 
 
+# Channel-last backward shapes whose block iterations own several time tiles
+# (cuda/bwd.cu make_plan: group = clamp(B * tiles * cblocks // 528, 1, 4),
+# tiles of 32 steps for fp32 and 64 for 16-bit x, cblocks = ceil(D / 128)),
+# each with a partial last group and a partial last tile:
+#   xdt, B, D, L, W, layout, seq        tiles  group  groups (last)  last tile
+CHANLAST_GROUP_CASES = [
+    (torch.float32, 2, 131, 16935, 4, "channel_last", True),  # 530  4  133 (2)  7 steps
+    (torch.bfloat16, 1, 5, 102401, 6, "proj_slice", True),    # 1601 3  534 (2)  1
+    (torch.bfloat16, 4, 8, 33800, 4, "channel_last", False),  # 529  4  133 (1)  8, full tiles
+    (torch.float16, 3, 3, 22719, 8, "channel_last", True),    # 355  2  178 (1)  63
+    (torch.float32, 4, 40, 8450, 1, "proj_slice", False),     # 265  2  133 (1)  2
+]
+
+
+@pytest.mark.parametrize("xdt,B,D,L,W,layout,seq", CHANLAST_GROUP_CASES,
+                         ids=[f"{_name(c[0])}-B{c[1]}-D{c[2]}-L{c[3]}-W{c[4]}-{c[5]}-s{int(c[6])}"
+                              for c in CHANLAST_GROUP_CASES])
+def test_bwd_chanlast_tile_groups(cu, seeded, xdt, B, D, L, W, layout, seq):
+    """Tile groups of the channel-last backward: both reductions against the
+    float64 reference (with initial and final states), and the deterministic
+    one bitwise the same on a repeat."""
+    for det in (False, True):
+        bwd_case(cu, seeded, B=B, D=D, L=L, W=W, xdt=xdt, wdt=torch.float32, layout=layout,
+                 seq=seq, init=True, final=True, deterministic=det)
+    x, dout = make_x(B, D, L, layout, xdt), make_x(B, D, L, layout, xdt)
+    w, b = torch.randn(D, W, device=DEV), torch.randn(D, device=DEV)
+    s = random_seq_idx(B, L, device=DEV) if seq else None
+    ini = torch.randn(B, D, W - 1, device=DEV, dtype=xdt)
+    dfin = torch.randn(B, D, W - 1, device=DEV, dtype=xdt)
+    first = cu.ops.bwd(x, w, b, s, ini, dout, dfin, True, True)
+    again = cu.ops.bwd(x, w, b, s, ini, dout, dfin, True, True)
+    for name, a, c in zip(("dx", "dweight", "dbias", "dinit"), first, again):
+        assert torch.equal(a, c), f"deterministic {name} differs between runs, seed={seeded}"
+
+
 @pytest.mark.parametrize("mode", ["use_deterministic_algorithms", "env"])
 @pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_name)

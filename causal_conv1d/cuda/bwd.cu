@@ -19,7 +19,8 @@
 //             x and dy by shuffle, partials once per tile.
 //   chanlast  x.s1 == 1, widths <= 8: a block stages x and dout tiles in
 //             shared memory, a lane owns 4 channels of a warp's time steps;
-//             partials per (batch, tile), the block's warps summed in order.
+//             partials per (batch, group of consecutive tiles), the block's
+//             warps summed in order.
 //   generic   any strides or width: dy goes to a float buffer first, then dx
 //             and a per-channel block reduction for dweight (deterministic).
 // dinitial_states always come from a small kernel of their own.
@@ -328,22 +329,43 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------------------
 // chanlast: x.s1 == 1 (or D == 1), widths <= 8. A block owns 128 channels
-// (4 per lane) of a time tile of 4 warps x kSteps positions. It stages x
-// (with W-1 rows of history and W-1 rows of lookahead) and dout (with W-1
-// rows of lookahead) in shared memory, all loads in flight at once; each warp
-// then walks its positions and their W-1 successors once in an unrolled loop,
+// (4 per lane) of a group of `group` consecutive time tiles of 4 warps x
+// kSteps positions, and walks them in order. For each tile it stages x (with
+// W-1 rows of history and W-1 rows of lookahead) and dout (with W-1 rows of
+// lookahead) in shared memory, all loads in flight at once; each warp then
+// walks its positions and their W-1 successors once in an unrolled loop,
 // keeping the last W rows of x (converted once, on arrival) and the last W
-// output gradients in registers as windows that slide by register renaming,
-// and the 4 warps' dweight/dbias partials are summed in a fixed order through
-// shared memory.
+// output gradients in registers as windows that slide by register renaming.
+// The dweight/dbias partials stay in registers across the group's tiles, and
+// the 4 warps' sums are added in a fixed order through shared memory once per
+// group (one workspace slot per (batch, group) in deterministic mode).
 
 template <typename X>
 __host__ __device__ constexpr int bwd_steps_per_warp() { return sizeof(X) == 4 ? 8 : 16; }
 
+// The rows of the channel-last backward tile that starts at t0 (TT positions,
+// the last tile cut at L).
+struct ChanlastTile {
+  int64_t t0, row0;  // first position; position of x row 0 (t0 - (W-1))
+  int64_t t_end;     // end of the tile's own positions: min(t0 + TT, L)
+  int xrows, grows;  // x and dout rows that hold data (positions < min(t_end + W-1, L))
+};
+
+__device__ __forceinline__ ChanlastTile chanlast_tile(int64_t t0, int TT, int W, int64_t L) {
+  ChanlastTile t;
+  t.t0 = t0;
+  t.row0 = t.t0 - (W - 1);
+  t.t_end = t.t0 + TT < L ? t.t0 + TT : L;
+  const int64_t p_end = t.t_end + (W - 1) < L ? t.t_end + (W - 1) : L;
+  t.xrows = static_cast<int>(p_end - t.row0);
+  t.grows = static_cast<int>(p_end - t.t0);
+  return t;
+}
+
 template <typename X, int kW, bool kExact, bool kSeq, bool kSilu>
 __global__ void __launch_bounds__(kThreads)
-    bwd_chanlast_kernel(ConvParams p, int64_t cblocks, int64_t tiles, bool x_vec, bool dout_vec,
-                        bool dx_vec, float* ws) {
+    bwd_chanlast_kernel(ConvParams p, int64_t cblocks, int64_t groups, int group, bool x_vec,
+                        bool dout_vec, bool dx_vec, float* ws) {
   constexpr int E = 4;
   constexpr int kWarps = kThreads / kWarp;
   constexpr int CB = kWarp * E;  // channels per block (== kThreads)
@@ -360,45 +382,69 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int32_t tile_ids[kSeq ? RX : 1];
   auto xt = reinterpret_cast<V(*)[kWarp]>(smem);
   auto gt = reinterpret_cast<V(*)[kWarp]>(smem + sizeof(V) * kWarp * RX);
-  float* red = reinterpret_cast<float*>(smem);  // [warp][k][channel], after the tiles
+  float* red = reinterpret_cast<float*>(smem);  // [warp][k][channel], after the group's tiles
 
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t D = p.dim, L = p.seqlen;
   const int W = kExact ? kW : static_cast<int>(p.width);
-  const int64_t total = p.batch * tiles * cblocks;
-  for (int64_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
+  const int64_t total = p.batch * groups * cblocks;
+  // A pass of the loop walks one tile: tile `done` of block iteration blk's
+  // group. Only the partials and (blk, done) carry over to the next pass;
+  // the rest is derived again, which takes fewer registers than keeping it
+  // for the whole group (sm_90: 116 instead of 138 for bf16, W=4, silu).
+  float dwr[kW][E], db[E];  // dwr[k]: the group's partial of the tap k positions back
+  int done = 0;             // tiles of the group walked so far
+  for (int64_t blk = blockIdx.x; blk < total;) {
+    // r = b * groups + g: the workspace slot of group g of batch b
     const int64_t cb = blk % cblocks, r = blk / cblocks;
-    const int64_t b = r / tiles, tile = r % tiles, t0 = tile * TT;
-    const int64_t c0 = cb * CB, row0 = t0 - (W - 1);
-    const int64_t t_end = t0 + TT < L ? t0 + TT : L;
-    // rows that hold data: positions < min(t_end + W - 1, L)
-    const int64_t p_end = t_end + (W - 1) < L ? t_end + (W - 1) : L;
-    const int xrows = static_cast<int>(p_end - row0), grows = static_cast<int>(p_end - t0);
+    const int64_t b = r / groups, g = r % groups;
+    // the group's tiles start at t_first; the last group may hold fewer
+    const int64_t t_first = g * group * TT;
+    const int64_t left = (L - t_first + TT - 1) / TT;
+    const int count = left < group ? static_cast<int>(left) : group;
+    const ChanlastTile tile = chanlast_tile(t_first + done * TT, TT, W, L);
+    const int64_t c0 = cb * CB;
     // Lane l's channels: E from d0 = c0 + l*E, ne of them real.
     const int64_t d0 = c0 + lane * E;
     const int ne = D - d0 >= E ? E : D - d0 > 0 ? static_cast<int>(D - d0) : 0;
-    // Warp w loads tile rows w, w + 4, ..., lane l its channels.
-    {
+    const int32_t* sr = kSeq ? ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0 : nullptr;
+
+    // Puts a tile's loads in flight: warp w loads tile rows w, w + 4, ...,
+    // lane l its channels.
+    auto stage = [&](const ChanlastTile& t) {
       const X* xb = ptr<const X>(p.x) + b * p.x.s0 + d0;  // channel stride 1 when vectors are used
       const X* gb = ptr<const X>(p.dout) + b * p.dout.s0 + d0;
-      for (int i = warp; i < xrows; i += kWarps) {
-        const int64_t pos = row0 + i;
+      for (int row = warp; row < t.xrows; row += kWarps) {
+        const int64_t pos = t.row0 + row;
         if (pos >= 0 && x_vec && ne == E) {
-          copy_async(&xt[i][lane], reinterpret_cast<const V*>(xb + pos * p.x.s2));
+          copy_async(&xt[row][lane], reinterpret_cast<const V*>(xb + pos * p.x.s2));
         } else {
-          xt[i][lane] = channels_at<X, E>(p, p.x, b, pos, d0, ne);
+          xt[row][lane] = channels_at<X, E>(p, p.x, b, pos, d0, ne);
         }
       }
-      for (int i = warp; i < grows; i += kWarps) {
-        const int64_t pos = t0 + i;
+      for (int row = warp; row < t.grows; row += kWarps) {
+        const int64_t pos = t.t0 + row;
         if (dout_vec && ne == E) {
-          copy_async(&gt[i][lane], reinterpret_cast<const V*>(gb + pos * p.dout.s2));
+          copy_async(&gt[row][lane], reinterpret_cast<const V*>(gb + pos * p.dout.s2));
         } else {
-          gt[i][lane] = channels_at<X, E>(p, p.dout, b, pos, d0, ne);
+          gt[row][lane] = channels_at<X, E>(p, p.dout, b, pos, d0, ne);
         }
       }
-    }
-    // The taps while the tile is in flight (the wait below is for both):
+    };
+    // Waits for the staged tile and publishes it (with its rows' segments).
+    auto arrive = [&](const ChanlastTile& t) {
+      copy_async_wait();
+      if constexpr (kSeq) {
+        for (int row = threadIdx.x; row < t.xrows; row += kThreads) {
+          const int64_t pos = t.row0 + row;
+          tile_ids[row] = pos < 0 ? sr[0] : sr[pos * p.seq_idx.s1];
+        }
+      }
+      __syncthreads();
+    };
+
+    stage(tile);
+    // The taps while the tile is in flight (arrive waits for both):
     // w[k] natural taps (for dx), wr[k] = w[W-1-k] (for y and dweight).
     float w[kW][E] = {}, wr[kW][E] = {}, bias[E] = {};
     if (ne > 0) {
@@ -419,31 +465,18 @@ __global__ void __launch_bounds__(kThreads)
           for (int e = 0; e < E; ++e) wr[k][e] = w[kW - 1 - k][e];
       }
     }
-    copy_async_wait();
-    int32_t last = 0;
-    if constexpr (kSeq) {
-      const int32_t* sr = ptr<const int32_t>(p.seq_idx) + b * p.seq_idx.s0;
-      last = sr[(L - 1) * p.seq_idx.s1];
-      for (int i = threadIdx.x; i < xrows; i += kThreads) {
-        const int64_t pos = row0 + i;
-        tile_ids[i] = pos < 0 ? sr[0] : sr[pos * p.seq_idx.s1];
-      }
-    }
-    __syncthreads();
+    const int32_t last = kSeq ? sr[(L - 1) * p.seq_idx.s1] : 0;
+    const X* fr = p.dfinal_states.data != nullptr
+                      ? ptr<const X>(p.dfinal_states) + b * p.dfinal_states.s0
+                      : nullptr;
 
-    float dwr[kW][E], db[E];  // dwr[k]: partial of the tap k positions back
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      db[e] = 0.f;
-#pragma unroll
-      for (int k = 0; k < kW; ++k) dwr[k][e] = 0.f;
-    }
-    const int64_t q0 = t0 + warp * kSteps;  // this warp's positions q0 .. q1-1
-    const int64_t q1 = q0 + kSteps < t_end ? q0 + kSteps : t_end;
-    if (ne > 0 && q0 < q1) {
-      const X* fr = p.dfinal_states.data != nullptr
-                        ? ptr<const X>(p.dfinal_states) + b * p.dfinal_states.s0
-                        : nullptr;
+
+    // dx at a staged tile's positions, and its dweight/dbias terms added to
+    // dwr and db: warp w walks positions q0 .. q1-1.
+    auto walk_tile = [&](const ChanlastTile& t) {
+      const int64_t q0 = t.t0 + warp * kSteps;
+      const int64_t q1 = q0 + kSteps < t.t_end ? q0 + kSteps : t.t_end;
+      if (ne == 0 || q0 >= q1) return;
       float gw[kW][E];  // output gradients of the last W positions, newest last
       float xw[kW][E];  // xw[k]: x k positions before the current one (taps k >= W unused)
       int32_t ids[kW];  // and its segment (with seq_idx)
@@ -459,7 +492,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = 0; e < E; ++e) xw[k][e] = to_f(v.v[e]);
         if (kSeq) ids[k] = tile_ids[i];
       };
-      const int i0 = static_cast<int>(q0 - row0);  // x tile row of q0
+      const int i0 = static_cast<int>(q0 - t.row0);  // x tile row of q0
 #pragma unroll
       for (int k = 1; k < kW; ++k)
         if (kExact || k < W) load_x(k, i0 - k);
@@ -567,17 +600,18 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         walk(std::false_type{});
       }
-    }
-    __syncthreads();  // tiles are dead: reuse shared memory for the partials
+    };
 
+    // The 4 warps' partials of the group, summed in a fixed order (one
+    // channel per thread) and emitted.
+    auto reduce_and_emit = [&] {
 #pragma unroll
-    for (int k = 0; k <= kW; ++k)
+      for (int k = 0; k <= kW; ++k)
 #pragma unroll
-      for (int e = 0; e < E; ++e)
-        red[(warp * (kW + 1) + k) * CB + lane * E + e] = k < kW ? dwr[k][e] : db[e];
-    __syncthreads();
-    {
-      const int c = threadIdx.x;  // one channel per thread, warps summed in order
+        for (int e = 0; e < E; ++e)
+          red[(warp * (kW + 1) + k) * CB + lane * E + e] = k < kW ? dwr[k][e] : db[e];
+      __syncthreads();
+      const int c = threadIdx.x;
       const int64_t d = c0 + c;
       if (d < D) {
         float part[kW], dsum = 0.f;
@@ -589,11 +623,29 @@ __global__ void __launch_bounds__(kThreads)
           for (int k = 0; k < kW; ++k) part[k] += red[(wi * (kW + 1) + k) * CB + c];
           dsum += red[(wi * (kW + 1) + kW) * CB + c];
         }
-        float* slot = ws != nullptr ? ws + (b * tiles + tile) * D * (W + 1) : nullptr;
+        float* slot = ws != nullptr ? ws + r * D * (W + 1) : nullptr;
         emit_partials<kW, kExact>(p, W, d, part, dsum, slot);
       }
+    };
+
+    arrive(tile);
+    if (done == 0) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        db[e] = 0.f;
+#pragma unroll
+        for (int k = 0; k < kW; ++k) dwr[k][e] = 0.f;
+      }
     }
-    __syncthreads();  // before the next tile's loads overwrite `red`
+    walk_tile(tile);
+    // The tile is dead: the next tile's loads (or `red`) reuse shared memory.
+    __syncthreads();
+    if (++done == count) {  // the group's last tile
+      reduce_and_emit();
+      __syncthreads();  // before the next group's loads overwrite `red`
+      done = 0;
+      blk += gridDim.x;
+    }
   }
 }
 
@@ -745,12 +797,30 @@ enum class Path { None, Rows, RowsTiled, Chanlast, Generic };
 struct Plan {
   Path path = Path::None;
   // rows: a = warp chunks per row; rows_tiled: a = tiles per row, b = C;
-  // chanlast: a = channel blocks, b = tiles
-  int64_t a = 0, b = 0;
+  // chanlast: a = channel blocks, b = groups of `group` tiles (per batch)
+  int64_t a = 0, b = 0, group = 1;
   int64_t slots = 0;  // partial-sum slots (deterministic mode)
   size_t ws_bytes = 0;
   bool x_vec = false, dout_vec = false, dx_vec = false;  // rows: 16-byte vectors allowed
 };
+
+// chanlast: tiles per group (a block iteration walks a group's tiles and
+// emits its partials once). Larger groups divide the deterministic workspace
+// (written and read again: 21 MB for bf16 B=4 D=4096 L=4096 with one tile a
+// group) and the atomics by the group size, but leave fewer block iterations
+// to spread over the SMs. Rule: the largest group up to kChanlastMaxGroup
+// that keeps at least kChanlastMinBlocks block iterations, i.e.
+// group = clamp(B * tiles * cblocks / kChanlastMinBlocks, 1, kChanlastMaxGroup)
+// (then B * ceil(tiles / group) * cblocks >= kChanlastMinBlocks). A constant,
+// not the device's SM count: the deterministic sums depend on the group, and
+// must not change with the GPU.
+constexpr int64_t kChanlastMaxGroup = 4;
+constexpr int64_t kChanlastMinBlocks = 4 * 132;  // a wave of 4 blocks on each SM of an H100
+
+int64_t chanlast_group(int64_t tile_blocks) {
+  const int64_t g = tile_blocks / kChanlastMinBlocks;
+  return g < 1 ? 1 : g > kChanlastMaxGroup ? kChanlastMaxGroup : g;
+}
 
 Plan make_plan(const ConvParams& p) {
   Plan plan;
@@ -780,7 +850,9 @@ Plan make_plan(const ConvParams& p) {
     const int64_t CB = kThreads, TT = (kThreads / kWarp) * (elem == 4 ? 8 : 16);
     plan.path = Path::Chanlast;
     plan.a = (D + CB - 1) / CB;
-    plan.b = (L + TT - 1) / TT;
+    const int64_t tiles = (L + TT - 1) / TT;
+    plan.group = chanlast_group(B * tiles * plan.a);
+    plan.b = (tiles + plan.group - 1) / plan.group;
     plan.slots = B * plan.b;
   } else {
     plan.path = Path::Generic;
@@ -836,8 +908,8 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
         auto kernel = dispatch_flags(seq, p.silu, [](auto kseq, auto ksilu) {
           return bwd_chanlast_kernel<X, kW, kExact, decltype(kseq)::value, decltype(ksilu)::value>;
         });
-        launch(kernel, grid_for(B * plan.b * plan.a, 1), stream, p, plan.a, plan.b, x_vec,
-               dout_vec, dx_vec, part);
+        launch(kernel, grid_for(plan.slots * plan.a, 1), stream, p, plan.a, plan.b,
+               static_cast<int>(plan.group), x_vec, dout_vec, dx_vec, part);
       });
     } else if (plan.path == Path::Generic) {
       launch(bwd_dy_kernel<X>, grid_for(B * D * L), stream, p, ws);
