@@ -306,6 +306,43 @@ def test_update_output_is_not_a_view(cc, seeded, x_layout, L):
 
 
 
+def test_in_place_writes_bump_versions(cc, seeded):
+    """The ops that write a tensor in place (update's conv_state, packed
+    prefill's conv_states, causal_conv1d_fn's final_states_out) bump its
+    version counter, as torch's in-place ops do: autograd then refuses a
+    backward that saved the tensor before it was overwritten, instead of
+    computing a gradient from the new values."""
+    w = torch.randn(5, 4)
+    state = torch.randn(3, 5, 3)
+    before = state._version
+    cc.causal_conv1d_update(torch.randn(3, 5), state, w)
+    assert state._version > before, "update: conv_state"
+
+    pool = torch.randn(2, 5, 3)
+    before = pool._version
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    cc.causal_conv1d_packed_fwd(torch.randn(5, 7), w, None, cu, pool, channels_first=True)
+    assert pool._version > before, "packed prefill: conv_states"
+
+    final = torch.empty(2, 5, 3)
+    before = final._version
+    cc.causal_conv1d_fn(torch.randn(2, 5, 9), w, return_final_states=True, final_states_out=final)
+    assert final._version > before, "causal_conv1d_fn: final_states_out"
+
+    leaf = torch.randn(3, 5, 3, requires_grad=True)
+    saved = leaf * 2
+    loss = (saved * saved).sum()  # saves `saved` for its backward
+    cc.causal_conv1d_update(torch.randn(3, 5), saved.detach(), w)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+    with torch.inference_mode():  # inference tensors have no counter: the op runs as before
+        inference_state = torch.randn(3, 5, 3)
+        expected = inference_state.clone()
+        out = cc.causal_conv1d_update(torch.randn(3, 5), inference_state, w)
+        assert out.shape == (3, 5) and not torch.equal(inference_state, expected)
+
+
 def test_state_ops_have_no_gradient(cc, seeded):
     """update, varlen_states and packed prefill are not differentiable (as
     upstream's): with inputs that require grad their outputs do not, so a

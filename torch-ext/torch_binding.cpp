@@ -1,10 +1,37 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 #include "registration.h"
 #include "torch_binding.h"
 #include "../causal_conv1d/backend.h"
+
+namespace {
+
+// ADInplaceOrView kernel of the ops that write tensors in place: runs the op,
+// then bumps the version counter of every argument the schema marks `(a!)`,
+// as torch's own in-place ops do, so that autograd refuses a backward that
+// saved such a tensor before it was overwritten instead of computing a wrong
+// gradient from the new values. Inference tensors have no counter (and never
+// reach this key).
+void bump_written_versions(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                           torch::jit::Stack* stack) {
+  const auto& args = op.schema().arguments();
+  const size_t first = stack->size() - args.size();
+  std::vector<at::Tensor> written;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const auto* alias = args[i].alias_info();
+    const c10::IValue& value = (*stack)[first + i];
+    if (alias != nullptr && alias->isWrite() && value.isTensor()) written.push_back(value.toTensor());
+  }
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+  for (const at::Tensor& t : written) {
+    if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+  }
+}
+
+}  // namespace
 
 // Schemas. Functional ops allocate what they return; `(a!)` marks tensors an
 // op writes in place. Fake (meta) kernels and autograd are registered in
@@ -50,6 +77,10 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   // nothing (torch's not-implemented fallback, which only warns).
   for (const char* op : {"update", "varlen_states", "fwd_packed"}) {
     ops.impl(op, c10::DispatchKey::Autograd, torch::CppFunction::makeFallthrough());
+  }
+  for (const char* op : {"fwd_out", "update", "fwd_packed"}) {
+    ops.impl(op, c10::DispatchKey::ADInplaceOrView,
+             torch::CppFunction::makeFromBoxedFunction<&bump_written_versions>());
   }
 }
 
