@@ -18,20 +18,10 @@
 # passed.
 set -uo pipefail
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"   # repo, py, jobs, caps, CUDA_HOME, build_into
 out="${OUT:-$repo/build/gpu-check}"
 mkdir -p "$out"
 root="$out/kernel"          # build/<variant>/ for both variants live in $root/build
-py="${PYTHON:-python3}"
-jobs="${JOBS:-$(nproc)}"
-caps="${CUDA_CAPABILITIES:-9.0}"
-if [[ -z "${CUDA_HOME:-}" ]]; then  # the toolkit of the nvcc on PATH, else the usual places
-  nvcc_dir="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /none/bin/nvcc)")")")"
-  for c in "$nvcc_dir" /usr/local/cuda /opt/cuda; do
-    if [[ -x "$c/bin/nvcc" && -f "$c/include/cuda_runtime.h" ]]; then export CUDA_HOME="$c"; break; fi
-  done
-fi
 echo "CUDA_HOME=${CUDA_HOME:-unset}"
 start=$SECONDS
 declare -a names=() results=() times=()
@@ -51,13 +41,9 @@ run_step() {  # name timeout_s log command...
 }
 
 # -- 1. builds (both at once; the CUDA one is the long pole) -----------------
-build() {
-  CAUSAL_CONV1D_NVCC_FLAGS="-lineinfo" "$py" tools/build_variant.py --backend "$1" \
-    ${2:+--cuda-capabilities "$2"} --out "$root/build" --jobs "$jobs"
-}
 t0=$SECONDS
-build cuda "$caps" >"$out/build-cuda.log" 2>&1 & cuda_pid=$!
-build cpu "" >"$out/build-cpu.log" 2>&1 & cpu_pid=$!
+build_into "$root" cuda -lineinfo >"$out/build-cuda.log" 2>&1 & cuda_pid=$!
+build_into "$root" cpu >"$out/build-cpu.log" 2>&1 & cpu_pid=$!
 wait $cuda_pid; cuda_rc=$?
 wait $cpu_pid; cpu_rc=$?
 record "build CUDA variant (sm_${caps/./} + PTX)" "$([[ $cuda_rc -eq 0 ]] && echo pass || echo "FAIL (see build-cuda.log)")" $((SECONDS - t0))

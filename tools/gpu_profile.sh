@@ -14,11 +14,9 @@
 # The clocks are left alone (--clock-control none), as the machine's notes ask.
 set -uo pipefail
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"   # repo, py, jobs, caps, CUDA_HOME, build_into
 out="${OUT:-$repo/build/gpu-profile}"
 root="${KERNEL_ROOT:-$repo/build/gpu-check/kernel}"
-py="${PYTHON:-python3}"
 mkdir -p "$out"
 
 ncu="$(command -v ncu || true)"
@@ -28,9 +26,8 @@ done
 [[ -n "$ncu" ]] || { echo "gpu_profile: ncu (Nsight Compute) not found" >&2; exit 1; }
 
 if [[ ! -d "$root/build" ]]; then
-  echo "== building the CUDA variant (sm_90) into $root"
-  "$py" tools/build_variant.py --backend cuda --cuda-capabilities "${CUDA_CAPABILITIES:-9.0}" \
-    --out "$root/build" --jobs "${JOBS:-$(nproc)}" >"$out/build.log" 2>&1 ||
+  echo "== building the CUDA variant (sm_${caps/./}) into $root"
+  build_into "$root" cuda >"$out/build.log" 2>&1 ||
     { echo "gpu_profile: build failed (see $out/build.log)" >&2; exit 1; }
 fi
 

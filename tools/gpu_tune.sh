@@ -18,20 +18,15 @@
 # (causal_conv1d/cuda/update.cu).
 set -uo pipefail
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"   # repo, py, jobs, caps, CUDA_HOME, build_into
 out="${OUT:-$repo/build/gpu-tune}"
-py="${PYTHON:-python3}"
-jobs="${JOBS:-$(nproc)}"
-caps="${CUDA_CAPABILITIES:-9.0}"
 (( $# > 0 )) || { echo "usage: tools/gpu_tune.sh FLAGS [FLAGS ...]  (\"\" = defaults)" >&2; exit 2; }
 mkdir -p "$out"
 report="$out/tune.md"
 step="${TUNE_STEP:-all}"   # build | bench | all (build: all sets at once, then stop)
 status=0
 build_set() {  # index flags
-  CAUSAL_CONV1D_NVCC_FLAGS="$2" "$py" tools/build_variant.py --backend cuda \
-    --cuda-capabilities "$caps" --out "$out/v$1/build" --jobs "$jobs" >"$out/build-$1.log" 2>&1
+  build_into "$out/v$1" cuda "$2" >"$out/build-$1.log" 2>&1
   echo $? >"$out/build-$1.rc"
 }
 if [[ $step != bench ]]; then  # the builds run side by side: nvcc is one process per file
