@@ -37,7 +37,9 @@ say "building the CPU variant with ASan + UBSan (build_variant.py --sanitize) in
 build_s=$((SECONDS - t0))
 
 so="$(ls "$SAN_ROOT"/build/*/_causal_conv1d_*.abi3.so)"
-if ! ldd "$so" | grep -q libasan; then
+# (ldd's whole output first: `ldd | grep -q` under pipefail fails whenever
+# grep's early exit cuts ldd off with SIGPIPE.)
+if ! grep -q libasan <<<"$(ldd "$so")"; then
   say "error: $so is not linked against libasan"
   exit 1
 fi
