@@ -85,18 +85,8 @@ __global__ void __launch_bounds__(kThreads)
     bwd_dx_generic_kernel(ConvParams p, const float* dy, bool t_fastest) {
   const int64_t D = p.dim, L = p.seqlen, W = p.width, total = p.batch * D * L;
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    int64_t b, d, t;
-    if (t_fastest) {
-      t = i % L;
-      const int64_t r = i / L;
-      d = r % D;
-      b = r / D;
-    } else {
-      d = i % D;
-      const int64_t r = i / D;
-      t = r % L;
-      b = r / L;
-    }
+    const ElementAt at = element_at(i, D, L, t_fastest);
+    const int64_t b = at.b, d = at.d, t = at.t;
     const Row<X> row = make_row<X>(p, b, d);
     const float* dyr = dy + (b * D + d) * L;
     const int32_t tok = row.id(t);
@@ -243,7 +233,7 @@ Plan make_plan(const ConvParams& p) {
     }
     plan.slots = B * plan.a;
   } else if ((p.x.s1 == 1 || D == 1) && W <= kChanlastMaxWidth) {
-    const int64_t CB = kThreads, TT = (kThreads / kWarp) * (elem == 4 ? 8 : 16);
+    const int64_t CB = kThreads, TT = (kThreads / kWarp) * bwd_chanlast_steps_per_warp(elem);
     plan.path = Path::Chanlast;
     plan.a = (D + CB - 1) / CB;
     const int64_t tiles = (L + TT - 1) / TT;

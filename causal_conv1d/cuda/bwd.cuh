@@ -2,8 +2,9 @@
 // launch_bwd (see there for the maths and the layouts); each layout's kernels
 // and their launcher live in a file of their own (bwd_rows.cu,
 // bwd_chanlast.cu), so that the build compiles them in parallel; the generic
-// layout's few small kernels stay in bwd.cu. The launchers take the plan's numbers as plain arguments and
-// instantiate their kernels for p's dtype and width.
+// layout's few small kernels stay in bwd.cu. The launchers take the plan's
+// numbers as plain arguments and instantiate their kernels for p's dtype and
+// width.
 #pragma once
 
 #include "launch.h"
@@ -13,6 +14,12 @@ namespace causal_conv1d::cuda {
 
 constexpr int kRowsMaxWidth = 16;
 constexpr int kChanlastMaxWidth = 8;
+
+// Time steps per warp of a channel-last backward tile (4 warps to a tile),
+// by the element size of x.
+__host__ __device__ constexpr int bwd_chanlast_steps_per_warp(int elem_bytes) {
+  return elem_bytes == 4 ? 8 : 16;
+}
 
 // Adds a thread's reversed-tap partials (dwr[k] belongs to tap W-1-k) and its
 // dbias partial for channel d to the accumulators: atomically, or into this

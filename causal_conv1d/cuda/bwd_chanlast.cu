@@ -18,9 +18,6 @@ namespace {
 // the 4 warps' sums are added in a fixed order through shared memory once per
 // group (one workspace slot per (batch, group) in deterministic mode).
 
-template <typename X>
-__host__ __device__ constexpr int bwd_steps_per_warp() { return sizeof(X) == 4 ? 8 : 16; }
-
 // The rows of the channel-last backward tile that starts at t0 (TT positions,
 // the last tile cut at L).
 struct ChanlastTile {
@@ -47,7 +44,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int E = 4;
   constexpr int kWarps = kThreads / kWarp;
   constexpr int CB = kWarp * E;  // channels per block (== kThreads)
-  constexpr int kSteps = bwd_steps_per_warp<X>();
+  constexpr int kSteps = bwd_chanlast_steps_per_warp(sizeof(X));
   constexpr int TT = kWarps * kSteps;
   constexpr int RX = TT + 2 * (kW - 1);  // x rows: positions t0-(W-1) .. t0+TT+W-2
   constexpr int RG = TT + kW - 1;        // dout rows: positions t0 .. t0+TT+W-2

@@ -276,18 +276,8 @@ __global__ void __launch_bounds__(kThreads) fwd_generic_kernel(ConvParams p, boo
   const int64_t D = p.dim, L = p.seqlen;
   const int64_t total = p.batch * D * L;
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    int64_t b, d, t;
-    if (t_fastest) {
-      t = i % L;
-      const int64_t r = i / L;
-      d = r % D;
-      b = r / D;
-    } else {
-      d = i % D;
-      const int64_t r = i / D;
-      t = r % L;
-      b = r / L;
-    }
+    const ElementAt at = element_at(i, D, L, t_fastest);
+    const int64_t b = at.b, d = at.d, t = at.t;
     const Row<X> row = make_row<X>(p, b, d);
     float v = 0.f;
     if (!row.seq || row.id(t) >= 0) {

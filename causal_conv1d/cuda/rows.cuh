@@ -110,6 +110,21 @@ __device__ __forceinline__ int positions_before(int64_t L, int64_t pos, int n) {
   return room >= n ? n : room > 0 ? static_cast<int>(room) : 0;
 }
 
+// Element i of a (B, D, L) walk in the generic kernels: t fastest (x.s2 <=
+// x.s1: consecutive threads read consecutive positions of a row) or d
+// fastest (channel-last-like strides).
+struct ElementAt {
+  int64_t b, d, t;
+};
+__device__ inline ElementAt element_at(int64_t i, int64_t D, int64_t L, bool t_fastest) {
+  if (t_fastest) {
+    const int64_t r = i / L;
+    return ElementAt{r / D, r % D, i % L};
+  }
+  const int64_t r = i / D;
+  return ElementAt{r / L, i % D, r % L};
+}
+
 // Row (b, d) and first position of warp tile wg of a rows_tiled launch.
 struct TileAt {
   int64_t b, d, t0;
