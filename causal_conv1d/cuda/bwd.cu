@@ -1,7 +1,8 @@
 // Backward (backend.h run_bwd) on CUDA: the plan and launch_bwd, the
 // deterministic sum of the partials, the generic layout and dinitial_states.
 // The other layouts' kernels are in bwd_rows.cu (rows, rows_tiled) and
-// bwd_chanlast.cu.
+// bwd_chanlast.cuh (chanlast; compiled one dtype of x per file,
+// bwd_chanlast_f32.cu, _f16.cu and _bf16.cu).
 //
 // With y the pre-activation output and dy = dout * act'(y) (0 for padding
 // tokens and outside [0, L)):
@@ -252,6 +253,18 @@ Plan make_plan(const ConvParams& p) {
 }  // namespace
 
 size_t bwd_workspace_bytes(const ConvParams& p) { return make_plan(p).ws_bytes; }
+
+void launch_bwd_chanlast(const ConvParams& p, int64_t cblocks, int64_t groups, int64_t group,
+                         float* partials, cudaStream_t stream) {
+  switch (p.x_dtype) {  // as dispatch_x
+    case DType::Float16:
+      return launch_bwd_chanlast_f16(p, cblocks, groups, group, partials, stream);
+    case DType::BFloat16:
+      return launch_bwd_chanlast_bf16(p, cblocks, groups, group, partials, stream);
+    default:
+      return launch_bwd_chanlast_f32(p, cblocks, groups, group, partials, stream);
+  }
+}
 
 void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
   const Plan plan = make_plan(p);

@@ -1,10 +1,11 @@
 // What the backward's translation units share: bwd.cu holds the plan and
 // launch_bwd (see there for the maths and the layouts); each layout's kernels
-// and their launcher live in a file of their own (bwd_rows.cu,
-// bwd_chanlast.cu), so that the build compiles them in parallel; the generic
-// layout's few small kernels stay in bwd.cu. The launchers take the plan's
-// numbers as plain arguments and instantiate their kernels for p's dtype and
-// width.
+// and their launcher live in files of their own (bwd_rows.cu; the chanlast
+// kernel in bwd_chanlast.cuh, instantiated one dtype of x per file in
+// bwd_chanlast_f32.cu, _f16.cu and _bf16.cu), so that the build compiles them
+// in parallel; the generic layout's few small kernels stay in bwd.cu. The
+// launchers take the plan's numbers as plain arguments and instantiate their
+// kernels for p's dtype and width.
 #pragma once
 
 #include "launch.h"
@@ -57,8 +58,12 @@ void launch_bwd_rows_tiled(const ConvParams& p, int64_t tiles, int64_t vectors, 
                            cudaStream_t stream);
 
 // chanlast: cblocks blocks of 128 channels; groups groups of `group` time
-// tiles per batch.
+// tiles per batch. Defined in bwd.cu: calls the launcher for p's dtype of x,
+// one per file (bwd_chanlast_f32.cu, _f16.cu, _bf16.cu), with the same
+// arguments.
 void launch_bwd_chanlast(const ConvParams& p, int64_t cblocks, int64_t groups, int64_t group,
                          float* partials, cudaStream_t stream);
+decltype(launch_bwd_chanlast) launch_bwd_chanlast_f32, launch_bwd_chanlast_f16,
+    launch_bwd_chanlast_bf16;
 
 }  // namespace causal_conv1d::cuda

@@ -1,5 +1,22 @@
 // The backward's channel-last layout (x.s1 == 1): the chanlast kernel and
-// its launcher. bwd.cu describes the backward and picks the layout.
+// its launcher for one dtype of x, launch_bwd_chanlast_for<X>. bwd.cu
+// describes the backward and picks the layout; bwd_chanlast_f32.cu, _f16.cu
+// and _bf16.cu each instantiate one dtype's kernels, so that the build
+// compiles the three in parallel (one file held all 48 kernels and was the
+// build's long pole).
+//
+// Everything here is in an anonymous namespace: each of those translation
+// units gets its own copy with internal linkage (an external kernel template
+// instantiated in several of them would be one host stub, merged by the
+// linker, for several device copies; here nothing is shared, and nothing can
+// clash at link time), and the kernels keep their names
+// (causal_conv1d::cuda::(anonymous namespace)::bwd_chanlast_kernel<...>),
+// which the profiles match. Each file's exported launcher is a plain
+// function (declared in bwd.cuh), not an instantiation of a template defined
+// here, so no definition with external linkage names these internal entities
+// (which the ODR does not allow for a definition in several files).
+#pragma once
+
 #include "bwd.cuh"
 
 namespace causal_conv1d::cuda {
@@ -324,30 +341,28 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-}  // namespace
-
-void launch_bwd_chanlast(const ConvParams& p, int64_t cblocks, int64_t groups, int64_t group,
-                         float* partials, cudaStream_t stream) {
-  dispatch_x(p.x_dtype, [&](auto xt) {
-    using X = typename decltype(xt)::type;
-    const int64_t B = p.batch, D = p.dim, L = p.seqlen;
-    const bool seq = p.seq_idx.data != nullptr;
-    constexpr int64_t E = 4;
-    const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s2, L);
-    const bool dout_vec = (p.dout.s1 == 1 || D == 1) &&
-                          vector_aligned(p.dout.data, sizeof(X), E, p.dout.s0, B, p.dout.s2, L);
-    const bool dx_vec = (p.dx.s1 == 1 || D == 1) &&
-                        vector_aligned(p.dx.data, sizeof(X), E, p.dx.s0, B, p.dx.s2, L);
-    dispatch_width<kChanlastMaxWidth>(p.width, [&](auto wt) {
-      constexpr int kW = decltype(wt)::kW;
-      constexpr bool kExact = decltype(wt)::kExact;
-      auto kernel = dispatch_flags(seq, p.silu, [](auto kseq, auto ksilu) {
-        return bwd_chanlast_kernel<X, kW, kExact, decltype(kseq)::value, decltype(ksilu)::value>;
-      });
-      launch(kernel, grid_for(B * groups * cblocks, 1), stream, p, cblocks, groups,
-             static_cast<int>(group), x_vec, dout_vec, dx_vec, partials);
+// Launches the chanlast kernel for x of type X (see launch_bwd_chanlast).
+template <typename X>
+void launch_bwd_chanlast_for(const ConvParams& p, int64_t cblocks, int64_t groups, int64_t group,
+                             float* partials, cudaStream_t stream) {
+  const int64_t B = p.batch, D = p.dim, L = p.seqlen;
+  const bool seq = p.seq_idx.data != nullptr;
+  constexpr int64_t E = 4;
+  const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s2, L);
+  const bool dout_vec = (p.dout.s1 == 1 || D == 1) &&
+                        vector_aligned(p.dout.data, sizeof(X), E, p.dout.s0, B, p.dout.s2, L);
+  const bool dx_vec = (p.dx.s1 == 1 || D == 1) &&
+                      vector_aligned(p.dx.data, sizeof(X), E, p.dx.s0, B, p.dx.s2, L);
+  dispatch_width<kChanlastMaxWidth>(p.width, [&](auto wt) {
+    constexpr int kW = decltype(wt)::kW;
+    constexpr bool kExact = decltype(wt)::kExact;
+    auto kernel = dispatch_flags(seq, p.silu, [](auto kseq, auto ksilu) {
+      return bwd_chanlast_kernel<X, kW, kExact, decltype(kseq)::value, decltype(ksilu)::value>;
     });
+    launch(kernel, grid_for(B * groups * cblocks, 1), stream, p, cblocks, groups,
+           static_cast<int>(group), x_vec, dout_vec, dx_vec, partials);
   });
 }
 
+}  // namespace
 }  // namespace causal_conv1d::cuda
