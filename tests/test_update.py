@@ -305,7 +305,6 @@ def test_update_output_is_not_a_view(cc, seeded, x_layout, L):
     assert out.shape == x.shape and out.permute(order).is_contiguous()
 
 
-
 def test_in_place_writes_bump_versions(cc, seeded):
     """The ops that write a tensor in place (update's conv_state, packed
     prefill's conv_states, causal_conv1d_fn's final_states_out) bump its

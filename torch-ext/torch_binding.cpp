@@ -23,7 +23,9 @@ void bump_written_versions(const c10::OperatorHandle& op, c10::DispatchKeySet ke
   for (size_t i = 0; i < args.size(); ++i) {
     const auto* alias = args[i].alias_info();
     const c10::IValue& value = (*stack)[first + i];
-    if (alias != nullptr && alias->isWrite() && value.isTensor()) written.push_back(value.toTensor());
+    if (alias != nullptr && alias->isWrite() && value.isTensor()) {
+      written.push_back(value.toTensor());
+    }
   }
   op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
   for (const at::Tensor& t : written) {
