@@ -300,6 +300,15 @@ def test_long_rows(cu, seeded, layout, dtypes, W, L, init):
              act=act, init=init, final=init, deterministic=L == 2056)
 
 
+@pytest.mark.parametrize("dtypes", LONG_ROW_DTYPES[:2], ids=_pair_id)
+def test_fwd_rows_more_tiles_than_warps(cu, seeded, dtypes):
+    """More warp tiles (6,300, the last of each row partial) than an H100
+    holds warps at once, so that kernels walking tiles in a loop (one
+    resident wave) take several turns, and the emulator's three blocks
+    many."""
+    fwd_case(cu, seeded, B=3, D=700, L=1032, W=4, xdt=dtypes[0], wdt=dtypes[1], init=True)
+
+
 @pytest.mark.parametrize("W", [2, 4, 6])
 def test_bwd_empty_sequence_with_states(cu, seeded, W):
     """L == 0: dinitial_states receive dfinal_states; dweight is zero."""

@@ -87,9 +87,9 @@ if [[ $cuda_rc -eq 0 ]]; then
       "$(limit 200)" "$out/memcheck.log" "$sanitizer" --tool memcheck --error-exitcode 99 \
       --print-limit 20 "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" -k sanitizer
     if (( $(left) >= 60 )); then
-      run_step "compute-sanitizer racecheck (shared-memory kernels)" "$(limit 120)" \
+      run_step "compute-sanitizer racecheck (shared-memory kernels)" "$(limit 150)" \
         "$out/racecheck.log" "$sanitizer" --tool racecheck --error-exitcode 99 --print-limit 20 \
-        "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" -k "sanitizer_fwd_bwd and channel_last"
+        "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" -k "(sanitizer_fwd_bwd and channel_last) or bwd_chanlast_tile_groups"
     else
       record "compute-sanitizer racecheck" "SKIPPED (out of time budget)" 0
     fi

@@ -191,6 +191,22 @@ __device__ __forceinline__ void copy_async_wait() {
 #endif
 }
 
+// For copies kept in flight across loop iterations: copy_async_commit()
+// closes the group of this thread's copies issued since the last commit
+// (an empty group is fine), copy_async_wait_prior<N>() waits until at most
+// the N newest groups are still in flight.
+__device__ __forceinline__ void copy_async_commit() {
+#ifndef CAUSAL_CONV1D_CUDA_EMU
+  __pipeline_commit();
+#endif
+}
+template <int N>
+__device__ __forceinline__ void copy_async_wait_prior() {
+#ifndef CAUSAL_CONV1D_CUDA_EMU
+  __pipeline_wait_prior(N);
+#endif
+}
+
 // Elements per 16-byte vector.
 template <typename X> constexpr int kVec16 = 16 / static_cast<int>(sizeof(X));
 
@@ -237,6 +253,30 @@ __device__ __forceinline__ float lane_down(float v, int delta) {
 }
 __device__ __forceinline__ float lane_from(float v, int src) {
   return __shfl_sync(0xffffffffu, v, src);
+}
+
+// One wave of resident blocks of `kernel` (kThreads threads each), or fewer
+// when `work` threads need fewer: for kernels whose warps loop over their
+// work and keep the next item's loads in flight during this one's
+// arithmetic. grid_for's answer when the device cannot be asked.
+template <typename K>
+inline unsigned resident_grid(K kernel, int64_t work) {
+  const unsigned want = grid_for(work);
+#ifdef CAUSAL_CONV1D_CUDA_EMU
+  (void)kernel;
+  return want < 3u ? want : 3u;  // a few blocks, so that warps loop over several items
+#else
+  int device = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0) != cudaSuccess ||
+      sms <= 0 || per_sm <= 0) {
+    (void)cudaGetLastError();  // not this launch's error
+    return want;
+  }
+  const int64_t wave = static_cast<int64_t>(sms) * per_sm;
+  return want < wave ? want : static_cast<unsigned>(wave);
+#endif
 }
 
 // Sum over the 32 lanes of a warp; every lane gets the total. The xor

@@ -98,8 +98,17 @@ __global__ void __launch_bounds__(kThreads)
 // instead of a second load, and the weights, bias and index math are paid
 // once per tile instead of once per vector.
 
+// Experiment: CAUSAL_CONV1D_FWD_MIN_BLOCKS=N asks ptxas to fit N blocks per
+// SM (fewer registers, more resident warps) in the rows_tiled and rows_piped
+// forward kernels.
+#ifdef CAUSAL_CONV1D_FWD_MIN_BLOCKS
+#define CAUSAL_CONV1D_FWD_TILED_BOUNDS __launch_bounds__(kThreads, CAUSAL_CONV1D_FWD_MIN_BLOCKS)
+#else
+#define CAUSAL_CONV1D_FWD_TILED_BOUNDS __launch_bounds__(kThreads)
+#endif
+
 template <typename X, int kW, int C>
-__global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, int64_t tiles) {
+__global__ void CAUSAL_CONV1D_FWD_TILED_BOUNDS fwd_rows_tiled_kernel(ConvParams p, int64_t tiles) {
   using Tile = WarpTile<X, C>;
   constexpr int E = Tile::E, H = kW - 1;
   static_assert(H >= 1 && H <= E, "the inputs before a vector come from one neighbour");
@@ -135,6 +144,85 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
     }
     tile.store(ptr<X>(p.out) + at.b * p.out.s0 + at.d * p.out.s1, L, res);
   });
+}
+
+// rows_piped (experiment, CAUSAL_CONV1D_FWD_PIPELINE=1; off until measured
+// on a GPU): rows_tiled on one resident wave, each warp looping over tiles
+// with the next tile's vectors copied into shared memory by cp.async while
+// it computes this one. Unlike a register prefetch (which lost: the
+// registers it held halved the resident warps), the copies in flight hold
+// no registers. A lane reads back only the slots it copied, so the warp
+// needs no barrier. The next tile's edges (taps, bias, the inputs before
+// it) are plain loads issued with the copies.
+#ifndef CAUSAL_CONV1D_FWD_PIPELINE
+#define CAUSAL_CONV1D_FWD_PIPELINE 0
+#endif
+
+template <typename X, int kW, int C>
+__global__ void CAUSAL_CONV1D_FWD_TILED_BOUNDS fwd_rows_piped_kernel(ConvParams p, int64_t tiles) {
+  using Tile = WarpTile<X, C>;
+  constexpr int E = Tile::E, H = kW - 1;
+  using V = Pack<X, E>;
+  static_assert(H >= 1 && H <= E, "the inputs before a vector come from one neighbour");
+  __shared__ V stage[2][kThreads / kWarp][C][kWarp];  // [buffer][warp][q][lane]
+  const int64_t D = p.dim, L = p.seqlen;
+  const int64_t total = p.batch * D * tiles, step = grid_threads() / kWarp;
+  const int warp = threadIdx.x / kWarp;
+  Tile tile;
+  TileEdges<X, kW, false> edges;
+  tile.lane = threadIdx.x % kWarp;
+
+  // Issues every load of tile wg: its vectors into stage[buf], its edges.
+  auto issue = [&](int64_t wg, int buf) {
+    const TileAt at = tile_at(wg, tiles, D, Tile::kLen);
+    const X* xr = ptr<const X>(p.x) + at.b * p.x.s0 + at.d * p.x.s1;
+#pragma unroll
+    for (int q = 0; q < C; ++q) {
+      const int64_t pos = tile.position(at.t0, q);
+      V* slot = &stage[buf][warp][q][tile.lane];
+      if (pos + E <= L) {
+        copy_async(slot, reinterpret_cast<const V*>(xr + pos));
+      } else {  // the row's end: element loads, zeros past L
+        V v;
+#pragma unroll
+        for (int e = 0; e < E; ++e) v.v[e] = pos + e < L ? xr[pos + e] : from_f<X>(0.f);
+        *slot = v;
+      }
+    }
+    edges.fetch(p, at.b, at.d, at.t0, at.t0 + Tile::kLen, xr, nullptr);
+  };
+
+  int64_t wg = global_thread() / kWarp;
+  if (wg < total) issue(wg, 0);
+  copy_async_commit();
+  for (int buf = 0; wg < total; wg += step, buf ^= 1) {
+    const TileAt at = tile_at(wg, tiles, D, Tile::kLen);
+    edges.unpack(p);  // this tile's edges, before issue() loads the next one's
+    const float(&wr)[kW] = edges.wr;
+    const float bias = edges.bias;
+    if (wg + step < total) issue(wg + step, buf ^ 1);
+    copy_async_commit();
+    copy_async_wait_prior<1>();  // this tile's copies have landed
+#pragma unroll
+    for (int q = 0; q < C; ++q) tile.raw[q] = stage[buf][warp][q][tile.lane];
+    tile.unpack(at.t0);
+
+    X* orow = ptr<X>(p.out) + at.b * p.out.s0 + at.d * p.out.s1;
+#pragma unroll
+    for (int q = 0; q < C; ++q) {  // each vector stored as soon as computed
+      float prev[H], res[E];
+      lanes_before(tile.v, q, tile.lane, edges.head, prev);
+#pragma unroll
+      for (int j = 0; j < E; ++j) {
+        float acc = bias;
+#pragma unroll
+        for (int k = 0; k < kW; ++k)
+          acc += wr[k] * (j - k >= 0 ? tile.v[q][j - k] : prev[H + j - k]);
+        res[j] = p.silu ? silu_out<X>(acc) : acc;
+      }
+      tile.store_vector(orow, L, q, res);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -325,9 +413,14 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
           const int64_t tiles = full ? (L + kTileC - 1) / kTileC : (L + kTile1 - 1) / kTile1;
           dispatch_exact_width(p.width, [&](auto wt) {
             constexpr int kW = decltype(wt)::kW;
-            auto kernel = full ? fwd_rows_tiled_kernel<X, kW, C> : fwd_rows_tiled_kernel<X, kW, 1>;
             const int64_t work = B * D * tiles * kWarp;
-            launch(kernel, grid_for(work), stream, p, tiles);
+            if constexpr (CAUSAL_CONV1D_FWD_PIPELINE != 0) {
+              auto kernel = full ? fwd_rows_piped_kernel<X, kW, C> : fwd_rows_piped_kernel<X, kW, 1>;
+              launch(kernel, resident_grid(kernel, work), stream, p, tiles);
+            } else {
+              auto kernel = full ? fwd_rows_tiled_kernel<X, kW, C> : fwd_rows_tiled_kernel<X, kW, 1>;
+              launch(kernel, grid_for(work), stream, p, tiles);
+            }
           });
         } else {
           dispatch_width<32>(p.width, [&](auto wt) {

@@ -193,20 +193,22 @@ struct WarpTile {
 
   // Stores vals (converted to X) at the tile's positions < L of row r.
   __device__ void store(X* r, int64_t L, const float (&vals)[C][E]) const {
-    using V = Pack<X, E>;
 #pragma unroll
-    for (int q = 0; q < C; ++q) {
-      const int64_t pos = at(q);
-      V o;
+    for (int q = 0; q < C; ++q) store_vector(r, L, q, vals[q]);
+  }
+
+  // Same for vector q alone.
+  __device__ void store_vector(X* r, int64_t L, int q, const float (&vals)[E]) const {
+    const int64_t pos = at(q);
+    Pack<X, E> o;
 #pragma unroll
-      for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(vals[q][e]);
-      if (pos + E <= L) {
-        store_pack(r + pos, o);
-      } else {
+    for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(vals[e]);
+    if (pos + E <= L) {
+      store_pack(r + pos, o);
+    } else {
 #pragma unroll
-        for (int e = 0; e < E; ++e)
-          if (pos + e < L) r[pos + e] = o.v[e];
-      }
+      for (int e = 0; e < E; ++e)
+        if (pos + e < L) r[pos + e] = o.v[e];
     }
   }
 };
