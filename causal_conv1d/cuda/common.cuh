@@ -7,6 +7,7 @@
 // is how the kernels' indexing is tested on machines without a GPU.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -255,26 +256,36 @@ __device__ __forceinline__ float lane_from(float v, int src) {
   return __shfl_sync(0xffffffffu, v, src);
 }
 
-// One wave of resident blocks of `kernel` (kThreads threads each), or fewer
+// One wave of resident blocks of kKernel (kThreads threads each), or fewer
 // when `work` threads need fewer: for kernels whose warps loop over their
 // work and keep the next item's loads in flight during this one's
-// arithmetic. grid_for's answer when the device cannot be asked.
-template <typename K>
-inline unsigned resident_grid(K kernel, int64_t work) {
+// arithmetic. The wave is asked of the device once per device and kernel;
+// grid_for's answer when the device cannot be asked.
+template <auto kKernel>
+inline unsigned resident_grid(int64_t work) {
   const unsigned want = grid_for(work);
 #ifdef CAUSAL_CONV1D_CUDA_EMU
-  (void)kernel;
   return want < 3u ? want : 3u;  // a few blocks, so that warps loop over several items
 #else
-  int device = 0, sms = 0, per_sm = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0) != cudaSuccess ||
-      sms <= 0 || per_sm <= 0) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int64_t> wave_on[kMaxDevices];  // 0: not asked yet
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
     (void)cudaGetLastError();  // not this launch's error
     return want;
   }
-  const int64_t wave = static_cast<int64_t>(sms) * per_sm;
+  int64_t wave = wave_on[device].load(std::memory_order_relaxed);
+  if (wave == 0) {
+    int sms = 0, per_sm = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, kThreads, 0) != cudaSuccess ||
+        sms <= 0 || per_sm <= 0) {
+      (void)cudaGetLastError();
+      return want;
+    }
+    wave = static_cast<int64_t>(sms) * per_sm;
+    wave_on[device].store(wave, std::memory_order_relaxed);
+  }
   return want < wave ? want : static_cast<unsigned>(wave);
 #endif
 }

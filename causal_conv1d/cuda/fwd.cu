@@ -5,7 +5,9 @@
 //             of consecutive outputs of one row from one aligned vector load
 //             plus the vectors before it (the halo comes from L1/L2, not DRAM).
 //             For W <= 4 without seq_idx on aligned rows of >= 512 bytes,
-//             rows_tiled: a warp owns 32 * C vectors of a row, halos by shuffle.
+//             rows_tiled: a warp owns 32 * C vectors of a row, halos by shuffle;
+//             for 16-bit x rows_piped, the same tiles on one resident wave with
+//             the next tile's loads in flight (cp.async) during this one's.
 //   chanlast  x channel-last (x.s1 == 1, also slices of a wider projection):
 //             a block stages a (64 + W-1) x 32E tile in shared memory with all
 //             its loads in flight, then a lane computes E consecutive channels
@@ -98,20 +100,29 @@ __global__ void __launch_bounds__(kThreads)
 // instead of a second load, and the weights, bias and index math are paid
 // once per tile instead of once per vector.
 
-// Experiment: CAUSAL_CONV1D_FWD_MIN_BLOCKS=N asks ptxas to fit N blocks per
-// SM (fewer registers, more resident warps) in the rows_tiled and rows_piped
-// forward kernels.
-#ifdef CAUSAL_CONV1D_FWD_MIN_BLOCKS
-#define CAUSAL_CONV1D_FWD_TILED_BOUNDS __launch_bounds__(kThreads, CAUSAL_CONV1D_FWD_MIN_BLOCKS)
-#else
-#define CAUSAL_CONV1D_FWD_TILED_BOUNDS __launch_bounds__(kThreads)
-#endif
+// res: the outputs at vector q of a warp tile whose vectors (tile.v) and
+// edges are unpacked; the rows_tiled and rows_piped kernels' arithmetic.
+template <typename X, int kW, int C>
+__device__ __forceinline__ void tile_vector_outputs(const ConvParams& p, const WarpTile<X, C>& tile,
+                                                    const TileEdges<X, kW, false>& edges, int q,
+                                                    float (&res)[WarpTile<X, C>::E]) {
+  constexpr int E = WarpTile<X, C>::E, H = kW - 1;
+  static_assert(H >= 1 && H <= E, "the inputs before a vector come from one neighbour");
+  float prev[H];
+  lanes_before(tile.v, q, tile.lane, edges.head, prev);
+#pragma unroll
+  for (int j = 0; j < E; ++j) {
+    float acc = edges.bias;
+#pragma unroll
+    for (int k = 0; k < kW; ++k)
+      acc += edges.wr[k] * (j - k >= 0 ? tile.v[q][j - k] : prev[H + j - k]);
+    res[j] = p.silu ? silu_out<X>(acc) : acc;
+  }
+}
 
 template <typename X, int kW, int C>
-__global__ void CAUSAL_CONV1D_FWD_TILED_BOUNDS fwd_rows_tiled_kernel(ConvParams p, int64_t tiles) {
+__global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, int64_t tiles) {
   using Tile = WarpTile<X, C>;
-  constexpr int E = Tile::E, H = kW - 1;
-  static_assert(H >= 1 && H <= E, "the inputs before a vector come from one neighbour");
   const int64_t D = p.dim, L = p.seqlen;
   const int64_t total = p.batch * D * tiles;
   Tile tile;
@@ -125,45 +136,28 @@ __global__ void CAUSAL_CONV1D_FWD_TILED_BOUNDS fwd_rows_tiled_kernel(ConvParams 
       tile.unpack(at.t0);
       edges.unpack(p);
     }
-    const float(&wr)[kW] = edges.wr;
-    const float bias = edges.bias;
-
-    float res[C][E];
-#pragma unroll
-    for (int q = 0; q < C; ++q) {
-      float prev[H];
-      lanes_before(tile.v, q, tile.lane, edges.head, prev);
-#pragma unroll
-      for (int j = 0; j < E; ++j) {
-        float acc = bias;
-#pragma unroll
-        for (int k = 0; k < kW; ++k)
-          acc += wr[k] * (j - k >= 0 ? tile.v[q][j - k] : prev[H + j - k]);
-        res[q][j] = p.silu ? silu_out<X>(acc) : acc;
-      }
-    }
+    float res[C][Tile::E];  // all computed, then all stored (fp32: fewer registers than
+#pragma unroll            // rows_piped's store per vector)
+    for (int q = 0; q < C; ++q) tile_vector_outputs(p, tile, edges, q, res[q]);
     tile.store(ptr<X>(p.out) + at.b * p.out.s0 + at.d * p.out.s1, L, res);
   });
 }
 
-// rows_piped (experiment, CAUSAL_CONV1D_FWD_PIPELINE=1; off until measured
-// on a GPU): rows_tiled on one resident wave, each warp looping over tiles
-// with the next tile's vectors copied into shared memory by cp.async while
-// it computes this one. Unlike a register prefetch (which lost: the
-// registers it held halved the resident warps), the copies in flight hold
-// no registers. A lane reads back only the slots it copied, so the warp
-// needs no barrier. The next tile's edges (taps, bias, the inputs before
-// it) are plain loads issued with the copies.
-#ifndef CAUSAL_CONV1D_FWD_PIPELINE
-#define CAUSAL_CONV1D_FWD_PIPELINE 0
-#endif
+// rows_piped: rows_tiled for 16-bit x on one resident wave, each warp
+// looping over tiles with the next tile's vectors copied into shared memory
+// by cp.async while it computes this one. The copies in flight hold no
+// registers, unlike a register prefetch (which lost: the registers it held
+// halved the resident warps). A lane reads back only the slots it copied,
+// so the warp needs no barrier. The next tile's edges (taps, bias, the
+// inputs before it) are plain loads issued with the copies. Measured on an
+// H100 (docs/gpu-perf-notes.md, run 7): bf16 88% of copy against
+// rows_tiled's 82%; fp32 88% against 99%, so fp32 keeps rows_tiled.
 
 template <typename X, int kW, int C>
-__global__ void CAUSAL_CONV1D_FWD_TILED_BOUNDS fwd_rows_piped_kernel(ConvParams p, int64_t tiles) {
+__global__ void __launch_bounds__(kThreads) fwd_rows_piped_kernel(ConvParams p, int64_t tiles) {
   using Tile = WarpTile<X, C>;
-  constexpr int E = Tile::E, H = kW - 1;
+  constexpr int E = Tile::E;
   using V = Pack<X, E>;
-  static_assert(H >= 1 && H <= E, "the inputs before a vector come from one neighbour");
   __shared__ V stage[2][kThreads / kWarp][C][kWarp];  // [buffer][warp][q][lane]
   const int64_t D = p.dim, L = p.seqlen;
   const int64_t total = p.batch * D * tiles, step = grid_threads() / kWarp;
@@ -198,28 +192,17 @@ __global__ void CAUSAL_CONV1D_FWD_TILED_BOUNDS fwd_rows_piped_kernel(ConvParams 
   for (int buf = 0; wg < total; wg += step, buf ^= 1) {
     const TileAt at = tile_at(wg, tiles, D, Tile::kLen);
     edges.unpack(p);  // this tile's edges, before issue() loads the next one's
-    const float(&wr)[kW] = edges.wr;
-    const float bias = edges.bias;
     if (wg + step < total) issue(wg + step, buf ^ 1);
     copy_async_commit();
     copy_async_wait_prior<1>();  // this tile's copies have landed
 #pragma unroll
     for (int q = 0; q < C; ++q) tile.raw[q] = stage[buf][warp][q][tile.lane];
     tile.unpack(at.t0);
-
     X* orow = ptr<X>(p.out) + at.b * p.out.s0 + at.d * p.out.s1;
 #pragma unroll
     for (int q = 0; q < C; ++q) {  // each vector stored as soon as computed
-      float prev[H], res[E];
-      lanes_before(tile.v, q, tile.lane, edges.head, prev);
-#pragma unroll
-      for (int j = 0; j < E; ++j) {
-        float acc = bias;
-#pragma unroll
-        for (int k = 0; k < kW; ++k)
-          acc += wr[k] * (j - k >= 0 ? tile.v[q][j - k] : prev[H + j - k]);
-        res[j] = p.silu ? silu_out<X>(acc) : acc;
-      }
+      float res[E];
+      tile_vector_outputs(p, tile, edges, q, res);
       tile.store_vector(orow, L, q, res);
     }
   }
@@ -414,9 +397,14 @@ void launch_fwd(const ConvParams& p, cudaStream_t stream) {
           dispatch_exact_width(p.width, [&](auto wt) {
             constexpr int kW = decltype(wt)::kW;
             const int64_t work = B * D * tiles * kWarp;
-            if constexpr (CAUSAL_CONV1D_FWD_PIPELINE != 0) {
-              auto kernel = full ? fwd_rows_piped_kernel<X, kW, C> : fwd_rows_piped_kernel<X, kW, 1>;
-              launch(kernel, resident_grid(kernel, work), stream, p, tiles);
+            if constexpr (sizeof(X) == 2) {
+              constexpr auto kFull = fwd_rows_piped_kernel<X, kW, C>;
+              constexpr auto kShort = fwd_rows_piped_kernel<X, kW, 1>;  // one vector per lane
+              if (full) {
+                launch(kFull, resident_grid<kFull>(work), stream, p, tiles);
+              } else {
+                launch(kShort, resident_grid<kShort>(work), stream, p, tiles);
+              }
             } else {
               auto kernel = full ? fwd_rows_tiled_kernel<X, kW, C> : fwd_rows_tiled_kernel<X, kW, 1>;
               launch(kernel, grid_for(work), stream, p, tiles);
