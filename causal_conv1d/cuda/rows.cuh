@@ -84,10 +84,11 @@ __device__ inline void load_row_window(float* win, const ConvParams& p, const X*
 // Positions per lane of the rows_tiled kernels on rows long enough (shorter
 // rows get one vector per lane). More keeps more bytes in flight per thread
 // and spreads the per-tile work thinner, at the cost of registers
-// (occupancy). Fastest measured on an H100 (docs/gpu-perf-notes.md, run 5):
-// 16 for both (bf16 forward 78% of copy against 74% with 32 and 64% with
-// 64; the bf16 backward was slower with 32 in runs 3 and 4); fp32 ran the
-// same with 16, 32 or 64 in the forward. Set at build time only to compare on a GPU
+// (occupancy). Fastest measured on an H100 (docs/gpu-perf-notes.md, runs 5
+// and 7): 16 for both (bf16 forward 78% of copy against 74% with 32 and 64%
+// with 64; with rows_piped 88% against 84% with 32 and 62% with 8; the bf16
+// backward was slower with 32 in runs 3 and 4); fp32 ran the same with 16,
+// 32 or 64 in the forward. Set at build time only to compare on a GPU
 // (tools/gpu_tune.sh).
 #ifndef CAUSAL_CONV1D_FWD_TILE_POSITIONS
 #define CAUSAL_CONV1D_FWD_TILE_POSITIONS 16
@@ -137,9 +138,10 @@ __device__ inline TileAt tile_at(int64_t wg, int64_t tiles, int64_t D, int64_t l
 
 // The rows_tiled kernels' walk over warp tiles: grid-stride over `total`
 // tiles of `len` positions, `tiles` to a row; body(at) loads, computes and
-// stores one. (Issuing the next tile's loads before computing this one was
-// measured slower on an H100: the registers it holds halve the resident
-// warps; docs/gpu-perf-notes.md.)
+// stores one. (Issuing the next tile's loads into registers before
+// computing this one was measured slower on an H100: the registers it holds
+// halve the resident warps; fwd.cu's rows_piped does it through shared
+// memory instead; docs/gpu-perf-notes.md.)
 template <typename Body>
 __device__ __forceinline__ void for_each_tile(int64_t total, int64_t tiles, int64_t D, int64_t len,
                                               Body&& body) {
