@@ -72,10 +72,11 @@ def run() -> int:
 
 def short_name(demangled: str) -> str:
     """`void causal_conv1d::cuda::(anonymous namespace)::k<__nv_bfloat16, 4>(...)`
-    -> `k<bf16, 4>`."""
-    name = re.sub(r"^void\s+", "", demangled.strip())
-    name = re.sub(r"causal_conv1d::cuda::(\(anonymous namespace\)::)?", "", name)
-    name = name.split("(")[0]
+    -> `k<bf16, 4>`: the identifier (and template arguments) just before the
+    parameter list, whatever the demangler calls the anonymous namespace
+    (`(anonymous namespace)`, `<unnamed>`)."""
+    m = re.search(r"(\w+)(<[^()]*>)?\s*\(", demangled)
+    name = m.group(1) + (m.group(2) or "") if m else demangled.strip()
     return name.replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
 
 

@@ -20,8 +20,8 @@ import profile_gpu  # noqa: E402
 ROWS_KERNEL = ("void causal_conv1d::cuda::(anonymous namespace)::bwd_rows_tiled_kernel"
                "<__nv_bfloat16, 4, 2, true>(causal_conv1d::ConvParams, long, float *)")
 CHANLAST_KERNEL = ("void causal_conv1d::cuda::(anonymous namespace)::bwd_chanlast_kernel"
-                   "<float, 4, true, false, true>(causal_conv1d::ConvParams, long, long, bool, "
-                   "bool, bool, float *)")
+                   "<float, 4, true, false, true>(causal_conv1d::ConvParams, long, long, int, "
+                   "bool, bool, bool, float *)")
 
 
 def sample_csv(stalls_rows: dict, stalls_chanlast: dict, drop: str | None = None) -> str:
@@ -57,6 +57,16 @@ def sample_csv(stalls_rows: dict, stalls_chanlast: dict, drop: str | None = None
                 "(8192, 1, 1)", "0", "9.0"] + row2)
     out.write("==PROF== Disconnected from process 4242\n")
     return out.getvalue()
+
+
+@pytest.mark.parametrize("namespace", ["(anonymous namespace)", "<unnamed>"])
+def test_short_name(namespace):
+    """Both spellings of the anonymous namespace (ncu's demangler writes
+    `<unnamed>`), template arguments kept, parameters dropped."""
+    name = (f"void causal_conv1d::cuda::{namespace}::fwd_rows_piped_kernel<__nv_bfloat16, 4, 2>"
+            "(causal_conv1d::ConvParams, long)")
+    assert profile_gpu.short_name(name) == "fwd_rows_piped_kernel<bf16, 4, 2>"
+    assert profile_gpu.short_name("k(int)") == "k"
 
 
 def test_summary_rows_and_top_stalls():

@@ -342,6 +342,18 @@ def test_in_place_writes_bump_versions(cc, seeded):
         assert out.shape == (3, 5) and not torch.equal(inference_state, expected)
 
 
+def test_every_writing_op_has_the_version_kernel(cc):
+    """torch_binding.cpp lists the ops that get the version-bump kernel by
+    hand: every op whose schema writes an argument (`(a!)`) must be on it,
+    and no other."""
+    schemas = [s for s in torch._C._jit_get_all_schemas() if s.name.startswith(cc.ops.name + "::")]
+    assert len(schemas) >= 6, [s.name for s in schemas]
+    for s in schemas:
+        writes = [a.name for a in s.arguments if a.alias_info is not None and a.alias_info.is_write]
+        bumps = torch._C._dispatch_has_kernel_for_dispatch_key(s.name, "ADInplaceOrView")
+        assert bumps == bool(writes), (s.name, writes, bumps)
+
+
 def test_state_ops_have_no_gradient(cc, seeded):
     """update, varlen_states and packed prefill are not differentiable (as
     upstream's): with inputs that require grad their outputs do not, so a
