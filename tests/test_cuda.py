@@ -301,12 +301,15 @@ def test_long_rows(cu, seeded, layout, dtypes, W, L, init):
 
 
 @pytest.mark.parametrize("dtypes", LONG_ROW_DTYPES[:2], ids=_pair_id)
-def test_fwd_rows_more_tiles_than_warps(cu, seeded, dtypes):
+def test_rows_more_tiles_than_warps(cu, seeded, dtypes):
     """More warp tiles (6,300, the last of each row partial) than an H100
     holds warps at once, so that kernels walking tiles in a loop (one
     resident wave) take several turns, and the emulator's three blocks
-    many."""
+    many; forward, and backward in both reductions."""
     fwd_case(cu, seeded, B=3, D=700, L=1032, W=4, xdt=dtypes[0], wdt=dtypes[1], init=True)
+    for det in (False, True):
+        bwd_case(cu, seeded, B=3, D=700, L=1032, W=4, xdt=dtypes[0], wdt=dtypes[1], init=True,
+                 final=True, deterministic=det)
 
 
 @pytest.mark.parametrize("W", [2, 4, 6])
