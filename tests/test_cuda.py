@@ -14,7 +14,8 @@ to run it:
                 reductions; not timing, memory model or device-side guards).
 
 Tests whose name contains "sanitizer" form the small grid that
-tools/gpu_check.sh runs under compute-sanitizer (pytest -k sanitizer).
+tools/gpu_check.sh runs under compute-sanitizer (pytest -k sanitizer), with
+test_rows_more_tiles_than_warps (-k more_tiles) for the kernels that loop.
 """
 
 from __future__ import annotations

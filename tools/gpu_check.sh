@@ -8,8 +8,9 @@
 # 2. runs tests/test_cuda.py (CUDA vs the float64 reference and vs the CPU
 #    variant),
 # 3. runs benchmarks/bench_gpu.py,
-# 4. runs the small grid (pytest -k sanitizer) under compute-sanitizer
-#    memcheck, then racecheck for the shared-memory kernels if time is left,
+# 4. runs the small grid (pytest -k sanitizer) and the many-tile test
+#    (-k more_tiles) under compute-sanitizer memcheck, then racecheck for
+#    the shared-memory kernels if time is left,
 # and prints a short table. Results (card, date, commit, tables) go to
 # $OUT/gpu-results.md (OUT defaults to build/gpu-check) and replace
 # docs/gpu-results.md in this checkout; CHECK_COMMIT=<hash> names the commit
@@ -83,13 +84,14 @@ if [[ $cuda_rc -eq 0 ]]; then
   else
     # Without the caching allocator every tensor is its own allocation, so an
     # out-of-bounds access cannot land silently inside a neighbour.
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_step "compute-sanitizer memcheck (-k sanitizer)" \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_step "compute-sanitizer memcheck (-k sanitizer, more_tiles)" \
       "$(limit 200)" "$out/memcheck.log" "$sanitizer" --tool memcheck --error-exitcode 99 \
-      --print-limit 20 "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" -k sanitizer
+      --print-limit 20 "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" -k "sanitizer or more_tiles"
     if (( $(left) >= 60 )); then
       run_step "compute-sanitizer racecheck (shared-memory kernels)" "$(limit 150)" \
         "$out/racecheck.log" "$sanitizer" --tool racecheck --error-exitcode 99 --print-limit 20 \
-        "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" -k "(sanitizer_fwd_bwd and channel_last) or bwd_chanlast_tile_groups"
+        "$py" -m pytest tests/test_cuda.py "${pytest_args[@]}" \
+        -k "(sanitizer_fwd_bwd and channel_last) or bwd_chanlast_tile_groups or more_tiles"
     else
       record "compute-sanitizer racecheck" "SKIPPED (out of time budget)" 0
     fi
