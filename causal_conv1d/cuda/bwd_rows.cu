@@ -125,17 +125,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
 
-      X* dxr = ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1;
-      if (dx_vec && t0 + E <= L) {
-        V v;
-#pragma unroll
-        for (int e = 0; e < E; ++e) v.v[e] = from_f<X>(dxv[e]);
-        store_pack(dxr + t0, v);
-      } else {
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          if (t0 + e < L) dxr[(t0 + e) * p.dx.s2] = from_f<X>(dxv[e]);
-      }
+      store_chunk(ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1, t0, L, p.dx.s2, dx_vec, dxv);
     }
 
     // Whole warp (the loop bound is uniform per warp): reduce and emit.

@@ -31,7 +31,6 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int NP = (kW - 1 + E - 1) / E;  // vectors before the chunk
   constexpr int O = NP * E;                 // window index of the chunk's first token
   constexpr int N = O + E;                  // window: positions t0 - O .. t0 + E - 1
-  using V = Pack<X, E>;
   const int64_t D = p.dim, L = p.seqlen;
   const int W = kExact ? kW : static_cast<int>(p.width);
   const int64_t total = p.batch * D * chunks;
@@ -78,17 +77,7 @@ __global__ void __launch_bounds__(kThreads)
       res[j] = v;
     }
 
-    X* orow = ptr<X>(p.out) + b * p.out.s0 + d * p.out.s1;
-    if (out_vec && t0 + E <= L) {
-      V v;
-#pragma unroll
-      for (int e = 0; e < E; ++e) v.v[e] = from_f<X>(res[e]);
-      store_pack(orow + t0, v);
-    } else {
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        if (t0 + e < L) orow[(t0 + e) * p.out.s2] = from_f<X>(res[e]);
-    }
+    store_chunk(ptr<X>(p.out) + b * p.out.s0 + d * p.out.s1, t0, L, p.out.s2, out_vec, res);
   }
 }
 

@@ -149,6 +149,24 @@ __device__ __forceinline__ void for_each_tile(int64_t total, int64_t tiles, int6
     body(tile_at(wg, tiles, D, len));
 }
 
+// Stores vals (converted to X) at positions t0 .. t0+E-1 of row r (time
+// stride s), those < L: one 16-byte store when `vec` (s == 1 and the row
+// aligned) and all E are inside, else element by element.
+template <typename X, int E>
+__device__ __forceinline__ void store_chunk(X* r, int64_t t0, int64_t L, int64_t s, bool vec,
+                                            const float (&vals)[E]) {
+  Pack<X, E> o;
+#pragma unroll
+  for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(vals[e]);
+  if (vec && t0 + E <= L) {
+    store_pack(r + t0, o);
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      if (t0 + e < L) r[(t0 + e) * s] = o.v[e];
+  }
+}
+
 // A warp's tile of one row (x.s2 == 1, rows 16-byte aligned): 32 * C
 // consecutive vectors of E = 16 / sizeof(X) elements from position t0. Lane l
 // holds vectors l, l + 32, ..., l + 32 (C - 1): each warp-wide load or store
@@ -201,17 +219,7 @@ struct WarpTile {
 
   // Same for vector q alone.
   __device__ void store_vector(X* r, int64_t L, int q, const float (&vals)[E]) const {
-    const int64_t pos = at(q);
-    Pack<X, E> o;
-#pragma unroll
-    for (int e = 0; e < E; ++e) o.v[e] = from_f<X>(vals[e]);
-    if (pos + E <= L) {
-      store_pack(r + pos, o);
-    } else {
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        if (pos + e < L) r[pos + e] = o.v[e];
-    }
+    store_chunk(r, at(q), L, 1, true, vals);
   }
 };
 
