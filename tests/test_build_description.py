@@ -285,3 +285,43 @@ def test_loader_runs_each_variant_on_a_newer_gpu_through_its_ptx(cuda, tmp_path,
     _fake_variant(tmp_path / "old", cuda, built["archs"], f"_causal_conv1d_cuda_old{tag}")
     with pytest.raises(RuntimeError, match="capability 7.0 .* not supported"):
         _load_on_fake_gpu(monkeypatch, tmp_path / "old", cuda, (7, 0))
+
+
+# ---------------------------------------------------------------------------
+# kernel-builder's parser (the `kernels` package ships it)
+
+
+@pytest.mark.kernels_ci
+def test_build_toml_passes_kernel_builders_parser():
+    rust = pytest.importorskip("kernels._rust")
+    build = rust.Build.open(ROOT)
+    assert [str(b) for b in build.general.backends] == _toml()["general"]["backends"]
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("change, message", [
+    (("cuda-capabilities =", "cuda-capabilites ="), "Unknown field cuda-capabilites"),
+    (("edition = 5", "edition = 6"), "edition"),
+    (("[general.hub]", "[general.hubb]"), "Unknown field hubb"),
+    (('backend = "cpu"', 'backend = "cpus"'), "Unknown variant cpus"),
+    (("version = 1\n", 'version = "1"\n'), "Expected usize"),
+])
+def test_kernel_builders_parser_refuses_a_wrong_build_toml(change, message, tmp_path):
+    rust = pytest.importorskip("kernels._rust")
+    text = (ROOT / "build.toml").read_text()
+    old, new = change
+    assert old in text
+    (tmp_path / "build.toml").write_text(text.replace(old, new, 1))
+    with pytest.raises(ValueError, match=message):
+        rust.Build.open(tmp_path)
+
+
+def test_local_builder_refuses_what_kernel_builder_refuses(tmp_path):
+    bv = _build_variant()
+    pytest.importorskip("kernels._rust")
+    shutil.copy2(ROOT / "build.toml", tmp_path / "build.toml")
+    bv.check_build_toml(tmp_path)  # accepted: returns
+    text = (ROOT / "build.toml").read_text().replace("cuda-capabilities =", "cuda-capabilites =")
+    (tmp_path / "build.toml").write_text(text)
+    with pytest.raises(SystemExit, match="refused by kernel-builder's parser"):
+        bv.check_build_toml(tmp_path)

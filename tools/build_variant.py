@@ -345,6 +345,7 @@ def main() -> int:
     ap.add_argument("--quiet", "-q", action="store_true")
     args = ap.parse_args()
 
+    check_build_toml(ROOT)
     config = tomllib.loads((ROOT / "build.toml").read_text())
     if args.print_archs:
         entries = args.cuda_capabilities.split(",") if args.cuda_capabilities else build_toml_entries(config)
@@ -543,6 +544,20 @@ def assemble(out: Path, so: Path, module: str, ext_id: str, general: dict, backe
         metadata["upstream"] = general["upstream"]
     metadata["digest"] = variant_digest(out)
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def check_build_toml(root: Path) -> None:
+    """build.toml through kernel-builder's own parser (the `kernels` package
+    ships it): unknown keys, a wrong edition or type are refused here, as
+    the Nix build would refuse them. Skipped where `kernels` is missing."""
+    try:
+        from kernels._rust import Build
+    except ImportError:
+        return
+    try:
+        Build.open(root)
+    except ValueError as e:
+        sys.exit(f"error: build.toml refused by kernel-builder's parser (kernels._rust.Build): {e}")
 
 
 def check_abi(so: Path) -> int:
