@@ -17,6 +17,7 @@ source set too (kernels_ci).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
@@ -325,3 +326,127 @@ def test_local_builder_refuses_what_kernel_builder_refuses(tmp_path):
     (tmp_path / "build.toml").write_text(text)
     with pytest.raises(SystemExit, match="refused by kernel-builder's parser"):
         bv.check_build_toml(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# flake.lock: the pinned kernel-builder and everything below it
+
+
+def _flake_files():
+    nix, lock = ROOT / "flake.nix", ROOT / "flake.lock"
+    if not (nix.is_file() and lock.is_file()):
+        pytest.skip("flake.nix / flake.lock are not here (e.g. the Nix source set)")
+    return nix.read_text(), json.loads(lock.read_text())
+
+
+def _flake_inputs(flake_nix: str) -> dict[str, str]:
+    """NAME.url = "..." lines of flake.nix (the form this flake uses)."""
+    return dict(re.findall(r'^\s*([A-Za-z][\w-]*)\.url\s*=\s*"([^"]+)";', flake_nix, re.M))
+
+
+def _github(url: str) -> dict:
+    m = re.fullmatch(r"github:([^/]+)/([^/?]+)(?:/([^?]+))?", url)
+    assert m, f"not a github: flake URL: {url}"
+    owner, repo, ref = m.groups()
+    out = {"owner": owner, "repo": repo, "type": "github"}
+    if ref:
+        out["rev" if re.fullmatch(r"[0-9a-f]{40}", ref) else "ref"] = ref
+    return out
+
+
+def test_flake_lock_matches_flake_nix():
+    flake_nix, lock = _flake_files()
+    assert lock["version"] == 7
+    nodes = lock["nodes"]
+    root = nodes[lock["root"]]
+    inputs = _flake_inputs(flake_nix)
+    assert inputs, "no inputs found in flake.nix"
+    assert sorted(root["inputs"]) == sorted(inputs)
+
+    def resolve(ref):
+        """A node name, or a `follows` path from the root flake."""
+        if isinstance(ref, str):
+            return ref
+        name = lock["root"]
+        for part in ref:
+            name = resolve(nodes[name]["inputs"][part])
+        return name
+
+    reached, todo = set(), [lock["root"]]
+    while todo:
+        name = todo.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        for ref in nodes[name].get("inputs", {}).values():
+            assert resolve(ref) in nodes, ref
+            todo.append(resolve(ref))
+    assert reached == set(nodes), f"nodes nothing uses: {set(nodes) - reached}"
+
+    for name, url in inputs.items():
+        node = nodes[root["inputs"][name]]
+        assert node["original"] == _github(url)
+        locked = node["locked"]
+        assert {k: locked[k] for k in ("owner", "repo", "type")} == \
+            {k: node["original"][k] for k in ("owner", "repo", "type")}
+        assert re.fullmatch(r"[0-9a-f]{40}", locked["rev"])
+    for name, node in nodes.items():
+        if "locked" in node:
+            assert re.fullmatch(r"sha256-[A-Za-z0-9+/]{43}=", node["locked"]["narHash"]), name
+            assert isinstance(node["locked"]["lastModified"], int), name
+
+
+def _kernels_git(*args: str) -> str:
+    if not (KERNELS_GIT / "HEAD").exists():
+        pytest.skip(f"needs a git copy of huggingface/kernels at {KERNELS_GIT}")
+    r = subprocess.run(["git", "--git-dir", str(KERNELS_GIT), *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"git {' '.join(args)} failed in {KERNELS_GIT}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def test_flake_lock_nested_inputs_are_the_pinned_commits_own():
+    _, lock = _flake_files()
+    node = lock["nodes"]["kernel-builder"]
+    rev = node["locked"]["rev"]
+    assert node["locked"]["lastModified"] == int(_kernels_git("log", "-1", "--format=%ct", rev))
+    upstream = json.loads(_kernels_git("show", f"{rev}:flake.lock"))
+    up_nodes = upstream["nodes"]
+    up_root = up_nodes[upstream["root"]]
+
+    def relocate(inputs):  # their follows paths start at their root, ours one level down
+        return {k: ["kernel-builder", *v] if isinstance(v, list) else v for k, v in inputs.items()}
+
+    assert node["inputs"] == relocate(up_root["inputs"])
+    for name, theirs in up_nodes.items():
+        if name == upstream["root"]:
+            continue
+        ours = lock["nodes"][name]
+        assert ours["locked"] == theirs["locked"], name
+        assert ours["original"] == theirs["original"], name
+        assert ours.get("inputs") == (relocate(theirs["inputs"]) if "inputs" in theirs else None), name
+
+
+def test_flake_lock_nar_hash_is_the_pinned_source_tree(tmp_path):
+    """narHash of a github input: the NAR hash of the unpacked tarball
+    GitHub serves for the commit, i.e. `git archive` of it (no submodules,
+    no export-ignore / export-subst attributes, checked here)."""
+    nix_hash = shutil.which("nix-hash")
+    if nix_hash is None:
+        pytest.skip("nix-hash not found (Debian: apt-get install nix-bin)")
+    _, lock = _flake_files()
+    locked = lock["nodes"]["kernel-builder"]["locked"]
+    rev = locked["rev"]
+    tree = _kernels_git("ls-tree", "-r", rev)
+    assert not [line for line in tree.splitlines() if line.startswith("160000")], "submodules"
+    for path in [line.split("\t", 1)[1] for line in tree.splitlines() if line.endswith(".gitattributes")]:
+        attrs = _kernels_git("show", f"{rev}:{path}")
+        assert "export-ignore" not in attrs and "export-subst" not in attrs, path
+    source = tmp_path / "source"
+    source.mkdir()
+    archive = subprocess.run(["git", "--git-dir", str(KERNELS_GIT), "archive", "--format=tar", rev],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    hex_digest = subprocess.run([nix_hash, "--type", "sha256", str(source)],  # NAR hash, base16
+                                capture_output=True, text=True, check=True).stdout.strip()
+    assert locked["narHash"] == "sha256-" + base64.b64encode(bytes.fromhex(hex_digest)).decode()
