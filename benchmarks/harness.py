@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from benchmark import (  # noqa: F401  (re-exported for the bench_*.py scripts)
-    conv_silu_ref, make_inputs, mixed_lengths, packed_inputs, packed_ref, update_ref,
+    conv_silu_ref, make_inputs, packed_inputs, packed_ref, update_ref,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
