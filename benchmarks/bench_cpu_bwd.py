@@ -25,11 +25,10 @@ speedup = ref / kernel.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from harness import (
-    DTYPES, QUICK_SHAPES, SHAPES, WIDTH, cpu_arguments, cpu_setting, load_kernel, make_inputs,
-    measure, parse_cpu_arguments,
+    DTYPES, QUICK_SHAPES, SHAPES, WIDTH, conv_silu_ref, cpu_arguments, cpu_setting, load_kernel,
+    make_inputs, measure, parse_cpu_arguments,
 )
 
 TARGET_SPEEDUP = 5.0  # issue "Training on CPU": >= 5x in fp32 and bf16 at every shape
@@ -49,9 +48,8 @@ def check(name, got, want):
 
 def bench_case(cc, name, B, D, L, channel_last, repeats, warmup):
     x, weight, bias = make_inputs(B, D, L, WIDTH, DTYPES[name], channel_last, requires_grad=True)
-    W = WIDTH
     inputs = (x, weight, bias)
-    y_ref = F.silu(F.conv1d(x, weight.unsqueeze(1), bias, padding=W - 1, groups=D)[..., :L])
+    y_ref = conv_silu_ref(x, weight, bias)
     y_ker = cc.causal_conv1d_fn(x, weight, bias, activation="silu")
     dout = torch.randn_like(y_ref)
 

@@ -39,10 +39,12 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 import harness
-from harness import DTYPES, WIDTH, cpu_arguments, cpu_setting, load_kernel, parse_cpu_arguments
+from harness import (
+    DTYPES, WIDTH, cpu_arguments, cpu_setting, load_kernel, packed_inputs, packed_ref,
+    parse_cpu_arguments, update_ref,
+)
 
 STATE_LEN = WIDTH - 1
 DECODE_B = [1, 8, 64, 256]
@@ -67,13 +69,6 @@ def measure(fns: dict, repeats: int, warmup: int) -> dict:
 # decode
 
 
-def ref_update(x, conv_state, weight, bias):
-    stream = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # (B, D, S + 1)
-    y = F.conv1d(stream[..., -WIDTH:], weight.unsqueeze(1), bias, groups=x.shape[1])[..., -1]
-    conv_state.copy_(stream[..., 1:])
-    return F.silu(y)
-
-
 def bench_decode(cc, B, D, dtype, repeats, warmup):
     x = torch.randn(B, D, dtype=dtype)
     weight = torch.randn(D, WIDTH, dtype=dtype) / WIDTH
@@ -81,12 +76,12 @@ def bench_decode(cc, B, D, dtype, repeats, warmup):
     state_ref = torch.randn(B, D, STATE_LEN, dtype=dtype)
     state_ker = state_ref.clone()
     # Same results first: the comparison is only meaningful for equal work.
-    want = ref_update(x, state_ref, weight, bias)
+    want = update_ref(x, state_ref, weight, bias)
     got = cc.causal_conv1d_update(x, state_ker, weight, bias, activation="silu")
     torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
     assert torch.equal(state_ker, state_ref)
     fns = {
-        "ref": lambda: ref_update(x, state_ref, weight, bias),
+        "ref": lambda: update_ref(x, state_ref, weight, bias),
         "kernel": lambda: cc.causal_conv1d_update(x, state_ker, weight, bias, activation="silu"),
     }
     return measure(fns, repeats, warmup)
@@ -96,54 +91,23 @@ def bench_decode(cc, B, D, dtype, repeats, warmup):
 # packed prefill
 
 
-def mixed_lengths(n: int, total: int) -> list[int]:
-    """n lengths summing to total, spread from short to long (fixed seed)."""
-    g = torch.Generator().manual_seed(0)
-    w = torch.rand(n, generator=g) ** 2 + 0.02
-    lengths = (w / w.sum() * total).floor().long()
-    lengths[0] += total - int(lengths.sum())
-    return lengths.tolist()
-
-
-def ref_packed(x, weight, bias, cu, pool, indices, has_init):
-    T, D = x.shape
-    out = torch.empty_like(x)
-    for b in range(len(cu) - 1):
-        start, end = cu[b], cu[b + 1]
-        row = indices[b]
-        init = pool[row] if has_init[b] else pool.new_zeros(D, STATE_LEN)
-        stream = torch.cat([init, x[start:end].t()], dim=-1)[None]  # (1, D, S + len)
-        y = F.conv1d(stream, weight.unsqueeze(1), bias, groups=D)  # (1, D, len)
-        out[start:end] = F.silu(y)[0].t()
-        pool[row].copy_(stream[0, :, -STATE_LEN:])
-    return out
-
-
 def bench_packed(cc, seqs, tokens, dim, dtype, repeats, warmup):
-    lengths = mixed_lengths(seqs, tokens)
-    cu_list = [0]
-    for n in lengths:
-        cu_list.append(cu_list[-1] + n)
-    cu = torch.tensor(cu_list, dtype=torch.int32)
-    x = torch.randn(tokens, dim, dtype=dtype)
-    weight = torch.randn(dim, WIDTH, dtype=dtype) / WIDTH
-    bias = torch.randn(dim, dtype=dtype)
-    g = torch.Generator().manual_seed(1)
-    indices = torch.randperm(seqs + 4, generator=g)[:seqs].to(torch.int32)
-    has_init = torch.arange(seqs) % 2 == 0
-    pool_ref = torch.randn(seqs + 4, dim, STATE_LEN, dtype=dtype)
+    p = packed_inputs(seqs, tokens, dim, dtype)
+    x, weight, bias, cu, cu_list = p["x"], p["weight"], p["bias"], p["cu_t"], p["cu"]
+    indices, has_init, idx_list, init_list = p["indices_t"], p["has_init_t"], p["indices"], p["has_init"]
+    pool_ref = p["pool"]
     pool_ker = pool_ref.clone()
-    idx_list, init_list = indices.tolist(), has_init.tolist()
-    want = ref_packed(x, weight, bias, cu_list, pool_ref, idx_list, init_list)
+    want = packed_ref(x, weight, bias, cu_list, pool_ref, idx_list, init_list)
     got = cc.causal_conv1d_packed_fwd(x, weight, bias, cu, pool_ker, indices, has_init,
                                       activation="silu")
     torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
     assert torch.equal(pool_ker, pool_ref)
     fns = {
-        "ref": lambda: ref_packed(x, weight, bias, cu_list, pool_ref, idx_list, init_list),
+        "ref": lambda: packed_ref(x, weight, bias, cu_list, pool_ref, idx_list, init_list),
         "kernel": lambda: cc.causal_conv1d_packed_fwd(x, weight, bias, cu, pool_ker, indices,
                                                       has_init, activation="silu"),
     }
+    lengths = [b - a for a, b in zip(cu_list, cu_list[1:])]
     return lengths, measure(fns, repeats, warmup)
 
 

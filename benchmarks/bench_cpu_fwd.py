@@ -30,11 +30,10 @@ recycled heap memory or fresh pages, whose faults can dominate it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from harness import (
-    DTYPES, QUICK_SHAPES, SHAPES, WIDTH, cpu_arguments, cpu_setting, load_kernel, make_inputs,
-    measure, parse_cpu_arguments,
+    DTYPES, QUICK_SHAPES, SHAPES, WIDTH, conv_silu_ref, cpu_arguments, cpu_setting, load_kernel,
+    make_inputs, measure, parse_cpu_arguments,
 )
 
 # Targets (issue 2): speedup over ref per dtype; fwd_out / copy per activation.
@@ -45,14 +44,8 @@ TARGET_VS_COPY = {"silu": 1.5, "none": 1.15}
 def bench_case(cc, B, D, L, dtype, channel_last, repeats, warmup):
     x, weight, bias = make_inputs(B, D, L, WIDTH, dtype, channel_last)
     out = torch.empty_like(x)  # same layout as x, like the kernel's own output
-    W = WIDTH
-
-    def ref():
-        y = F.conv1d(x, weight.unsqueeze(1), bias, padding=W - 1, groups=D)[..., :L]
-        return F.silu(y)
-
     fns = {
-        "ref": ref,
+        "ref": lambda: conv_silu_ref(x, weight, bias),
         "kernel": lambda: cc.causal_conv1d_fn(x, weight, bias, activation="silu"),
         "copy": lambda: out.copy_(x),
         "out_silu": lambda: cc.ops.fwd_out(x, weight, bias, None, None, out, None, True),
@@ -60,7 +53,7 @@ def bench_case(cc, B, D, L, dtype, channel_last, repeats, warmup):
     }
     # The comparison is only meaningful if the kernel computes the same thing.
     torch.testing.assert_close(
-        fns["kernel"]().float(), ref().float(),
+        fns["kernel"]().float(), fns["ref"]().float(),
         **({"rtol": 1e-2, "atol": 5e-2} if dtype == torch.bfloat16 else {"rtol": 3e-4, "atol": 1e-3}),
     )
     return measure(fns, repeats, warmup)

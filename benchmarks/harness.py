@@ -1,6 +1,8 @@
 """What every benchmark here shares: loading the built kernel, timing, inputs.
 
-Not a benchmark itself (tools/dev.sh runs benchmarks/bench_*.py).
+Not a benchmark itself (tools/dev.sh runs benchmarks/bench_*.py). The
+inputs and the PyTorch baselines come from benchmark.py (the `kernels
+benchmark` workloads), which must stay self-contained for the Hub.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from benchmark import (  # noqa: F401  (re-exported for the bench_*.py scripts)
+    conv_silu_ref, make_inputs, packed_inputs, packed_ref, update_ref,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,19 +72,6 @@ def measure(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
                 fn()
             times[name].append((clock() - t0) / n)
     return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
-
-
-def make_inputs(B: int, D: int, L: int, width: int, dtype: torch.dtype, channel_last: bool,
-                device: str = "cpu", requires_grad: bool = False):
-    """x (B, D, L) (contiguous, or a (B, L, D) tensor transposed), weight
-    (D, width) scaled by 1/width, bias (D,): fresh random values."""
-    if channel_last:
-        x = torch.randn(B, L, D, dtype=dtype, device=device).transpose(1, 2)
-    else:
-        x = torch.randn(B, D, L, dtype=dtype, device=device)
-    weight = torch.randn(D, width, dtype=dtype, device=device) / width
-    bias = torch.randn(D, dtype=dtype, device=device)
-    return tuple(t.requires_grad_(requires_grad) for t in (x, weight, bias))
 
 
 def cpu_arguments(doc: str, dtypes, default_repeats: int, default_warmup: int,

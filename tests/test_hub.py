@@ -632,3 +632,53 @@ def test_layers_kernelize_and_compile(host_build):
         got_t = compiled_step(x_t, state)
     torch.testing.assert_close(got_t, want_t, rtol=3e-4, atol=1e-4)
     torch.testing.assert_close(state, want_state, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------
+# `kernels benchmark` on a version published with its benchmarks
+
+
+def test_kernels_benchmark_runs_the_published_benchmarks(host_build, tmp_path):
+    """publish.py --benchmarks puts benchmarks/benchmark*.py on the version
+    branch as kernel-builder's upload does; `kernels benchmark ORG/NAME@v1`
+    downloads that branch, loads the kernel with get_kernel and runs every
+    workload, each verified against PyTorch. Own server and org, so the
+    module's repository keeps its builds-only branches."""
+    import hashlib
+
+    org, repo_id = "bench-org", "bench-org/causal-conv1d"
+    with HubServer(tmp_path / "hub", trusted_orgs=[org]) as hub:
+        build = tmp_path / "build"
+        copy_variant(host_build, build)
+        r = subprocess.run([*PUBLISH, "--build-dir", str(build), "--repo-id", repo_id, "--benchmarks",
+                            "--git-remote", str(hub.bare_repo(repo_id))],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        files = subprocess.run(["git", "-C", str(hub.bare_repo(repo_id)), "ls-tree", "-r", "--name-only", "v1"],
+                               capture_output=True, text=True, check=True).stdout.split()
+        assert "benchmarks/benchmark.py" in files
+        assert not [f for f in files if f.startswith("benchmarks/") and not f.startswith("benchmarks/benchmark")]
+        # kernels 0.17.2's `kernels benchmark` fetches the branch with
+        # huggingface_hub's default repo type (model): olah serves that
+        # type from models/, so the repository is made visible there too.
+        model = hub.bare_repo(repo_id, repo_type="model")
+        model.parent.mkdir(parents=True, exist_ok=True)
+        model.symlink_to(hub.bare_repo(repo_id), target_is_directory=True)
+        hub.wait_for_repo(repo_id)
+
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("HF_", "HUGGINGFACE_")) and k not in ("KERNELS_CACHE", "LOCAL_KERNELS")}
+        env.update({"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"),
+                    "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+        out = tmp_path / "results.json"
+        r = subprocess.run([KERNELS_CLI, "benchmark", f"{repo_id}@v1", "--iterations", "2", "--warmup", "1",
+                            "--output", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-6000:]
+    results = json.loads(out.read_text())
+    names = sorted(w["workload"] for w in results["results"])
+    assert names == sorted(f"{op}.{size}" for op in ("Forward", "Backward", "Decode", "PackedPrefill")
+                           for size in ("small", "large"))
+    assert all(w["verified"] is True for w in results["results"])
+    published = hashlib.sha256((ROOT / "benchmarks" / "benchmark.py").read_bytes()).hexdigest()
+    assert results["benchmarkScriptSha"] == published

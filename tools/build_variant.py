@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -207,15 +208,104 @@ def nvidia_wheel_dirs(torch_root: Path) -> tuple[list[str], list[str]]:
     return incs, libs
 
 
-def gencode_flags(capabilities: list[str]) -> list[str]:
+# The CUDA capability rule, as kernel-builder applies it (its CMake templates:
+# kernel-builder/src/pyproject/templates/torch/preamble.cmake and utils.cmake
+# at the commit flake.lock pins). A [kernel.*] section's `cuda-capabilities`
+# are matched against the capabilities the variant's CUDA toolkit is built
+# for, PTX is emitted only for entries written "X.Y+PTX", and metadata.json
+# lists what was built. Local builds follow the same rule for nvcc's version,
+# so a local variant and a Nix variant of the same toolkit carry the same code.
+
+# CUDA_DEFAULT_KERNEL_ARCHS of preamble.cmake without "+PTX", by the first
+# nvcc version that gets the list: what a toolkit is built for.
+TOOLKIT_ARCHS = [
+    ((13, 0), ["7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "11.0", "12.0", "12.1"]),
+    ((12, 8), ["7.0", "7.2", "7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "10.1", "12.0"]),
+    ((0, 0), ["7.0", "7.2", "7.5", "8.0", "8.6", "8.7", "8.9", "9.0"]),
+]
+
+
+def toolkit_archs(cuda_version: str) -> list[str]:
+    """The capabilities kernel-builder builds for with CUDA `cuda_version` ("12.6")."""
+    version = tuple(int(v) for v in cuda_version.split(".")[:2])
+    return next(archs for first, archs in TOOLKIT_ARCHS if version >= first)
+
+
+def _cap(arch: str) -> tuple[int, int]:
+    major, minor = arch.rstrip("af").split(".")
+    return int(major), int(minor)
+
+
+def select_archs(entries: list[str], toolkit: list[str]) -> list[str]:
+    """kernel-builder's cuda_archs_loose_intersection (utils.cmake).
+
+    For each toolkit capability T, the highest entry E <= T of T's major
+    version (SASS runs only within a major version), or of any major if E
+    carries +PTX (PTX is JIT-compiled for newer GPUs). Entries "X.Ya" /
+    "X.Yf" are kept when the toolkit knows X.Y. Entries above every toolkit
+    capability are dropped: CUDA 12.6 builds nothing past 9.0.
+    """
+    ptx = {e.removesuffix("+PTX") for e in entries if e.endswith("+PTX")}
+    bases = sorted({e.removesuffix("+PTX") for e in entries}, key=_cap)
+    chosen, targets = [], list(toolkit)
+    for e in [b for b in bases if b[-1] in "af"]:
+        if e[:-1] in toolkit:
+            targets.remove(e[:-1])
+            chosen.append(e)
+    plain = [b for b in bases if b[-1] not in "af"]
+    for t in targets:
+        best = None
+        for e in plain:
+            if _cap(e) > _cap(t):
+                break
+            if e in ptx or _cap(e)[0] == _cap(t)[0]:
+                best = e
+        if best is not None and best not in chosen:
+            chosen.append(best)
+    return [f"{a}+PTX" if a in ptx else a for a in chosen]
+
+
+def metadata_archs(archs: list[str]) -> list[str]:
+    """metadata.json backend.archs as kernel-builder writes them
+    (add_build_metadata.py: sorted(set(...)), i.e. sorted as strings)."""
+    return sorted(set(archs))
+
+
+def gencode_flags(archs: list[str]) -> list[str]:
+    """utils.cmake set_gencode_flags_for_srcs: SASS for every arch, plus PTX
+    (code=compute_XY) for the ones written +PTX."""
     flags = []
-    caps = sorted(capabilities, key=lambda c: tuple(int(x) for x in c.split(".")))
-    for cap in caps:
-        num = cap.replace(".", "")
+    for arch in sorted(archs, key=lambda a: _cap(a.removesuffix("+PTX"))):
+        num = arch.removesuffix("+PTX").replace(".", "")
         flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
-    newest = caps[-1].replace(".", "")
-    flags.append(f"-gencode=arch=compute_{newest},code=compute_{newest}")  # PTX for newer GPUs
+        if arch.endswith("+PTX"):
+            flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
     return flags
+
+
+def nvcc_version() -> str:
+    out = subprocess.run([str(cuda_home() / "bin" / "nvcc"), "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    found = re.search(r"release (\d+\.\d+)", out)
+    if not found:
+        sys.exit(f"error: cannot read the CUDA version from nvcc --version:\n{out}")
+    return found.group(1)
+
+
+def cuda_archs(entries: list[str], cuda_version: str) -> list[str]:
+    if not entries:  # no cuda-capabilities: the toolkit's list, PTX of its newest
+        known = toolkit_archs(cuda_version)
+        return known[:-1] + [known[-1] + "+PTX"]
+    archs = select_archs(entries, toolkit_archs(cuda_version))
+    if not archs:
+        sys.exit(f"error: none of the CUDA capabilities {entries} is built with CUDA {cuda_version} "
+                 f"(it builds {toolkit_archs(cuda_version)})")
+    return archs
+
+
+def build_toml_entries(config: dict) -> list[str]:
+    return [c for s in config.get("kernel", {}).values() if s["backend"] == "cuda"
+            for c in s.get("cuda-capabilities", [])]
 
 
 def nvcc_flags(cxx: list[str], system_incs: list[str], incs: list[str], capabilities: list[str],
@@ -239,7 +329,11 @@ def nvcc_flags(cxx: list[str], system_incs: list[str], incs: list[str], capabili
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", choices=["cpu", "cuda"], help="default: the backend of the installed torch")
-    ap.add_argument("--cuda-capabilities", help="comma list overriding build.toml, e.g. 9.0")
+    ap.add_argument("--cuda-capabilities",
+                    help="comma list overriding build.toml's, same syntax and rule, e.g. 9.0+PTX")
+    ap.add_argument("--cuda-version", help="with --print-archs: the CUDA toolkit version (default: nvcc's)")
+    ap.add_argument("--print-archs", action="store_true",
+                    help="print the CUDA archs (metadata.json) and gencode flags for the toolkit as JSON; build nothing")
     ap.add_argument("--out", default=None,
                     help="output root (default: ./build, with --sanitize ./build-sanitize); "
                          "objects go to <out>/../.local-build")
@@ -251,7 +345,14 @@ def main() -> int:
     ap.add_argument("--quiet", "-q", action="store_true")
     args = ap.parse_args()
 
+    check_build_toml(ROOT)
     config = tomllib.loads((ROOT / "build.toml").read_text())
+    if args.print_archs:
+        entries = args.cuda_capabilities.split(",") if args.cuda_capabilities else build_toml_entries(config)
+        version = args.cuda_version or nvcc_version()
+        archs = cuda_archs(entries, version)
+        print(json.dumps({"cuda": version, "archs": metadata_archs(archs), "gencode": gencode_flags(archs)}))
+        return 0
     general = config["general"]
     name = general["name"]
     module = name.replace("-", "_")
@@ -304,10 +405,11 @@ def main() -> int:
     cxx_common = ["-std=c++20", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
                   "-Wno-maybe-uninitialized", "-include", str(gen / "glibc_compat.h"), *opt, *base_defs, *torch_incs, *cuda_incs]
 
-    capabilities = None
+    capabilities = None  # for CUDA: the archs built, kernel-builder's rule for nvcc's version
     if backend == "cuda":
-        caps_default = [c for _, s in sections for c in s.get("cuda-capabilities", [])]
-        capabilities = args.cuda_capabilities.split(",") if args.cuda_capabilities else caps_default
+        entries = args.cuda_capabilities.split(",") if args.cuda_capabilities else build_toml_entries(config)
+        capabilities = cuda_archs(entries, nvcc_version())
+        log(f"CUDA {nvcc_version()}: archs {', '.join(metadata_archs(capabilities))}")
 
     lines = [
         "ninja_required_version = 1.10",
@@ -426,10 +528,9 @@ def assemble(out: Path, so: Path, module: str, ext_id: str, general: dict, backe
     (out / module / "__init__.py").write_text(COMPAT_INIT)
     backend_info = {"type": backend}
     if backend == "cuda":
-        # The newest capability also ships as PTX (gencode_flags), which the
-        # loader's arch check understands as "+PTX": runs on newer GPUs too.
-        archs = sorted(capabilities, key=lambda c: tuple(int(x) for x in c.split(".")))
-        backend_info["archs"] = archs[:-1] + [archs[-1] + "+PTX"]
+        # What was compiled, "+PTX" where PTX was: the loader's arch check
+        # lets a newer GPU load the variant only through a +PTX entry.
+        backend_info["archs"] = metadata_archs(capabilities)
     metadata = {
         "id": ext_id,
         "name": general["name"],
@@ -443,6 +544,20 @@ def assemble(out: Path, so: Path, module: str, ext_id: str, general: dict, backe
         metadata["upstream"] = general["upstream"]
     metadata["digest"] = variant_digest(out)
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def check_build_toml(root: Path) -> None:
+    """build.toml through kernel-builder's own parser (the `kernels` package
+    ships it): unknown keys, a wrong edition or type are refused here, as
+    the Nix build would refuse them. Skipped where `kernels` is missing."""
+    try:
+        from kernels._rust import Build
+    except ImportError:
+        return
+    try:
+        Build.open(root)
+    except ValueError as e:
+        sys.exit(f"error: build.toml refused by kernel-builder's parser (kernels._rust.Build): {e}")
 
 
 def check_abi(so: Path) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI for the CUDA variant on a machine without a GPU: build it (one
-# capability, 9.0, plus its PTX) with the ABI checks, then check that it loads
-# through `kernels` and registers every op for CUDA only
+# capability, 9.0+PTX: sm_90 SASS plus compute_90 PTX) with the ABI checks,
+# then check that it loads through `kernels` and registers every op for CUDA only
 # (tests/test_cuda_variant.py). GPU tests are tools/gpu_check.sh.
 #
 #   tools/ci_cuda.sh            # venv and build dir are cached between runs
@@ -28,7 +28,7 @@ export PATH="$venv/bin:$PATH"
 python -c 'import torch, sys; sys.exit(0 if torch.version.cuda else "torch in the venv has no CUDA")'
 
 step "building the CUDA variant (sm_90 + PTX) into $root/build"
-python "$repo/tools/build_variant.py" --backend cuda --cuda-capabilities 9.0 \
+python "$repo/tools/build_variant.py" --backend cuda --cuda-capabilities 9.0+PTX \
   --out "$root/build" --check-abi --jobs "$jobs" --quiet
 
 step "tests/test_cuda_variant.py"

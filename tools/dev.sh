@@ -69,6 +69,8 @@ case "${1:-}" in
     for bench in benchmarks/bench_cpu_*.py; do
       python "$bench" --quick
     done
+    step "kernels benchmark: benchmarks/benchmark.py on build/, each workload verified (smoke run)"
+    kernels benchmark . --iterations 2 --warmup 1
     ;;
   *)
     echo "usage: tools/dev.sh demo|test" >&2

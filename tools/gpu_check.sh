@@ -47,7 +47,7 @@ build_into "$root" cuda -lineinfo >"$out/build-cuda.log" 2>&1 & cuda_pid=$!
 build_into "$root" cpu >"$out/build-cpu.log" 2>&1 & cpu_pid=$!
 wait $cuda_pid; cuda_rc=$?
 wait $cpu_pid; cpu_rc=$?
-record "build CUDA variant (sm_${caps/./} + PTX)" "$([[ $cuda_rc -eq 0 ]] && echo pass || echo "FAIL (see build-cuda.log)")" $((SECONDS - t0))
+record "build CUDA variant ($caps)" "$([[ $cuda_rc -eq 0 ]] && echo pass || echo "FAIL (see build-cuda.log)")" $((SECONDS - t0))
 record "build CPU variant" "$([[ $cpu_rc -eq 0 ]] && echo pass || echo "FAIL (see build-cpu.log)")" $((SECONDS - t0))
 tail -n 2 "$out/build-cuda.log" "$out/build-cpu.log"
 

@@ -4,13 +4,13 @@
 #   repo  the checkout (the current directory afterwards)
 #   py    PYTHON, default python3 (a GPU machine's python holds the CUDA torch)
 #   jobs  JOBS, default every core
-#   caps  CUDA_CAPABILITIES, default 9.0 (an H100)
+#   caps  CUDA_CAPABILITIES (build.toml syntax), default 9.0+PTX (an H100)
 #   CUDA_HOME  exported: the toolkit of the nvcc on PATH, else the usual places
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo" || exit 1
 py="${PYTHON:-python3}"
 jobs="${JOBS:-$(nproc)}"
-caps="${CUDA_CAPABILITIES:-9.0}"
+caps="${CUDA_CAPABILITIES:-9.0+PTX}"
 if [[ -z "${CUDA_HOME:-}" ]]; then
   nvcc_dir="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /none/bin/nvcc)")")")"
   for c in "$nvcc_dir" /usr/local/cuda /opt/cuda; do

@@ -26,7 +26,7 @@ done
 [[ -n "$ncu" ]] || { echo "gpu_profile: ncu (Nsight Compute) not found" >&2; exit 1; }
 
 if [[ ! -d "$root/build" ]]; then
-  echo "== building the CUDA variant (sm_${caps/./}) into $root"
+  echo "== building the CUDA variant ($caps) into $root"
   build_into "$root" cuda >"$out/build.log" 2>&1 ||
     { echo "gpu_profile: build failed (see $out/build.log)" >&2; exit 1; }
 fi

@@ -14,6 +14,9 @@ the kernels loader reads):
                         published stay; anything outside build/ is removed
                         (a version branch holds builds only, which also keeps
                         `kernels download` + `load_kernel` working)
+                        --benchmarks: also benchmarks/benchmark*.py, as
+                        kernel-builder's upload puts them there for
+                        `kernels benchmark ORG/NAME@v<version>`
     branch main         README.md             CARD.md of the kernel dir
 
 The repository is general.hub.repo-id of build.toml (--repo-id overrides),
@@ -83,6 +86,7 @@ class Kernel:
     version: int
     repo_id: str
     card: Path | None
+    benchmarks: dict[str, Path] = field(default_factory=dict)  # repo path -> file
 
     @property
     def branch(self) -> str:
@@ -232,8 +236,14 @@ class Plan:
     deletes: list[str]
 
 
+def benchmark_files(kernel_dir: Path) -> dict[str, Path]:
+    """What kernel-builder's upload takes from benchmarks/: its benchmark*.py files."""
+    folder = kernel_dir / "benchmarks"
+    return {f"benchmarks/{p.name}": p for p in sorted(folder.glob("benchmark*.py")) if p.is_file()}
+
+
 def plan_version_branch(kernel: Kernel, variants: list[Variant], existing: list[str]) -> Plan:
-    adds: dict[str, Path] = {}
+    adds: dict[str, Path] = dict(kernel.benchmarks)
     for v in variants:
         adds.update(v.files())
     replaced = tuple(f"build/{v.name}/" for v in variants)
@@ -393,7 +403,8 @@ def publish_git(kernel: Kernel, variants: list[Variant], remote: str, message: s
 def show(plans: list[Plan]) -> None:
     for plan in plans:
         variants = sorted({p.split("/")[1] for p in plan.adds if p.startswith("build/")})
-        what = ", ".join(variants) if variants else ", ".join(plan.adds)
+        others = sorted(p for p in plan.adds if not p.startswith("build/"))
+        what = ", ".join(variants + others)
         log(f"{plan.branch}: {len(plan.adds)} file(s) ({what}); {len(plan.deletes)} removed")
 
 
@@ -410,6 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--git-remote", help="git URL or local path to push to (implies --transport git)")
     ap.add_argument("--message", "-m", help="commit message")
     ap.add_argument("--dry-run", action="store_true", help="validate and show the plan; publish nothing")
+    ap.add_argument("--benchmarks", action="store_true",
+                    help="also publish benchmarks/benchmark*.py on the version branch, as kernel-builder's "
+                         "upload does (for `kernels benchmark`). Off by default: with kernels 0.17.2 and "
+                         "huggingface_hub 2.x, load_kernel refuses a snapshot from `kernels download` when "
+                         "the branch holds files outside build/")
     args = ap.parse_args(argv)
 
     transport = args.transport or ("git" if args.git_remote else "hub")
@@ -417,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--git-remote needs --transport git")
     try:
         kernel = read_kernel(args.kernel_dir.resolve(), args.repo_id)
+        if args.benchmarks:
+            kernel.benchmarks = benchmark_files(args.kernel_dir.resolve())
+            if not kernel.benchmarks:
+                raise PublishError(f"--benchmarks: no benchmarks/benchmark*.py in {args.kernel_dir}")
         build_dir = (args.build_dir or args.kernel_dir / "build").resolve()
         with tempfile.TemporaryDirectory(prefix="publish-") as tmp:
             tmp = Path(tmp)
