@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# One command for a GPU machine (built for an H100 with Python 3.12, a CUDA
-# torch, nvcc and ninja; no network, no `kernels` package needed):
+# One command for a GPU machine (an H100 or H200, sm_90, with Python 3.12, a
+# CUDA torch, nvcc and ninja; no network, no `kernels` package needed):
 #
 #   tools/gpu_check.sh
 #
 # 1. builds the CUDA variant (sm_90 + PTX) and the CPU variant side by side,
 # 2. runs tests/test_cuda.py (CUDA vs the float64 reference and vs the CPU
 #    variant),
-# 3. runs benchmarks/bench_gpu.py,
+# 3. runs benchmarks/bench_gpu.py, with the peers whose wheels tools/peers.sh
+#    staged in .peers/ (installed into $OUT/peers-site, no network),
 # 4. runs the small grid (pytest -k sanitizer) and the many-tile test
 #    (-k more_tiles) under compute-sanitizer memcheck, then racecheck for
 #    the shared-memory kernels if time is left,
@@ -70,8 +71,15 @@ if [[ $cuda_rc -eq 0 ]]; then
   fi
 
   # -- 3. benchmark -------------------------------------------------------------
-  run_step "benchmarks/bench_gpu.py" "$(limit 120)" "$out/bench.log" \
-    "$py" benchmarks/bench_gpu.py --json "$out/bench.json"
+  # Peers (benchmarks/peers.py) from the wheels carried in .peers/; Triton
+  # peers compile on first use, so no peer starts after --budget-s.
+  peer_env=()
+  if compgen -G "$repo/.peers/*.whl" >/dev/null &&
+     PYTHON="$py" tools/peers.sh install "$out/peers-site" >"$out/peers-install.log" 2>&1; then
+    peer_env=(env "PYTHONPATH=$out/peers-site${PYTHONPATH:+:$PYTHONPATH}")
+  fi
+  run_step "benchmarks/bench_gpu.py (peer wheels: $(ls "$repo"/.peers 2>/dev/null | wc -l))" "$(limit 240)" \
+    "$out/bench.log" "${peer_env[@]}" "$py" benchmarks/bench_gpu.py --budget-s 170 --json "$out/bench.json"
 
   # -- 4. compute-sanitizer -----------------------------------------------------
   sanitizer="$(command -v compute-sanitizer || true)"
@@ -137,7 +145,7 @@ fi
   [[ -n "$tests_line" ]] && { echo; echo "tests/test_cuda.py: $tests_line"; }
   if grep -q '^device:' "$out/bench.log" 2>/dev/null; then
     echo
-    echo "## Benchmark (W = 4, bias, silu; CUDA-event medians)"
+    echo "## Benchmark (W = 4 and 8, bias, silu; CUDA-event medians; peers vs ours)"
     echo
     sed -n '/^device:/,$p' "$out/bench.log"
   fi

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The peers benchmarks/bench_gpu.py times ours against, as wheels the GPU
 # machine (no network) can install: upstream causal-conv1d 1.7 built from its
-# PyPI sdist for sm_90 only, and flash-linear-attention's Triton kernels (pure
-# Python wheels). None of their code enters this repository.
+# PyPI sdist for sm_90 only, and flash-linear-attention's Triton kernels
+# (fla-core, pure Python). None of their code enters this repository.
 #
 #   tools/peers.sh build      # wheels into $CACHE/peers/wheels (upstream: a long nvcc build)
-#   tools/peers.sh stage      # copy them into .peers/ (ignored by git): what `carry` takes
+#   tools/peers.sh stage      # copy wheels and the upstream sdist into .peers/ (ignored by git):
+#                             # what the device tool's `carry` takes
+#   tools/peers.sh install D  # on the GPU machine: install .peers/ into D (no network); builds
+#                             # upstream from the sdist there when no wheel was staged
 #   tools/peers.sh check      # install .peers/ into a scratch dir, import each peer (no GPU needed)
-#   tools/peers.sh install D  # on the GPU machine: install .peers/*.whl into D (no network)
 #
 # The upstream wheel is a pybind11 extension against one torch's C++ ABI and
 # one CPython, so it is built with the GPU image's pair (KINDS.md: Python 3.12,
 # torch 2.11.0+cu130), not this machine's: PEER_PYTHON and PEER_TORCH override.
-# vLLM's Triton causal_conv1d is not a peer here: its module imports vllm
-# internals (vllm.triton_utils, vllm.attention...), so it needs the whole vllm
-# wheel, compiled against one torch and far over the 64 MiB a device call carries.
+# vLLM's Triton causal_conv1d is not a peer: its module imports vllm internals
+# (vllm.attention..., vllm.triton_utils), so it needs the whole vllm wheel,
+# compiled against one torch and far over the 64 MiB a device call carries.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +25,7 @@ torch_v="${PEER_TORCH:-2.11.0}"
 upstream_v="1.7.0"
 fla_v="0.5.2"
 stage="$repo/.peers"
+sdist="causal_conv1d-$upstream_v.tar.gz"
 
 peer_python() {
   local p="${PEER_PYTHON:-}"
@@ -33,43 +36,51 @@ peer_python() {
   echo "$p"
 }
 
+# build_upstream PY TARBALL OUTDIR: the wheel of upstream's sdist for sm_90,
+# against PY's torch, into OUTDIR.
+build_upstream() {
+  local py=$1 work
+  work="$(mktemp -d)"
+  tar xzf "$2" -C "$work"
+  # setup.py hard-codes a -gencode list from sm_75 up (no variable selects
+  # it); one capability cuts the build several-fold, and sm_90 is the card.
+  "$py" - "$work/causal_conv1d-$upstream_v/setup.py" <<'EOF'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+anchor = "    # HACK: The compiler flag -D_GLIBCXX_USE_CXX11_ABI"
+if anchor not in text:
+    sys.exit("peers.sh: setup.py changed, no anchor for the sm_90 patch")
+line = '    cc_flag = ["-gencode", "arch=compute_90,code=sm_90"]  # peers.sh: sm_90 only\n'
+open(path, "w").write(text.replace(anchor, line + anchor, 1))
+EOF
+  (cd "$work/causal_conv1d-$upstream_v" && CAUSAL_CONV1D_FORCE_BUILD=TRUE TORCH_CUDA_ARCH_LIST=9.0 \
+    CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" "$py" -m pip wheel --no-build-isolation --no-deps \
+    --no-index . -w "$3")
+  rm -rf "$work"
+}
+
 build() {
   local venv="$cache/venv-cu130-torch$torch_v-py312" wheels="$cache/wheels"
   mkdir -p "$wheels" "$cache/src"
   if [[ ! -x "$venv/bin/python" ]]; then
     "$(peer_python)" -m venv "$venv"
-    "$venv/bin/pip" install --quiet "torch==$torch_v" numpy ninja packaging wheel setuptools
+    "$venv/bin/python" -m pip install --quiet "torch==$torch_v" numpy ninja packaging wheel setuptools
   fi
   local py="$venv/bin/python"
   "$py" -c 'import torch, sys; sys.exit(0 if torch.version.cuda else "the peer venv torch has no CUDA")'
-  # fla-core alone: pure Python (Triton kernels, needs einops, on the GPU image);
-  # the flash-linear-attention wheel adds only fla.layers / fla.models.
+  # fla-core alone: pure Python (Triton kernels; needs einops, on the GPU
+  # image); the flash-linear-attention wheel adds only fla.layers / fla.models.
   "$py" -m pip download --quiet --no-deps "fla-core==$fla_v" -d "$wheels"
-
-  if ! ls "$wheels"/causal_conv1d-"$upstream_v"-*.whl >/dev/null 2>&1; then
-    local src="$cache/src/causal_conv1d-$upstream_v"
-    if [[ ! -d "$src" ]]; then
-      (cd "$cache/src" && CAUSAL_CONV1D_FORCE_BUILD=TRUE "$py" -m pip download --quiet --no-deps \
-        --no-binary :all: --no-build-isolation "causal-conv1d==$upstream_v" -d . &&
-        tar xzf "causal_conv1d-$upstream_v.tar.gz")
-    fi
-    # setup.py hard-codes a -gencode list from sm_75 up (no variable selects
-    # it); one capability cuts the build several-fold, and sm_90 is the card.
-    "$py" - "$src/setup.py" <<'EOF'
-import sys
-path = sys.argv[1]
-text = open(path).read()
-anchor = "    # HACK: The compiler flag -D_GLIBCXX_USE_CXX11_ABI"
-line = '    cc_flag = ["-gencode", "arch=compute_90,code=sm_90"]  # peers.sh: sm_90 only\n'
-if line not in text:
-    if anchor not in text:
-        sys.exit("peers.sh: setup.py changed, no anchor for the sm_90 patch")
-    open(path, "w").write(text.replace(anchor, line + anchor, 1))
-EOF
+  if [[ ! -f "$cache/src/$sdist" ]]; then
+    # metadata of a torch extension's sdist imports torch: no build isolation
+    CAUSAL_CONV1D_FORCE_BUILD=TRUE "$py" -m pip download --quiet --no-deps --no-binary :all: \
+      --no-build-isolation "causal-conv1d==$upstream_v" -d "$cache/src"
+  fi
+  if ! compgen -G "$wheels/causal_conv1d-$upstream_v-*.whl" >/dev/null; then
     # The machine is shared: one nvcc at a time, at the lowest priority.
-    (cd "$src" && CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS="${MAX_JOBS:-1}" TORCH_CUDA_ARCH_LIST=9.0 \
-      CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" nice -n 19 "$py" -m pip wheel --no-build-isolation \
-      --no-deps . -w "$wheels")
+    MAX_JOBS="${MAX_JOBS:-1}" nice -n 19 bash -c "$(declare -f build_upstream); upstream_v=$upstream_v; \
+      build_upstream '$py' '$cache/src/$sdist' '$wheels'"
   fi
   ls -la "$wheels"
 }
@@ -78,16 +89,24 @@ case "${1:-}" in
   build) build ;;
   stage)
     mkdir -p "$stage"
-    cp "$cache"/wheels/*.whl "$stage"/
-    du -ch "$stage"/*.whl ;;
+    cp "$cache"/wheels/*.whl "$cache/src/$sdist" "$stage"/
+    du -ch "$stage"/* ;;
   install)
-    "${PYTHON:-python3}" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target "${2:?install DIR}" "$stage"/*.whl ;;
+    dir="${2:?install DIR}"
+    py="${PYTHON:-python3}"
+    if ! compgen -G "$stage/causal_conv1d-*.whl" >/dev/null && [[ -f "$stage/$sdist" ]]; then
+      mkdir -p "$dir.wheels"
+      # every core: this runs beside the variant builds on a GPU machine
+      MAX_JOBS="${MAX_JOBS:-4}" build_upstream "$py" "$stage/$sdist" "$dir.wheels" ||
+        echo "peers.sh: upstream causal-conv1d did not build; benchmarking without it" >&2
+    fi
+    "$py" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$dir" "$stage"/*.whl $(compgen -G "$dir.wheels/*.whl" || true) ;;
   check)
     dir="$(mktemp -d)"
-    trap 'rm -rf "$dir"' EXIT
-    py="$cache/venv-cu130-torch$torch_v-py312/bin/python"
+    trap 'rm -rf "$dir" "$dir.wheels"' EXIT
+    py="${PYTHON:-$cache/venv-cu130-torch$torch_v-py312/bin/python}"
     PYTHON="$py" "$0" install "$dir"
     PYTHONPATH="$dir" "$py" "$repo/benchmarks/peers.py" ;;
-  *) sed -n '2,17p' "$0"; exit 2 ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
 esac
