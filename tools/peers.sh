@@ -11,6 +11,12 @@
 #                             # upstream from the sdist there when no wheel was staged
 #   tools/peers.sh check      # install .peers/ into a scratch dir, import each peer (no GPU needed)
 #
+# The GPU call, after `build` and `stage` here: the device tool's run with
+# carry [".peers"] and timeout_s 560, command
+#   CHECK_COMMIT=<hash> OUT=/tmp/gc tools/gpu_check.sh; rc=$?; cd /tmp/gc && cp gpu-results.md
+#   bench.json bench.log test_cuda.log memcheck.log racecheck.log peers-install.log
+#   build-cuda.log "$OUT"/; exit $rc
+#
 # The upstream wheel is a pybind11 extension against one torch's C++ ABI and
 # one CPython, so it is built with the GPU image's pair (KINDS.md: Python 3.12,
 # torch 2.11.0+cu130), not this machine's: PEER_PYTHON and PEER_TORCH override.
@@ -108,5 +114,5 @@ case "${1:-}" in
     py="${PYTHON:-$cache/venv-cu130-torch$torch_v-py312/bin/python}"
     PYTHON="$py" "$0" install "$dir"
     PYTHONPATH="$dir" "$py" "$repo/benchmarks/peers.py" ;;
-  *) sed -n '2,19p' "$0"; exit 2 ;;
+  *) sed -n '2,25p' "$0"; exit 2 ;;
 esac
