@@ -263,9 +263,12 @@ def main() -> int:
     for name, adapter in found.items():
         mod = adapter.m if name == "upstream" else importlib.import_module("fla")
         print(f"{name}: installed ({mod.__name__} {getattr(mod, '__version__', '?')}, {mod.__file__})")
-        if name == "upstream":
+        if name == "upstream":  # the extension loaded; its entry points and torch.library ops
             ext = importlib.import_module("causal_conv1d_cuda")
             print(f"  extension {ext.__file__}: {', '.join(n for n in dir(ext) if n.startswith('causal'))}")
+            ops = [n for n in ("_causal_conv1d_fwd_cpp", "_causal_conv1d_bwd_cpp", "_causal_conv1d_update_cpp")
+                   if hasattr(torch.ops.DaoAILab, n)]
+            print(f"  registered: {', '.join('DaoAILab::' + n for n in ops)}")
     for name, why in missing.items():
         print(f"{name}: {why}")
     return 0 if set(found) == set(PEERS) else 1
