@@ -166,8 +166,10 @@ class Fla:
 
     def varlen(self, x, w, b, cu_seqlens, seq_idx):
         xt, cu = x.transpose(1, 2), cu_seqlens.long()
-        return lambda: self.conv(xt, w, b, activation="silu", backend="triton",
-                                 cu_seqlens=cu)[0].transpose(1, 2)
+        # the chunk map FLA's layers compute once per batch, for every layer
+        chunks = importlib.import_module("fla.ops.utils").prepare_chunk_indices(cu, 64)
+        return lambda: self.conv(xt, w, b, activation="silu", backend="triton", cu_seqlens=cu,
+                                 chunk_indices=chunks)[0].transpose(1, 2)
 
 
 PEERS = {"upstream": Upstream, "fla": Fla}
