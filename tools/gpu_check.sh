@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# One command for a GPU machine (built for an H100 with Python 3.12, a CUDA
-# torch, nvcc and ninja; no network, no `kernels` package needed):
+# One command for a GPU machine (an H100 or H200, sm_90, with Python 3.12, a
+# CUDA torch, nvcc and ninja; no network, no `kernels` package needed):
 #
 #   tools/gpu_check.sh
 #
 # 1. builds the CUDA variant (sm_90 + PTX) and the CPU variant side by side,
 # 2. runs tests/test_cuda.py (CUDA vs the float64 reference and vs the CPU
 #    variant),
-# 3. runs benchmarks/bench_gpu.py,
+# 3. runs benchmarks/bench_gpu.py, with the peers tools/peers.sh staged in
+#    .peers/ (installed into $OUT/peers-site during step 1, no network),
 # 4. runs the small grid (pytest -k sanitizer) and the many-tile test
 #    (-k more_tiles) under compute-sanitizer memcheck, then racecheck for
 #    the shared-memory kernels if time is left,
@@ -45,6 +46,13 @@ run_step() {  # name timeout_s log command...
 t0=$SECONDS
 build_into "$root" cuda -lineinfo >"$out/build-cuda.log" 2>&1 & cuda_pid=$!
 build_into "$root" cpu >"$out/build-cpu.log" 2>&1 & cpu_pid=$!
+# Peers carried in .peers/ (tools/peers.sh): installed meanwhile, upstream
+# built from its sdist here when no wheel was staged.
+peers_pid=""
+if compgen -G "$repo/.peers/*" >/dev/null; then
+  PYTHON="$py" timeout 400 tools/peers.sh install "$out/peers-site" >"$out/peers-install.log" 2>&1 &
+  peers_pid=$!
+fi
 wait $cuda_pid; cuda_rc=$?
 wait $cpu_pid; cpu_rc=$?
 record "build CUDA variant ($caps)" "$([[ $cuda_rc -eq 0 ]] && echo pass || echo "FAIL (see build-cuda.log)")" $((SECONDS - t0))
@@ -70,8 +78,14 @@ if [[ $cuda_rc -eq 0 ]]; then
   fi
 
   # -- 3. benchmark -------------------------------------------------------------
-  run_step "benchmarks/bench_gpu.py" "$(limit 120)" "$out/bench.log" \
-    "$py" benchmarks/bench_gpu.py --json "$out/bench.json"
+  # Triton peers compile and autotune on first use: no peer starts after --budget-s.
+  peer_env=()
+  if [[ -n "$peers_pid" ]]; then
+    wait "$peers_pid"
+    peer_env=(env "PYTHONPATH=$out/peers-site${PYTHONPATH:+:$PYTHONPATH}")
+  fi
+  run_step "benchmarks/bench_gpu.py${peers_pid:+ (with peers)}" "$(limit 240)" \
+    "$out/bench.log" "${peer_env[@]}" "$py" benchmarks/bench_gpu.py --budget-s 170 --json "$out/bench.json"
 
   # -- 4. compute-sanitizer -----------------------------------------------------
   sanitizer="$(command -v compute-sanitizer || true)"
@@ -137,7 +151,7 @@ fi
   [[ -n "$tests_line" ]] && { echo; echo "tests/test_cuda.py: $tests_line"; }
   if grep -q '^device:' "$out/bench.log" 2>/dev/null; then
     echo
-    echo "## Benchmark (W = 4, bias, silu; CUDA-event medians)"
+    echo "## Benchmark (W = 4 and 8, bias, silu; CUDA-event medians; peers vs ours)"
     echo
     sed -n '/^device:/,$p' "$out/bench.log"
   fi

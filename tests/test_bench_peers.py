@@ -1,0 +1,274 @@
+"""benchmarks/peers.py on CPU: the GPU benchmark's peer detection and the
+verify step each candidate passes before it is timed (benchmarks/bench_gpu.py).
+
+- detection says "not installed" for a peer that does not import, and why
+  vLLM is not a peer;
+- verify() accepts our kernel (under the CUDA emulator when
+  CAUSAL_CONV1D_CUDA_EMU=1, as tools/dev.sh runs tests/test_cuda.py) on the
+  inputs bench_gpu.make_case builds, for every op, width 4 and 8, bf16 and fp32;
+- verify() rejects adapters with a realistic bug in each op;
+- the upstream adapter, through upstream's own Python layer with its CUDA
+  extension replaced by our kernels (the emulator's on CPU), passes: this
+  checks the adapter's argument order, layouts and state handling;
+- the flash-linear-attention adapter passes with FLA's real Triton kernels
+  run by Triton's CPU interpreter.
+
+The last two need the peers (tools/peers.sh build): they skip, saying so,
+where the wheels or packages are absent.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_gpu  # noqa: E402
+import peers  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# (op, layout): the rows bench_gpu.plan times
+OPS = [("fwd", "contiguous"), ("fwd", "channel_last"), ("bwd", "contiguous"),
+       ("bwd", "channel_last"), ("decode", "-"), ("varlen", "channel_last")]
+SHAPE = dict(B=2, D=24, L=37)  # L not a multiple of any tile; D of 8 channels x3
+
+
+def case_and_reference(cc, op, layout, dtype, width, B=None):
+    s = dict(SHAPE, B=B or SHAPE["B"])
+    if op == "varlen":
+        s.update(B=1, L=3 * SHAPE["L"])
+    case = bench_gpu.make_case(op, dtype, layout, s["B"], s["D"], s["L"], width, device="cpu",
+                               n_seqs=4)
+    want = peers.reference(cc, op, case["x"], case["w"], case["b"], dout=case.get("dout"),
+                           state=case.get("state"), seq_idx=case.get("seq_idx"))
+    return case, want
+
+
+def run_verify(adapter, op, case, want):
+    return peers.verify(adapter, op, want, case["x"], case["w"], case["b"], dout=case.get("dout"),
+                        state=case.get("state"), cu_seqlens=case.get("cu_seqlens"),
+                        seq_idx=case.get("seq_idx"))
+
+
+# -- detection ---------------------------------------------------------------------
+
+def test_detect_says_not_installed(monkeypatch):
+    # None in sys.modules makes `import name` raise ImportError, as when absent
+    for name in ("causal_conv1d", "causal_conv1d_cuda", "fla", "fla.modules", "fla.modules.conv"):
+        monkeypatch.setitem(sys.modules, name, None)
+    found, missing = peers.detect()
+    assert found == {}
+    assert set(missing) == {"upstream", "fla", "vllm"}
+    assert missing["upstream"].startswith("not installed") and "causal_conv1d" in missing["upstream"]
+    assert missing["fla"].startswith("not installed") and "fla" in missing["fla"]
+    assert missing["vllm"].startswith("not installable standalone")
+
+
+def test_supports_names_the_reason():
+    assert peers.supports(peers.Upstream.__new__(peers.Upstream), "fwd", 4) is None
+    assert peers.supports(peers.Upstream.__new__(peers.Upstream), "fwd", 8) == "width 8 unsupported"
+    assert peers.supports(peers.Torch(), "varlen", 4) == "no varlen"
+    assert peers.supports(peers.Fla.__new__(peers.Fla), "bwd", 8) is None
+
+
+def test_varlen_case_is_consistent():
+    case = bench_gpu.make_case("varlen", torch.float32, "channel_last", 1, 8, 100, 4,
+                               device="cpu", n_seqs=5)
+    cu, seq = case["cu_seqlens"].tolist(), case["seq_idx"][0]
+    assert cu[0] == 0 and cu[-1] == 100 and len(cu) == 6 and all(a < b for a, b in zip(cu, cu[1:]))
+    for i in range(5):
+        assert (seq[cu[i]:cu[i + 1]] == i).all()
+    assert case["x"].shape == (1, 8, 100) and case["x"].stride(1) == 1  # channel-last
+
+
+# -- verify on our kernel, and on wrong adapters ------------------------------------
+
+@pytest.mark.parametrize("width", [4, 8])
+@pytest.mark.parametrize("dtype", DTYPES, ids=list(DTYPES))
+@pytest.mark.parametrize("op,layout", OPS)
+def test_verify_accepts_ours(cc, op, layout, dtype, width):
+    case, want = case_and_reference(cc, op, layout, DTYPES[dtype], width)
+    ok, detail = run_verify(peers.Ours(cc), op, case, want)
+    assert ok, detail
+    if op == "bwd":
+        ok, detail = run_verify(peers.Ours(cc, deterministic=True), op, case, want)
+        assert ok, detail
+
+
+class _Buggy(peers.Ours):
+    """Each op with one mistake an adapter could make."""
+
+    def fwd(self, x, w, b):  # taps in the wrong order (a convolution, not a correlation)
+        return super().fwd(x, w.flip(-1).contiguous(), b)
+
+    def bwd(self, x, w, b, dout):  # no silu in the backward
+        return lambda: self.cc.ops.bwd(x, w, b, None, None, dout, None, False, False)[:3]
+
+    def decode(self, x, state, w, b):  # the state is not the one the step updated
+        step, _ = super().decode(x, state, w, b)
+        return step, (lambda: state)
+
+    def varlen(self, x, w, b, cu_seqlens, seq_idx):  # sequences leak into each other
+        return super().fwd(x, w, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=list(DTYPES))
+@pytest.mark.parametrize("op,layout", OPS)
+def test_verify_rejects_wrong(cc, op, layout, dtype):
+    case, want = case_and_reference(cc, op, layout, DTYPES[dtype], 4)
+    ok, detail = run_verify(_Buggy(cc), op, case, want)
+    assert not ok, f"a wrong {op} passed: {detail}"
+
+
+# -- upstream's Python layer on our kernels -------------------------------------------
+
+def _upstream_wheels():
+    dirs = [os.environ.get("CAUSAL_CONV1D_PEERS", str(ROOT / ".peers")),
+            os.path.join(os.environ.get("CAUSAL_CONV1D_CACHE", os.path.expanduser("~/.cache/causal-conv1d")),
+                         "peers", "wheels")]
+    return sorted(w for d in dirs for w in glob.glob(os.path.join(d, "causal_conv1d-1.7*.whl")))
+
+
+def _extension_on(cc):
+    """A stand-in for upstream's causal_conv1d_cuda with its three entry
+    points (and their in-place outputs) served by our operators."""
+    ext = types.ModuleType("causal_conv1d_cuda")
+
+    def fwd(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu):
+        cc.ops.fwd_out(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu)
+
+    def bwd(x, weight, bias, dout, seq_idx, initial_states, dfinal_states, dx, dweight, dbias,
+            dinitial_states, silu):
+        got = cc.ops.bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu, False)
+        for dst, src in zip((dx, dweight, dbias, dinitial_states), got):
+            if dst is not None:
+                dst.copy_(src)
+
+    def update(x, conv_state, weight, bias, out, silu, cache_seqlens, conv_state_indices):
+        out.copy_(cc.ops.update(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu))
+
+    ext.causal_conv1d_fwd, ext.causal_conv1d_bwd, ext.causal_conv1d_update = fwd, bwd, update
+    return ext
+
+
+@pytest.fixture(scope="module")
+def upstream(cc, tmp_path_factory):
+    """peers.Upstream on upstream's own Python files (from the built wheel)
+    with our kernels behind them."""
+    wheels = _upstream_wheels()
+    if not wheels:
+        pytest.skip("upstream causal-conv1d 1.7 not installed (no wheel: tools/peers.sh build)")
+    src = tmp_path_factory.mktemp("upstream")
+    with zipfile.ZipFile(wheels[-1]) as z:
+        z.extractall(src, [n for n in z.namelist() if n.startswith("causal_conv1d/") and n.endswith(".py")])
+    saved = {n: sys.modules.pop(n) for n in list(sys.modules)
+             if n == "causal_conv1d" or n.startswith("causal_conv1d.") or n == "causal_conv1d_cuda"}
+    sys.modules["causal_conv1d_cuda"] = _extension_on(cc)
+    sys.path.insert(0, str(src))
+    try:
+        module = importlib.import_module("causal_conv1d")
+        assert Path(module.__file__).is_relative_to(src), module.__file__
+        yield peers.Upstream(module)
+    finally:
+        sys.path.remove(str(src))
+        for n in [n for n in sys.modules if n.split(".")[0] in ("causal_conv1d", "causal_conv1d_cuda")]:
+            del sys.modules[n]
+        sys.modules.update(saved)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=list(DTYPES))
+@pytest.mark.parametrize("op,layout", OPS)
+def test_verify_upstream_adapter(cc, upstream, op, layout, dtype):
+    case, want = case_and_reference(cc, op, layout, DTYPES[dtype], 4)
+    ok, detail = run_verify(upstream, op, case, want)
+    assert ok, detail
+
+
+# -- flash-linear-attention under Triton's interpreter ----------------------------------
+
+def _fla_cases() -> dict:
+    """Child process (TRITON_INTERPRET=1 from its start: triton.jit decides
+    at import whether to interpret, and torch may import triton early):
+    verify peers.Fla on every case, {case id: (ok, detail)}."""
+    import triton.runtime.autotuner as autotuner
+
+    from conftest import KERNEL_ROOT, load_kernel
+
+    # No GPU driver, so the autotuner cannot time its configs: every config
+    # ties and the first runs (the configs differ in tile size only).
+    autotuner.Autotuner.do_bench = property(lambda self: lambda fn, quantiles=None, **kw: [1.0] * 3)
+    cc = load_kernel(KERNEL_ROOT, backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
+    fla = peers.Fla()
+    out = {}
+    for op, layout in OPS:
+        for dtype in DTYPES:
+            for width in (4, 8):
+                case, want = case_and_reference(cc, op, layout, DTYPES[dtype], width)
+                try:
+                    out[f"{op}-{layout}-{dtype}-{width}"] = run_verify(fla, op, case, want)
+                except Exception as e:
+                    out[f"{op}-{layout}-{dtype}-{width}"] = (False, repr(e))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fla_results():
+    if importlib.util.find_spec("triton") is None or importlib.util.find_spec("fla") is None:
+        pytest.skip("flash-linear-attention (fla-core) or triton not installed (tools/peers.sh)")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("width", [4, 8])
+@pytest.mark.parametrize("dtype", DTYPES, ids=list(DTYPES))
+@pytest.mark.parametrize("op,layout", OPS)
+def test_verify_fla_adapter(fla_results, op, layout, dtype, width):
+    ok, detail = fla_results[f"{op}-{layout}-{dtype}-{width}"]
+    assert ok, detail
+
+
+# -- the benchmark's rows, on CPU ----------------------------------------------------------
+
+@pytest.mark.parametrize("op,layout", [("fwd", "channel_last"), ("bwd", "contiguous"),
+                                       ("decode", "-"), ("varlen", "channel_last")])
+def test_bench_row_on_cpu(cc, monkeypatch, op, layout):
+    """bench_gpu.measure with wall-clock timing: ours verified and timed, a
+    wrong peer reported WRONG and left untimed, a width a peer lacks named."""
+    monkeypatch.setattr(bench_gpu, "DEVICE", "cpu")
+    monkeypatch.setattr(bench_gpu, "_copy_cache", {})
+    impls = {"ours": peers.Ours(cc), "torch": peers.Torch(), "buggy": _Buggy(cc)}
+    narrow = type("Narrow", (peers.Ours,), {"widths": (2, 3, 4)})(cc)
+    impls["narrow"] = narrow
+    L = 3 * SHAPE["L"] if op == "varlen" else SHAPE["L"]
+    row = bench_gpu.measure(cc, impls, op, torch.float32, layout, 1 if op == "varlen" else 2,
+                            SHAPE["D"], L, 8, repeats=2, warmup=1, deadline=float("inf"))
+    res = row["results"]
+    assert res["ours"]["status"] == "ok" and res["ours"]["us"] > 0, res["ours"]
+    assert res["buggy"]["status"].startswith("WRONG") and "us" not in res["buggy"]
+    assert res["narrow"]["status"] == "width 8 unsupported"
+    if op == "varlen":
+        assert res["torch"]["status"] == "no varlen"
+    else:
+        assert res["torch"]["status"] == "ok" and res["torch"]["ratio"] > 0
+    assert row["of_copy"] > 0 and row["width"] == 8
+    text = bench_gpu.table([row], list(impls))
+    assert "WRONG" in text and text.count("\n") == 2
+
+
+if __name__ == "__main__":  # the child of fla_results
+    print(json.dumps(_fla_cases()))

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The peers benchmarks/bench_gpu.py times ours against, as wheels the GPU
+# machine (no network) can install: upstream causal-conv1d 1.7 built from its
+# PyPI sdist for sm_90 only, and flash-linear-attention's Triton kernels
+# (fla-core, pure Python). None of their code enters this repository.
+#
+#   tools/peers.sh build      # wheels into $CACHE/peers/wheels (upstream: a long nvcc build)
+#   tools/peers.sh stage      # copy wheels and the upstream sdist into .peers/ (ignored by git):
+#                             # what the device tool's `carry` takes
+#   tools/peers.sh install D  # on the GPU machine: install .peers/ into D (no network); builds
+#                             # upstream from the sdist there when no wheel was staged
+#   tools/peers.sh check      # install .peers/ into a scratch dir, import each peer (no GPU needed)
+#
+# The GPU call, after `build` and `stage` here: the device tool's run with
+# carry [".peers"] and timeout_s 560, command
+#   CHECK_COMMIT=<hash> OUT=/tmp/gc tools/gpu_check.sh; rc=$?; cd /tmp/gc && cp gpu-results.md
+#   bench.json bench.log test_cuda.log memcheck.log racecheck.log peers-install.log
+#   build-cuda.log "$OUT"/; exit $rc
+#
+# The upstream wheel is a pybind11 extension against one torch's C++ ABI and
+# one CPython, so it is built with the GPU image's pair (KINDS.md: Python 3.12,
+# torch 2.11.0+cu130), not this machine's: PEER_PYTHON and PEER_TORCH override.
+# vLLM's Triton causal_conv1d is not a peer: its module imports vllm internals
+# (vllm.attention..., vllm.triton_utils), so it needs the whole vllm wheel,
+# compiled against one torch and far over the 64 MiB a device call carries.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${CAUSAL_CONV1D_CACHE:-$HOME/.cache/causal-conv1d}/peers"
+torch_v="${PEER_TORCH:-2.11.0}"
+upstream_v="1.7.0"
+fla_v="0.5.2"
+stage="$repo/.peers"
+sdist="causal_conv1d-$upstream_v.tar.gz"
+
+peer_python() {
+  local p="${PEER_PYTHON:-}"
+  [[ -z "$p" ]] && for c in python3.12 "$HOME/.pyenv/versions/3.12.1/bin/python"; do
+    command -v "$c" >/dev/null && { p="$c"; break; }
+  done
+  [[ -n "$p" ]] || { echo "peers.sh: no Python 3.12 (set PEER_PYTHON)" >&2; exit 1; }
+  echo "$p"
+}
+
+# build_upstream PY TARBALL OUTDIR: the wheel of upstream's sdist for sm_90,
+# against PY's torch, into OUTDIR.
+build_upstream() {
+  local py=$1 work
+  work="$(mktemp -d)"
+  tar xzf "$2" -C "$work"
+  # setup.py hard-codes a -gencode list from sm_75 up (no variable selects
+  # it); one capability cuts the build several-fold, and sm_90 is the card.
+  "$py" - "$work/causal_conv1d-$upstream_v/setup.py" <<'EOF'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+anchor = "    # HACK: The compiler flag -D_GLIBCXX_USE_CXX11_ABI"
+if anchor not in text:
+    sys.exit("peers.sh: setup.py changed, no anchor for the sm_90 patch")
+line = '    cc_flag = ["-gencode", "arch=compute_90,code=sm_90"]  # peers.sh: sm_90 only\n'
+open(path, "w").write(text.replace(anchor, line + anchor, 1))
+EOF
+  (cd "$work/causal_conv1d-$upstream_v" && CAUSAL_CONV1D_FORCE_BUILD=TRUE TORCH_CUDA_ARCH_LIST=9.0 \
+    CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" "$py" -m pip wheel --no-build-isolation --no-deps \
+    --no-index . -w "$3")
+  rm -rf "$work"
+}
+
+build() {
+  local venv="$cache/venv-cu130-torch$torch_v-py312" wheels="$cache/wheels"
+  mkdir -p "$wheels" "$cache/src"
+  if [[ ! -x "$venv/bin/python" ]]; then
+    "$(peer_python)" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet "torch==$torch_v" numpy ninja packaging wheel setuptools
+  fi
+  local py="$venv/bin/python"
+  "$py" -c 'import torch, sys; sys.exit(0 if torch.version.cuda else "the peer venv torch has no CUDA")'
+  # fla-core alone: pure Python (Triton kernels; needs einops, on the GPU
+  # image); the flash-linear-attention wheel adds only fla.layers / fla.models.
+  "$py" -m pip download --quiet --no-deps "fla-core==$fla_v" -d "$wheels"
+  if [[ ! -f "$cache/src/$sdist" ]]; then
+    # metadata of a torch extension's sdist imports torch: no build isolation
+    CAUSAL_CONV1D_FORCE_BUILD=TRUE "$py" -m pip download --quiet --no-deps --no-binary :all: \
+      --no-build-isolation "causal-conv1d==$upstream_v" -d "$cache/src"
+  fi
+  if ! compgen -G "$wheels/causal_conv1d-$upstream_v-*.whl" >/dev/null; then
+    # The machine is shared: one nvcc at a time, at the lowest priority.
+    MAX_JOBS="${MAX_JOBS:-1}" nice -n 19 bash -c "$(declare -f build_upstream); upstream_v=$upstream_v; \
+      build_upstream '$py' '$cache/src/$sdist' '$wheels'"
+  fi
+  ls -la "$wheels"
+}
+
+case "${1:-}" in
+  build) build ;;
+  stage)
+    mkdir -p "$stage"
+    cp "$cache"/wheels/*.whl "$cache/src/$sdist" "$stage"/
+    du -ch "$stage"/* ;;
+  install)
+    dir="${2:?install DIR}"
+    py="${PYTHON:-python3}"
+    if ! compgen -G "$stage/causal_conv1d-*.whl" >/dev/null && [[ -f "$stage/$sdist" ]]; then
+      mkdir -p "$dir.wheels"
+      # every core: this runs beside the variant builds on a GPU machine
+      MAX_JOBS="${MAX_JOBS:-4}" build_upstream "$py" "$stage/$sdist" "$dir.wheels" ||
+        echo "peers.sh: upstream causal-conv1d did not build; benchmarking without it" >&2
+    fi
+    "$py" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$dir" "$stage"/*.whl $(compgen -G "$dir.wheels/*.whl" || true) ;;
+  check)
+    dir="$(mktemp -d)"
+    trap 'rm -rf "$dir" "$dir.wheels"' EXIT
+    py="${PYTHON:-$cache/venv-cu130-torch$torch_v-py312/bin/python}"
+    PYTHON="$py" "$0" install "$dir"
+    PYTHONPATH="$dir" "$py" "$repo/benchmarks/peers.py" ;;
+  *) sed -n '2,25p' "$0"; exit 2 ;;
+esac
