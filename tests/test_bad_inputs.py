@@ -191,8 +191,6 @@ CASES = [
          r"initial_states must have shape \[2, 8, 3\]"),
     Case("fn", "final_states_out_shape", put(final_states_out=torch.randn(B_, D_, W_)), VE,
          r"final_states_out must have shape \[2, 8, 3\]"),
-    Case("fn", "final_states_out_without_return", put(return_final_states=False), VE,
-         r"final_states_out .*return_final_states"),
     # ---- causal_conv1d_fn: dtypes -------------------------------------------
     Case("fn", "x_int32", put(x=lambda a: a["x"].to(I32)), TE, r"x must be float32, float16 or bfloat16"),
     Case("fn", "x_bool", put(x=lambda a: a["x"] > 0), TE, r"x must be float32"),
