@@ -210,20 +210,32 @@ const at::Tensor& or_undefined(OptTensorRef t) {
 // device kernels guard every index themselves instead).
 bool on_host(const at::Tensor& t) { return t.device().is_cpu(); }
 
-void check_cu_seqlens(const Ctx& c, const at::Tensor& cu, int64_t total) {
-  check_device(c, cu, "cu_seqlens");
-  check_int32(c, cu, "cu_seqlens");
-  TORCH_CHECK_VALUE(cu.dim() == 1 && cu.size(0) >= 1, c.op,
-                    ": cu_seqlens must be 1-D (batch + 1,) with at least one entry, got shape ",
-                    shape_str(cu));
-  if (!on_host(cu)) return;
-  auto a = cu.accessor<int32_t, 1>();
+template <typename I>
+void check_offsets_values(const Ctx& c, const at::Tensor& cu, int64_t total) {
+  auto a = cu.accessor<I, 1>();
   TORCH_CHECK_VALUE(a[0] >= 0, c.op, ": cu_seqlens[0] must be >= 0, got ", a[0]);
   for (int64_t i = 1; i < cu.size(0); ++i)
     TORCH_CHECK_VALUE(a[i] >= a[i - 1], c.op, ": cu_seqlens must be non-decreasing, but cu_seqlens[",
                       i, "] = ", a[i], " < cu_seqlens[", i - 1, "] = ", a[i - 1]);
   TORCH_CHECK_VALUE(a[cu.size(0) - 1] <= total, c.op, ": cu_seqlens[-1] = ", a[cu.size(0) - 1],
                     " is past the end of x's ", total, " tokens");
+}
+
+// cu_seqlens may be int32 or int64, as upstream's varlen states accept both.
+Offsets check_cu_seqlens(const Ctx& c, const at::Tensor& cu, int64_t total) {
+  check_device(c, cu, "cu_seqlens");
+  const bool is_int64 = cu.scalar_type() == at::kLong;
+  TORCH_CHECK_TYPE(is_int64 || cu.scalar_type() == at::kInt, c.op,
+                   ": cu_seqlens must be torch.int32 or torch.int64, got ",
+                   dtype_name(cu.scalar_type()));
+  TORCH_CHECK_VALUE(cu.dim() == 1 && cu.size(0) >= 1, c.op,
+                    ": cu_seqlens must be 1-D (batch + 1,) with at least one entry, got shape ",
+                    shape_str(cu));
+  if (on_host(cu)) {
+    if (is_int64) check_offsets_values<int64_t>(c, cu, total);
+    else check_offsets_values<int32_t>(c, cu, total);
+  }
+  return {cu.data_ptr(), cu.stride(0), is_int64};
 }
 
 // Pool row per batch row: < 0 or == pad_slot_id marks padding; the others
@@ -404,7 +416,7 @@ ConvParams varlen_states_params(const at::Tensor& x, const at::Tensor& cu_seqlen
                     shape_str(x));
   check_float(c, x, "x");
   TORCH_CHECK_VALUE(state_len >= 0, c.op, ": state_len must be >= 0, got ", state_len);
-  check_cu_seqlens(c, cu_seqlens, x.size(0));
+  const Offsets offsets = check_cu_seqlens(c, cu_seqlens, x.size(0));
   const int64_t T = x.size(0), D = x.size(1), B = cu_seqlens.size(0) - 1;
   check_output(c, out, "out", {B, D, state_len}, "(batch, dim, state_len)", x.scalar_type(),
                {{&x, "x"}, {&cu_seqlens, "cu_seqlens"}});
@@ -414,7 +426,7 @@ ConvParams varlen_states_params(const at::Tensor& x, const at::Tensor& cu_seqlen
   p.seqlen = T;
   p.x_dtype = to_dtype(x.scalar_type());
   p.x = {x.data_ptr(), 0, x.stride(1), x.stride(0)};
-  p.cu_seqlens = view1(cu_seqlens);
+  p.cu_seqlens = offsets;
   p.state_len = state_len;
   p.out = view3(out);
   return p;
@@ -428,12 +440,12 @@ ConvParams fwd_packed_params(const at::Tensor& x, const at::Tensor& weight, OptT
   TORCH_CHECK_VALUE(x.dim() == 2, c.op, ": x must be 2-D packed tokens, got shape ", shape_str(x));
   const int64_t D = x.size(0), T = x.size(1);
   ConvParams p = weight_params(c, x, D, weight, bias, silu);
-  check_cu_seqlens(c, cu_seqlens, T);
+  const Offsets offsets = check_cu_seqlens(c, cu_seqlens, T);
   const int64_t B = cu_seqlens.size(0) - 1;
   p.batch = B;
   p.seqlen = T;
   p.x = {x.data_ptr(), 0, x.stride(0), x.stride(1)};
-  p.cu_seqlens = view1(cu_seqlens);
+  p.cu_seqlens = offsets;
   p.pad_slot_id = pad_slot_id;
   pool_params(c, p, conv_states, "conv_states", "pool size", x, weight, bias);
   check_no_overlap(c, conv_states, "conv_states", cu_seqlens, "cu_seqlens");

@@ -5,6 +5,12 @@
 
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define CAUSAL_CONV1D_HOST_DEVICE __host__ __device__
+#else
+#define CAUSAL_CONV1D_HOST_DEVICE
+#endif
+
 namespace causal_conv1d {
 
 enum class DType : int8_t { Float32, Float16, BFloat16, Float64 };
@@ -16,6 +22,20 @@ struct Strided {
   void* data = nullptr;
   int64_t s0 = 0, s1 = 0, s2 = 0;
   bool given() const { return data != nullptr; }
+};
+
+// Sequence offsets (cu_seqlens), int32 or int64: upstream's
+// causal_conv1d_varlen_states takes either, and torch.cumsum of int lengths
+// gives int64, so callers pass both. Read through operator[] so every kernel
+// handles the two widths the same way.
+struct Offsets {
+  const void* data = nullptr;
+  int64_t s0 = 0;
+  bool is_int64 = false;
+  CAUSAL_CONV1D_HOST_DEVICE int64_t operator[](int64_t i) const {
+    return is_int64 ? static_cast<const int64_t*>(data)[i * s0]
+                    : static_cast<const int32_t*>(data)[i * s0];
+  }
 };
 
 struct ConvParams {
@@ -60,7 +80,7 @@ struct ConvParams {
                              // < 0 (or == pad_slot_id) marks a padding row
 
   // ---- packed sequences (varlen_states, fwd_packed) -------------------------
-  Strided cu_seqlens;          // (B+1,) int32, s0; offsets into the T tokens
+  Offsets cu_seqlens;          // (B+1,) offsets into the T tokens
   Strided has_initial_state;   // (B,) bool, s0; fwd_packed only
   int64_t pad_slot_id = -1;    // fwd_packed: cache index meaning "skip"
 };

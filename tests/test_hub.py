@@ -682,3 +682,30 @@ def test_kernels_benchmark_runs_the_published_benchmarks(host_build, tmp_path):
     assert all(w["verified"] is True for w in results["results"])
     published = hashlib.sha256((ROOT / "benchmarks" / "benchmark.py").read_bytes()).hexdigest()
     assert results["benchmarkScriptSha"] == published
+
+
+def test_transformers_model_kernelized_from_the_hub(repo, client_env):
+    """A transformers Mamba2 model kernelized with LayerRepository(...,
+    version=1) from the loopback Hub: the fallback's greedy tokens, with
+    our decode operator running."""
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    result = client(client_env, f"""
+        import json, torch, transformers
+        from kernels import LayerRepository, Mode, kernelize, use_kernel_mapping
+        torch.manual_seed(0)
+        config = transformers.Mamba2Config(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+            num_heads=8, head_dim=16, state_size=16, n_groups=1, chunk_size=16)
+        model = transformers.Mamba2ForCausalLM(config).eval()
+        ids = torch.randint(0, 128, (2, 13))
+        with torch.no_grad():
+            want = model.generate(ids, max_new_tokens=5, do_sample=False)
+        mapping = {{name: {{"cpu": LayerRepository("{REPO_ID}", layer_name=name, version=1)}}
+                   for name in ("causal_conv1d_fn", "causal_conv1d_update")}}
+        with use_kernel_mapping(mapping, inherit_mapping=False):
+            kernelize(model, mode=Mode.INFERENCE, device="cpu")
+        with torch.no_grad(), torch.profiler.profile() as prof:
+            got = model.generate(ids, max_new_tokens=5, do_sample=False)
+        ops = sorted({{e.name.split("::")[-1] for e in prof.events() if e.name.startswith("_causal_conv1d_")}})
+        print("RESULT " + json.dumps({{"same": bool(torch.equal(got, want)), "ops": ops}}))
+    """)
+    assert result == {"same": True, "ops": ["fwd", "update"]}

@@ -232,3 +232,26 @@ def test_packed_matches_forward_per_sequence(cc, seeded, dtype, W):
         msg = f"seed={seeded} W={W} seq={b}"
         assert_close(out[int(cu[b]) : int(cu[b + 1])].t(), want[0], (dtype,), msg)
         assert torch.equal(pool[b], final[0]), msg
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize("W", [2, 4, 9])
+def test_packed_int64_cu_seqlens(cc, seeded, channels_first, W):
+    """cu_seqlens as torch.cumsum gives it (int64), with an offset stride:
+    the same result as the reference, on both token layouts."""
+    weight, bias = torch.randn(D, W), torch.randn(D)
+    lengths = [5, 0, 1, 3 * W, 2]
+    cu = torch.zeros(2 * (len(lengths) + 1), dtype=torch.int64)[::2]  # strided offsets
+    cu[1:] = torch.cumsum(torch.tensor(lengths), 0) + 1
+    cu[0] = 1
+    T = int(cu[-1]) + 1
+    x = make_tokens(T, D, torch.float32, "contiguous")
+    if channels_first:
+        x = x.t().contiguous()
+    N = len(lengths) + 2
+    pool = torch.randn(N, D, W + 1)
+    indices = torch.randperm(N)[: len(lengths)].to(torch.int32)
+    has_init = torch.tensor([True, False, True, False, True])
+    res = run_packed(cc, x, weight, bias, cu, pool, indices, has_init, "silu",
+                     channels_first=channels_first)
+    check(*res, torch.float32, torch.float32, f"seed={seeded} W={W} channels_first={channels_first}")

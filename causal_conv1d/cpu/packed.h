@@ -25,8 +25,7 @@ template <typename X>
 void varlen_states_impl(const ConvParams& p) {
   constexpr int64_t kChannels = 64;  // channels per task
   const int64_t B = p.batch, D = p.dim, S = p.state_len;
-  const int32_t* cu = ptr<int32_t>(p.cu_seqlens);
-  const int64_t cs = p.cu_seqlens.s0;
+  const Offsets& cu = p.cu_seqlens;
   const X* x = ptr<X>(p.x);
   X* out = ptr<X>(p.out);
   const int64_t nblk = (D + kChannels - 1) / kChannels;
@@ -35,8 +34,8 @@ void varlen_states_impl(const ConvParams& p) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, d0 = (task % nblk) * kChannels;
       const int64_t n = std::min(kChannels, D - d0);
-      const int64_t stop = cu[(b + 1) * cs];
-      const int64_t len = std::min<int64_t>(stop - cu[b * cs], S);
+      const int64_t stop = cu[b + 1];
+      const int64_t len = std::min<int64_t>(stop - cu[b], S);
       X* o = out + b * p.out.s0 + d0 * p.out.s1;
       for (int64_t j = 0; j < n; ++j)
         for (int64_t i = 0; i < S - len; ++i) o[j * p.out.s1 + i * p.out.s2] = X(0);
@@ -133,8 +132,7 @@ void fwd_packed_rows(const ConvParams& p) {
   using A = acc_t<X>;
   constexpr int64_t kLanes = ChannelBlock<X>::kLanes;
   const int64_t B = p.batch, D = p.dim, W = p.width, S = p.state_len;
-  const int32_t* cu = ptr<int32_t>(p.cu_seqlens);
-  const int64_t cs = p.cu_seqlens.s0;
+  const Offsets& cu = p.cu_seqlens;
   const int32_t* indices = ptr<int32_t>(p.state_indices);
   const bool* has_init = ptr<bool>(p.has_initial_state);
   const X* x0 = ptr<X>(p.x);
@@ -148,7 +146,7 @@ void fwd_packed_rows(const ConvParams& p) {
   auto initial = [&](int64_t b) { return has_init && has_init[b * p.has_initial_state.s0]; };
 
   // Pass 1: outputs, by ranges of tokens. Reads the initial states.
-  const int64_t first = cu[0], last = cu[B * cs];
+  const int64_t first = cu[0], last = cu[B];
   const int64_t grain = std::max<int64_t>(1, kTaskGrainSteps / (D * (W + 4)));
   at::parallel_for(first, last, grain, [&](int64_t begin, int64_t end) {
     const TapRows<A> taps = transpose_taps<A>(p, kLanes, 0, nblk);
@@ -161,11 +159,11 @@ void fwd_packed_rows(const ConvParams& p) {
     int64_t b = 0, hi = B;  // the last sequence starting at or before `begin`
     while (hi - b > 1) {
       const int64_t mid = (b + hi) / 2;
-      (cu[mid * cs] <= begin ? b : hi) = mid;
+      (cu[mid] <= begin ? b : hi) = mid;
     }
     for (int64_t t = begin; t < end;) {
-      while (cu[(b + 1) * cs] <= t) ++b;  // skips empty sequences too
-      const int64_t start = cu[b * cs], stop = std::min<int64_t>(cu[(b + 1) * cs], end);
+      while (cu[b + 1] <= t) ++b;  // skips empty sequences too
+      const int64_t start = cu[b], stop = std::min<int64_t>(cu[b + 1], end);
       const int64_t row = slot(b);
       if (row < 0) {  // padded slot: output 0
         for (; t < stop; ++t) std::fill(out0 + t * os, out0 + t * os + D, X(0));
@@ -183,7 +181,7 @@ void fwd_packed_rows(const ConvParams& p) {
           for (int64_t d = 0; d < D; ++d)
             h[d] = init ? A(st[d * p.conv_state.s1 + col * p.conv_state.s2]) : A(0);
         }
-        const int64_t n_tok = std::min<int64_t>(cu[(b + 1) * cs] - start, W - 1);
+        const int64_t n_tok = std::min<int64_t>(cu[b + 1] - start, W - 1);
         for (int64_t i = 0; i < n_tok; ++i) {
           A* h = head + (W - 1 + i) * hs;
           for (int64_t d = 0; d < D; ++d) h[d] = A(x0[(start + i) * xs + d]);
@@ -209,7 +207,7 @@ void fwd_packed_rows(const ConvParams& p) {
       const int64_t b = task / nsb, d0 = (task % nsb) * kStateChannels;
       const int64_t row = slot(b);
       if (row < 0) continue;
-      const int64_t start = cu[b * cs], len = cu[(b + 1) * cs] - start;
+      const int64_t start = cu[b], len = cu[b + 1] - start;
       X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * p.conv_state.s1;
       shift_state(st, p.conv_state.s1, p.conv_state.s2, S, std::min(kStateChannels, D - d0),
                   x0 + start * xs + d0, int64_t(1), xs, len, initial(b));
@@ -223,8 +221,7 @@ void fwd_packed_impl(const ConvParams& p) {
   using A = typename Block::A;
   constexpr int64_t kLanes = Block::kLanes;
   const int64_t B = p.batch, D = p.dim, T = p.seqlen, W = p.width, S = p.state_len;
-  const int32_t* cu = ptr<int32_t>(p.cu_seqlens);
-  const int64_t cs = p.cu_seqlens.s0;
+  const Offsets& cu = p.cu_seqlens;
   const int32_t* indices = ptr<int32_t>(p.state_indices);
   const bool* has_init = ptr<bool>(p.has_initial_state);
   const X* x0 = ptr<X>(p.x);
@@ -236,7 +233,7 @@ void fwd_packed_impl(const ConvParams& p) {
       for (int64_t d = 0; d < D; ++d) out0[d * p.out.s1 + t * p.out.s2] = X(0);
   };
   zero_tokens(0, cu[0]);
-  zero_tokens(cu[B * cs], T);
+  zero_tokens(cu[B], T);
   if (p.x.s1 == 1 && p.out.s1 == 1) return fwd_packed_rows<X>(p);
 
   const int64_t nblk = (D + kLanes - 1) / kLanes;
@@ -250,7 +247,7 @@ void fwd_packed_impl(const ConvParams& p) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t c = task / B, b = task % B;
       const int64_t d0 = c * kLanes, n = std::min(kLanes, D - d0);
-      const int64_t start = cu[b * cs], len = cu[(b + 1) * cs] - start;
+      const int64_t start = cu[b], len = cu[b + 1] - start;
       const X* x = x0 + d0 * p.x.s1 + start * p.x.s2;
       X* out = out0 + d0 * p.out.s1 + start * p.out.s2;
       const int64_t row = indices ? indices[b * p.state_indices.s0] : b;

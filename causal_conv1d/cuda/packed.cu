@@ -18,9 +18,8 @@ __device__ __forceinline__ int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
 // [start, end) of sequence b, clamped.
 __device__ __forceinline__ void seq_bounds(const ConvParams& p, int64_t b, int64_t* start,
                                            int64_t* end) {
-  const int32_t* cu = ptr<const int32_t>(p.cu_seqlens);
-  *start = clamp64(cu[b * p.cu_seqlens.s0], 0, p.seqlen);
-  *end = clamp64(cu[(b + 1) * p.cu_seqlens.s0], *start, p.seqlen);
+  *start = clamp64(p.cu_seqlens[b], 0, p.seqlen);
+  *end = clamp64(p.cu_seqlens[b + 1], *start, p.seqlen);
 }
 
 // Pool row of sequence b, or -1 for padding (pad_slot_id, negative, >= N).
@@ -58,7 +57,6 @@ __global__ void __launch_bounds__(kThreads) varlen_states_kernel(ConvParams p) {
 template <typename X>
 __global__ void __launch_bounds__(kThreads) packed_out_kernel(ConvParams p, bool t_fastest) {
   const int64_t D = p.dim, T = p.seqlen, W = p.width, S = p.state_len, B = p.batch;
-  const int32_t* cu = ptr<const int32_t>(p.cu_seqlens);
   const int64_t total = D * T;
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
     const int64_t d = t_fastest ? i / T : i % D;
@@ -66,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) packed_out_kernel(ConvParams p, bool
     int64_t lo = 0, hi = B;  // largest b with cu[b] <= t
     while (hi - lo > 1) {
       const int64_t mid = (lo + hi) / 2;
-      if (cu[mid * p.cu_seqlens.s0] <= t) lo = mid; else hi = mid;
+      if (p.cu_seqlens[mid] <= t) lo = mid; else hi = mid;
     }
     int64_t start, end;
     seq_bounds(p, lo, &start, &end);

@@ -8,7 +8,7 @@ The API follows the causal-conv1d package (1.7) and adds what serving engines
 need; reference.py holds the semantics every backend is tested against.
 """
 
-from . import layers
+from . import cpp_functions, layers
 from ._ops import ops
 from .functions import (
     CausalConv1dFn,
@@ -38,4 +38,5 @@ __all__ = [
     "causal_conv1d_packed_fwd_ref",
     "ops",
     "layers",
+    "cpp_functions",
 ]

@@ -60,18 +60,22 @@ def causal_conv1d_fn(
         return_final_states: also return final_states (batch, dim, width-1),
             the last width-1 inputs (of the last segment with seq_idx).
         final_states_out: optional (batch, dim, width - 1) tensor that
-            receives final_states (requires return_final_states).
+            receives final_states; ignored unless return_final_states (as
+            upstream does).
         activation: None, "silu" or "swish".
 
     Returns:
         out (batch, dim, seqlen) with x's dtype and stride order, or
         (out, final_states) when return_final_states.
     """
-    silu = _silu(activation, "causal_conv1d_fn")
-    if final_states_out is not None and not return_final_states:
-        raise ValueError(
-            "causal_conv1d_fn: final_states_out is given but return_final_states is False"
+    if isinstance(seq_idx, str):
+        raise TypeError(
+            f"causal_conv1d_fn: seq_idx (the 4th positional argument) must be a tensor or None, "
+            f"got the string {seq_idx!r}; pass activation by keyword (activation={seq_idx!r})"
         )
+    silu = _silu(activation, "causal_conv1d_fn")
+    if not return_final_states:
+        final_states_out = None  # upstream ignores it unless final states are asked for
     if final_states_out is None:
         out, final_states = _registrations.fwd(
             x, weight, bias, seq_idx, initial_states, return_final_states, silu

@@ -1,4 +1,19 @@
-"""Layers for ``kernels.kernelize``: drop-in forwards for a Mamba-style block.
+"""Layers for ``kernels.kernelize``.
+
+Two kinds:
+
+``causal_conv1d_fn`` / ``causal_conv1d_update``
+    named and shaped as transformers maps them: its Mamba-family models
+    decorate their plain-PyTorch convolution functions with
+    ``use_kernel_func_from_hub_with_fallback("causal_conv1d_fn", ...)`` and
+    ``("causal_conv1d_update", ...)``, and kernelize swaps those for the
+    layers of the same name here. Their ``forward`` takes exactly the
+    arguments of transformers' fallbacks.
+``CausalConv1d`` / ``CausalConv1dUpdate``
+    drop-in forwards for a model's own ``nn.Conv1d``-based module (see the
+    host contract below and examples/kernelize_mamba.py).
+
+All four call the public functions, so there is one forward path.
 
 kernelize replaces the ``forward`` of a model's module with the ``forward``
 of a layer here, bound to that module, so a layer reads the host module's
@@ -31,9 +46,57 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .functions import causal_conv1d_fn, causal_conv1d_update
+from . import functions
 
-__all__ = ["CausalConv1d", "CausalConv1dUpdate"]
+__all__ = ["causal_conv1d_fn", "causal_conv1d_update", "CausalConv1d", "CausalConv1dUpdate"]
+
+
+def _taps(weight: torch.Tensor) -> torch.Tensor:
+    """(dim, width) view of a (dim, width) or depthwise (dim, 1, width) weight."""
+    return weight.reshape(weight.shape[0], weight.shape[-1]) if weight.dim() == 3 else weight
+
+
+class causal_conv1d_fn(nn.Module):  # noqa: N801 - the name transformers maps
+    """transformers' ``causal_conv1d_fn`` (prefill and training).
+
+    ``forward(hidden_states, weight, bias=None, activation=None, **kwargs)``:
+    hidden_states (batch, dim, seqlen), usually the channel-last view
+    ``h.transpose(1, 2)`` of a (batch, seqlen, dim) projection; weight
+    (dim, width) or (dim, 1, width); bias (dim,) or None; activation None,
+    "silu" or "swish". ``kwargs`` may carry ``seq_idx`` ((batch, seqlen)
+    int32 segment ids of packed sequences); the model's other keyword
+    arguments are ignored, as transformers' own fallback ignores them.
+    Returns (batch, dim, seqlen) in hidden_states' dtype. Differentiable.
+    """
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, hidden_states, weight, bias=None, activation=None, **kwargs):
+        return functions.causal_conv1d_fn(
+            hidden_states, _taps(weight), bias, seq_idx=kwargs.get("seq_idx"),
+            activation=activation,
+        )
+
+
+class causal_conv1d_update(nn.Module):  # noqa: N801 - the name transformers maps
+    """transformers' ``causal_conv1d_update`` (one decode step).
+
+    ``forward(hidden_states, conv_state, weight, bias=None, activation=None)``:
+    hidden_states (batch, dim, seqlen) or (batch, dim); conv_state (batch,
+    dim, state_len >= width - 1) in hidden_states' dtype, updated in place
+    to hold the last state_len inputs; weight, bias, activation as for
+    ``causal_conv1d_fn``. Returns shaped like hidden_states. Inference only
+    (the in-place state update has no backward).
+    """
+
+    has_backward = False
+    can_torch_compile = True
+
+    def forward(self, hidden_states, conv_state, weight, bias=None, activation=None):
+        return functions.causal_conv1d_update(
+            hidden_states, conv_state, _taps(weight), bias, activation=activation
+        )
 
 
 class CausalConv1d(nn.Module):
@@ -64,10 +127,9 @@ class CausalConv1d(nn.Module):
         initial_states: Optional[torch.Tensor] = None,
         return_final_states: bool = False,
     ):
-        weight = self.weight
-        return causal_conv1d_fn(
+        return functions.causal_conv1d_fn(
             x,
-            weight.reshape(weight.shape[0], weight.shape[-1]),
+            _taps(self.weight),
             self.bias,
             seq_idx=seq_idx,
             initial_states=initial_states,
@@ -108,11 +170,10 @@ class CausalConv1dUpdate(nn.Module):
         cache_seqlens: Optional[torch.Tensor] = None,
         conv_state_indices: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        weight = self.weight
-        return causal_conv1d_update(
+        return functions.causal_conv1d_update(
             x,
             conv_state,
-            weight.reshape(weight.shape[0], weight.shape[-1]),
+            _taps(self.weight),
             self.bias,
             activation=getattr(self, "activation", None),
             cache_seqlens=cache_seqlens,
