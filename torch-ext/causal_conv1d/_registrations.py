@@ -2,14 +2,17 @@
 
 Registered through add_op_namespace_prefix so that each build's unique
 namespace is used; this makes torch.compile and torch.library.opcheck work.
-The fake kernels mirror the shapes and stride orders the native operators
-return (causal_conv1d/ops.cpp). fwd() is how the public functions call the
+The fake kernels first run the native operators' own checks on meta
+tensors (_native_checks), then return the shapes and stride orders the
+native operators return (causal_conv1d/ops.cpp), symbolic where
+torch.compile made sizes symbolic. fwd() is how the public functions call the
 forward: without the Python autograd kernel's cost when no gradient is needed.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 from ._ops import add_op_namespace_prefix, ops
 
@@ -40,21 +43,56 @@ def _none_like(t: torch.Tensor) -> torch.Tensor:
 
 
 def _same_device(op: str, x: torch.Tensor, **tensors) -> None:
-    """A call mixing devices with "meta" is dispatched here (the Meta key
-    outranks the real backend), so the native check layer never sees it:
-    refuse it with checks.cpp's message instead of returning garbage."""
+    """The native device check (every tensor on x's device), which
+    _native_checks cannot run: it sees every tensor on the meta device. A
+    call mixing devices with "meta" is dispatched here too (the Meta key
+    outranks the real backend)."""
     for name, t in tensors.items():
         if t is not None and t.device != x.device:
             raise ValueError(f"{op}: {name} must be on {x.device} like x, got {t.device}")
+
+
+_backend_keys = None
+
+
+def _hint(n):
+    """A concrete value for a size torch.compile made symbolic, without
+    adding a guard (the value it was traced with)."""
+    return n if type(n) is int else optimization_hint(n)
+
+
+def _as_meta(a):
+    if not isinstance(a, torch.Tensor):
+        return _hint(a) if isinstance(a, torch.SymInt) else a
+    return torch.empty_strided(
+        [_hint(n) for n in a.shape], [_hint(n) for n in a.stride()], dtype=a.dtype, device="meta"
+    )
+
+
+def _native_checks(op, *args) -> None:
+    """Runs the operator's own host path (causal_conv1d/ops.cpp: the checks
+    of checks.cpp, then the allocation; meta tensors stop before the run) on
+    meta tensors of the arguments' sizes, strides and dtypes, so fake and
+    meta calls refuse what the real ones refuse, with the same messages. The
+    call goes straight to the backend kernel: through the dispatcher, meta
+    tensors would come back here. Index values are checked only by the real
+    call, which still runs every check on every call."""
+    global _backend_keys
+    if _backend_keys is None:
+        key = torch._C.DispatchKey.CUDA if ops.kernel_tier() == "cuda" else torch._C.DispatchKey.CPU
+        _backend_keys = torch._C.DispatchKeySet(key)
+    op.redispatch(_backend_keys, *[_as_meta(a) for a in args])
 
 
 @torch.library.register_fake(add_op_namespace_prefix("fwd"))
 def _fwd_fake(x, weight, bias, seq_idx, initial_states, return_final_states, silu):
     _same_device("causal_conv1d_fn", x, weight=weight, bias=bias, seq_idx=seq_idx,
                  initial_states=initial_states)
+    _native_checks(ops.fwd.default, x, weight, bias, seq_idx, initial_states,
+                   return_final_states, silu)
     out = _empty_with_layout_of(x)
     if return_final_states:
-        final = x.new_empty((x.shape[0], x.shape[1], max(weight.shape[1] - 1, 0)))
+        final = x.new_empty((x.shape[0], x.shape[1], weight.shape[1] - 1))
     else:
         final = _none_like(x)
     return out, final
@@ -64,6 +102,8 @@ def _fwd_fake(x, weight, bias, seq_idx, initial_states, return_final_states, sil
 def _fwd_out_fake(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu):
     _same_device("causal_conv1d_fn", x, weight=weight, bias=bias, seq_idx=seq_idx,
                  initial_states=initial_states, out=out, final_states_out=final_states_out)
+    _native_checks(ops.fwd_out.default, x, weight, bias, seq_idx, initial_states, out,
+                   final_states_out, silu)
     return None
 
 
@@ -71,11 +111,13 @@ def _fwd_out_fake(x, weight, bias, seq_idx, initial_states, out, final_states_ou
 def _bwd_fake(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu, deterministic):
     _same_device("causal_conv1d_fn backward", x, weight=weight, bias=bias, seq_idx=seq_idx,
                  initial_states=initial_states, dout=dout, dfinal_states=dfinal_states)
+    _native_checks(ops.bwd.default, x, weight, bias, seq_idx, initial_states, dout,
+                   dfinal_states, silu, deterministic)
     dx = _empty_with_layout_of(x)
     dweight = weight.new_empty(weight.shape)
     dbias = weight.new_empty((weight.shape[0],)) if bias is not None else _none_like(weight)
     if initial_states is not None:
-        dinit = x.new_empty((x.shape[0], x.shape[1], max(weight.shape[1] - 1, 0)))
+        dinit = x.new_empty((x.shape[0], x.shape[1], weight.shape[1] - 1))
     else:
         dinit = _none_like(x)
     return dx, dweight, dbias, dinit
@@ -85,12 +127,15 @@ def _bwd_fake(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, sil
 def _update_fake(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu):
     _same_device("causal_conv1d_update", x, conv_state=conv_state, weight=weight, bias=bias,
                  cache_seqlens=cache_seqlens, conv_state_indices=conv_state_indices)
+    _native_checks(ops.update.default, x, conv_state, weight, bias, cache_seqlens,
+                   conv_state_indices, silu)
     return _empty_with_layout_of(x)
 
 
 @torch.library.register_fake(add_op_namespace_prefix("varlen_states"))
 def _varlen_states_fake(x, cu_seqlens, state_len):
     _same_device("causal_conv1d_varlen_states", x, cu_seqlens=cu_seqlens)
+    _native_checks(ops.varlen_states.default, x, cu_seqlens, state_len)
     return x.new_empty((cu_seqlens.shape[0] - 1, x.shape[1], state_len))
 
 
@@ -101,6 +146,8 @@ def _fwd_packed_fake(
     _same_device("causal_conv1d_packed_fwd", x, weight=weight, bias=bias, cu_seqlens=cu_seqlens,
                  conv_states=conv_states, cache_indices=cache_indices,
                  has_initial_state=has_initial_state)
+    _native_checks(ops.fwd_packed.default, x, weight, bias, cu_seqlens, conv_states,
+                   cache_indices, has_initial_state, pad_slot_id, silu)
     return _empty_with_layout_of(x)
 
 
@@ -119,6 +166,16 @@ def _fwd_setup_context(ctx, inputs, output):
 
 def _fwd_backward(ctx, dout, dfinal_states):
     x, weight, bias, seq_idx, initial_states = ctx.saved_tensors
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (dout, dfinal_states, x, weight, bias, initial_states)
+    ):
+        # bwd has no derivative of its own: a graph of this backward would
+        # give zero second derivatives, so refuse it where it is asked for.
+        raise NotImplementedError(
+            "causal_conv1d_fn: double backward (a backward with create_graph=True) is not "
+            "supported"
+        )
     if not ctx.return_final_states:
         dfinal_states = None
     if dout is None:
