@@ -1,7 +1,9 @@
 """The public functions: thin wrappers over the registered operators.
 
-Argument checks live in the native check layer (causal_conv1d/checks.cpp),
-which every backend shares; here we only translate Python conventions
+Shape, dtype, device and memory checks live in the native check layer
+(causal_conv1d/checks.cpp), which every backend shares. Here: the Python
+types of the arguments (a non-tensor would otherwise reach torch's argument
+parser, whose RuntimeError names no argument), and Python conventions
 (activation strings, optional outputs, (B, D) decode inputs). Operators
 are called through their one overload (ops.X.default), which skips the
 overload resolution of a call through ops.X (0.2 us a call).
@@ -9,6 +11,7 @@ overload resolution of a call through ops.X (0.2 us a call).
 
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
@@ -24,6 +27,56 @@ __all__ = [
     "causal_conv1d_packed_fwd",
     "kernel_tier",
 ]
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _tensor(fn: str, name: str, value, optional: bool = False) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:
+            raise ValueError(f"{fn}: {name} must be a dense (strided) tensor, got {value.layout}")
+        return
+    if value is None and optional:
+        return
+    kind = "a torch.Tensor or None" if optional else "a torch.Tensor"
+    raise TypeError(f"{fn}: {name} must be {kind}, got {type(value).__name__}")
+
+
+def _bool(fn: str, name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__}")
+
+
+def _int(fn: str, name: str, value) -> int:
+    """A Python int (or anything with __index__, e.g. a numpy integer) that
+    fits the operators' int64."""
+    if isinstance(value, bool) or isinstance(value, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}") from None
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise ValueError(f"{fn}: {name} must fit in int64, got {value}")
+    return value
+
+
+def _byte_range(t: torch.Tensor):
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    below = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0)
+    above = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)
+    return t.data_ptr() + below * t.element_size(), t.data_ptr() + (above + 1) * t.element_size()
+
+
+def _overlap(a: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
+    """checks.cpp's check_no_overlap rule (byte ranges, whatever storage),
+    for the one write causal_conv1d_fn makes itself (copy_ of final states)."""
+    if b is None:
+        return False
+    ra, rb = _byte_range(a), _byte_range(b)
+    return ra is not None and rb is not None and ra[0] < rb[1] and rb[0] < ra[1]
 
 
 def _silu(activation: Optional[str], fn: str) -> bool:
@@ -67,26 +120,67 @@ def causal_conv1d_fn(
         out (batch, dim, seqlen) with x's dtype and stride order, or
         (out, final_states) when return_final_states.
     """
-    silu = _silu(activation, "causal_conv1d_fn")
-    if final_states_out is not None and not return_final_states:
-        raise ValueError(
-            "causal_conv1d_fn: final_states_out is given but return_final_states is False"
+    fn = "causal_conv1d_fn"
+    if isinstance(seq_idx, str):
+        # causal_conv1d_fn(x, weight, bias, "silu"): upstream's 4th positional
+        # argument is seq_idx, not activation
+        raise TypeError(
+            f"{fn}: seq_idx must be a torch.Tensor or None, got the str {seq_idx!r}; "
+            f"activation must be passed by keyword (activation={seq_idx!r}) or as the "
+            f"8th positional argument"
         )
+    _tensor(fn, "x", x)
+    _tensor(fn, "weight", weight)
+    _tensor(fn, "bias", bias, optional=True)
+    _tensor(fn, "seq_idx", seq_idx, optional=True)
+    _tensor(fn, "initial_states", initial_states, optional=True)
+    _bool(fn, "return_final_states", return_final_states)
+    _tensor(fn, "final_states_out", final_states_out, optional=True)
+    silu = _silu(activation, fn)
+    if final_states_out is not None and not return_final_states:
+        raise ValueError(f"{fn}: final_states_out is given but return_final_states is False")
     if final_states_out is None:
         out, final_states = _registrations.fwd(
             x, weight, bias, seq_idx, initial_states, return_final_states, silu
         )
         return (out, final_states) if return_final_states else out
-    # The out= operator's check layer validates final_states_out (shape,
-    # dtype, device, no memory shared with any input) before writing it.
-    out = _registrations._empty_with_layout_of(x)
-    ops.fwd_out.default(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu)
     if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, initial_states)
+        t is not None and t.requires_grad
+        for t in (x, weight, bias, initial_states, final_states_out)
     ):
-        # fwd_out has no autograd: run the differentiable operator for the graph
+        # A gradient flows through final_states_out: the differentiable
+        # operator computes the states, and copy_ records final_states_out's
+        # new history (replacing any it had). Refused before anything runs:
+        # what copy_ would refuse after the forward.
+        if final_states_out.requires_grad and final_states_out.is_leaf:
+            raise ValueError(
+                f"{fn}: final_states_out is a leaf tensor that requires grad and cannot be "
+                f"written; pass a tensor that does not require grad"
+            )
+        if final_states_out.is_inference() and not torch.is_inference_mode_enabled():
+            raise ValueError(
+                f"{fn}: final_states_out is an inference tensor, which cannot be written "
+                f"outside torch.inference_mode(); pass a clone"
+            )
+        # the out= operator's checks on final_states_out (shape, dtype,
+        # device; on meta tensors, so memory is compared here), before the
+        # forward runs
+        _registrations._native_checks(
+            ops.fwd_out.default, x, weight, bias, seq_idx, initial_states,
+            _registrations._empty_with_layout_of(x), final_states_out, silu,
+        )
+        inputs = dict(x=x, weight=weight, bias=bias, seq_idx=seq_idx,
+                      initial_states=initial_states)
+        for name, t in inputs.items():
+            if _overlap(final_states_out, t):
+                raise ValueError(f"{fn}: final_states_out must not share memory with {name}")
         out, final_states = ops.fwd.default(x, weight, bias, seq_idx, initial_states, True, silu)
         final_states_out.copy_(final_states)
+        return out, final_states_out
+    # No gradient: the out= operator validates final_states_out (shape,
+    # dtype, device, no memory shared with an input) before writing it.
+    out = _registrations._empty_with_layout_of(x)
+    ops.fwd_out.default(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu)
     return out, final_states_out
 
 
@@ -130,7 +224,14 @@ def causal_conv1d_update(
         out shaped like x, x's dtype. Not differentiable (as upstream's): out
         does not require grad, whatever the inputs.
     """
-    silu = _silu(activation, "causal_conv1d_update")
+    fn = "causal_conv1d_update"
+    _tensor(fn, "x", x)
+    _tensor(fn, "conv_state", conv_state)
+    _tensor(fn, "weight", weight)
+    _tensor(fn, "bias", bias, optional=True)
+    _tensor(fn, "cache_seqlens", cache_seqlens, optional=True)
+    _tensor(fn, "conv_state_indices", conv_state_indices, optional=True)
+    silu = _silu(activation, fn)
     return ops.update.default(
         x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu
     )
@@ -150,6 +251,10 @@ def causal_conv1d_varlen_states(
         (batch, dim, state_len), x's dtype: the last state_len tokens of each
         sequence, right-aligned, zero where a sequence is shorter.
     """
+    fn = "causal_conv1d_varlen_states"
+    _tensor(fn, "x", x)
+    _tensor(fn, "cu_seqlens", cu_seqlens)
+    state_len = _int(fn, "state_len", state_len)
     return ops.varlen_states.default(x, cu_seqlens, state_len)
 
 
@@ -187,7 +292,17 @@ def causal_conv1d_packed_fwd(
     Returns:
         out shaped like x, x's dtype.
     """
-    silu = _silu(activation, "causal_conv1d_packed_fwd")
+    fn = "causal_conv1d_packed_fwd"
+    _tensor(fn, "x", x)
+    _tensor(fn, "weight", weight)
+    _tensor(fn, "bias", bias, optional=True)
+    _tensor(fn, "cu_seqlens", cu_seqlens)
+    _tensor(fn, "conv_states", conv_states)
+    _tensor(fn, "cache_indices", cache_indices, optional=True)
+    _tensor(fn, "has_initial_state", has_initial_state, optional=True)
+    pad_slot_id = _int(fn, "pad_slot_id", pad_slot_id)
+    _bool(fn, "channels_first", channels_first)
+    silu = _silu(activation, fn)
     x_dt = x if channels_first else x.transpose(-1, -2) if x.dim() == 2 else x
     out = ops.fwd_packed.default(
         x_dt, weight, bias, cu_seqlens, conv_states, cache_indices, has_initial_state,
