@@ -129,7 +129,6 @@ def _fn_call(cc, **changes):
          r"x must be a torch\.Tensor, got ndarray"),
         (lambda cc: _fn_call(cc, seq_idx=[[0] * 12] * 2), TypeError, r"seq_idx must be a torch\.Tensor or None, got list"),
         (lambda cc: _fn_call(cc, return_final_states=1), TypeError, r"return_final_states must be a bool"),
-        (lambda cc: _fn_call(cc, x=torch.randn(2, 8, 12).to_sparse()), ValueError, r"x must be a dense"),
         (lambda cc: cc.causal_conv1d_varlen_states(torch.randn(10, 8), torch.tensor([0, 10], dtype=I32), 3.0),
          TypeError, r"state_len must be an int, got float"),
         (lambda cc: cc.causal_conv1d_varlen_states(torch.randn(10, 8), [0, 10], 3), TypeError,
@@ -144,10 +143,17 @@ def _fn_call(cc, **changes):
          r"conv_state must be a torch\.Tensor, got NoneType"),
         (lambda cc: cc.causal_conv1d_update(**{**update_args(), "cache_seqlens": (0, 1, 2)}), TypeError,
          r"cache_seqlens must be a torch\.Tensor or None, got tuple"),
+        (lambda cc: cc.causal_conv1d_packed_fwd(**{**packed_args(), "channels_first": None}), TypeError,
+         r"channels_first must be a bool, got NoneType"),
+        (lambda cc: cc.causal_conv1d_varlen_states(torch.randn(10, 8), torch.tensor([0, 10], dtype=I32), True),
+         TypeError, r"state_len must be an int, got bool"),
+        (lambda cc: cc.causal_conv1d_varlen_states(torch.randn(10, 8), torch.tensor([0, 10], dtype=I32), -2**64),
+         ValueError, r"state_len must fit in int64"),
     ],
-    ids=["bias_float", "x_numpy", "seq_idx_list", "return_final_states_int", "x_sparse",
+    ids=["bias_float", "x_numpy", "seq_idx_list", "return_final_states_int",
          "state_len_float", "cu_seqlens_list", "pad_slot_id_past_int64", "pad_slot_id_str",
-         "cache_indices_list", "conv_state_none", "cache_seqlens_tuple"],
+         "cache_indices_list", "conv_state_none", "cache_seqlens_tuple", "channels_first_none",
+         "state_len_bool", "state_len_below_int64"],
 )
 def test_python_argument_types(cc, call, exc, match):
     with pytest.raises(exc, match=match) as info:

@@ -29,35 +29,40 @@ __all__ = [
 ]
 
 
-_INT64 = (-(2**63), 2**63 - 1)
+_Tensor = torch.Tensor
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _tensor(fn: str, name: str, value, optional: bool = False) -> None:
-    if isinstance(value, torch.Tensor):
-        if value.layout != torch.strided:
-            raise ValueError(f"{fn}: {name} must be a dense (strided) tensor, got {value.layout}")
-        return
-    if value is None and optional:
-        return
-    kind = "a torch.Tensor or None" if optional else "a torch.Tensor"
-    raise TypeError(f"{fn}: {name} must be {kind}, got {type(value).__name__}")
-
-
-def _bool(fn: str, name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__}")
+def _refuse_types(fn: str, tensors=(), optional=(), bools=()) -> None:
+    """Raises the TypeError naming the first argument of the wrong Python
+    type. Called only once a one-expression check of the same arguments
+    failed: checking each argument in a helper call costs more than the
+    kernel on a decode-sized input."""
+    for name, value in tensors:
+        if not isinstance(value, _Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    for name, value in optional:
+        if value is not None and not isinstance(value, _Tensor):
+            raise TypeError(
+                f"{fn}: {name} must be a torch.Tensor or None, got {type(value).__name__}"
+            )
+    for name, value in bools:
+        if not isinstance(value, bool):
+            raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__}")
+    raise AssertionError(f"{fn}: argument types refused but none is wrong")
 
 
 def _int(fn: str, name: str, value) -> int:
     """A Python int (or anything with __index__, e.g. a numpy integer) that
     fits the operators' int64."""
-    if isinstance(value, bool) or isinstance(value, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}") from None
-    if not _INT64[0] <= value <= _INT64[1]:
+    if type(value) is not int:
+        if isinstance(value, (bool, _Tensor)):
+            raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}") from None
+    if not _INT64_MIN <= value <= _INT64_MAX:
         raise ValueError(f"{fn}: {name} must fit in int64, got {value}")
     return value
 
@@ -129,13 +134,22 @@ def causal_conv1d_fn(
             f"activation must be passed by keyword (activation={seq_idx!r}) or as the "
             f"8th positional argument"
         )
-    _tensor(fn, "x", x)
-    _tensor(fn, "weight", weight)
-    _tensor(fn, "bias", bias, optional=True)
-    _tensor(fn, "seq_idx", seq_idx, optional=True)
-    _tensor(fn, "initial_states", initial_states, optional=True)
-    _bool(fn, "return_final_states", return_final_states)
-    _tensor(fn, "final_states_out", final_states_out, optional=True)
+    if not (
+        isinstance(x, _Tensor)
+        and isinstance(weight, _Tensor)
+        and (bias is None or isinstance(bias, _Tensor))
+        and (seq_idx is None or isinstance(seq_idx, _Tensor))
+        and (initial_states is None or isinstance(initial_states, _Tensor))
+        and (final_states_out is None or isinstance(final_states_out, _Tensor))
+        and isinstance(return_final_states, bool)
+    ):
+        _refuse_types(
+            fn,
+            tensors=(("x", x), ("weight", weight)),
+            optional=(("bias", bias), ("seq_idx", seq_idx), ("initial_states", initial_states),
+                      ("final_states_out", final_states_out)),
+            bools=(("return_final_states", return_final_states),),
+        )
     silu = _silu(activation, fn)
     if final_states_out is not None and not return_final_states:
         raise ValueError(f"{fn}: final_states_out is given but return_final_states is False")
@@ -225,12 +239,20 @@ def causal_conv1d_update(
         does not require grad, whatever the inputs.
     """
     fn = "causal_conv1d_update"
-    _tensor(fn, "x", x)
-    _tensor(fn, "conv_state", conv_state)
-    _tensor(fn, "weight", weight)
-    _tensor(fn, "bias", bias, optional=True)
-    _tensor(fn, "cache_seqlens", cache_seqlens, optional=True)
-    _tensor(fn, "conv_state_indices", conv_state_indices, optional=True)
+    if not (
+        isinstance(x, _Tensor)
+        and isinstance(conv_state, _Tensor)
+        and isinstance(weight, _Tensor)
+        and (bias is None or isinstance(bias, _Tensor))
+        and (cache_seqlens is None or isinstance(cache_seqlens, _Tensor))
+        and (conv_state_indices is None or isinstance(conv_state_indices, _Tensor))
+    ):
+        _refuse_types(
+            fn,
+            tensors=(("x", x), ("conv_state", conv_state), ("weight", weight)),
+            optional=(("bias", bias), ("cache_seqlens", cache_seqlens),
+                      ("conv_state_indices", conv_state_indices)),
+        )
     silu = _silu(activation, fn)
     return ops.update.default(
         x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu
@@ -252,8 +274,8 @@ def causal_conv1d_varlen_states(
         sequence, right-aligned, zero where a sequence is shorter.
     """
     fn = "causal_conv1d_varlen_states"
-    _tensor(fn, "x", x)
-    _tensor(fn, "cu_seqlens", cu_seqlens)
+    if not (isinstance(x, _Tensor) and isinstance(cu_seqlens, _Tensor)):
+        _refuse_types(fn, tensors=(("x", x), ("cu_seqlens", cu_seqlens)))
     state_len = _int(fn, "state_len", state_len)
     return ops.varlen_states.default(x, cu_seqlens, state_len)
 
@@ -293,15 +315,25 @@ def causal_conv1d_packed_fwd(
         out shaped like x, x's dtype.
     """
     fn = "causal_conv1d_packed_fwd"
-    _tensor(fn, "x", x)
-    _tensor(fn, "weight", weight)
-    _tensor(fn, "bias", bias, optional=True)
-    _tensor(fn, "cu_seqlens", cu_seqlens)
-    _tensor(fn, "conv_states", conv_states)
-    _tensor(fn, "cache_indices", cache_indices, optional=True)
-    _tensor(fn, "has_initial_state", has_initial_state, optional=True)
+    if not (
+        isinstance(x, _Tensor)
+        and isinstance(weight, _Tensor)
+        and (bias is None or isinstance(bias, _Tensor))
+        and isinstance(cu_seqlens, _Tensor)
+        and isinstance(conv_states, _Tensor)
+        and (cache_indices is None or isinstance(cache_indices, _Tensor))
+        and (has_initial_state is None or isinstance(has_initial_state, _Tensor))
+        and isinstance(channels_first, bool)
+    ):
+        _refuse_types(
+            fn,
+            tensors=(("x", x), ("weight", weight), ("cu_seqlens", cu_seqlens),
+                     ("conv_states", conv_states)),
+            optional=(("bias", bias), ("cache_indices", cache_indices),
+                      ("has_initial_state", has_initial_state)),
+            bools=(("channels_first", channels_first),),
+        )
     pad_slot_id = _int(fn, "pad_slot_id", pad_slot_id)
-    _bool(fn, "channels_first", channels_first)
     silu = _silu(activation, fn)
     x_dt = x if channels_first else x.transpose(-1, -2) if x.dim() == 2 else x
     out = ops.fwd_packed.default(
