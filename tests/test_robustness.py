@@ -394,3 +394,16 @@ def test_compile_dynamic_shapes(cc):
     for B, L in ((2, 12), (3, 17)):
         x, w, b = torch.randn(B, 8, L), torch.randn(8, 4), torch.randn(8)
         torch.testing.assert_close(g(x, w, b), f(x, w, b), rtol=0, atol=0)
+
+
+def test_forward_mode_ad_refused_with_final_states_out(cc):
+    import torch.autograd.forward_ad as fwAD
+
+    a = fn_args()
+    fs = a["final_states_out"]
+    snap = _snap(fs)
+    with fwAD.dual_level():
+        a["x"] = fwAD.make_dual(a["x"], torch.randn_like(a["x"]))
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            cc.causal_conv1d_fn(**a)
+    _unchanged([fs], snap)

@@ -203,28 +203,41 @@ def fwd(x, weight, bias, seq_idx, initial_states, return_final_states, silu):
     """ops.fwd for eager callers, without the autograd kernel's cost when
     nothing needs a gradient.
 
-    register_autograd's kernel is Python: every call, even one that needs no
-    gradient, goes from the dispatcher back into the interpreter and then
-    redispatches below autograd: on tiny CPU tensors ops.fwd takes 8.8 us,
-    causal_conv1d_fn through this function 5.2 us (2-core development
-    machine, benchmarks/bench_cpu_host_overhead.py). When grad
-    mode is off or no input requires grad, that kernel's own no-grad path
-    does nothing but the redispatch, so the call enters the dispatcher below
-    autograd directly. Under torch.compile and export the call goes through
-    the operator as before, so they trace it as they always did."""
+    The one place the eager path relies on torch internals, for a measured
+    host cost (figures in the commit that introduced and kept it):
+    register_autograd's kernel is Python, so every call through ops.fwd,
+    even one that needs no gradient, goes from the dispatcher back into the
+    interpreter and redispatches below autograd, which nearly doubles the
+    host time of a small call. When grad mode is off or no input requires
+    grad, that kernel would do nothing but the redispatch, so the call
+    enters the dispatcher below autograd directly
+    (_AutoDispatchBelowAutograd). Under torch.compile and export the call
+    goes through the operator, so they trace it as they always did."""
     args = (x, weight, bias, seq_idx, initial_states, return_final_states, silu)
-    if torch.autograd.forward_ad._current_level >= 0 and any(
-        t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
-        for t in (x, weight, bias, initial_states)
-    ):
-        # the operator would return a result without a tangent: refuse instead
-        raise NotImplementedError(
-            "causal_conv1d_fn: forward-mode AD (dual tensors, torch.func.jvp) is not "
-            "supported; gradients come from reverse mode (backward)"
-        )
     if torch.compiler.is_compiling() or (
-        torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
+        torch.is_grad_enabled()
+        and (
+            x.requires_grad
+            or weight.requires_grad
+            or (bias is not None and bias.requires_grad)
+            or (initial_states is not None and initial_states.requires_grad)
+        )
     ):
         return ops.fwd.default(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return ops.fwd.default(*args)
+
+
+def refuse_forward_ad(x, weight, bias, initial_states) -> None:
+    """Dual tensors would pass through the operators without a tangent:
+    forward mode is refused instead. forward_ad._current_level (a module
+    global) keeps the public unpack_dual check off calls made outside any
+    dual level."""
+    if torch.autograd.forward_ad._current_level >= 0 and any(
+        t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+        for t in (x, weight, bias, initial_states)
+    ):
+        raise NotImplementedError(
+            "causal_conv1d_fn: forward-mode AD (dual tensors, torch.func.jvp) is not "
+            "supported; gradients come from reverse mode (backward)"
+        )

@@ -151,6 +151,7 @@ def causal_conv1d_fn(
             bools=(("return_final_states", return_final_states),),
         )
     silu = _silu(activation, fn)
+    _registrations.refuse_forward_ad(x, weight, bias, initial_states)
     if final_states_out is not None and not return_final_states:
         raise ValueError(f"{fn}: final_states_out is given but return_final_states is False")
     if final_states_out is None:
