@@ -79,7 +79,9 @@ def _native_checks(op, *args) -> None:
     call, which still runs every check on every call."""
     global _backend_keys
     if _backend_keys is None:
-        key = torch._C.DispatchKey.CUDA if ops.kernel_tier() == "cuda" else torch._C.DispatchKey.CPU
+        # the key this variant registered its kernels for (torch_binding.cpp)
+        cuda = torch._C._dispatch_has_kernel_for_dispatch_key(add_op_namespace_prefix("fwd"), "CUDA")
+        key = torch._C.DispatchKey.CUDA if cuda else torch._C.DispatchKey.CPU
         _backend_keys = torch._C.DispatchKeySet(key)
     op.redispatch(_backend_keys, *[_as_meta(a) for a in args])
 
