@@ -408,3 +408,20 @@ def test_forward_mode_ad_refused_with_final_states_out(cc):
         with pytest.raises(NotImplementedError, match="forward-mode AD"):
             cc.causal_conv1d_fn(**a)
     _unchanged([fs], snap)
+
+
+@pytest.mark.parametrize("bad", ["shape", "device", "expanded"])
+def test_final_states_out_checked_before_forward_with_grad(cc, bad):
+    a = _fn_inputs(True)
+    fs = a["final_states_out"]
+    if bad == "shape":
+        a["final_states_out"] = torch.randn(fs.shape[0], fs.shape[1], fs.shape[2] + 1)
+        match = r"final_states_out must have shape \[2, 8, 3\]"
+    elif bad == "device":
+        a["final_states_out"] = torch.empty(fs.shape, device="meta")
+        match = r"final_states_out must be on cpu like x, got meta"
+    else:
+        a["final_states_out"] = torch.randn(1, fs.shape[1], fs.shape[2]).expand(fs.shape)
+        match = r"final_states_out has overlapping elements"
+    with pytest.raises(ValueError, match=match):
+        cc.causal_conv1d_fn(**a)

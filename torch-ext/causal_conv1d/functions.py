@@ -177,12 +177,16 @@ def causal_conv1d_fn(
                 f"{fn}: final_states_out is an inference tensor, which cannot be written "
                 f"outside torch.inference_mode(); pass a clone"
             )
-        # the out= operator's checks on final_states_out (shape, dtype,
-        # device; on meta tensors, so memory is compared here), before the
-        # forward runs
+        # the out= operator's checks on final_states_out before the forward
+        # runs: shape, dtype and layout natively (on meta copies, as the
+        # fake kernels do), device and memory here
+        _registrations._same_device(fn, x, final_states_out=final_states_out)
+        meta_out = _registrations._empty_with_layout_of(
+            torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+        )
         _registrations._native_checks(
-            ops.fwd_out.default, x, weight, bias, seq_idx, initial_states,
-            _registrations._empty_with_layout_of(x), final_states_out, silu,
+            ops.fwd_out.default, x, weight, bias, seq_idx, initial_states, meta_out,
+            final_states_out, silu,
         )
         inputs = dict(x=x, weight=weight, bias=bias, seq_idx=seq_idx,
                       initial_states=initial_states)
