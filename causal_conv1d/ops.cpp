@@ -100,6 +100,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& x, const Tensor& we
   set_bwd_outputs(p, x, dx, initial_states ? OptTensor(dinit) : std::nullopt, dweight_acc,
                   bias ? OptTensor(dbias_acc) : std::nullopt);
   if (x.is_meta()) {
+    // checked and allocated: nothing to compute
   } else if (p.batch * p.dim * p.seqlen > 0 || (p.batch * p.dim > 0 && p.dfinal_states.given())) {
     run_bwd(p);
   } else if (dinit.numel() > 0) {
