@@ -12,7 +12,11 @@ forward: without the Python autograd kernel's cost when no gradient is needed.
 from __future__ import annotations
 
 import torch
-from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+try:
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+except ImportError:  # torch releases before the rename
+    from torch.fx.experimental.symbolic_shapes import hint_int as optimization_hint
 
 from ._ops import add_op_namespace_prefix, ops
 
