@@ -425,3 +425,24 @@ def test_final_states_out_checked_before_forward_with_grad(cc, bad):
         match = r"final_states_out has overlapping elements"
     with pytest.raises(ValueError, match=match):
         cc.causal_conv1d_fn(**a)
+
+
+@pytest.mark.parametrize("which", ["update", "packed", "fwd_out"])
+def test_all_inference_tensors_refused_outside_inference_mode(cc, which):
+    """Every argument an inference tensor: the call carries no Autograd key."""
+    with torch.inference_mode():
+        if which == "update":
+            a = update_args()
+            key, call = "conv_state", cc.causal_conv1d_update
+        elif which == "packed":
+            a = packed_args()
+            key, call = "conv_states", cc.causal_conv1d_packed_fwd
+        else:
+            a = fn_args()
+            key, call = "final_states_out", cc.causal_conv1d_fn
+    snap = _snap(a[key])
+    with pytest.raises(ValueError, match=f"{key} is an inference tensor"):
+        call(**a)
+    _unchanged([a[key]], snap)
+    with torch.inference_mode():
+        call(**a)
