@@ -1,11 +1,15 @@
 #include "checks.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/SmallVector.h>
 
 namespace causal_conv1d {
 namespace {
@@ -110,29 +114,74 @@ void check_width(const Ctx& c, const at::Tensor& weight) {
                     kMaxWidth, "], got ", w);
 }
 
+// The bytes [lo, hi) a strided tensor's elements touch, whatever storage
+// object holds them: two Python objects (torch.from_numpy, frombuffer,
+// DLPack) can alias one buffer, so storage identity says nothing. False for
+// tensors that touch no memory (undefined, empty, meta).
+bool byte_range(const at::Tensor& t, uintptr_t& lo, uintptr_t& hi) {
+  if (!t.defined() || t.numel() == 0 || t.is_meta()) return false;
+  int64_t below = 0, above = 0;  // element offsets reachable from data_ptr
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t span = (t.size(d) - 1) * t.stride(d);
+    (span < 0 ? below : above) += span;
+  }
+  const auto base = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const auto item = static_cast<int64_t>(t.element_size());
+  lo = base + below * item;
+  hi = base + (above + 1) * item;
+  return true;
+}
+
+// Refuses a write target whose byte range meets an argument's. Interleaved
+// views whose ranges meet but whose elements do not are refused too: telling
+// them apart costs more than any caller gains from passing them.
 void check_no_overlap(const Ctx& c, const at::Tensor& out, const char* out_name,
                       const at::Tensor& in, const char* in_name) {
-  if (!out.defined() || !in.defined() || out.numel() == 0 || in.numel() == 0) return;
-  if (!out.storage().is_alias_of(in.storage())) return;
-  // Same storage: only provably disjoint views are accepted.
-  TORCH_CHECK_VALUE(at::get_overlap_status(out, in) == at::MemOverlapStatus::No, c.op, ": ",
-                    out_name, " must not share memory with ", in_name);
+  uintptr_t out_lo, out_hi, in_lo, in_hi;
+  if (!byte_range(out, out_lo, out_hi) || !byte_range(in, in_lo, in_hi)) return;
+  TORCH_CHECK_VALUE(out_hi <= in_lo || in_hi <= out_lo, c.op, ": ", out_name,
+                    " must not share memory with ", in_name);
 }
 
-void check_writable(const Ctx& c, const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, c.op, ": ", name,
-                    " has overlapping elements (e.g. an expanded view) and cannot be written");
+// Whether two elements of t may share memory: with the dims of size > 1 in
+// increasing stride order, each stride must step past everything the
+// smaller-stride dims reach. Exact for every layout torch produces except
+// contrived as_strided interleavings, which are refused as if they overlapped.
+bool may_self_overlap(const at::Tensor& t) {
+  c10::SmallVector<std::pair<int64_t, int64_t>, 4> dims;  // (|stride|, size)
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1) dims.emplace_back(std::abs(t.stride(d)), t.size(d));
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;
+  for (const auto& [stride, size] : dims) {
+    if (stride <= reach) return true;
+    reach += (size - 1) * stride;
+  }
+  return false;
 }
+
+// A tensor the op writes: the result would depend on the order of writes if
+// two of its elements shared memory.
+void check_writable(const Ctx& c, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(!may_self_overlap(t), c.op, ": ", name,
+                    " has overlapping elements (e.g. an expanded or as_strided view) and "
+                    "cannot be written");
+}
+
+// Data pointer of a tensor the kernels will read or write; meta tensors have
+// none (ops only check them, see ops.cpp).
+void* data_of(const at::Tensor& t) { return t.is_meta() ? nullptr : t.data_ptr(); }
 
 Strided view3(const at::Tensor& t) {
-  return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
+  return {data_of(t), t.stride(0), t.stride(1), t.stride(2)};
 }
-Strided view2(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), 0}; }
-Strided view1(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), 0, 0}; }
+Strided view2(const at::Tensor& t) { return {data_of(t), t.stride(0), t.stride(1), 0}; }
+Strided view1(const at::Tensor& t) { return {data_of(t), t.stride(0), 0, 0}; }
 // update's x and out: (B, D, L), or (B, D) as one token, (B, D, 1) with the
 // last stride x.unsqueeze(-1) would have.
 Strided view_tokens(const at::Tensor& t) {
-  return t.dim() == 2 ? Strided{t.data_ptr(), t.stride(0), t.stride(1), 1} : view3(t);
+  return t.dim() == 2 ? Strided{data_of(t), t.stride(0), t.stride(1), 1} : view3(t);
 }
 
 // weight (D, width) for x's D channels and bias (D,) in weight's dtype,
@@ -293,13 +342,25 @@ void pool_index_params(const Ctx& c, ConvParams& p, OptTensorRef idx, const char
   p.state_indices = view1(*idx);
 }
 
+// Outputs the op allocated itself: their shapes follow from the validated
+// inputs, so a mismatch is a bug here, not a user error.
+void assert_allocated(const at::Tensor& t, at::IntArrayRef sizes, const at::Tensor& x) {
+  TORCH_INTERNAL_ASSERT(t.sizes() == sizes && t.scalar_type() == x.scalar_type() &&
+                        t.device() == x.device());
+}
+
 }  // namespace
 
 ConvParams fwd_params(const at::Tensor& x, const at::Tensor& weight, OptTensorRef bias,
-                      OptTensorRef seq_idx, OptTensorRef initial_states, const at::Tensor& out,
-                      OptTensorRef final_states, bool silu) {
+                      OptTensorRef seq_idx, OptTensorRef initial_states, bool silu) {
   Ctx c{"causal_conv1d_fn", x.device()};
-  ConvParams p = conv_inputs(c, x, weight, bias, seq_idx, initial_states, silu);
+  return conv_inputs(c, x, weight, bias, seq_idx, initial_states, silu);
+}
+
+void check_fwd_outputs(const ConvParams& p, const at::Tensor& x, const at::Tensor& weight,
+                       OptTensorRef bias, OptTensorRef seq_idx, OptTensorRef initial_states,
+                       const at::Tensor& out, OptTensorRef final_states) {
+  Ctx c{"causal_conv1d_fn", x.device()};
   const int64_t B = p.batch, D = p.dim, L = p.seqlen, W = p.width;
   const auto& b = or_undefined(bias);
   const auto& s = or_undefined(seq_idx);
@@ -307,22 +368,23 @@ ConvParams fwd_params(const at::Tensor& x, const at::Tensor& weight, OptTensorRe
   check_output(c, out, "out", {B, D, L}, "(batch, dim, seqlen)", x.scalar_type(),
                {{&x, "x"}, {&weight, "weight"}, {&b, "bias"}, {&s, "seq_idx"},
                 {&init, "initial_states"}});
-  p.out = view3(out);
   if (final_states) {
     check_output(c, *final_states, "final_states_out", {B, D, W - 1}, "(batch, dim, width - 1)",
                  x.scalar_type(),
                  {{&x, "x"}, {&weight, "weight"}, {&b, "bias"}, {&s, "seq_idx"},
                   {&init, "initial_states"}, {&out, "out"}});
-    p.final_states = view3(*final_states);
   }
-  return p;
+}
+
+void set_fwd_outputs(ConvParams& p, const at::Tensor& out, OptTensorRef final_states) {
+  TORCH_INTERNAL_ASSERT(out.dim() == 3 && (!final_states || final_states->dim() == 3));
+  p.out = view3(out);
+  if (final_states) p.final_states = view3(*final_states);
 }
 
 ConvParams bwd_params(const at::Tensor& x, const at::Tensor& weight, OptTensorRef bias,
                       OptTensorRef seq_idx, OptTensorRef initial_states, const at::Tensor& dout,
-                      OptTensorRef dfinal_states, const at::Tensor& dx,
-                      OptTensorRef dinitial_states, const at::Tensor& dweight_acc,
-                      OptTensorRef dbias_acc, bool silu, bool deterministic) {
+                      OptTensorRef dfinal_states, bool silu, bool deterministic) {
   Ctx c{"causal_conv1d_fn backward", x.device()};
   ConvParams p = conv_inputs(c, x, weight, bias, seq_idx, initial_states, silu);
   const int64_t B = p.batch, D = p.dim, L = p.seqlen, W = p.width;
@@ -336,38 +398,35 @@ ConvParams bwd_params(const at::Tensor& x, const at::Tensor& weight, OptTensorRe
     check_dtype(c, *dfinal_states, "dfinal_states", x.scalar_type(), "x's dtype");
     p.dfinal_states = view3(*dfinal_states);
   }
-  check_output(c, dx, "dx", {B, D, L}, "(batch, dim, seqlen)", x.scalar_type(),
-               {{&x, "x"}, {&dout, "dout"}});
-  p.dx = view3(dx);
-  if (initial_states) {
-    TORCH_CHECK_VALUE(dinitial_states.has_value(), c.op,
-                      ": dinitial_states is required when initial_states is given");
-    check_output(c, *dinitial_states, "dinitial_states", {B, D, W - 1}, "(batch, dim, width - 1)",
-                 x.scalar_type(), {{&x, "x"}, {&dout, "dout"}, {&dx, "dx"}});
-    p.dinitial_states = view3(*dinitial_states);
-  }
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK_VALUE(dweight_acc.is_contiguous() && dweight_acc.scalar_type() == acc_type &&
-                        dweight_acc.dim() == 2 && dweight_acc.size(0) == D &&
-                        dweight_acc.size(1) == W && dweight_acc.device() == x.device(),
-                    c.op, ": internal dweight accumulator must be contiguous ", acc_type, " [", D,
-                    ", ", W, "]");
-  p.dweight_acc = dweight_acc.data_ptr();
-  if (bias) {
-    TORCH_CHECK_VALUE(dbias_acc && dbias_acc->is_contiguous() &&
-                          dbias_acc->scalar_type() == acc_type && dbias_acc->numel() == D &&
-                          dbias_acc->device() == x.device(),
-                      c.op, ": internal dbias accumulator must be contiguous ", acc_type, " [", D,
-                      "]");
-    p.dbias_acc = dbias_acc->data_ptr();
-  }
   p.deterministic = deterministic;
   return p;
 }
 
+void set_bwd_outputs(ConvParams& p, const at::Tensor& x, const at::Tensor& dx,
+                     OptTensorRef dinitial_states, const at::Tensor& dweight_acc,
+                     OptTensorRef dbias_acc) {
+  const int64_t B = p.batch, D = p.dim, L = p.seqlen, W = p.width;
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  assert_allocated(dx, {B, D, L}, x);
+  p.dx = view3(dx);
+  if (dinitial_states) {
+    assert_allocated(*dinitial_states, {B, D, W - 1}, x);
+    p.dinitial_states = view3(*dinitial_states);
+  }
+  // The kernels index the accumulators densely.
+  TORCH_INTERNAL_ASSERT(dweight_acc.is_contiguous() && dweight_acc.scalar_type() == acc_type &&
+                        dweight_acc.sizes() == at::IntArrayRef({D, W}));
+  p.dweight_acc = data_of(dweight_acc);
+  if (dbias_acc) {
+    TORCH_INTERNAL_ASSERT(dbias_acc->is_contiguous() && dbias_acc->scalar_type() == acc_type &&
+                          dbias_acc->numel() == D);
+    p.dbias_acc = data_of(*dbias_acc);
+  }
+}
+
 ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
                          const at::Tensor& weight, OptTensorRef bias, OptTensorRef cache_seqlens,
-                         OptTensorRef conv_state_indices, const at::Tensor& out, bool silu) {
+                         OptTensorRef conv_state_indices, bool silu) {
   Ctx c{"causal_conv1d_update", x.device()};
   TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3, c.op,
                     ": x must be 2-D (batch, dim) or 3-D (batch, dim, seqlen), got shape ",
@@ -401,16 +460,16 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
   TORCH_CHECK_VALUE(conv_state_indices || p.num_states == B, c.op, ": conv_state must have batch ",
                     B, " rows (x's batch) when conv_state_indices is not given, got ",
                     p.num_states);
-  const auto& b = or_undefined(bias);
-  check_output(c, out, "out", x.sizes(), single_token ? "(batch, dim)" : "(batch, dim, seqlen)",
-               x.scalar_type(),
-               {{&x, "x"}, {&weight, "weight"}, {&b, "bias"}, {&conv_state, "conv_state"}});
-  p.out = view_tokens(out);
   return p;
 }
 
+void set_update_output(ConvParams& p, const at::Tensor& x, const at::Tensor& out) {
+  assert_allocated(out, x.sizes(), x);
+  p.out = view_tokens(out);
+}
+
 ConvParams varlen_states_params(const at::Tensor& x, const at::Tensor& cu_seqlens,
-                                int64_t state_len, const at::Tensor& out) {
+                                int64_t state_len) {
   Ctx c{"causal_conv1d_varlen_states", x.device()};
   TORCH_CHECK_VALUE(x.dim() == 2, c.op, ": x must be 2-D (total_tokens, dim), got shape ",
                     shape_str(x));
@@ -418,24 +477,26 @@ ConvParams varlen_states_params(const at::Tensor& x, const at::Tensor& cu_seqlen
   TORCH_CHECK_VALUE(state_len >= 0, c.op, ": state_len must be >= 0, got ", state_len);
   const Offsets offsets = check_cu_seqlens(c, cu_seqlens, x.size(0));
   const int64_t T = x.size(0), D = x.size(1), B = cu_seqlens.size(0) - 1;
-  check_output(c, out, "out", {B, D, state_len}, "(batch, dim, state_len)", x.scalar_type(),
-               {{&x, "x"}, {&cu_seqlens, "cu_seqlens"}});
   ConvParams p;
   p.batch = B;
   p.dim = D;
   p.seqlen = T;
   p.x_dtype = to_dtype(x.scalar_type());
-  p.x = {x.data_ptr(), 0, x.stride(1), x.stride(0)};
+  p.x = {data_of(x), 0, x.stride(1), x.stride(0)};
   p.cu_seqlens = offsets;
   p.state_len = state_len;
-  p.out = view3(out);
   return p;
+}
+
+void set_varlen_states_output(ConvParams& p, const at::Tensor& x, const at::Tensor& out) {
+  assert_allocated(out, {p.batch, p.dim, p.state_len}, x);
+  p.out = view3(out);
 }
 
 ConvParams fwd_packed_params(const at::Tensor& x, const at::Tensor& weight, OptTensorRef bias,
                              const at::Tensor& cu_seqlens, const at::Tensor& conv_states,
                              OptTensorRef cache_indices, OptTensorRef has_initial_state,
-                             int64_t pad_slot_id, const at::Tensor& out, bool silu) {
+                             int64_t pad_slot_id, bool silu) {
   Ctx c{"causal_conv1d_packed_fwd", x.device()};
   TORCH_CHECK_VALUE(x.dim() == 2, c.op, ": x must be 2-D packed tokens, got shape ", shape_str(x));
   const int64_t D = x.size(0), T = x.size(1);
@@ -444,7 +505,7 @@ ConvParams fwd_packed_params(const at::Tensor& x, const at::Tensor& weight, OptT
   const int64_t B = cu_seqlens.size(0) - 1;
   p.batch = B;
   p.seqlen = T;
-  p.x = {x.data_ptr(), 0, x.stride(0), x.stride(1)};
+  p.x = {data_of(x), 0, x.stride(0), x.stride(1)};
   p.cu_seqlens = offsets;
   p.pad_slot_id = pad_slot_id;
   pool_params(c, p, conv_states, "conv_states", "pool size", x, weight, bias);
@@ -460,11 +521,12 @@ ConvParams fwd_packed_params(const at::Tensor& x, const at::Tensor& weight, OptT
     check_no_overlap(c, conv_states, "conv_states", *has_initial_state, "has_initial_state");
     p.has_initial_state = view1(*has_initial_state);
   }
-  const auto& b = or_undefined(bias);
-  check_output(c, out, "out", {D, T}, "(dim, total_tokens)", x.scalar_type(),
-               {{&x, "x"}, {&weight, "weight"}, {&b, "bias"}, {&conv_states, "conv_states"}});
-  p.out = {out.data_ptr(), 0, out.stride(0), out.stride(1)};
   return p;
+}
+
+void set_fwd_packed_output(ConvParams& p, const at::Tensor& x, const at::Tensor& out) {
+  assert_allocated(out, x.sizes(), x);
+  p.out = {data_of(out), 0, out.stride(0), out.stride(1)};
 }
 
 }  // namespace causal_conv1d

@@ -52,29 +52,33 @@ bool deterministic_requested(bool asked) {
 
 }  // namespace
 
+// Every op: validate the caller's arguments -> allocate outputs from the
+// validated sizes -> attach them -> run. Meta tensors stop before the run:
+// that is the ops' meta implementation, so shape errors on the meta device
+// and under torch.compile come from these same checks (_registrations.py).
+
 void fwd_out(const Tensor& x, const Tensor& weight, const OptTensor& bias,
              const OptTensor& seq_idx, const OptTensor& initial_states, const Tensor& out,
              const OptTensor& final_states_out, bool silu) {
   c10::OptionalDeviceGuard guard(x.device());
-  ConvParams p = fwd_params(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu);
-  if (p.batch == 0 || p.dim == 0) return;
+  ConvParams p = fwd_params(x, weight, bias, seq_idx, initial_states, silu);
+  check_fwd_outputs(p, x, weight, bias, seq_idx, initial_states, out, final_states_out);
+  set_fwd_outputs(p, out, final_states_out);
+  if (x.is_meta() || p.batch == 0 || p.dim == 0) return;
   run_fwd(p);
 }
 
 std::tuple<Tensor, Tensor> fwd(const Tensor& x, const Tensor& weight, const OptTensor& bias,
                                const OptTensor& seq_idx, const OptTensor& initial_states,
                                bool return_final_states, bool silu) {
-  // Shapes are validated by fwd_out before anything is written; allocation
-  // only needs x and weight to have the ranks fwd_params insists on.
-  const bool shaped = x.dim() == 3 && weight.dim() == 2;
-  Tensor out = shaped ? empty_with_layout_of(x) : none_like(x);
-  Tensor final_states =
-      return_final_states && shaped
-          ? at::empty({x.size(0), x.size(1), std::max<int64_t>(weight.size(1) - 1, 0)},
-                      x.options())
-          : none_like(x);
-  fwd_out(x, weight, bias, seq_idx, initial_states, out,
-          return_final_states ? OptTensor(final_states) : std::nullopt, silu);
+  c10::OptionalDeviceGuard guard(x.device());
+  ConvParams p = fwd_params(x, weight, bias, seq_idx, initial_states, silu);
+  Tensor out = empty_with_layout_of(x);
+  Tensor final_states = return_final_states
+                            ? at::empty({p.batch, p.dim, p.width - 1}, x.options())
+                            : none_like(x);
+  set_fwd_outputs(p, out, return_final_states ? OptTensor(final_states) : std::nullopt);
+  if (!x.is_meta() && p.batch > 0 && p.dim > 0) run_fwd(p);
   return {out, final_states};
 }
 
@@ -85,21 +89,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& x, const Tensor& we
                                                const OptTensor& dfinal_states, bool silu,
                                                bool deterministic) {
   c10::OptionalDeviceGuard guard(x.device());
-  const bool shaped = x.dim() == 3 && weight.dim() == 2;
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto acc = x.options().dtype(acc_type);
-  Tensor dx = shaped ? empty_with_layout_of(x) : none_like(x);
-  Tensor dweight_acc = shaped ? at::zeros({weight.size(0), weight.size(1)}, acc) : none_like(x);
-  Tensor dbias_acc = bias && shaped ? at::zeros({weight.size(0)}, acc) : none_like(x);
-  Tensor dinit = initial_states && shaped
-                     ? at::empty({x.size(0), x.size(1), std::max<int64_t>(weight.size(1) - 1, 0)},
-                                 x.options())
-                     : none_like(x);
-  ConvParams p = bwd_params(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, dx,
-                            initial_states ? OptTensor(dinit) : std::nullopt, dweight_acc,
-                            bias ? OptTensor(dbias_acc) : std::nullopt, silu,
+  ConvParams p = bwd_params(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu,
                             deterministic_requested(deterministic));
-  if (p.batch * p.dim * p.seqlen > 0 || (p.batch * p.dim > 0 && p.dfinal_states.given())) {
+  const auto acc = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  Tensor dx = empty_with_layout_of(x);
+  Tensor dweight_acc = at::zeros({p.dim, p.width}, acc);
+  Tensor dbias_acc = bias ? at::zeros({p.dim}, acc) : none_like(x);
+  Tensor dinit = initial_states ? at::empty({p.batch, p.dim, p.width - 1}, x.options())
+                                : none_like(x);
+  set_bwd_outputs(p, x, dx, initial_states ? OptTensor(dinit) : std::nullopt, dweight_acc,
+                  bias ? OptTensor(dbias_acc) : std::nullopt);
+  if (x.is_meta()) {
+    // checked and allocated: nothing to compute
+  } else if (p.batch * p.dim * p.seqlen > 0 || (p.batch * p.dim > 0 && p.dfinal_states.given())) {
     run_bwd(p);
   } else if (dinit.numel() > 0) {
     dinit.zero_();
@@ -113,21 +115,20 @@ Tensor update(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
               const OptTensor& bias, const OptTensor& cache_seqlens,
               const OptTensor& conv_state_indices, bool silu) {
   c10::OptionalDeviceGuard guard(x.device());
-  Tensor out = x.dim() == 2 || x.dim() == 3 ? empty_with_layout_of(x) : none_like(x);
   ConvParams p =
-      update_params(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, out, silu);
-  if (p.batch * p.dim * p.seqlen > 0) run_update(p);
+      update_params(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu);
+  Tensor out = empty_with_layout_of(x);
+  set_update_output(p, x, out);
+  if (!x.is_meta() && p.batch * p.dim * p.seqlen > 0) run_update(p);
   return out;
 }
 
 Tensor varlen_states(const Tensor& x, const Tensor& cu_seqlens, int64_t state_len) {
   c10::OptionalDeviceGuard guard(x.device());
-  const bool shaped = x.dim() == 2 && cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 &&
-                      state_len >= 0;
-  Tensor out = shaped ? at::empty({cu_seqlens.size(0) - 1, x.size(1), state_len}, x.options())
-                      : none_like(x);
-  ConvParams p = varlen_states_params(x, cu_seqlens, state_len, out);
-  if (out.numel() > 0) run_varlen_states(p);
+  ConvParams p = varlen_states_params(x, cu_seqlens, state_len);
+  Tensor out = at::empty({p.batch, p.dim, p.state_len}, x.options());
+  set_varlen_states_output(p, x, out);
+  if (!x.is_meta() && out.numel() > 0) run_varlen_states(p);
   return out;
 }
 
@@ -136,9 +137,11 @@ Tensor fwd_packed(const Tensor& x, const Tensor& weight, const OptTensor& bias,
                   const OptTensor& cache_indices, const OptTensor& has_initial_state,
                   int64_t pad_slot_id, bool silu) {
   c10::OptionalDeviceGuard guard(x.device());
-  Tensor out = x.dim() == 2 ? empty_with_layout_of(x) : none_like(x);
   ConvParams p = fwd_packed_params(x, weight, bias, cu_seqlens, conv_states, cache_indices,
-                                   has_initial_state, pad_slot_id, out, silu);
+                                   has_initial_state, pad_slot_id, silu);
+  Tensor out = empty_with_layout_of(x);
+  set_fwd_packed_output(p, x, out);
+  if (x.is_meta()) return out;
   if (p.batch > 0 && p.dim > 0) {
     run_fwd_packed(p);
   } else {

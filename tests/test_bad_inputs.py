@@ -169,6 +169,11 @@ def seq(f, *more):
 
 VE, TE = ValueError, TypeError
 
+
+def _inference_clone(t: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return t.clone()
+
 CASES = [
     # ---- causal_conv1d_fn: ranks and shapes --------------------------------
     Case("fn", "x_2d", put(x=lambda a: a["x"][0]), VE, r"x must be 3-D \(batch, dim, seqlen\)"),
@@ -243,6 +248,50 @@ CASES = [
     Case("fwd_out", "final_states_out_aliases_out", put(final_states_out=lambda a: a["out"][:, :, : W_ - 1]),
          VE, r"final_states_out must not share memory with out"),
     Case("fwd_out", "out_on_meta", meta("out"), VE, r"out must be on cpu like x"),
+    # ---- memory shared through a second storage, self-overlapping targets ----
+    Case("fwd_out", "out_aliases_x_through_numpy", put(out=lambda a: torch.from_numpy(a["x"].numpy())), VE,
+         r"out must not share memory with x"),
+    Case("fwd_out", "out_as_strided_overlapping",
+         put(out=torch.randn(B_ * D_ * L_).as_strided((B_, D_, L_), (D_ * L_, 1, 1))), VE,
+         r"out has overlapping elements"),
+    Case("fn", "final_states_out_aliases_initial_states_through_numpy",
+         put(final_states_out=lambda a: torch.from_numpy(a["initial_states"].numpy())), VE,
+         r"final_states_out must not share memory with initial_states"),
+    Case("update", "conv_state_as_strided_overlapping",
+         put(conv_state=torch.randn(N_POOL + D_ * S_).as_strided((N_POOL, D_, S_), (1, S_, 1))), VE,
+         r"conv_state has overlapping elements"),
+    Case("update", "conv_state_aliases_x_through_dlpack",
+         put(x=lambda a: torch.from_dlpack(a["conv_state"])[:3, :, :2]), VE,
+         r"conv_state must not share memory with x"),
+    Case("packed", "conv_states_aliases_has_initial_state_through_numpy",
+         put(has_initial_state=lambda a: torch.from_numpy(a["conv_states"].numpy()).view(torch.bool)[0, 0, :4]),
+         VE, r"conv_states must not share memory with has_initial_state"),
+    # ---- Python-level argument types ---------------------------------------------
+    Case("fn", "activation_as_seq_idx", put(seq_idx="silu", activation=None), TE,
+         r"activation must be passed by keyword"),
+    Case("fn", "bias_float", put(bias=0.5), TE, r"bias must be a torch\.Tensor or None, got float"),
+    Case("fn", "x_list", put(x=lambda a: a["x"].tolist()), TE, r"x must be a torch\.Tensor, got list"),
+    Case("fn", "return_final_states_str", put(return_final_states="yes"), TE,
+         r"return_final_states must be a bool, got str"),
+    Case("update", "conv_state_indices_list", put(conv_state_indices=[4, 0, 2]), TE,
+         r"conv_state_indices must be a torch\.Tensor or None, got list"),
+    Case("varlen", "state_len_float", put(state_len=3.0), TE, r"state_len must be an int, got float"),
+    Case("varlen", "cu_seqlens_list", put(cu_seqlens=[0, 3, 3, 7, 10]), TE,
+         r"cu_seqlens must be a torch\.Tensor, got list"),
+    Case("packed", "pad_slot_id_past_int64", put(pad_slot_id=2**63), VE, r"pad_slot_id must fit in int64"),
+    Case("packed", "pad_slot_id_float", put(pad_slot_id=-1.0), TE, r"pad_slot_id must be an int, got float"),
+    Case("packed", "weight_numpy", put(weight=lambda a: a["weight"].numpy()), TE,
+         r"weight must be a torch\.Tensor, got ndarray"),
+    # ---- written tensors autograd refuses to write ----------------------------------
+    Case("fn", "final_states_out_leaf_requires_grad",
+         put(final_states_out=lambda a: a["final_states_out"].requires_grad_()), VE,
+         r"final_states_out is a leaf tensor that requires grad"),
+    Case("fwd_out", "out_leaf_requires_grad", put(out=lambda a: a["out"].requires_grad_()), VE,
+         r"out is a leaf tensor that requires grad"),
+    Case("update", "conv_state_leaf_requires_grad", put(conv_state=lambda a: a["conv_state"].requires_grad_()),
+         VE, r"conv_state is a leaf tensor that requires grad"),
+    Case("packed", "conv_states_inference_tensor", put(conv_states=lambda a: _inference_clone(a["conv_states"])),
+         VE, r"conv_states is an inference tensor"),
     # ---- native backward ----------------------------------------------------
     Case("bwd", "dout_shape", put(dout=torch.randn(B_, D_, L_ - 1)), VE, r"dout must have shape \[2, 8, 12\]"),
     Case("bwd", "dout_dtype", put(dout=lambda a: a["dout"].double()), TE,
@@ -380,11 +429,12 @@ CASES = [
 
 
 def _snapshot(a: dict) -> dict:
-    return {k: v.clone() for k, v in a.items() if isinstance(v, torch.Tensor) and v.device.type != "meta"}
+    return {k: v.detach().clone() for k, v in a.items()
+            if isinstance(v, torch.Tensor) and v.device.type != "meta"}
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
-    t = t.contiguous()
+    t = t.detach().contiguous()
     return t.view(torch.uint8) if t.dim() > 0 and t.element_size() > 1 else t
 
 

@@ -1,7 +1,9 @@
 """The public functions: thin wrappers over the registered operators.
 
-Argument checks live in the native check layer (causal_conv1d/checks.cpp),
-which every backend shares; here we only translate Python conventions
+Shape, dtype, device and memory checks live in the native check layer
+(causal_conv1d/checks.cpp), which every backend shares. Here: the Python
+types of the arguments (a non-tensor would otherwise reach torch's argument
+parser, whose RuntimeError names no argument), and Python conventions
 (activation strings, optional outputs, (B, D) decode inputs). Operators
 are called through their one overload (ops.X.default), which skips the
 overload resolution of a call through ops.X (0.2 us a call).
@@ -9,6 +11,7 @@ overload resolution of a call through ops.X (0.2 us a call).
 
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
@@ -24,6 +27,61 @@ __all__ = [
     "causal_conv1d_packed_fwd",
     "kernel_tier",
 ]
+
+
+_Tensor = torch.Tensor
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _refuse_types(fn: str, tensors=(), optional=(), bools=()) -> None:
+    """Raises the TypeError naming the first argument of the wrong Python
+    type. Called only once a one-expression check of the same arguments
+    failed: checking each argument in a helper call costs more than the
+    kernel on a decode-sized input."""
+    for name, value in tensors:
+        if not isinstance(value, _Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    for name, value in optional:
+        if value is not None and not isinstance(value, _Tensor):
+            raise TypeError(
+                f"{fn}: {name} must be a torch.Tensor or None, got {type(value).__name__}"
+            )
+    for name, value in bools:
+        if not isinstance(value, bool):
+            raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__}")
+    raise AssertionError(f"{fn}: argument types refused but none is wrong")
+
+
+def _int(fn: str, name: str, value) -> int:
+    """A Python int (or anything with __index__, e.g. a numpy integer) that
+    fits the operators' int64."""
+    if type(value) is not int:
+        if isinstance(value, (bool, _Tensor)):
+            raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}") from None
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError(f"{fn}: {name} must fit in int64, got {value}")
+    return value
+
+
+def _byte_range(t: torch.Tensor):
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    below = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0)
+    above = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)
+    return t.data_ptr() + below * t.element_size(), t.data_ptr() + (above + 1) * t.element_size()
+
+
+def _overlap(a: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
+    """checks.cpp's check_no_overlap rule (byte ranges, whatever storage),
+    for the one write causal_conv1d_fn makes itself (copy_ of final states)."""
+    if b is None:
+        return False
+    ra, rb = _byte_range(a), _byte_range(b)
+    return ra is not None and rb is not None and ra[0] < rb[1] and rb[0] < ra[1]
 
 
 def _silu(activation: Optional[str], fn: str) -> bool:
@@ -68,12 +126,33 @@ def causal_conv1d_fn(
         out (batch, dim, seqlen) with x's dtype and stride order, or
         (out, final_states) when return_final_states.
     """
+    fn = "causal_conv1d_fn"
     if isinstance(seq_idx, str):
+        # causal_conv1d_fn(x, weight, bias, "silu"): upstream's 4th positional
+        # argument is seq_idx, not activation
         raise TypeError(
-            f"causal_conv1d_fn: seq_idx (the 4th positional argument) must be a tensor or None, "
-            f"got the string {seq_idx!r}; pass activation by keyword (activation={seq_idx!r})"
+            f"{fn}: seq_idx must be a torch.Tensor or None, got the str {seq_idx!r}; "
+            f"activation must be passed by keyword (activation={seq_idx!r}) or as the "
+            f"8th positional argument"
         )
-    silu = _silu(activation, "causal_conv1d_fn")
+    if not (
+        isinstance(x, _Tensor)
+        and isinstance(weight, _Tensor)
+        and (bias is None or isinstance(bias, _Tensor))
+        and (seq_idx is None or isinstance(seq_idx, _Tensor))
+        and (initial_states is None or isinstance(initial_states, _Tensor))
+        and (final_states_out is None or isinstance(final_states_out, _Tensor))
+        and isinstance(return_final_states, bool)
+    ):
+        _refuse_types(
+            fn,
+            tensors=(("x", x), ("weight", weight)),
+            optional=(("bias", bias), ("seq_idx", seq_idx), ("initial_states", initial_states),
+                      ("final_states_out", final_states_out)),
+            bools=(("return_final_states", return_final_states),),
+        )
+    silu = _silu(activation, fn)
+    _registrations.refuse_forward_ad(x, weight, bias, initial_states)
     if not return_final_states:
         final_states_out = None  # upstream ignores it unless final states are asked for
     if final_states_out is None:
@@ -81,16 +160,47 @@ def causal_conv1d_fn(
             x, weight, bias, seq_idx, initial_states, return_final_states, silu
         )
         return (out, final_states) if return_final_states else out
-    # The out= operator's check layer validates final_states_out (shape,
-    # dtype, device, no memory shared with any input) before writing it.
-    out = _registrations._empty_with_layout_of(x)
-    ops.fwd_out.default(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu)
     if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, initial_states)
+        t is not None and t.requires_grad
+        for t in (x, weight, bias, initial_states, final_states_out)
     ):
-        # fwd_out has no autograd: run the differentiable operator for the graph
+        # A gradient flows through final_states_out: the differentiable
+        # operator computes the states, and copy_ records final_states_out's
+        # new history (replacing any it had). Refused before anything runs:
+        # what copy_ would refuse after the forward.
+        if final_states_out.requires_grad and final_states_out.is_leaf:
+            raise ValueError(
+                f"{fn}: final_states_out is a leaf tensor that requires grad and cannot be "
+                f"written; pass a tensor that does not require grad"
+            )
+        if final_states_out.is_inference() and not torch.is_inference_mode_enabled():
+            raise ValueError(
+                f"{fn}: final_states_out is an inference tensor, which cannot be written "
+                f"outside torch.inference_mode(); pass a clone"
+            )
+        # the out= operator's checks on final_states_out before the forward
+        # runs: shape, dtype and layout natively (on meta copies, as the
+        # fake kernels do), device and memory here
+        _registrations._same_device(fn, x, final_states_out=final_states_out)
+        meta_out = _registrations._empty_with_layout_of(
+            torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+        )
+        _registrations._native_checks(
+            ops.fwd_out.default, x, weight, bias, seq_idx, initial_states, meta_out,
+            final_states_out, silu,
+        )
+        inputs = dict(x=x, weight=weight, bias=bias, seq_idx=seq_idx,
+                      initial_states=initial_states)
+        for name, t in inputs.items():
+            if _overlap(final_states_out, t):
+                raise ValueError(f"{fn}: final_states_out must not share memory with {name}")
         out, final_states = ops.fwd.default(x, weight, bias, seq_idx, initial_states, True, silu)
         final_states_out.copy_(final_states)
+        return out, final_states_out
+    # No gradient: the out= operator validates final_states_out (shape,
+    # dtype, device, no memory shared with an input) before writing it.
+    out = _registrations._empty_with_layout_of(x)
+    ops.fwd_out.default(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu)
     return out, final_states_out
 
 
@@ -134,7 +244,22 @@ def causal_conv1d_update(
         out shaped like x, x's dtype. Not differentiable (as upstream's): out
         does not require grad, whatever the inputs.
     """
-    silu = _silu(activation, "causal_conv1d_update")
+    fn = "causal_conv1d_update"
+    if not (
+        isinstance(x, _Tensor)
+        and isinstance(conv_state, _Tensor)
+        and isinstance(weight, _Tensor)
+        and (bias is None or isinstance(bias, _Tensor))
+        and (cache_seqlens is None or isinstance(cache_seqlens, _Tensor))
+        and (conv_state_indices is None or isinstance(conv_state_indices, _Tensor))
+    ):
+        _refuse_types(
+            fn,
+            tensors=(("x", x), ("conv_state", conv_state), ("weight", weight)),
+            optional=(("bias", bias), ("cache_seqlens", cache_seqlens),
+                      ("conv_state_indices", conv_state_indices)),
+        )
+    silu = _silu(activation, fn)
     return ops.update.default(
         x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu
     )
@@ -154,6 +279,10 @@ def causal_conv1d_varlen_states(
         (batch, dim, state_len), x's dtype: the last state_len tokens of each
         sequence, right-aligned, zero where a sequence is shorter.
     """
+    fn = "causal_conv1d_varlen_states"
+    if not (isinstance(x, _Tensor) and isinstance(cu_seqlens, _Tensor)):
+        _refuse_types(fn, tensors=(("x", x), ("cu_seqlens", cu_seqlens)))
+    state_len = _int(fn, "state_len", state_len)
     return ops.varlen_states.default(x, cu_seqlens, state_len)
 
 
@@ -191,7 +320,27 @@ def causal_conv1d_packed_fwd(
     Returns:
         out shaped like x, x's dtype.
     """
-    silu = _silu(activation, "causal_conv1d_packed_fwd")
+    fn = "causal_conv1d_packed_fwd"
+    if not (
+        isinstance(x, _Tensor)
+        and isinstance(weight, _Tensor)
+        and (bias is None or isinstance(bias, _Tensor))
+        and isinstance(cu_seqlens, _Tensor)
+        and isinstance(conv_states, _Tensor)
+        and (cache_indices is None or isinstance(cache_indices, _Tensor))
+        and (has_initial_state is None or isinstance(has_initial_state, _Tensor))
+        and isinstance(channels_first, bool)
+    ):
+        _refuse_types(
+            fn,
+            tensors=(("x", x), ("weight", weight), ("cu_seqlens", cu_seqlens),
+                     ("conv_states", conv_states)),
+            optional=(("bias", bias), ("cache_indices", cache_indices),
+                      ("has_initial_state", has_initial_state)),
+            bools=(("channels_first", channels_first),),
+        )
+    pad_slot_id = _int(fn, "pad_slot_id", pad_slot_id)
+    silu = _silu(activation, fn)
     x_dt = x if channels_first else x.transpose(-1, -2) if x.dim() == 2 else x
     out = ops.fwd_packed.default(
         x_dt, weight, bias, cu_seqlens, conv_states, cache_indices, has_initial_state,
