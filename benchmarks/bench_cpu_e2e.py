@@ -172,11 +172,15 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--prefill-lengths", type=int, nargs="*", help="default 512 2048")
+    ap.add_argument("--decode-batches", type=int, nargs="*", help="default 1 8")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.prefill_lengths = [32] if args.quick else [512, 2048]
-    args.decode_batches = [1, 2] if args.quick else [1, 8]
+    if args.prefill_lengths is None:
+        args.prefill_lengths = [32] if args.quick else [512, 2048]
+    if args.decode_batches is None:
+        args.decode_batches = [1, 2] if args.quick else [1, 8]
     args.decode_prompt = 8 if args.quick else 32
     args.decode_steps = 4 if args.quick else 32
     if args.quick:
