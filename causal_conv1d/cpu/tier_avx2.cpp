@@ -1,4 +1,13 @@
-// The avx2 tier: kernels.h compiled with this tier's flags (build.toml).
+// The avx2 tier (x86-64): kernels.h with AVX2, FMA and F16C. The pragma
+// comes before every include, so ATen's at::vec headers, the intrinsics and
+// every inline function this file instantiates are compiled for this target
+// (what -mavx2 -mfma -mf16c on the command line did; build.toml stays free
+// of per-architecture flags). CPU_CAPABILITY_AVX2 selects at::vec's AVX2
+// Vectorized<T>. Empty on other architectures.
+#if defined(__x86_64__)
+#pragma GCC target("avx2,fma,f16c")
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
 #include "kernels.h"
 
 namespace causal_conv1d::cpu {
@@ -6,3 +15,4 @@ namespace causal_conv1d::cpu {
 KernelTable avx2_table() { return CPU_CAPABILITY::make_table("avx2"); }
 
 }  // namespace causal_conv1d::cpu
+#endif

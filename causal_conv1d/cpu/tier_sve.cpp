@@ -1,0 +1,20 @@
+// The sve tier (aarch64: Graviton3/4, Grace, A64FX): kernels.h compiled for
+// ARMv8.2-A with SVE, selected in the source as the x86 tiers are. What it
+// changes, honestly: at::vec's Vectorized<T> on aarch64 is 128-bit NEON in
+// every tier (its SVE classes need -msve-vector-bits fixed on the command
+// line and then run only on CPUs of exactly that vector length), so the hot
+// loops are the neon tier's; SVE enters where the compiler vectorizes loops
+// itself (the generic strided paths, staging and widening of taps), with
+// predicated tails instead of scalar remainders. Empty on other
+// architectures.
+#if defined(__aarch64__)
+#pragma GCC target("arch=armv8.2-a+sve")
+#define CPU_CAPABILITY SVE
+#include "kernels.h"
+
+namespace causal_conv1d::cpu {
+
+KernelTable sve_table() { return CPU_CAPABILITY::make_table("sve"); }
+
+}  // namespace causal_conv1d::cpu
+#endif
