@@ -69,6 +69,8 @@ case "${1:-}" in
     for bench in benchmarks/bench_cpu_*.py; do
       python "$bench" --quick
     done
+    step "aarch64-linux CPU variant: cross-built, tested under qemu-user on every tier"
+    bash tools/ci_aarch64.sh
     ;;
   *)
     echo "usage: tools/dev.sh demo|test" >&2
