@@ -3,9 +3,10 @@
 // changes, honestly: at::vec's Vectorized<T> on aarch64 is 128-bit NEON in
 // every tier (its SVE classes need -msve-vector-bits fixed on the command
 // line and then run only on CPUs of exactly that vector length), so the hot
-// loops are the neon tier's; SVE enters where the compiler vectorizes loops
-// itself (the generic strided paths, staging and widening of taps), with
-// predicated tails instead of scalar remainders. Empty on other
+// loops (fwd row_slide/row_span, the channel-last tiles) are the neon
+// tier's; SVE enters only where the compiler vectorizes loops itself
+// (weight transposes, parts of the backward's channel-last and update
+// bookkeeping), several hundred instructions in all. Empty on other
 // architectures.
 #if defined(__aarch64__)
 #pragma GCC target("arch=armv8.2-a+sve")
