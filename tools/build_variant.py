@@ -17,6 +17,9 @@ ninja. Usage:
     python tools/build_variant.py                 # this host's backend
     python tools/build_variant.py --backend cpu   # CPU variant with a CUDA torch
     python tools/build_variant.py --cuda-capabilities 9.0 --check-abi
+    python tools/build_variant.py --arch aarch64 --torch-dir T --python-include P
+                                    # cross-build the aarch64-linux CPU variant
+                                    # (tools/ci_aarch64.sh fetches T and P)
 """
 
 from __future__ import annotations
@@ -58,6 +61,25 @@ def unique_suffix() -> str:
     except (subprocess.CalledProcessError, FileNotFoundError):
         return os.urandom(4).hex()[:7]
     return tree + ("_dirty" if dirty else "")
+
+
+def cross_torch_facts(arch: str, torch_dir: Path) -> dict:
+    """torch_facts for a CPU build against another architecture's torch
+    package (an unpacked wheel's torch/ folder), which this Python cannot
+    import: version from its version.py; libtorch 2.x wheels are all cxx11."""
+    text = (torch_dir / "version.py").read_text()
+    version = next(l.split("=")[1].strip(" '\"") for l in text.splitlines()
+                   if l.startswith("__version__"))
+    major, minor = version.split("+")[0].split(".")[:2]
+    return {
+        "backend": "cpu",
+        "variant": f"torch{major}{minor}-cxx11-cpu-{arch}-linux",
+        "cxx11_abi": 1,
+        "include": [str(torch_dir / "include"), str(torch_dir / "include/torch/csrc/api/include")],
+        "lib": str(torch_dir / "lib"),
+        "cuda_version": None,
+        "torch_root": torch_dir,
+    }
 
 
 def torch_facts(backend: str | None) -> dict:
@@ -139,6 +161,12 @@ __asm__(".symver log,log@GLIBC_2.2.5");
 __asm__(".symver pow,pow@GLIBC_2.2.5");
 __asm__(".symver exp2,exp2@GLIBC_2.2.5");
 __asm__(".symver log2,log2@GLIBC_2.2.5");
+#elif defined(__aarch64__) && defined(__linux__)
+__asm__(".symver exp,exp@GLIBC_2.17");
+__asm__(".symver log,log@GLIBC_2.17");
+__asm__(".symver pow,pow@GLIBC_2.17");
+__asm__(".symver exp2,exp2@GLIBC_2.17");
+__asm__(".symver log2,log2@GLIBC_2.17");
 #endif
 """
 
@@ -342,6 +370,14 @@ def main() -> int:
                          "only: load it with libasan preloaded, see tools/sanitize.sh)")
     ap.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--check-abi", action="store_true", help="run kernel-abi-check on the result")
+    host_arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+    ap.add_argument("--arch", choices=["x86_64", "aarch64"], default=host_arch,
+                    help="target architecture; another than this host's cross-builds the CPU "
+                         "variant (needs --torch-dir and --python-include)")
+    ap.add_argument("--torch-dir", type=Path,
+                    help="cross builds: the target's torch package (unpacked wheel's torch/)")
+    ap.add_argument("--python-include", type=Path,
+                    help="cross builds: the target's Python.h folder (its pyconfig.h matching)")
     ap.add_argument("--quiet", "-q", action="store_true")
     args = ap.parse_args()
 
@@ -356,7 +392,15 @@ def main() -> int:
     general = config["general"]
     name = general["name"]
     module = name.replace("-", "_")
-    facts = torch_facts(args.backend)
+    cross = args.arch != host_arch
+    if cross:
+        if args.backend not in (None, "cpu") or args.sanitize:
+            sys.exit("error: --arch cross-builds the plain CPU variant only")
+        if not (args.torch_dir and args.python_include):
+            sys.exit(f"error: --arch {args.arch} needs --torch-dir and --python-include")
+        facts = cross_torch_facts(args.arch, args.torch_dir.resolve())
+    else:
+        facts = torch_facts(args.backend)
     backend = facts["backend"]
     if backend not in general["backends"]:
         sys.exit(f"error: build.toml's general.backends {general['backends']} lacks {backend}")
@@ -384,7 +428,7 @@ def main() -> int:
     if not sections:
         sys.exit(f"error: build.toml has no [kernel.*] section for backend {backend}")
 
-    py_inc = sysconfig.get_paths()["include"]
+    py_inc = str(args.python_include.resolve()) if cross else sysconfig.get_paths()["include"]
     base_defs = [
         f"-D_GLIBCXX_USE_CXX11_ABI={facts['cxx11_abi']}",
         f"-DPy_LIMITED_API={PY_LIMITED_API}",
@@ -394,6 +438,8 @@ def main() -> int:
     if backend == "cuda":
         base_defs += ["-DUSE_CUDA"]
     torch_incs = [f"-isystem{p}" for p in facts["include"]] + [f"-isystem{py_inc}"]
+    if cross:  # Debian's multiarch pyconfig.h includes <TRIPLET/python3.X/pyconfig.h>
+        torch_incs.append(f"-isystem{Path(py_inc).parent}")
     nv_incs, nv_libs = nvidia_wheel_dirs(facts["torch_root"]) if backend == "cuda" else ([], [])
     cuda_incs = [f"-isystem{p}" for p in nv_incs] + ([f"-isystem{cuda_home() / 'include'}"] if backend == "cuda" else [])
     # Sanitized: every UB report is fatal (-fno-sanitize-recover), plus
@@ -413,7 +459,7 @@ def main() -> int:
 
     lines = [
         "ninja_required_version = 1.10",
-        f"cxx = {shutil.which(os.environ.get('CXX', 'g++'))}",
+        f"cxx = {shutil.which(os.environ.get('CXX', f'{args.arch}-linux-gnu-g++' if cross else 'g++'))}",
         f"nvcc = {cuda_home() / 'bin' / 'nvcc'}",
         "rule cxx",
         "  command = $cxx -MMD -MF $out.d $flags -c $in -o $out",

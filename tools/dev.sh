@@ -71,6 +71,8 @@ case "${1:-}" in
     done
     step "kernels benchmark: benchmarks/benchmark.py on build/, each workload verified (smoke run)"
     kernels benchmark . --iterations 2 --warmup 1
+    step "aarch64-linux CPU variant: cross-built, tested under qemu-user on every tier"
+    bash tools/ci_aarch64.sh
     ;;
   *)
     echo "usage: tools/dev.sh demo|test" >&2

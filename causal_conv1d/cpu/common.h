@@ -82,9 +82,11 @@ inline double exp_scalar(double v) { return std::exp(v); }
 // 1/2] comes from a rounding and 2^n is built in the exponent field (2^128
 // is +inf, the overflow the division relies on); both precisions divide
 // (VRCPPS's 2^-12 would cost fp16 results an ulp now and then).
+// aarch64 (every tier: at::vec is NEON there) computes the AVX2 way with
+// the NEON equivalents (FRINTN rounds to nearest even like VROUNDPS).
 enum class SiluPrecision { kFull, kHalf };
 
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2) || defined(__aarch64__)
 namespace silu_poly {
 constexpr float kMinusLog2e = -1.44269504088896341f;
 #if defined(CPU_CAPABILITY_AVX512)
@@ -122,6 +124,16 @@ inline Vec<float> one_plus_exp_neg(const Vec<float>& v) {
   for (int k = 1; k <= 4; ++k) q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(c[k]));
   const __m256i p2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return Vec<float>(_mm256_fmadd_ps(q, _mm256_castsi256_ps(p2), _mm256_set1_ps(1.f)));  // 1 + q 2^n
+#elif defined(__aarch64__)
+  const float* c = silu_poly::kFull;
+  float32x4_t t = vmulq_n_f32(v, silu_poly::kMinusLog2e);
+  t = vminq_f32(vmaxq_f32(t, vdupq_n_f32(-126.f)), vdupq_n_f32(128.f));
+  const float32x4_t n = vrndnq_f32(t);
+  const float32x4_t f = vsubq_f32(t, n);
+  float32x4_t q = vdupq_n_f32(c[0]);
+  for (int k = 1; k <= 4; ++k) q = vfmaq_f32(vdupq_n_f32(c[k]), q, f);  // c[k] + q f
+  const int32x4_t p2 = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+  return Vec<float>(vfmaq_f32(vdupq_n_f32(1.f), q, vreinterpretq_f32_s32(p2)));  // 1 + q 2^n
 #else
   // Portable tier: std::exp per lane (no dependency on the Sleef symbols
   // inside libtorch_cpu).

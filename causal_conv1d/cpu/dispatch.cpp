@@ -5,6 +5,11 @@
 // does PyTorch's kernels; above avx512, avx512_bf16 needs AVX512_BF16 in
 // CPUID. CAUSAL_CONV1D_CPU_TIER=default|avx2|avx512|avx512_bf16 asks for a
 // tier at or below that best one (tests run every tier this way).
+//
+// aarch64: neon (every ARMv8 core), sve, sve_bf16, from the kernel's HWCAP
+// bits. ATen's own capability is no guide there (it reports SVE only for
+// 256-bit vectors, for its fixed-length SVE kernels), so only
+// ATEN_CPU_CAPABILITY=default is followed, as a cap to neon.
 #include <array>
 #include <cstdlib>
 #include <string>
@@ -14,6 +19,8 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
 #endif
 
 #include "../backend.h"
@@ -53,6 +60,20 @@ size_t best_tier() {
   if (capability == "AVX512") return cpu_has_avx512_bf16() ? 3 : 2;
   if (capability == "AVX2") return 1;
   return 0;
+}
+#elif defined(__aarch64__) && defined(__linux__)
+constexpr std::array<Tier, 3> kTiers{{{"neon", &default_table},
+                                      {"sve", &sve_table},
+                                      {"sve_bf16", &sve_bf16_table}}};
+
+size_t best_tier() {
+  // Linux's HWCAP_SVE and HWCAP2_BF16 (asm/hwcap.h), spelled out so older
+  // kernel headers build too.
+  constexpr unsigned long kHwcapSve = 1ul << 22, kHwcap2Bf16 = 1ul << 14;
+  const char* aten = std::getenv("ATEN_CPU_CAPABILITY");
+  if (aten != nullptr && std::string(aten) == "default") return 0;
+  if (!(getauxval(AT_HWCAP) & kHwcapSve)) return 0;
+  return (getauxval(AT_HWCAP2) & kHwcap2Bf16) ? 2 : 1;
 }
 #else
 constexpr std::array<Tier, 1> kTiers{{{"default", &default_table}}};

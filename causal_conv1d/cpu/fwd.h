@@ -299,6 +299,36 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, X* dst, int64_t
     prev = cur;
   }
 }
+#elif defined(__aarch64__)
+template <int WC, typename X>
+constexpr bool kSlides = WC >= 1 && WC <= 4 && std::is_same_v<acc_t<X>, float>;
+
+// row_slide with NEON (every aarch64 tier: at::vec is 128-bit NEON there):
+// 4 outputs per step from one load of the next 4 inputs, the earlier
+// windows built with EXT from it and the previous 4, instead of row_span's
+// W loads per vector and its per-step bookkeeping for 8 outputs.
+template <int WC, typename X>
+void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, X* dst, int64_t t, int64_t n) {
+  using IO = VecIO<X>;
+  constexpr int64_t N = 4;
+  static_assert(kLanes<float> == N);
+  float32x4_t w[WC];
+  for (int k = 0; k < WC; ++k) w[k] = vdupq_n_f32(tp.w[k]);
+  const float32x4_t bias = vdupq_n_f32(tp.bias);
+  float32x4_t prev = IO::load1(xr + t - N, N);
+  for (int64_t i = 0; i < n; i += N) {
+    const float32x4_t cur = IO::load1(xr + t + i, N);
+    // Tap W-1-k reads k positions back: lanes N-k.. of prev, then cur.
+    float32x4_t a = vfmaq_f32(bias, w[WC - 1], cur);
+    if constexpr (WC >= 2) a = vfmaq_f32(a, w[WC - 2], vextq_f32(prev, cur, N - 1));
+    if constexpr (WC >= 3) a = vfmaq_f32(a, w[WC - 3], vextq_f32(prev, cur, N - 2));
+    if constexpr (WC >= 4) a = vfmaq_f32(a, w[WC - 4], vextq_f32(prev, cur, N - 3));
+    Vec<float> out(a);
+    if (silu) out = silu_vec<X>(out);
+    IO::store1(dst + i, out, N);
+    prev = cur;
+  }
+}
 #endif
 
 #if defined(CAUSAL_CONV1D_AVX512_BF16)
@@ -365,12 +395,12 @@ void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_
     stage_row<X>(buf, xr, init, p.initial_states.s2, W, t - (W - 1), m + W - 1);
     span(buf, t, m);
   };
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(__aarch64__)
   if constexpr (kSlides<WC, X>) {
     if (!sr) {
-      // Staged head (up to position 16, where row_slide can look back a
+      // Staged head (up to position N, where row_slide can look back a
       // whole vector) and tail (under a vector); in place in between.
-      constexpr int64_t N = 16;
+      constexpr int64_t N = kLanes<float>;
       const int64_t head = std::min(n, std::max<int64_t>(N - t0, 0));
       if (head > 0) staged(t0, head);
       const int64_t m = (n - head) / N * N;

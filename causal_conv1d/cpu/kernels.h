@@ -1,5 +1,5 @@
 // All CPU kernels of one instruction-set tier. Included only by tier_*.cpp,
-// each compiled with its tier's flags (build.toml) and CPU_CAPABILITY set, so
+// each selecting its target (#pragma GCC target) and CPU_CAPABILITY, so
 // every symbol lives in namespace cpu::CPU_CAPABILITY and tiers never collide.
 #pragma once
 

@@ -1,6 +1,33 @@
-// The avx512_bf16 tier: the avx512 tier's kernels plus AVX512_BF16, whose
-// one-instruction fp32 -> bf16 rounding (common.h narrow) replaces about
-// eight instructions per vector in every bf16 store (build.toml flags).
+// The avx512_bf16 tier (x86-64): the avx512 tier's kernels plus AVX512_BF16,
+// whose one-instruction fp32 -> bf16 rounding (common.h narrow) replaces
+// about eight instructions per vector in every bf16 store, and whose
+// VDPBF16PS serves bf16 rows of width 2 and 4 (fwd.h row_slide_bf16_pairs).
+// Target selected in the source as in tier_avx512.cpp. Empty elsewhere.
+#if defined(__x86_64__)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
+// GCC's C++ front end reads the whole file before it applies the pragma,
+// so the pragma does not define the feature macros that ATen's, Sleef's and
+// c10's headers test (__AVX2__, ...): they are defined here as the
+// equivalent command-line flags define them.
+#define __SSE3__ 1
+#define __SSSE3__ 1
+#define __SSE4_1__ 1
+#define __SSE4_2__ 1
+#define __POPCNT__ 1
+#define __AVX__ 1
+#define __AVX2__ 1
+#define __FMA__ 1
+#define __F16C__ 1
+#define __FP_FAST_FMA 1
+#define __FP_FAST_FMAF 1
+#define __AVX512F__ 1
+#define __AVX512BW__ 1
+#define __AVX512VL__ 1
+#define __AVX512DQ__ 1
+#define __AVX512BF16__ 1
+#define CPU_CAPABILITY AVX512_BF16
+#define CPU_CAPABILITY_AVX512
+#define CAUSAL_CONV1D_AVX512_BF16
 #include "kernels.h"
 
 namespace causal_conv1d::cpu {
@@ -8,3 +35,4 @@ namespace causal_conv1d::cpu {
 KernelTable avx512_bf16_table() { return CPU_CAPABILITY::make_table("avx512_bf16"); }
 
 }  // namespace causal_conv1d::cpu
+#endif

@@ -1,6 +1,7 @@
 // CPU instruction-set tiers. kernels.h is compiled once per tier (files
-// tier_*.cpp, each with its own cxx-flags in build.toml); dispatch.cpp picks
-// the best tier the running CPU supports.
+// tier_*.cpp, each selecting its target with #pragma GCC target, so one
+// build.toml serves every architecture); dispatch.cpp picks the best tier
+// the running CPU supports.
 #pragma once
 
 #include <cstdint>
@@ -23,11 +24,14 @@ struct KernelTable {
   void (*fwd_packed)(const ConvParams&);
 };
 
-KernelTable default_table();  // tier_default.cpp: portable, no ISA flags
+KernelTable default_table();  // tier_default.cpp: the baseline ("default", aarch64 "neon")
 #if defined(__x86_64__) || defined(_M_X64)
-KernelTable avx2_table();     // tier_avx2.cpp:   -mavx2 -mfma -mf16c
+KernelTable avx2_table();     // tier_avx2.cpp:   AVX2, FMA, F16C
 KernelTable avx512_table();   // tier_avx512.cpp: AVX-512 F/BW/VL/DQ
 KernelTable avx512_bf16_table();  // tier_avx512_bf16.cpp: avx512 + AVX512_BF16
+#elif defined(__aarch64__)
+KernelTable sve_table();       // tier_sve.cpp:      + SVE
+KernelTable sve_bf16_table();  // tier_sve_bf16.cpp: + SVE, BF16
 #endif
 
 // The tier used for this process (see dispatch.cpp); its name is what the

@@ -1,0 +1,32 @@
+// The sve tier (aarch64: Graviton3/4, Grace, A64FX): kernels.h compiled for
+// ARMv8.2-A with SVE, selected in the source as the x86 tiers are. What it
+// changes, honestly: at::vec's Vectorized<T> on aarch64 is 128-bit NEON in
+// every tier (its SVE classes need -msve-vector-bits fixed on the command
+// line and then run only on CPUs of exactly that vector length), so the hot
+// loops (fwd row_slide/row_span, the channel-last tiles) are the neon
+// tier's; SVE enters only where the compiler vectorizes loops itself
+// (weight transposes, parts of the backward's channel-last and update
+// bookkeeping), several hundred instructions in all. Empty on other
+// architectures.
+#if defined(__aarch64__)
+#pragma GCC target("arch=armv8.2-a+sve")
+// GCC's C++ front end reads the whole file before it applies the pragma,
+// so the pragma does not define the feature macros that ATen's, Sleef's and
+// c10's headers test (__AVX2__, ...): they are defined here as the
+// equivalent command-line flags define them.
+#define __ARM_FEATURE_ATOMICS 1
+#define __ARM_FEATURE_CRC32 1
+#define __ARM_FEATURE_QRDMX 1
+#define __ARM_FEATURE_FP16_SCALAR_ARITHMETIC 1
+#define __ARM_FEATURE_FP16_VECTOR_ARITHMETIC 1
+#define __ARM_FEATURE_SVE 1
+#define __ARM_FEATURE_SVE_VECTOR_OPERATORS 1
+#define CPU_CAPABILITY SVE
+#include "kernels.h"
+
+namespace causal_conv1d::cpu {
+
+KernelTable sve_table() { return CPU_CAPABILITY::make_table("sve"); }
+
+}  // namespace causal_conv1d::cpu
+#endif

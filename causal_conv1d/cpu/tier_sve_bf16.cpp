@@ -1,0 +1,35 @@
+// The sve_bf16 tier (aarch64 with SVE and ARMv8.6 BF16: Graviton3/4, Grace):
+// the sve tier plus the BF16 extension. With __ARM_FEATURE_BF16 defined,
+// at::vec rounds fp32 to bf16 with BFCVTN/BFCVTN2 (one instruction per four
+// lanes, nearest-even, subnormals kept unless FPCR.FZ is set) in place of the
+// add/shift/select emulation, which is every bf16 store of a result (common.h
+// narrow). BFDOT/BFMMLA are not used yet: they sum the products of
+// neighbouring bf16 lanes, i.e. two taps of one channel, so the depthwise
+// window needs a lane permutation per pair of taps (what the avx512_bf16
+// tier does with VPERMW + VDPBF16PS); worth writing once it can be timed on
+// Arm hardware. Empty on other architectures.
+#if defined(__aarch64__)
+#pragma GCC target("arch=armv8.2-a+sve+bf16")
+// GCC's C++ front end reads the whole file before it applies the pragma,
+// so the pragma does not define the feature macros that ATen's, Sleef's and
+// c10's headers test (__AVX2__, ...): they are defined here as the
+// equivalent command-line flags define them.
+#define __ARM_FEATURE_ATOMICS 1
+#define __ARM_FEATURE_CRC32 1
+#define __ARM_FEATURE_QRDMX 1
+#define __ARM_FEATURE_FP16_SCALAR_ARITHMETIC 1
+#define __ARM_FEATURE_FP16_VECTOR_ARITHMETIC 1
+#define __ARM_FEATURE_SVE 1
+#define __ARM_FEATURE_SVE_VECTOR_OPERATORS 1
+#define __ARM_FEATURE_BF16_SCALAR_ARITHMETIC 1
+#define __ARM_FEATURE_BF16_VECTOR_ARITHMETIC 1
+#define __ARM_FEATURE_BF16 1  // ACLE's name for the extension; GCC 12 omits it
+#define CPU_CAPABILITY SVE_BF16
+#include "kernels.h"
+
+namespace causal_conv1d::cpu {
+
+KernelTable sve_bf16_table() { return CPU_CAPABILITY::make_table("sve_bf16"); }
+
+}  // namespace causal_conv1d::cpu
+#endif
