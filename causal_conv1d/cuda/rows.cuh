@@ -84,20 +84,10 @@ __device__ inline void load_row_window(float* win, const ConvParams& p, const X*
 // Positions per lane of the rows_tiled kernels on rows long enough (shorter
 // rows get one vector per lane). More keeps more bytes in flight per thread
 // and spreads the per-tile work thinner, at the cost of registers
-// (occupancy). Fastest measured on an H100 (docs/gpu-perf-notes.md, runs 5
-// and 7): 16 for both (bf16 forward 78% of copy against 74% with 32 and 64%
-// with 64; with rows_piped 88% against 84% with 32 and 62% with 8; the bf16
-// backward was slower with 32 in runs 3 and 4); fp32 ran the same with 16,
-// 32 or 64 in the forward. Set at build time only to compare on a GPU
-// (tools/gpu_tune.sh).
-#ifndef CAUSAL_CONV1D_FWD_TILE_POSITIONS
-#define CAUSAL_CONV1D_FWD_TILE_POSITIONS 16
-#endif
-#ifndef CAUSAL_CONV1D_BWD_TILE_POSITIONS
-#define CAUSAL_CONV1D_BWD_TILE_POSITIONS 16
-#endif
-constexpr int kFwdTilePositions = CAUSAL_CONV1D_FWD_TILE_POSITIONS;
-constexpr int kBwdTilePositions = CAUSAL_CONV1D_BWD_TILE_POSITIONS;
+// (occupancy); 16 was the fastest on the GPUs measured, for the forward and
+// the backward alike (the measurements are in the commit history).
+constexpr int kFwdTilePositions = 16;
+constexpr int kBwdTilePositions = 16;
 
 // 16-byte vectors per lane for `positions` positions of elem_bytes each.
 inline constexpr int tile_vectors(int positions, int elem_bytes) {
