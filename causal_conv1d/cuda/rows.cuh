@@ -128,10 +128,9 @@ __device__ inline TileAt tile_at(int64_t wg, int64_t tiles, int64_t D, int64_t l
 
 // The rows_tiled kernels' walk over warp tiles: grid-stride over `total`
 // tiles of `len` positions, `tiles` to a row; body(at) loads, computes and
-// stores one. (Issuing the next tile's loads into registers before
-// computing this one was measured slower on an H100: the registers it holds
-// halve the resident warps; fwd.cu's rows_piped does it through shared
-// memory instead; docs/gpu-perf-notes.md.)
+// stores one. (No register prefetch of the next tile's loads: the registers
+// it holds halve the resident warps, which costs more than it hides; fwd.cu's
+// rows_piped prefetches through shared memory instead.)
 template <typename Body>
 __device__ __forceinline__ void for_each_tile(int64_t total, int64_t tiles, int64_t D, int64_t len,
                                               Body&& body) {
