@@ -52,17 +52,11 @@ case "${1:-}" in
     python -m pytest tests -m slow -q -p no:cacheprovider --ignore=tests/test_cuda.py
     step "CUDA variant: build, link, ABI, load without a GPU"
     bash tools/ci_cuda.sh
-    step "CUDA kernels compiled for the CPU emulator (causal_conv1d/cuda/emu): tests/test_cuda.py"
+    step "CUDA kernels compiled for the CPU emulator (tests/cuda_emu): tests/test_cuda.py"
     emu="${TMPDIR:-/tmp}/causal-conv1d-ci-emu"
-    python causal_conv1d/cuda/emu/build_emu.py --out "$emu/build"
+    python tools/build_variant.py --backend cuda-emu --out "$emu/build" --quiet
     CAUSAL_CONV1D_KERNEL_ROOT="$emu" CAUSAL_CONV1D_TEST_BACKEND=cpu CAUSAL_CONV1D_CUDA_EMU=1 \
       python -m pytest tests/test_cuda.py -q -p no:cacheprovider
-    step "the same with the rows_tiled kernels' tile sizes not at their defaults (tools/gpu_tune.sh): the paths they change"
-    python causal_conv1d/cuda/emu/build_emu.py --out "$emu-experiments/build" \
-      -D CAUSAL_CONV1D_FWD_TILE_POSITIONS=64 -D CAUSAL_CONV1D_BWD_TILE_POSITIONS=32
-    CAUSAL_CONV1D_KERNEL_ROOT="$emu-experiments" CAUSAL_CONV1D_TEST_BACKEND=cpu CAUSAL_CONV1D_CUDA_EMU=1 \
-      python -m pytest tests/test_cuda.py -q -p no:cacheprovider \
-      -k "long_rows or options or sizes or deterministic"
     step "AddressSanitizer + UndefinedBehaviorSanitizer"
     bash tools/sanitize.sh
     step "benchmark smoke runs"

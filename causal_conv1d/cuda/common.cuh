@@ -3,8 +3,8 @@
 // ATen/torch headers so that every .cu file compiles in seconds.
 //
 // With CAUSAL_CONV1D_CUDA_EMU defined the same sources compile as plain C++
-// against emu/cuda_emu.h, which runs each block's threads on the CPU; that
-// is how the kernels' indexing is tested on machines without a GPU.
+// against tests/cuda_emu/cuda_emu.h, which runs each block's threads on the
+// CPU; that is how the kernels' indexing is tested on machines without a GPU.
 #pragma once
 
 #include <atomic>
@@ -14,7 +14,7 @@
 #include "../params.h"
 
 #ifdef CAUSAL_CONV1D_CUDA_EMU
-#include "emu/cuda_emu.h"
+#include "cuda_emu.h"  // tests/cuda_emu/: on the emulator build's include path only
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
