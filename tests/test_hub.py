@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytest.importorskip("olah", reason="the loopback Hub needs olah: pip install 'olah==0.5.4'")
 

@@ -44,19 +44,19 @@ case "${1:-}" in
     build
     cd "$ROOT"
     step "test suite (CPU variant)"
-    # GPU tests run where a GPU is (tools/gpu_check.sh); the CUDA variant's
-    # build/load test runs in tools/ci_cuda.sh with a CUDA torch.
+    # The CUDA variant's build/load test runs in tools/ci_cuda.sh with a CUDA
+    # torch; tests on a GPU run where one is (tools/gpu.sh check).
     python -m pytest tests -m "not slow" -q -p no:cacheprovider \
-      --ignore=tests/test_cuda.py --ignore=tests/test_cuda_variant.py
+      --ignore=tests/test_cuda_variant.py
     step "large-tensor tests (indexing past 2^31 elements)"
-    python -m pytest tests -m slow -q -p no:cacheprovider --ignore=tests/test_cuda.py
+    python -m pytest tests -m slow -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py
     step "CUDA variant: build, link, ABI, load without a GPU"
     bash tools/ci_cuda.sh
-    step "CUDA kernels compiled for the CPU emulator (tests/cuda_emu): tests/test_cuda.py"
+    step "the CUDA kernels on the CPU emulator (tests/cuda_emu): every op's tests as backend cuda-emu"
     emu="${TMPDIR:-/tmp}/causal-conv1d-ci-emu"
     python tools/build_variant.py --backend cuda-emu --out "$emu/build" --quiet
-    CAUSAL_CONV1D_KERNEL_ROOT="$emu" CAUSAL_CONV1D_TEST_BACKEND=cpu CAUSAL_CONV1D_CUDA_EMU=1 \
-      python -m pytest tests/test_cuda.py -q -p no:cacheprovider
+    CAUSAL_CONV1D_TEST_BACKENDS="cuda-emu=$emu/build" \
+      python -m pytest tests -m "not slow" -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py
     step "AddressSanitizer + UndefinedBehaviorSanitizer"
     bash tools/sanitize.sh
     step "benchmark smoke runs"
