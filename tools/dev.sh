@@ -46,7 +46,7 @@ case "${1:-}" in
     step "test suite (CPU variant)"
     # The CUDA variant's build/load test runs in tools/ci_cuda.sh with a CUDA
     # torch; tests on a GPU run where one is (tools/gpu.sh check).
-    python -m pytest tests -m "not slow" -q -p no:cacheprovider \
+    python -m pytest tests tools -m "not slow" -q -p no:cacheprovider \
       --ignore=tests/test_cuda_variant.py
     step "large-tensor tests (indexing past 2^31 elements)"
     python -m pytest tests -m slow -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py
