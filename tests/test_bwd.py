@@ -156,6 +156,7 @@ def seq_for(pattern, B, L):
     return s
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("case", range(len(PAIR_CASES)))
 @pytest.mark.parametrize("pair", PAIRS, ids=[f"x_{a}-w_{b}" for a, b in PAIRS])
 def test_dtype_pairings(kernel, seeded, pair, case):
@@ -166,6 +167,7 @@ def test_dtype_pairings(kernel, seeded, pair, case):
     check_against_reference(kernel, x, w, b, s, ini, what=f"{pair} case {case}")
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
 @pytest.mark.parametrize("L", [1, 2, 3, 129])
 def test_short_and_odd_lengths(kernel, seeded, L, layout):

@@ -73,6 +73,7 @@ def run_case(
 
 
 # 10 dtype pairs x 8 widths x 4 layouts = 320 cases
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("W", WIDTHS)
 @pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"x{_name(p[0])}-w{_name(p[1])}")
@@ -108,6 +109,7 @@ def test_long(kernel, seeded, W, layout, dtype):
 
 
 # odd channel counts and batch sizes, seq_idx/states in every layout: 6 x 4 x 2 = 48
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("state_layout", ["contiguous", "channel_last"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("B,D", [(1, 1), (3, 3), (2, 7), (5, 33), (1, 100), (4, 17)])

@@ -54,6 +54,7 @@ def make_tokens(T: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor
 # varlen_states
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
 @pytest.mark.parametrize("state_len", [1, 3, 8])
@@ -111,6 +112,7 @@ def check(out, out_ref, pool, pool_ref, x_dtype, w_dtype, msg):
     assert torch.equal(pool.double(), pool_ref), f"{msg}: conv_states differ"
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("W", WIDTHS)
 @pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"{_name(p[0])}-{_name(p[1])}")
 def test_packed_matches_reference(kernel, seeded, dtypes, W):
@@ -140,6 +142,7 @@ def test_packed_matches_reference(kernel, seeded, dtypes, W):
               f"seed={seeded} W={W} S={S} act={act} bias={use_bias} channels_first={channels_first}")
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
 @pytest.mark.parametrize("channels_first", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

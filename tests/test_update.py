@@ -77,6 +77,7 @@ def check(out, out_ref, state, state_ref, x_dtype, w_dtype, msg):
     assert torch.equal(state.double(), state_ref), f"{msg}: conv_state differs"
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("W", WIDTHS)
 @pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"{_name(p[0])}-{_name(p[1])}")
 def test_update_matches_reference(kernel, seeded, dtypes, W):
@@ -106,6 +107,7 @@ def test_update_matches_reference(kernel, seeded, dtypes, W):
               f"seed={seeded} W={W} L={L} S={S} circular={circular} bias={use_bias} act={act}")
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("x_layout", ["contiguous", "channel_last", "strided"])
 @pytest.mark.parametrize("state_layout", ["contiguous", "channel_last", "slice"])
 @pytest.mark.parametrize("L", [None, 3])

@@ -50,6 +50,8 @@ case "${1:-}" in
       --ignore=tests/test_cuda_variant.py
     step "large-tensor tests (indexing past 2^31 elements)"
     python -m pytest tests -m slow -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py
+    step "kernel-builder's ci-test: the Nix source set, pytest -m kernels_ci (tools/kernels_ci.sh)"
+    bash tools/kernels_ci.sh
     step "CUDA variant: build, link, ABI, load without a GPU"
     bash tools/ci_cuda.sh
     step "the CUDA kernels on the CPU emulator (tests/cuda_emu): every op's tests as backend cuda-emu"
