@@ -1,9 +1,9 @@
 // Output memory for the CPU ops.
 //
 // A fresh CPU output of a few MiB is first touched by the kernel that fills
-// it, and with 4 KiB pages those page faults cost more than the kernel: on
-// the 2-core VM of bench_cpu_fwd.py, 16 MiB of faults take 4-10 ms while the
-// forward that fills them takes 0.7 ms. glibc reuses freed heap memory below
+// it, and with 4 KiB pages those page faults cost more than the kernel
+// (benchmarks/bench_cpu_fwd.py shows it: several times the forward's own
+// time for a 16 MiB output). glibc reuses freed heap memory below
 // its mmap threshold (at most 32 MiB), but trims the heap as soon as its
 // free top passes twice that threshold, which a model's other allocations
 // make happen all the time, and it unmaps blocks above the threshold on
@@ -14,9 +14,9 @@
 // Linux's "madvise" mode: one fault per 2 MiB), and a freed block waits in a
 // small LRU cache for the next output of the same rounded size, which is
 // what a model's layers ask for call after call. Cached blocks stay
-// resident (MADV_FREE, which would let the kernel reclaim them, measured
-// 0.1-0.2 ms per 16 MiB block in TLB flushes: as much as the page faults it
-// saves), so the cache is bounded: at most CAUSAL_CONV1D_CPU_CACHE_MB MiB
+// resident (MADV_FREE, which would let the kernel reclaim them, costs as
+// much in TLB flushes as the page faults it saves), so the cache is
+// bounded: at most CAUSAL_CONV1D_CPU_CACHE_MB MiB
 // (default 256; 0 unmaps every block when its tensor is freed), least
 // recently freed blocks unmapped first.
 //

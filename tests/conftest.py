@@ -1,65 +1,134 @@
-"""Load the built kernel the way users do: through the `kernels` loader.
+"""Fixtures and markers; the machinery lives in helpers.py (the test-support
+module), which tests import. No test imports this file.
 
-The variant for this host must have been built first (README: the test
-command builds it). Every test gets the loaded module as the `cc` fixture.
+- `cc`: the host's kernel module, loaded through the `kernels` loader
+  (helpers.load_kernel: LOCAL_KERNELS=<repo-id>=<build> as kernel-builder's
+  ci-test sets it, else build/<variant>/ of CAUSAL_CONV1D_KERNEL_ROOT).
+- `backend`: each backend of helpers.backend_specs() in turn (the host's by
+  default; CAUSAL_CONV1D_TEST_BACKENDS adds the emulated CUDA kernels, a
+  CUDA or an aarch64 variant), so one grid tests every backend. A test marked
+  `backends("cpu")` or `backends("cuda")` runs only on backends of that kind
+  (the kind of kernels: "cuda" covers the GPU and the emulator); `gpu` ones
+  only on a real GPU. Parameters holding float64 are skipped on CUDA kernels,
+  which refuse it. While the test runs, torch's default device is the
+  backend's, so tensors made without a device land where its kernels run.
+- `seeded`: a fresh, reported seed per test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-# The folder whose build/<variant>/ the tests load (default: this checkout).
-KERNEL_ROOT = Path(os.environ.get("CAUSAL_CONV1D_KERNEL_ROOT", ROOT))
+# KERNEL_ROOT, ROOT and load_kernel stay importable from here for scripts
+# written against the older conftest (benchmarks/harness.py).
+from helpers import (  # noqa: F401
+    KERNEL_ROOT,
+    ROOT,
+    BackendSpec,
+    backend_specs,
+    has_float64,
+    host_backend_name,
+    load_backend,
+    load_kernel,
+)
+
+MARKERS = {
+    "kernels_ci": "the quick subset kernel-builder's ci-test runs (pytest -m kernels_ci): "
+                  "every op, dtype pairing and layout on the host backend",
+    "slow": "long-running (tensors past 2**31 elements); selected explicitly in CI",
+    "sanitizer": "the small grid through every CUDA kernel that tools/gpu.sh check runs "
+                 "under compute-sanitizer",
+    "gpu": "needs a real NVIDIA GPU (device-side behaviour); skipped elsewhere",
+    "backends(kind, ...)": "run only on backends of these kinds (cpu, cuda)",
+}
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long-running; selected explicitly in CI")
-    config.addinivalue_line("markers", "cuda: needs an NVIDIA GPU")
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
 
 
-def load_kernel(root: Path, backend: str | None = None):
-    """kernels.get_local_kernel(root, backend=backend); where the `kernels`
-    package is not installed (a GPU machine without network), the same import
-    by hand, as the loader does it: build/<variant>/__init__.py imported
-    under the name metadata.json's "id"."""
-    try:
-        import kernels
-    except ImportError:
-        return _load_variant_by_hand(root, backend)
-    return kernels.get_local_kernel(root, backend=backend)
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    specs = backend_specs()
+    kinds = metafunc.definition.get_closest_marker("backends")
+    if kinds is not None:
+        specs = [s for s in specs if s.kind in kinds.args]
+    if metafunc.definition.get_closest_marker("gpu") is not None:
+        specs = [s for s in specs if s.device == "cuda"]
+    metafunc.parametrize("backend", specs, ids=[s.name for s in specs], indirect=True)
 
 
-def _load_variant_by_hand(root: Path, backend: str | None):
-    import importlib.util
-    import json
-    import platform
-    import sys
+def pytest_collection_modifyitems(config, items):
+    """Deselected, not reported as skips: tests for a kind of backend that is
+    not under test (the CUDA paths on a CPU-only run), and, where
+    CAUSAL_CONV1D_TEST_BACKENDS leaves the host's kernel out (a run for the
+    emulator alone), the tests that only use `cc`, which test the host."""
+    host = "host" in os.environ.get("CAUSAL_CONV1D_TEST_BACKENDS", "host").split(":")
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        spec = params.params.get("backend") if params else None
+        uses_backend = "backend" in getattr(item, "fixturenames", ())
+        unbacked = not isinstance(spec, BackendSpec) if uses_backend else not host
+        (drop if unbacked else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
-    backend = backend or ("cuda" if torch.version.cuda else "cpu")
-    major, minor = torch.__version__.split("+")[0].split(".")[:2]
-    tag = f"cu{torch.version.cuda.replace('.', '')}" if backend == "cuda" else "cpu"
-    abi = "cxx11" if torch.compiled_with_cxx11_abi() else "cxx98"
-    machine = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
-    variant = root / "build" / f"torch{major}{minor}-{abi}-{tag}-{machine}-{sys.platform}"
-    name = json.loads((variant / "metadata.json").read_text())["id"]
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, variant / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+
+_loaded: dict = {}
 
 
 @pytest.fixture(scope="session")
 def cc():
-    """The kernel module for this host, loaded with kernels.get_local_kernel."""
-    backend = os.environ.get("CAUSAL_CONV1D_TEST_BACKEND")  # e.g. "cpu" with a CUDA torch
-    return load_kernel(KERNEL_ROOT, backend=backend)
+    """The host's kernel module (helpers.load_kernel)."""
+    return load_kernel(backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
+
+
+@pytest.fixture
+def backend(request, cc):
+    """The backend under test (helpers.Backend: .module, .name, .kind,
+    .device, .emulated, .float64), with torch's default device set to its."""
+    spec = request.param
+    node = request.node
+    if not spec.float64 and hasattr(node, "callspec"):
+        if any(has_float64(v) for v in node.callspec.params.values()):
+            pytest.skip(f"{spec.name}: the CUDA kernels refuse float64")
+    if spec not in _loaded:
+        try:
+            _loaded[spec] = load_backend(spec, cc)
+        except Exception as e:  # a build that is not there: say so once per test
+            _loaded[spec] = e
+    loaded = _loaded[spec]
+    if isinstance(loaded, Exception):
+        pytest.fail(f"backend {spec.name} did not load from {spec.path}: {loaded}")
+    with torch.device(spec.device) if spec.device != "cpu" else contextlib.nullcontext():
+        yield loaded
+
+
+@pytest.fixture
+def kernel(backend):
+    """The module of the backend under test (what `cc` is for the host)."""
+    return backend.module
+
+
+@pytest.fixture
+def cpu_kernel(backend, cc):
+    """The CPU backend's module, for comparing another backend against it."""
+    if backend.kind == "cpu":
+        return backend.module
+    if host_backend_name() == "cpu":
+        return cc
+    for spec in backend_specs():
+        if spec.kind == "cpu":
+            return load_backend(spec, cc).module
+    pytest.skip("no CPU variant among the backends under test")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import KERNEL_ROOT
+from helpers import KERNEL_ROOT
 from helpers import assert_close
 
 HERE = Path(__file__).resolve().parent
@@ -41,7 +41,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     prelude = (
         "import sys, torch\n"
         f"sys.path.insert(0, {str(HERE)!r})\n"
-        "from conftest import load_kernel\n"
+        "from helpers import load_kernel\n"
         f"cc = load_kernel(__import__('pathlib').Path({str(KERNEL_ROOT)!r}), 'cpu')\n"
     )
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CAUSAL_CONV1D_CPU_")}

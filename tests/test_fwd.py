@@ -10,12 +10,21 @@ import torch
 
 from helpers import DTYPE_PAIRS, LAYOUTS, assert_close, randn_layout, random_seq_idx
 from helpers import dtype_name as _name
+from helpers import (  # the kernel-path grids below
+    CUDA_DTYPE_PAIRS,
+    CUDA_LAYOUTS,
+    pair_id,
+    close,
+    exact,
+    fwd_case,
+    dev,
+)
 
 WIDTHS = [1, 2, 3, 4, 5, 8, 16, 32]
 
 
 def run_case(
-    cc,
+    kernel,
     seed,
     *,
     B=2,
@@ -37,11 +46,11 @@ def run_case(
     b = torch.randn(D, dtype=w_dtype) if bias else None
     s = random_seq_idx(B, L) if seq_idx else None
     init = randn_layout(B, D, W - 1, state_layout, x_dtype) if initial_states else None
-    got = cc.causal_conv1d_fn(
+    got = kernel.causal_conv1d_fn(
         x, weight, b, seq_idx=s, initial_states=init, return_final_states=final_states,
         activation=activation,
     )
-    want = cc.causal_conv1d_ref(
+    want = kernel.causal_conv1d_ref(
         x.double(), weight.double(), None if b is None else b.double(), seq_idx=s,
         initial_states=None if init is None else init.double(),
         return_final_states=final_states, activation=activation,
@@ -64,11 +73,12 @@ def run_case(
 
 
 # 10 dtype pairs x 8 widths x 4 layouts = 320 cases
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("W", WIDTHS)
 @pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"x{_name(p[0])}-w{_name(p[1])}")
-def test_dtypes_widths_layouts(cc, seeded, dtypes, W, layout):
-    run_case(cc, seeded, W=W, x_dtype=dtypes[0], w_dtype=dtypes[1], layout=layout, L=41,
+def test_dtypes_widths_layouts(kernel, seeded, dtypes, W, layout):
+    run_case(kernel, seeded, W=W, x_dtype=dtypes[0], w_dtype=dtypes[1], layout=layout, L=41,
              initial_states=True, final_states=True)
 
 
@@ -83,8 +93,8 @@ OPTIONS = list(itertools.product([False, True], [None, "silu"], [False, True], [
     OPTIONS,
     ids=[f"b{int(o[0])}-{o[1]}-s{int(o[2])}-i{int(o[3])}-f{int(o[4])}" for o in OPTIONS],
 )
-def test_options(cc, seeded, L, layout, bias, activation, seq_idx, initial_states, final_states):
-    run_case(cc, seeded, L=L, W=4, layout=layout, bias=bias, activation=activation,
+def test_options(kernel, seeded, L, layout, bias, activation, seq_idx, initial_states, final_states):
+    run_case(kernel, seeded, L=L, W=4, layout=layout, bias=bias, activation=activation,
              seq_idx=seq_idx, initial_states=initial_states, final_states=final_states,
              state_layout="channel_last" if layout != "contiguous" else "contiguous")
 
@@ -93,72 +103,73 @@ def test_options(cc, seeded, L, layout, bias, activation, seq_idx, initial_state
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_name)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("W", [2, 4, 16])
-def test_long(cc, seeded, W, layout, dtype):
-    run_case(cc, seeded, B=1, D=20, L=4097, W=W, x_dtype=dtype, w_dtype=dtype, layout=layout,
+def test_long(kernel, seeded, W, layout, dtype):
+    run_case(kernel, seeded, B=1, D=20, L=4097, W=W, x_dtype=dtype, w_dtype=dtype, layout=layout,
              seq_idx=True, initial_states=True, final_states=True)
 
 
 # odd channel counts and batch sizes, seq_idx/states in every layout: 6 x 4 x 2 = 48
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("state_layout", ["contiguous", "channel_last"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("B,D", [(1, 1), (3, 3), (2, 7), (5, 33), (1, 100), (4, 17)])
-def test_odd_sizes(cc, seeded, B, D, layout, state_layout):
-    run_case(cc, seeded, B=B, D=D, L=67, W=3, layout=layout, seq_idx=True,
+def test_odd_sizes(kernel, seeded, B, D, layout, state_layout):
+    run_case(kernel, seeded, B=B, D=D, L=67, W=3, layout=layout, seq_idx=True,
              initial_states=True, final_states=True, state_layout=state_layout)
 
 
 @pytest.mark.parametrize("W", [1, 3, 4])
 @pytest.mark.parametrize("L", [1, 2])
-def test_sequence_shorter_than_window(cc, seeded, W, L):
+def test_sequence_shorter_than_window(kernel, seeded, W, L):
     """final_states keep initial-state columns when L < W - 1."""
-    run_case(cc, seeded, L=L, W=W, initial_states=True, final_states=True)
+    run_case(kernel, seeded, L=L, W=W, initial_states=True, final_states=True)
 
 
-def test_final_states_out(cc, seeded):
+def test_final_states_out(kernel, seeded):
     x = torch.randn(2, 16, 50)
     w = torch.randn(16, 4)
     buf = torch.full((2, 16, 3), 7.0)
-    out, fs = cc.causal_conv1d_fn(x, w, return_final_states=True, final_states_out=buf)
+    out, fs = kernel.causal_conv1d_fn(x, w, return_final_states=True, final_states_out=buf)
     assert fs.data_ptr() == buf.data_ptr()
     torch.testing.assert_close(buf, x[..., -3:], rtol=0, atol=0)
     with pytest.raises(ValueError, match="return_final_states"):
-        cc.causal_conv1d_fn(x, w, final_states_out=buf)
+        kernel.causal_conv1d_fn(x, w, final_states_out=buf)
 
 
-def test_swish_equals_silu(cc, seeded):
+def test_swish_equals_silu(kernel, seeded):
     x = torch.randn(2, 8, 33)
     w = torch.randn(8, 4)
-    a = cc.causal_conv1d_fn(x, w, activation="silu")
-    b = cc.causal_conv1d_fn(x, w, activation="swish")
+    a = kernel.causal_conv1d_fn(x, w, activation="silu")
+    b = kernel.causal_conv1d_fn(x, w, activation="swish")
     assert torch.equal(a, b)
 
 
-def test_seq_idx_strided_view(cc, seeded):
+def test_seq_idx_strided_view(kernel, seeded):
     """seq_idx may be a non-contiguous view."""
     B, D, L = 2, 12, 40
     wide = random_seq_idx(B, 2 * L)
     s = wide[:, ::2]
     x = torch.randn(B, D, L)
     w = torch.randn(D, 4)
-    got = cc.causal_conv1d_fn(x, w, seq_idx=s)
-    want = cc.causal_conv1d_ref(x.double(), w.double(), seq_idx=s.contiguous())
+    got = kernel.causal_conv1d_fn(x, w, seq_idx=s)
+    want = kernel.causal_conv1d_ref(x.double(), w.double(), seq_idx=s.contiguous())
     assert_close(got, want, (torch.float32,), f"seed={seeded}")
 
 
-def test_preallocated_out(cc, seeded):
+def test_preallocated_out(kernel, seeded):
     x = torch.randn(3, 10, 77)
     w = torch.randn(10, 4)
     b = torch.randn(10)
     out = torch.empty(3, 77, 10).transpose(1, 2)  # channel-last destination
-    cc.ops.fwd_out(x, w, b, None, None, out, None, True)
-    want = cc.causal_conv1d_ref(x.double(), w.double(), b.double(), activation="silu")
+    kernel.ops.fwd_out(x, w, b, None, None, out, None, True)
+    want = kernel.causal_conv1d_ref(x.double(), w.double(), b.double(), activation="silu")
     assert_close(out, want, (torch.float32,), f"seed={seeded}")
 
 
-def test_upstream_signature(cc):
+def test_upstream_signature(kernel):
     import inspect
 
-    params = list(inspect.signature(cc.causal_conv1d_fn).parameters.items())
+    params = list(inspect.signature(kernel.causal_conv1d_fn).parameters.items())
     assert [(n, p.default) for n, p in params] == [
         ("x", inspect.Parameter.empty),
         ("weight", inspect.Parameter.empty),
@@ -169,3 +180,67 @@ def test_upstream_signature(cc):
         ("final_states_out", None),
         ("activation", None),
     ]
+
+
+# ---------------------------------------------------------------------------
+# the CUDA kernels' paths: every width to 32, the unaligned layout, sizes around the
+# kernels' tile and block boundaries
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("layout", CUDA_LAYOUTS)
+@pytest.mark.parametrize("W", range(1, 33))
+@pytest.mark.parametrize("dtypes", CUDA_DTYPE_PAIRS, ids=pair_id)
+def test_fwd_grid(kernel, seeded, dtypes, W, layout):
+    fwd_case(kernel, seeded, W=W, xdt=dtypes[0], wdt=dtypes[1], layout=layout, seq=W % 2 == 0)
+
+
+FWD_OPTIONS = list(itertools.product([False, True], [None, "silu"], [False, True], [False, True],
+                                     [False, True]))
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("L", [1, 2, 5, 300])
+@pytest.mark.parametrize("layout", CUDA_LAYOUTS)
+@pytest.mark.parametrize("bias,act,seq,init,final", FWD_OPTIONS,
+                         ids=[f"b{int(o[0])}-{o[1]}-s{int(o[2])}-i{int(o[3])}-f{int(o[4])}"
+                              for o in FWD_OPTIONS])
+def test_fwd_options(kernel, seeded, L, layout, bias, act, seq, init, final):
+    fwd_case(kernel, seeded, L=L, W=4 if L != 5 else 6, layout=layout, bias=bias, act=act, seq=seq,
+             init=init, final=final,
+             state_layout="channel_last" if layout != "contiguous" else "contiguous")
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("layout", ["contiguous", "channel_last", "strided"])
+@pytest.mark.parametrize("B,D,L", [(1, 1, 9), (3, 3, 40), (2, 7, 257), (5, 33, 65), (1, 300, 130),
+                                   (64, 8, 3), (2, 520, 20)])
+def test_fwd_sizes(kernel, seeded, B, D, L, layout):
+    for W in (2, 4, 5):
+        fwd_case(kernel, seeded, B=B, D=D, L=L, W=W, xdt=torch.bfloat16, wdt=torch.float32,
+                 layout=layout, seq=True)
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("W", [1, 2, 4, 7])
+def test_fwd_empty_sequence_with_states(kernel, seeded, W):
+    """L == 0: final_states are the initial states (and zeros without them)."""
+    x = torch.randn(3, 16, 0, device=dev())
+    w = torch.randn(16, W, device=dev())
+    ini = torch.randn(3, 16, W - 1, device=dev())
+    out, fin = kernel.causal_conv1d_fn(x, w, initial_states=ini, return_final_states=True)
+    assert out.shape == (3, 16, 0)
+    exact(fin, ini, f"seed={seeded}")
+    _, fin = kernel.causal_conv1d_fn(x, w, return_final_states=True)
+    assert fin.shape == (3, 16, W - 1) and not fin.any()
+
+
+@pytest.mark.backends("cuda")
+def test_fwd_out_preallocated_any_layout(kernel, seeded):
+    x = randn_layout(3, 24, 77, "contiguous", torch.float16)
+    w = torch.randn(24, 4, device=dev())
+    for out in (torch.empty(3, 77, 24, device=dev(), dtype=torch.float16).transpose(1, 2),
+                torch.empty(3, 48, 154, device=dev(), dtype=torch.float16)[:, ::2, ::2]):
+        kernel.ops.fwd_out(x, w, None, None, None, out, None, True)
+        close(out, kernel.causal_conv1d_ref(x.double(), w.double(), activation="silu"),
+              (torch.float16,), f"seed={seeded}")

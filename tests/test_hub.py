@@ -33,9 +33,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytest.importorskip("olah", reason="the loopback Hub needs olah: pip install 'olah==0.5.4'")
+if not (ROOT / "tools" / "publish.py").is_file():  # kernel-builder's test source set has no tools/
+    pytest.skip("tools/publish.py is not in this tree", allow_module_level=True)
 
 from hub_server import HubServer  # noqa: E402
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import randn_layout, random_seq_idx
+from helpers import dev, packed_inputs, randn_layout, random_seq_idx
 
 
 def _fwd_samples():
@@ -141,3 +141,23 @@ def test_compile_fullgraph_matches_eager(cc):
     compiled = run(torch.compile(step, fullgraph=True))
     for e, c in zip(eager, compiled):
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.backends("cuda")
+def test_opcheck_cuda(kernel, seeded):
+    B, D, L, W = 2, 16, 40, 4
+    x = randn_layout(B, D, L, "channel_last", torch.float32)
+    w, b = torch.randn(D, W, device=dev()), torch.randn(D, device=dev())
+    s = random_seq_idx(B, L, device=dev())
+    ini = torch.randn(B, D, W - 1, device=dev())
+    torch.library.opcheck(kernel.ops.fwd.default, (x, w, b, s, ini, True, True))
+    dout = torch.randn_like(x)
+    torch.library.opcheck(kernel.ops.bwd.default, (x, w, b, s, ini, dout, None, True, True))
+    pool = torch.randn(6, D, 3, device=dev())
+    torch.library.opcheck(kernel.ops.update.default,
+                          (torch.randn(3, D, 1, device=dev()), pool, w, b, None,
+                           torch.tensor([4, -1, 0], dtype=torch.int32, device=dev()), True))
+    xt, cus = packed_inputs([3, 0, 9], D, torch.float32, "contiguous")
+    torch.library.opcheck(kernel.ops.varlen_states.default, (xt, cus, 5))
+    torch.library.opcheck(kernel.ops.fwd_packed.default,
+                          (xt.t(), w, b, cus, pool, None, None, -1, True))

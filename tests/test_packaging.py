@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import KERNEL_ROOT, ROOT
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_build_toml_parses_with_the_real_parser():
 def test_variant_is_the_one_the_loader_picks(variant_dir):
     from kernels.variants import get_variants_local, resolve_variant
 
-    variants = get_variants_local(KERNEL_ROOT / "build")
+    variants = get_variants_local(variant_dir.parent)
     chosen, _ = resolve_variant(variants, backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
     assert chosen is not None
     assert chosen.variant_str == variant_dir.name
@@ -106,7 +106,7 @@ r = cc.causal_conv1d_ref(x.double(), w.double(), activation="silu")
 torch.testing.assert_close(y.double(), r, rtol=3e-4, atol=1e-3)
 print(cc.__name__)
 """,
-        LOCAL_KERNELS=f"{repo_id}={KERNEL_ROOT}",
+        LOCAL_KERNELS=f"{repo_id}={variant_dir.parent}",
         HF_HUB_OFFLINE="1",
     )
     assert out.strip() == json.loads((variant_dir / "metadata.json").read_text())["id"]

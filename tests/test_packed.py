@@ -12,6 +12,18 @@ import torch
 
 from helpers import DTYPE_PAIRS, assert_close
 from helpers import dtype_name as _name
+from helpers import (  # the kernel-path grids below
+    CUDA_DTYPE_PAIRS,
+    pair_id,
+    close,
+    exact,
+    update_case,
+    packed_inputs,
+    packed_case,
+    skip_unimplemented,
+    dev,
+    dtype_name,
+)
 
 WIDTHS = [1, 2, 3, 4, 6, 16, 32]
 D = 77  # two full channel blocks and a partial one on every tier
@@ -42,16 +54,17 @@ def make_tokens(T: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor
 # varlen_states
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
 @pytest.mark.parametrize("state_len", [1, 3, 8])
-def test_varlen_states_matches_reference(cc, seeded, dtype, layout, state_len):
+def test_varlen_states_matches_reference(kernel, seeded, dtype, layout, state_len):
     lengths = [5, 0, 1, 12, 3, 8, 2]
     cu = random_cu_seqlens(lengths, lead=2)
     T = int(cu[-1]) + 4  # tokens before cu[0] and after cu[-1] belong to no sequence
     x = make_tokens(T, D, dtype, layout)
-    got = cc.causal_conv1d_varlen_states(x, cu, state_len)
-    want = cc.causal_conv1d_varlen_states_ref(x, cu, state_len)
+    got = kernel.causal_conv1d_varlen_states(x, cu, state_len)
+    want = kernel.causal_conv1d_varlen_states_ref(x, cu, state_len)
     assert got.shape == (len(lengths), D, state_len) and got.dtype == dtype
     assert torch.equal(got, want), f"seed={seeded}"
     # spot-check the reference's meaning on one sequence: right-aligned, zero-filled
@@ -60,31 +73,31 @@ def test_varlen_states_matches_reference(cc, seeded, dtype, layout, state_len):
     assert torch.count_nonzero(want[b, :, : state_len - n]) == 0
 
 
-def test_varlen_states_many_sequences(cc, seeded):
+def test_varlen_states_many_sequences(kernel, seeded):
     """Enough work to split across threads."""
     lengths = torch.randint(0, 40, (64,)).tolist()
     cu = random_cu_seqlens(lengths)
     x = torch.randn(int(cu[-1]), 1030, dtype=torch.bfloat16)
-    assert torch.equal(cc.causal_conv1d_varlen_states(x, cu, 4),
-                       cc.causal_conv1d_varlen_states_ref(x, cu, 4)), f"seed={seeded}"
+    assert torch.equal(kernel.causal_conv1d_varlen_states(x, cu, 4),
+                       kernel.causal_conv1d_varlen_states_ref(x, cu, 4)), f"seed={seeded}"
 
 
 # ---------------------------------------------------------------------------
 # packed prefill
 
 
-def run_packed(cc, x, weight, bias, cu, pool, indices, has_init, activation, pad_slot_id=-1,
+def run_packed(kernel, x, weight, bias, cu, pool, indices, has_init, activation, pad_slot_id=-1,
                channels_first=False):
     """Kernel on (x, pool) and the float64 reference on copies:
     returns (out, out_ref, pool after, reference pool after)."""
     x_tokens = x.t() if channels_first else x  # the reference takes (T, D)
     pool_ref = pool.to(torch.float64, copy=True)
-    out_ref = cc.causal_conv1d_packed_fwd_ref(
+    out_ref = kernel.causal_conv1d_packed_fwd_ref(
         x_tokens.double(), weight.double(), None if bias is None else bias.double(), cu, pool_ref,
         cache_indices=indices, has_initial_state=has_init, activation=activation,
         pad_slot_id=pad_slot_id,
     )
-    out = cc.causal_conv1d_packed_fwd(
+    out = kernel.causal_conv1d_packed_fwd(
         x, weight, bias, cu, pool, cache_indices=indices, has_initial_state=has_init,
         activation=activation, pad_slot_id=pad_slot_id, channels_first=channels_first,
     )
@@ -99,9 +112,10 @@ def check(out, out_ref, pool, pool_ref, x_dtype, w_dtype, msg):
     assert torch.equal(pool.double(), pool_ref), f"{msg}: conv_states differ"
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("W", WIDTHS)
 @pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"{_name(p[0])}-{_name(p[1])}")
-def test_packed_matches_reference(cc, seeded, dtypes, W):
+def test_packed_matches_reference(kernel, seeded, dtypes, W):
     """Every dtype pair and width; sequences shorter and longer than the
     state, of length 0, with and without initial states, in a shuffled pool
     with a padded slot; S = W-1 and S > W-1."""
@@ -122,16 +136,17 @@ def test_packed_matches_reference(cc, seeded, dtypes, W):
         indices = torch.randperm(N)[:B].to(torch.int32)
         indices[4] = -1  # padded slot
         has_init = torch.tensor([True, False, True, True, False, True, False])
-        res = run_packed(cc, x, weight, bias if use_bias else None, cu, pool, indices, has_init, act,
+        res = run_packed(kernel, x, weight, bias if use_bias else None, cu, pool, indices, has_init, act,
                          channels_first=channels_first)
         check(*res, x_dtype, w_dtype,
               f"seed={seeded} W={W} S={S} act={act} bias={use_bias} channels_first={channels_first}")
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
 @pytest.mark.parametrize("channels_first", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_packed_layouts(cc, seeded, layout, channels_first, dtype):
+def test_packed_layouts(kernel, seeded, layout, channels_first, dtype):
     """x as (T, D) or (D, T) (channels_first=True), in any memory layout;
     the pool as a strided view. The output keeps x's layout."""
     W, S = 4, 5
@@ -145,7 +160,7 @@ def test_packed_layouts(cc, seeded, layout, channels_first, dtype):
     B = len(lengths)
     pool = torch.randn(B, S, D, dtype=dtype).transpose(1, 2)  # channel-contiguous columns
     has_init = torch.tensor([True, True, False, True, False])
-    res = run_packed(cc, x, weight, bias, cu, pool, None, has_init, "silu",
+    res = run_packed(kernel, x, weight, bias, cu, pool, None, has_init, "silu",
                      channels_first=channels_first)
     check(*res, dtype, dtype, f"seed={seeded} layout={layout} channels_first={channels_first}")
     out = res[0]
@@ -153,7 +168,7 @@ def test_packed_layouts(cc, seeded, layout, channels_first, dtype):
 
 
 @pytest.mark.parametrize("pad_slot_id", [-1, 5])
-def test_packed_pad_slot_id(cc, seeded, pad_slot_id):
+def test_packed_pad_slot_id(kernel, seeded, pad_slot_id):
     """A sequence whose cache index is pad_slot_id (or negative) outputs 0 and
     leaves the pool as it was; other rows receive their final states."""
     W, S = 4, 3
@@ -165,7 +180,7 @@ def test_packed_pad_slot_id(cc, seeded, pad_slot_id):
     indices = torch.tensor([2, pad_slot_id, 0, -3], dtype=torch.int32)
     has_init = torch.tensor([True, True, False, True])
     before = pool.clone()
-    res = run_packed(cc, x, weight, bias, cu, pool, indices, has_init, "silu", pad_slot_id)
+    res = run_packed(kernel, x, weight, bias, cu, pool, indices, has_init, "silu", pad_slot_id)
     check(*res, torch.float32, torch.float32, f"seed={seeded}")
     out = res[0]
     assert torch.count_nonzero(out[int(cu[1]) : int(cu[2])]) == 0
@@ -176,7 +191,7 @@ def test_packed_pad_slot_id(cc, seeded, pad_slot_id):
         assert torch.equal(pool[n], before[n]), f"pool row {n} was touched"
 
 
-def test_packed_many_sequences(cc, seeded):
+def test_packed_many_sequences(kernel, seeded):
     """16 sequences of mixed lengths over enough channels to use threads."""
     W, S, Dl = 4, 3, 1030
     dtype = torch.bfloat16
@@ -187,12 +202,12 @@ def test_packed_many_sequences(cc, seeded):
     pool = torch.randn(20, Dl, S, dtype=dtype)
     indices = torch.randperm(20)[:16].to(torch.int32)
     has_init = torch.rand(16) < 0.5
-    res = run_packed(cc, x, weight, bias, cu, pool, indices, has_init, "silu")
+    res = run_packed(kernel, x, weight, bias, cu, pool, indices, has_init, "silu")
     check(*res, dtype, dtype, f"seed={seeded}")
 
 
 @pytest.mark.parametrize("W", [4, 6])
-def test_packed_many_short_sequences(cc, seeded, W):
+def test_packed_many_short_sequences(kernel, seeded, W):
     """Many sequences shorter than the window, so work split across threads
     starts inside sequences' first W-1 tokens."""
     S, Dl = W - 1, 1100
@@ -204,13 +219,13 @@ def test_packed_many_short_sequences(cc, seeded, W):
     has_init = torch.rand(96) < 0.7
     indices = torch.arange(96, dtype=torch.int32)
     indices[::7] = -1
-    res = run_packed(cc, x, weight, bias, cu, pool, indices, has_init, "silu")
+    res = run_packed(kernel, x, weight, bias, cu, pool, indices, has_init, "silu")
     check(*res, torch.float32, torch.float32, f"seed={seeded}")
 
 
 @pytest.mark.parametrize("W", [2, 4, 6])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_packed_matches_forward_per_sequence(cc, seeded, dtype, W):
+def test_packed_matches_forward_per_sequence(kernel, seeded, dtype, W):
     """Packed prefill equals causal_conv1d_fn on each sequence with its
     initial state (the pool row, or zeros) and final state (written back)."""
     S = W - 1
@@ -222,12 +237,12 @@ def test_packed_matches_forward_per_sequence(cc, seeded, dtype, W):
     pool = torch.randn(B, D, S, dtype=dtype)
     has_init = torch.tensor([True, False, True, True, True])
     pool_in = pool.clone()
-    out = cc.causal_conv1d_packed_fwd(x, weight, bias, cu, pool, has_initial_state=has_init,
+    out = kernel.causal_conv1d_packed_fwd(x, weight, bias, cu, pool, has_initial_state=has_init,
                                       activation="silu")
     for b in range(B):
         seq = x[int(cu[b]) : int(cu[b + 1])].t()[None]
         init = pool_in[b : b + 1] if has_init[b] else torch.zeros_like(pool_in[b : b + 1])
-        want, final = cc.causal_conv1d_fn(seq, weight, bias, initial_states=init,
+        want, final = kernel.causal_conv1d_fn(seq, weight, bias, initial_states=init,
                                           return_final_states=True, activation="silu")
         msg = f"seed={seeded} W={W} seq={b}"
         assert_close(out[int(cu[b]) : int(cu[b + 1])].t(), want[0], (dtype,), msg)
@@ -236,7 +251,7 @@ def test_packed_matches_forward_per_sequence(cc, seeded, dtype, W):
 
 @pytest.mark.parametrize("channels_first", [False, True])
 @pytest.mark.parametrize("W", [2, 4, 9])
-def test_packed_int64_cu_seqlens(cc, seeded, channels_first, W):
+def test_packed_int64_cu_seqlens(kernel, seeded, channels_first, W):
     """cu_seqlens as torch.cumsum gives it (int64), with an offset stride:
     the same result as the reference, on both token layouts."""
     weight, bias = torch.randn(D, W), torch.randn(D)
@@ -252,6 +267,76 @@ def test_packed_int64_cu_seqlens(cc, seeded, channels_first, W):
     pool = torch.randn(N, D, W + 1)
     indices = torch.randperm(N)[: len(lengths)].to(torch.int32)
     has_init = torch.tensor([True, False, True, False, True])
-    res = run_packed(cc, x, weight, bias, cu, pool, indices, has_init, "silu",
+    res = run_packed(kernel, x, weight, bias, cu, pool, indices, has_init, "silu",
                      channels_first=channels_first)
     check(*res, torch.float32, torch.float32, f"seed={seeded} W={W} channels_first={channels_first}")
+
+
+# ---------------------------------------------------------------------------
+# the CUDA packed kernels, and agreement with the CPU backend
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
+@pytest.mark.parametrize("state_len", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=dtype_name)
+def test_varlen_states_grid(kernel, seeded, dtype, state_len, layout):
+    x, cus = packed_inputs([5, 0, 1, 12, 3, 8, 2], 37, dtype, layout)
+    got = kernel.causal_conv1d_varlen_states(x, cus, state_len)
+    exact(got, kernel.causal_conv1d_varlen_states_ref(x, cus, state_len), f"seed={seeded}")
+
+
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("S_extra", [0, 3])
+@pytest.mark.parametrize("W", [1, 2, 3, 4, 6, 16, 32])
+@pytest.mark.parametrize("dtypes", CUDA_DTYPE_PAIRS, ids=pair_id)
+def test_packed_grid(kernel, seeded, dtypes, W, S_extra):
+    packed_case(kernel, seeded, W=W, S=W - 1 + S_extra, xdt=dtypes[0], wdt=dtypes[1])
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("pad_slot_id", [-1, 5])
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
+def test_packed_layouts_and_pad_slots(kernel, seeded, layout, channels_first, pad_slot_id):
+    packed_case(kernel, seeded, layout=layout, channels_first=channels_first,
+                pad_slot_id=pad_slot_id, xdt=torch.bfloat16)
+
+
+@pytest.mark.backends("cuda")
+def test_packed_many_sequences_in_a_pool(kernel, backend, seeded):
+    lengths = torch.randint(0, 9, (300 if not backend.emulated else 40,)).tolist()
+    packed_case(kernel, seeded, lengths=lengths, W=4, S=6, D=64)
+
+
+@pytest.mark.backends("cuda")
+def test_packed_vs_cpu(kernel, cpu_kernel, seeded):
+    x, cus = packed_inputs([4, 0, 9, 1, 30], 40, torch.bfloat16, "contiguous")
+    w, b = torch.randn(40, 4, device=dev()), torch.randn(40, device=dev())
+    pool = torch.randn(8, 40, 5, device=dev(), dtype=torch.bfloat16)
+    idx = torch.tensor([3, -1, 0, 6, 2], dtype=torch.int32, device=dev())
+    hi = torch.tensor([True, True, False, True, True], device=dev())
+    pool_c = pool.to("cpu", copy=True)  # a copy even when dev() is the CPU (emulation)
+    c = skip_unimplemented(lambda: cpu_kernel.ops.fwd_packed(x.t().cpu(), w.cpu(), b.cpu(), cus.cpu(),
+                                                          pool_c, idx.cpu(), hi.cpu(), -1, True))
+    g = kernel.ops.fwd_packed(x.t(), w, b, cus, pool, idx, hi, -1, True)
+    close(g, c, (torch.bfloat16,), f"seed={seeded}")
+    exact(pool, pool_c, f"pool seed={seeded}")
+    gs = kernel.causal_conv1d_varlen_states(x, cus, 6)
+    cs = skip_unimplemented(lambda: cpu_kernel.causal_conv1d_varlen_states(x.cpu(), cus.cpu(), 6))
+    exact(gs, cs, f"varlen seed={seeded}")
+
+
+
+@pytest.mark.sanitizer
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("circular", [False, True])
+def test_sanitizer_update_packed(kernel, circular):
+    torch.manual_seed(1)
+    update_case(kernel, 0, B=7, D=37, W=4, S=5, L=3, pool=True, circular=circular,
+                xdt=torch.bfloat16, state_layout="channel_last")
+    packed_case(kernel, 0, W=4, S=5, D=37, xdt=torch.float16, layout="channels_first")
+    x, cus = packed_inputs([3, 0, 7], 37, torch.float32, "proj_slice")
+    kernel.causal_conv1d_varlen_states(x, cus, 4)

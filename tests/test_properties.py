@@ -17,10 +17,13 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from helpers import tolerance
+pytest.importorskip("hypothesis", reason="property tests need hypothesis (requirements-dev.txt)")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from helpers import tolerance  # noqa: E402
 
 I32 = torch.int32
 SCALE = float(os.environ.get("CAUSAL_CONV1D_HYPOTHESIS_SCALE", "1"))

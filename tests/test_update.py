@@ -12,6 +12,18 @@ import torch
 
 from helpers import DTYPE_PAIRS, assert_close
 from helpers import dtype_name as _name
+from helpers import (  # the kernel-path grids below
+    CUDA_DTYPE_PAIRS,
+    pair_id,
+    close,
+    exact,
+    update_case,
+    pool_indices,
+    to_cpu,
+    skip_unimplemented,
+    tolerance,
+    dev,
+)
 
 WIDTHS = [1, 2, 3, 4, 6, 16, 32]
 D = 77  # two full channel blocks and a partial one on every tier
@@ -43,15 +55,15 @@ def make_x(b: int, d: int, L: int | None, dtype: torch.dtype, layout: str) -> to
     return x[..., 0] if L is None else x
 
 
-def run_update(cc, x, state, weight, bias, activation, cache_seqlens=None, indices=None):
+def run_update(kernel, x, state, weight, bias, activation, cache_seqlens=None, indices=None):
     """The kernel on (x, state) and the float64 reference on copies: returns
     (out, out_ref, state after, reference state after)."""
     state_ref = state.to(torch.float64, copy=True)  # never the same tensor as state
-    out_ref = cc.causal_conv1d_update_ref(
+    out_ref = kernel.causal_conv1d_update_ref(
         x.double(), state_ref, weight.double(), None if bias is None else bias.double(),
         activation=activation, cache_seqlens=cache_seqlens, conv_state_indices=indices,
     )
-    out = cc.causal_conv1d_update(
+    out = kernel.causal_conv1d_update(
         x, state, weight, bias, activation=activation, cache_seqlens=cache_seqlens,
         conv_state_indices=indices,
     )
@@ -65,9 +77,10 @@ def check(out, out_ref, state, state_ref, x_dtype, w_dtype, msg):
     assert torch.equal(state.double(), state_ref), f"{msg}: conv_state differs"
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("W", WIDTHS)
 @pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"{_name(p[0])}-{_name(p[1])}")
-def test_update_matches_reference(cc, seeded, dtypes, W):
+def test_update_matches_reference(kernel, seeded, dtypes, W):
     """Every dtype pair and width, across token counts, state lengths and the
     linear / circular state, with and without bias and silu."""
     x_dtype, w_dtype = dtypes
@@ -89,16 +102,17 @@ def test_update_matches_reference(cc, seeded, dtypes, W):
         x = make_x(B, D, L, x_dtype, "contiguous")
         state = make_state(B, D, S, x_dtype, "contiguous")
         seqlens = torch.randint(0, 4 * max(S, 1), (B,), dtype=torch.int32) if circular else None
-        res = run_update(cc, x, state, weight, bias if use_bias else None, act, seqlens)
+        res = run_update(kernel, x, state, weight, bias if use_bias else None, act, seqlens)
         check(*res, x_dtype, w_dtype,
               f"seed={seeded} W={W} L={L} S={S} circular={circular} bias={use_bias} act={act}")
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("x_layout", ["contiguous", "channel_last", "strided"])
 @pytest.mark.parametrize("state_layout", ["contiguous", "channel_last", "slice"])
 @pytest.mark.parametrize("L", [None, 3])
 @pytest.mark.parametrize("circular", [False, True])
-def test_update_strides(cc, seeded, x_layout, state_layout, L, circular):
+def test_update_strides(kernel, seeded, x_layout, state_layout, L, circular):
     """Any strides of x and conv_state, linear and circular."""
     B, W, S = 4, 4, 5
     for dtype in (torch.float32, torch.bfloat16):
@@ -107,13 +121,13 @@ def test_update_strides(cc, seeded, x_layout, state_layout, L, circular):
         x = make_x(B, D, L, dtype, x_layout)
         state = make_state(B, D, S, dtype, state_layout)
         seqlens = torch.randint(0, 50, (B,), dtype=torch.int32) if circular else None
-        res = run_update(cc, x, state, weight, bias, "silu", seqlens)
+        res = run_update(kernel, x, state, weight, bias, "silu", seqlens)
         check(*res, dtype, dtype, f"seed={seeded} {dtype} x={x_layout} state={state_layout} L={L}")
 
 
 @pytest.mark.parametrize("W", [1, 2, 4, 6])
 @pytest.mark.parametrize("L", [1, 2, 7, 12])
-def test_update_circular_wraps(cc, seeded, W, L):
+def test_update_circular_wraps(kernel, seeded, W, L):
     """cache_seqlens far past S (the buffer wrapped many times), L up to > S."""
     B, S = 5, max(W - 1, 1) + 2
     weight = torch.randn(D, W)
@@ -121,19 +135,19 @@ def test_update_circular_wraps(cc, seeded, W, L):
     x = make_x(B, D, L, torch.float32, "contiguous")
     state = make_state(B, D, S, torch.float32, "contiguous")
     seqlens = torch.tensor([0, S - 1, S, 7 * S + 2, 1000 * S + S - 1], dtype=torch.int32)
-    res = run_update(cc, x, state, weight, bias, None, seqlens)
+    res = run_update(kernel, x, state, weight, bias, None, seqlens)
     check(*res, torch.float32, torch.float32, f"seed={seeded} W={W} L={L} S={S}")
 
 
 @pytest.mark.parametrize("L", [1, 3, 9])
-def test_update_longer_than_state(cc, seeded, L):
+def test_update_longer_than_state(kernel, seeded, L):
     """Linear state with L >= S: the state becomes the last S tokens."""
     B, W = 3, 4
     for S in (3, 4):
         weight, bias = torch.randn(D, W), torch.randn(D)
         x = make_x(B, D, L, torch.float32, "contiguous")
         state = make_state(B, D, S, torch.float32, "contiguous")
-        res = run_update(cc, x, state, weight, bias, "silu")
+        res = run_update(kernel, x, state, weight, bias, "silu")
         check(*res, torch.float32, torch.float32, f"seed={seeded} L={L} S={S}")
         if L >= S:
             assert torch.equal(state, x[..., -S:])
@@ -142,7 +156,7 @@ def test_update_longer_than_state(cc, seeded, L):
 @pytest.mark.parametrize("circular", [False, True])
 @pytest.mark.parametrize("L", [None, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_update_pool_with_padding(cc, seeded, circular, L, dtype):
+def test_update_pool_with_padding(kernel, seeded, circular, L, dtype):
     """conv_state_indices pick rows of a larger pool in any order; negative
     indices are padding rows: output 0 and no pool row changes."""
     B, N, W, S = 6, 11, 4, 4
@@ -154,7 +168,7 @@ def test_update_pool_with_padding(cc, seeded, circular, L, dtype):
     x = make_x(B, D, L, dtype, "channel_last")
     seqlens = torch.randint(0, 30, (B,), dtype=torch.int32) if circular else None
     before = pool.clone()
-    res = run_update(cc, x, pool, weight, bias, "silu", seqlens, rows)
+    res = run_update(kernel, x, pool, weight, bias, "silu", seqlens, rows)
     check(*res, dtype, dtype, f"seed={seeded} circular={circular} L={L}")
     out = res[0]
     assert torch.count_nonzero(out[1]) == 0 and torch.count_nonzero(out[4]) == 0
@@ -167,40 +181,40 @@ def test_update_pool_with_padding(cc, seeded, circular, L, dtype):
 
 
 @pytest.mark.parametrize("L", [None, 4])
-def test_update_width1_empty_state(cc, seeded, L):
+def test_update_width1_empty_state(kernel, seeded, L):
     """W = 1 needs no history: a state of length 0 is legal."""
     B = 3
     weight, bias = torch.randn(D, 1), torch.randn(D)
     x = make_x(B, D, L, torch.float32, "contiguous")
     state = torch.empty(B, D, 0)
-    res = run_update(cc, x, state, weight, bias, "silu")
+    res = run_update(kernel, x, state, weight, bias, "silu")
     check(*res, torch.float32, torch.float32, f"seed={seeded}")
 
 
-def test_update_many_threads_blocks(cc, seeded):
+def test_update_many_threads_blocks(kernel, seeded):
     """A size that splits across threads and blocks (B * D large)."""
     B, Dl, W, S = 24, 1100, 4, 3
     weight, bias = torch.randn(Dl, W, dtype=torch.bfloat16), torch.randn(Dl, dtype=torch.bfloat16)
     x = torch.randn(B, Dl, dtype=torch.bfloat16)
     state = torch.randn(B, Dl, S, dtype=torch.bfloat16)
-    res = run_update(cc, x, state, weight, bias, "silu")
+    res = run_update(kernel, x, state, weight, bias, "silu")
     check(*res, torch.bfloat16, torch.bfloat16, f"seed={seeded}")
 
 
-def _prefill_state(cc, x, S):
+def _prefill_state(kernel, x, S):
     """The last S inputs of x (B, D, L), zero-padded on the left, computed
     with causal_conv1d_varlen_states on the packed (B*L, D) tokens."""
     B, Dx, L = x.shape
     packed = x.transpose(1, 2).reshape(B * L, Dx)
     cu = torch.arange(0, B * L + 1, L, dtype=torch.int32)
-    return cc.causal_conv1d_varlen_states(packed, cu, S)
+    return kernel.causal_conv1d_varlen_states(packed, cu, S)
 
 
 @pytest.mark.parametrize("S_extra", [0, 3])
 @pytest.mark.parametrize("circular", [False, True])
 @pytest.mark.parametrize("W", [2, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_loop_matches_forward(cc, seeded, dtype, W, circular, S_extra):
+def test_decode_loop_matches_forward(kernel, seeded, dtype, W, circular, S_extra):
     """Prefill L tokens with causal_conv1d_fn, then decode 20 tokens one at a
     time: the outputs must equal causal_conv1d_fn over all L + 20 tokens, and
     the final state must be the last S inputs, bit for bit."""
@@ -208,13 +222,13 @@ def test_decode_loop_matches_forward(cc, seeded, dtype, W, circular, S_extra):
     S = W - 1 + S_extra
     weight, bias = torch.randn(D, W, dtype=dtype), torch.randn(D, dtype=dtype)
     x = torch.randn(B, D, L + steps, dtype=dtype)
-    full = cc.causal_conv1d_fn(x, weight, bias, activation="silu")
-    out_pre, final = cc.causal_conv1d_fn(
+    full = kernel.causal_conv1d_fn(x, weight, bias, activation="silu")
+    out_pre, final = kernel.causal_conv1d_fn(
         x[..., :L], weight, bias, return_final_states=True, activation="silu"
     )
-    state = final.clone() if S_extra == 0 else _prefill_state(cc, x[..., :L], S)
+    state = final.clone() if S_extra == 0 else _prefill_state(kernel, x[..., :L], S)
     if S_extra == 0:
-        assert torch.equal(state, _prefill_state(cc, x[..., :L], S))
+        assert torch.equal(state, _prefill_state(kernel, x[..., :L], S))
     if circular:
         # the same history as a circular buffer whose oldest column is at
         # start % S, with starts that differ per row
@@ -231,11 +245,11 @@ def test_decode_loop_matches_forward(cc, seeded, dtype, W, circular, S_extra):
         # for either layout must keep the state in the same form
         xt = x[..., t] if t % 2 else x[..., t].contiguous()
         if circular:
-            outs.append(cc.causal_conv1d_update(
+            outs.append(kernel.causal_conv1d_update(
                 xt, state, weight, bias, activation="silu", cache_seqlens=seqlens))
             seqlens += 1
         else:
-            outs.append(cc.causal_conv1d_update(xt, state, weight, bias, activation="silu"))
+            outs.append(kernel.causal_conv1d_update(xt, state, weight, bias, activation="silu"))
     decoded = torch.stack(outs, dim=-1)
     msg = f"seed={seeded} {dtype} W={W} S={S} circular={circular}"
     assert_close(out_pre, full[..., :L], (dtype,), msg)
@@ -250,18 +264,18 @@ def test_decode_loop_matches_forward(cc, seeded, dtype, W, circular, S_extra):
 
 
 @pytest.mark.parametrize("circular", [False, True])
-def test_reference_decode_loop_matches_reference_forward(cc, seeded, circular):
+def test_reference_decode_loop_matches_reference_forward(kernel, seeded, circular):
     """The reference itself: token-by-token causal_conv1d_update_ref equals
     causal_conv1d_ref over the whole sequence (both float64)."""
     B, Dr, W, S, L = 2, 5, 4, 5, 9
     weight, bias = torch.randn(Dr, W, dtype=torch.float64), torch.randn(Dr, dtype=torch.float64)
     x = torch.randn(B, Dr, L, dtype=torch.float64)
-    full = cc.causal_conv1d_ref(x, weight, bias, activation="silu")
+    full = kernel.causal_conv1d_ref(x, weight, bias, activation="silu")
     state = torch.zeros(B, Dr, S, dtype=torch.float64)
     seqlens = torch.tensor([3, 11], dtype=torch.int32) if circular else None
     outs = []
     for t in range(L):
-        outs.append(cc.causal_conv1d_update_ref(
+        outs.append(kernel.causal_conv1d_update_ref(
             x[..., t], state, weight, bias, activation="silu", cache_seqlens=seqlens))
         if circular:
             seqlens += 1
@@ -270,7 +284,7 @@ def test_reference_decode_loop_matches_reference_forward(cc, seeded, circular):
 
 @pytest.mark.parametrize("L", [None, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_update_silu_extremes(cc, dtype, L):
+def test_update_silu_extremes(kernel, dtype, L):
     """silu over its whole range, from -200 to 200, +-inf and NaN, against
     F.silu in float64 (the kernels use their own exp and reciprocal)."""
     import math
@@ -285,7 +299,7 @@ def test_update_silu_extremes(cc, dtype, L):
     weight = torch.zeros(Dv, 4, dtype=dtype)
     weight[:, -1] = 1  # out = silu(newest token)
     state = torch.zeros(B, Dv, 3, dtype=dtype)
-    out = cc.causal_conv1d_update(x, state, weight, None, activation="silu")
+    out = kernel.causal_conv1d_update(x, state, weight, None, activation="silu")
     newest = x if L is None else x[..., -1]
     got = out if L is None else out[..., -1]
     want = F.silu(newest.double())
@@ -295,17 +309,17 @@ def test_update_silu_extremes(cc, dtype, L):
 
 @pytest.mark.parametrize("x_layout", ["contiguous", "channel_last", "strided"])
 @pytest.mark.parametrize("L", [None, 3])
-def test_update_output_is_not_a_view(cc, seeded, x_layout, L):
+def test_update_output_is_not_a_view(kernel, seeded, x_layout, L):
     """out is a fresh tensor with x's stride order, not a view of one."""
     x = make_x(4, 6, L, torch.float32, x_layout)
     state = make_state(4, 6, 3, torch.float32, "contiguous")
-    out = cc.causal_conv1d_update(x, state, torch.randn(6, 4), activation="silu")
+    out = kernel.causal_conv1d_update(x, state, torch.randn(6, 4), activation="silu")
     assert out._base is None
     order = sorted(range(x.dim()), key=lambda d: -x.stride(d))  # outermost first
     assert out.shape == x.shape and out.permute(order).is_contiguous()
 
 
-def test_in_place_writes_bump_versions(cc, seeded):
+def test_in_place_writes_bump_versions(kernel, seeded):
     """The ops that write a tensor in place (update's conv_state, packed
     prefill's conv_states, causal_conv1d_fn's final_states_out) bump its
     version counter, as torch's in-place ops do: autograd then refuses a
@@ -314,39 +328,39 @@ def test_in_place_writes_bump_versions(cc, seeded):
     w = torch.randn(5, 4)
     state = torch.randn(3, 5, 3)
     before = state._version
-    cc.causal_conv1d_update(torch.randn(3, 5), state, w)
+    kernel.causal_conv1d_update(torch.randn(3, 5), state, w)
     assert state._version > before, "update: conv_state"
 
     pool = torch.randn(2, 5, 3)
     before = pool._version
     cu = torch.tensor([0, 3, 7], dtype=torch.int32)
-    cc.causal_conv1d_packed_fwd(torch.randn(5, 7), w, None, cu, pool, channels_first=True)
+    kernel.causal_conv1d_packed_fwd(torch.randn(5, 7), w, None, cu, pool, channels_first=True)
     assert pool._version > before, "packed prefill: conv_states"
 
     final = torch.empty(2, 5, 3)
     before = final._version
-    cc.causal_conv1d_fn(torch.randn(2, 5, 9), w, return_final_states=True, final_states_out=final)
+    kernel.causal_conv1d_fn(torch.randn(2, 5, 9), w, return_final_states=True, final_states_out=final)
     assert final._version > before, "causal_conv1d_fn: final_states_out"
 
     leaf = torch.randn(3, 5, 3, requires_grad=True)
     saved = leaf * 2
     loss = (saved * saved).sum()  # saves `saved` for its backward
-    cc.causal_conv1d_update(torch.randn(3, 5), saved.detach(), w)
+    kernel.causal_conv1d_update(torch.randn(3, 5), saved.detach(), w)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
 
     with torch.inference_mode():  # inference tensors have no counter: the op runs as before
         inference_state = torch.randn(3, 5, 3)
         expected = inference_state.clone()
-        out = cc.causal_conv1d_update(torch.randn(3, 5), inference_state, w)
+        out = kernel.causal_conv1d_update(torch.randn(3, 5), inference_state, w)
         assert out.shape == (3, 5) and not torch.equal(inference_state, expected)
 
 
-def test_every_writing_op_has_the_version_kernel(cc):
+def test_every_writing_op_has_the_version_kernel(kernel):
     """torch_binding.cpp lists the ops that get the version-bump kernel by
     hand: every op whose schema writes an argument (`(a!)`) must be on it,
     and no other."""
-    schemas = [s for s in torch._C._jit_get_all_schemas() if s.name.startswith(cc.ops.name + "::")]
+    schemas = [s for s in torch._C._jit_get_all_schemas() if s.name.startswith(kernel.ops.name + "::")]
     assert len(schemas) >= 6, [s.name for s in schemas]
     for s in schemas:
         writes = [a.name for a in s.arguments if a.alias_info is not None and a.alias_info.is_write]
@@ -354,7 +368,7 @@ def test_every_writing_op_has_the_version_kernel(cc):
         assert bumps == bool(writes), (s.name, writes, bumps)
 
 
-def test_state_ops_have_no_gradient(cc, seeded):
+def test_state_ops_have_no_gradient(kernel, seeded):
     """update, varlen_states and packed prefill are not differentiable (as
     upstream's): with inputs that require grad their outputs do not, so a
     backward through them fails loudly instead of giving no gradient with a
@@ -363,18 +377,120 @@ def test_state_ops_have_no_gradient(cc, seeded):
     w = torch.randn(5, 4, requires_grad=True)
     state = torch.randn(3, 5, 3)
     state_no_grad = state.clone()
-    out = cc.causal_conv1d_update(x, state, w, activation="silu")
+    out = kernel.causal_conv1d_update(x, state, w, activation="silu")
     assert not out.requires_grad and out.grad_fn is None
     with pytest.raises(RuntimeError, match="does not require grad"):
         out.sum().backward()
     with torch.no_grad():
-        expected = cc.causal_conv1d_update(x, state_no_grad, w, activation="silu")
+        expected = kernel.causal_conv1d_update(x, state_no_grad, w, activation="silu")
     assert torch.equal(out, expected) and torch.equal(state, state_no_grad)
 
     packed = torch.randn(7, 5, requires_grad=True)
     cu = torch.tensor([0, 3, 7], dtype=torch.int32)
-    assert not cc.causal_conv1d_varlen_states(packed, cu, 3).requires_grad
+    assert not kernel.causal_conv1d_varlen_states(packed, cu, 3).requires_grad
     pool = torch.zeros(2, 5, 3)
-    y = cc.causal_conv1d_packed_fwd(packed.t(), w, None, cu, pool, activation="silu",
+    y = kernel.causal_conv1d_packed_fwd(packed.t(), w, None, cu, pool, activation="silu",
                                     channels_first=True)
     assert not y.requires_grad
+
+
+# ---------------------------------------------------------------------------
+# the CUDA decode kernels: the fast one-token kernel's layouts, pools under repeated steps,
+# agreement with the CPU backend
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("circular", [False, True])
+@pytest.mark.parametrize("S_extra", [0, 3])
+@pytest.mark.parametrize("W", [1, 2, 3, 4, 5, 8, 16, 32])
+@pytest.mark.parametrize("dtypes", CUDA_DTYPE_PAIRS, ids=pair_id)
+def test_update_grid(kernel, seeded, dtypes, W, S_extra, circular, pool):
+    if W == 1 and S_extra == 0 and circular:
+        pytest.skip("a circular buffer needs state_len >= 1 (checks.cpp refuses it)")
+    update_case(kernel, seeded, W=W, S=W - 1 + S_extra, xdt=dtypes[0], wdt=dtypes[1],
+                circular=circular, pool=pool)
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("x_layout", ["contiguous", "channel_last", "strided"])
+@pytest.mark.parametrize("state_layout", ["contiguous", "channel_last", "slice"])
+@pytest.mark.parametrize("L", [None, 1, 3, 9])
+@pytest.mark.parametrize("circular", [False, True])
+def test_update_layouts_and_lengths(kernel, seeded, x_layout, state_layout, L, circular):
+    update_case(kernel, seeded, W=4, S=5, L=L, circular=circular, pool=True, x_layout=x_layout,
+                state_layout=state_layout, xdt=torch.bfloat16, wdt=torch.float32)
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("act", ["silu", None])
+@pytest.mark.parametrize("x_layout", ["contiguous", "proj_slice", "strided"])
+@pytest.mark.parametrize("state_layout", ["contiguous", "channel_last", "slice"])
+@pytest.mark.parametrize("W", [2, 3, 4])
+def test_update_decode_layouts(kernel, seeded, W, state_layout, x_layout, act):
+    """One token with state_len W - 1, the decode kernel's case where the
+    state's columns are contiguous: batch rows not a multiple of the rows a
+    thread takes, partial warps of channels, strided tokens and state rows,
+    padding rows; without the activation also without bias."""
+    update_case(kernel, seeded, B=9, D=70, W=W, pool=True, act=act, bias=act is not None,
+                x_layout=x_layout, state_layout=state_layout, xdt=torch.float16,
+                wdt=torch.bfloat16)
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("circular", [False, True])
+def test_update_race_pool(kernel, backend, seeded, circular):
+    """Many rows of a large pool, distinct random indices with padding rows,
+    repeated: every step must equal a vectorised reference exactly (states)
+    and within tolerance (outputs); nothing outside the live rows moves."""
+    B, D, S, W, N = (96, 32, 3, 4, 300) if backend.emulated else (2048, 256, 3, 4, 6000)
+    dtype = torch.bfloat16
+    pool = torch.randn(N, D, S, dtype=dtype, device=dev())
+    w = torch.randn(D, W, device=dev())
+    b = torch.randn(D, device=dev())
+    for step in range(3 if backend.emulated else 25):
+        idx = pool_indices(B, N, pad_frac=0.3)
+        cs = torch.randint(0, 1000, (B,), dtype=torch.int32, device=dev()) if circular else None
+        x = torch.randn(B, D, dtype=dtype, device=dev())
+        live = idx >= 0
+        rows = idx[live].long()
+        expect_pool = pool.clone()
+        st = pool[rows]  # (n, D, S)
+        if circular:
+            order = (torch.arange(S, device=dev())[None, :] + (cs[live].long() % S)[:, None]) % S
+            hist = torch.gather(st, 2, order[:, None, :].expand(-1, D, -1))
+        else:
+            hist = st
+        stream = torch.cat([hist, x[live][..., None]], dim=-1)  # (n, D, S + 1)
+        y = torch.nn.functional.silu(
+            (stream[..., S + 1 - W :].double() * w.double()).sum(-1) + b.double())
+        want = torch.zeros(B, D, dtype=torch.float64, device=dev())
+        want[live] = y
+        if circular:
+            new = st.clone()
+            new.scatter_(2, (cs[live].long() % S)[:, None, None].expand(-1, D, 1), x[live][..., None])
+            expect_pool[rows] = new
+        else:
+            expect_pool[rows] = stream[..., 1:]
+        got = kernel.causal_conv1d_update(x, pool, w, b, "silu", cs, idx)
+        assert torch.equal(pool, expect_pool), f"step {step}: pool differs (seed={seeded})"
+        close(got, want, (dtype,), f"step {step} seed={seeded}")
+        assert not got[~live].any(), f"step {step}: padding rows must output 0"
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("circular", [False, True])
+@pytest.mark.parametrize("W", [2, 4, 6])
+def test_update_vs_cpu(kernel, cpu_kernel, seeded, W, circular):
+    B, D, S, N = 6, 40, W + 1, 10
+    pool = torch.randn(N, D, S, device=dev(), dtype=torch.float16)
+    x = torch.randn(B, D, 3, device=dev(), dtype=torch.float16)
+    w, b = torch.randn(D, W, device=dev()), torch.randn(D, device=dev())
+    idx = pool_indices(B, N)
+    cs = torch.randint(0, 20, (B,), dtype=torch.int32, device=dev()) if circular else None
+    pool_c = pool.to("cpu", copy=True)  # a copy even when dev() is the CPU (emulation)
+    c = skip_unimplemented(lambda: cpu_kernel.ops.update(x.cpu(), pool_c, w.cpu(), b.cpu(), to_cpu(cs),
+                                                      idx.cpu(), True))
+    g = kernel.ops.update(x, pool, w, b, cs, idx, True)
+    close(g, c, (torch.float16,), f"seed={seeded}")
+    exact(pool, pool_c, f"pool seed={seeded}")

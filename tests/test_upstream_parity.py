@@ -1,7 +1,7 @@
 """Upstream parity, one check per row of tests/upstream_parity.md.
 
-Each check calls the loaded kernel (`cc`: the CPU variant, or the CUDA one
-on a GPU / under the emulator) the way code written against upstream
+Each check calls the backend under test (the CPU build, the CUDA kernels on
+a GPU or under the emulator) the way code written against upstream
 causal-conv1d 1.7 calls it, and compares with the float64 reference.
 """
 
@@ -28,12 +28,6 @@ def row(fn):
 
 def table_ids() -> list[str]:
     return re.findall(r"^\| (\w+) \|", TABLE.read_text(), flags=re.M)[1:]  # skip the header
-
-
-@pytest.fixture(scope="module")
-def dev(cc):
-    on_gpu = "_cuda_" in str(cc.ops) and torch.cuda.is_available()
-    return "cuda" if on_gpu else "cpu"
 
 
 def randn(*shape, dtype=F32, dev="cpu"):
@@ -480,5 +474,5 @@ def test_every_row_has_a_check():
 
 
 @pytest.mark.parametrize("row_id", table_ids())
-def test_row(cc, dev, seeded, row_id):
-    CHECKS[row_id](cc, dev)
+def test_row(backend, seeded, row_id):
+    CHECKS[row_id](backend.module, backend.device)

@@ -20,6 +20,11 @@ ninja. Usage:
     python tools/build_variant.py --arch aarch64 --torch-dir T --python-include P
                                     # cross-build the aarch64-linux CPU variant
                                     # (tools/ci_aarch64.sh fetches T and P)
+    python tools/build_variant.py --backend cuda-emu --out /tmp/emu/build
+
+`--backend cuda-emu` is for tests only: build.toml's CUDA sources compiled
+by g++ against the emulator in tests/cuda_emu/ into a CPU-variant folder
+whose ops run the CUDA kernels on CPU tensors (tests/cuda_emu/README.md).
 """
 
 from __future__ import annotations
@@ -356,7 +361,9 @@ def nvcc_flags(cxx: list[str], system_incs: list[str], incs: list[str], capabili
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", choices=["cpu", "cuda"], help="default: the backend of the installed torch")
+    ap.add_argument("--backend", choices=["cpu", "cuda", "cuda-emu"],
+                    help="default: the backend of the installed torch; cuda-emu: the CUDA kernels "
+                         "built for the CPU emulator (tests only)")
     ap.add_argument("--cuda-capabilities",
                     help="comma list overriding build.toml's, same syntax and rule, e.g. 9.0+PTX")
     ap.add_argument("--cuda-version", help="with --print-archs: the CUDA toolkit version (default: nvcc's)")
@@ -380,6 +387,10 @@ def main() -> int:
                     help="cross builds: the target's Python.h folder (its pyconfig.h matching)")
     ap.add_argument("--quiet", "-q", action="store_true")
     args = ap.parse_args()
+    if args.backend == "cuda-emu":
+        if args.check_abi or args.cuda_capabilities:
+            sys.exit("error: --backend cuda-emu builds a test library: no --check-abi, no capabilities")
+        return build_cuda_emu(args)
 
     check_build_toml(ROOT)
     config = tomllib.loads((ROOT / "build.toml").read_text())
@@ -618,6 +629,83 @@ def check_abi(so: Path) -> int:
         log("ABI check failed:\n  " + "\n  ".join(problems))
         return 1
     log("ABI check passed (manylinux_2_28, abi3 3.9)")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# The CUDA kernels on the CPU, for tests (tests/cuda_emu/README.md)
+
+EMU_DIR = ROOT / "tests" / "cuda_emu"
+
+
+def build_cuda_emu(args) -> int:
+    """build.toml's [torch] and [kernel.cuda] sources compiled by g++ with
+    CAUSAL_CONV1D_CUDA_EMU (the .cu files as C++ against cuda_emu.h) plus
+    the emulator's scheduler, laid out as a CPU variant: its ops are
+    registered for the CPU dispatch key and run the CUDA kernels block by
+    block on CPU tensors."""
+    config = tomllib.loads((ROOT / "build.toml").read_text())
+    general = config["general"]
+    module = general["name"].replace("-", "_")
+    facts = torch_facts("cpu")
+    ext_id = f"_{module}_cudaemu_{unique_suffix()}"
+    out_root = Path(args.out or ROOT / "build-cuda-emu").resolve()
+    flavor = facts["variant"] + "-cudaemu" + ("-sanitize" if args.sanitize else "")
+    objdir = out_root.parent / ".local-build" / flavor
+    gen = objdir / "generated"
+    write_if_changed(gen / "registration.h", registration_header())
+
+    cuda = [s for s in config["kernel"].values() if s["backend"] == "cuda"]
+    srcs = [ROOT / s for s in config["torch"]["src"] + [f for c in cuda for f in c["src"]]]
+    srcs = [p for p in srcs if p.suffix not in (".h", ".cuh")] + [EMU_DIR / "emu.cpp"]
+    san = "address,undefined"
+    opt = ["-O1", "-g", f"-fsanitize={san}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"] \
+        if args.sanitize else ["-O2", "-g"]
+    flags = [
+        "-std=c++20", "-fPIC", "-Wall", "-Wno-unused-function", "-Wno-unused-variable",
+        "-Wno-maybe-uninitialized", "-Wno-unknown-pragmas", *opt,
+        f"-D_GLIBCXX_USE_CXX11_ABI={facts['cxx11_abi']}", "-DCPU_KERNEL",
+        "-DCAUSAL_CONV1D_CUDA_EMU", f"-DTORCH_EXTENSION_NAME={ext_id}",
+        f"-I{ROOT}", f"-I{EMU_DIR}", f"-I{gen}",
+        *[f"-isystem{p}" for p in facts["include"]], f"-isystem{sysconfig.get_paths()['include']}",
+    ]
+    lines = [
+        "ninja_required_version = 1.10",
+        f"cxx = {shutil.which(os.environ.get('CXX', 'g++'))}",
+        "rule cxx",
+        "  command = $cxx -MMD -MF $out.d $flags -c $in -o $out",
+        "  depfile = $out.d",
+        "  deps = gcc",
+        "  description = CXX(emu) $in",
+        "rule link",
+        "  command = $cxx -shared $in -o $out $ldflags",
+        "  description = LINK $out",
+    ]
+    objects = []
+    for src in srcs:
+        obj = objdir / "obj" / (str(src.relative_to(ROOT)).replace("/", "__") + ".o")
+        lang = ["-x", "c++"] if src.suffix == ".cu" else []
+        objects.append(str(obj))
+        lines.append(f"build {ninja_escape(str(obj))}: cxx {ninja_escape(str(src))}")
+        lines.append(f"  flags = {' '.join(shlex.quote(f) for f in flags + lang)}")
+    so = objdir / f"{ext_id}.abi3.so"
+    ldflags = [f"-L{facts['lib']}", "-lc10", "-ltorch", "-ltorch_cpu"]
+    if args.sanitize:
+        ldflags.append(f"-fsanitize={san}")
+    lines.append(f"build {ninja_escape(str(so))}: link {' '.join(ninja_escape(o) for o in objects)}")
+    lines.append(f"  ldflags = {' '.join(shlex.quote(f) for f in ldflags)}")
+    lines.append(f"default {ninja_escape(str(so))}")
+    write_if_changed(objdir / "build.ninja", "\n".join(lines) + "\n")
+    ninja = shutil.which("ninja") or str(Path(sys.executable).parent / "ninja")
+    cmd = [ninja, "-C", str(objdir), f"-j{args.jobs}"] + (["--quiet"] if args.quiet else [])
+    log(" ".join(cmd))
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        log("compilation failed")
+        return rc
+    out = out_root / facts["variant"]
+    assemble(out, so, module, ext_id, general, "cpu", None)
+    log(f"wrote {out} (CUDA kernels on the CPU emulator; for tests only)")
     return 0
 
 

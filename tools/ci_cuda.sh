@@ -2,7 +2,7 @@
 # CI for the CUDA variant on a machine without a GPU: build it (one
 # capability, 9.0+PTX: sm_90 SASS plus compute_90 PTX) with the ABI checks,
 # then check that it loads through `kernels` and registers every op for CUDA only
-# (tests/test_cuda_variant.py). GPU tests are tools/gpu_check.sh.
+# (tests/test_cuda_variant.py). GPU tests are tools/gpu.sh check.
 #
 #   tools/ci_cuda.sh            # venv and build dir are cached between runs
 #

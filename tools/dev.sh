@@ -44,25 +44,21 @@ case "${1:-}" in
     build
     cd "$ROOT"
     step "test suite (CPU variant)"
-    # GPU tests run where a GPU is (tools/gpu_check.sh); the CUDA variant's
-    # build/load test runs in tools/ci_cuda.sh with a CUDA torch.
-    python -m pytest tests -m "not slow" -q -p no:cacheprovider \
-      --ignore=tests/test_cuda.py --ignore=tests/test_cuda_variant.py
+    # The CUDA variant's build/load test runs in tools/ci_cuda.sh with a CUDA
+    # torch; tests on a GPU run where one is (tools/gpu.sh check).
+    python -m pytest tests tools -m "not slow" -q -p no:cacheprovider \
+      --ignore=tests/test_cuda_variant.py
     step "large-tensor tests (indexing past 2^31 elements)"
-    python -m pytest tests -m slow -q -p no:cacheprovider --ignore=tests/test_cuda.py
+    python -m pytest tests -m slow -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py
+    step "kernel-builder's ci-test: the Nix source set, pytest -m kernels_ci (tools/kernels_ci.sh)"
+    bash tools/kernels_ci.sh
     step "CUDA variant: build, link, ABI, load without a GPU"
     bash tools/ci_cuda.sh
-    step "CUDA kernels compiled for the CPU emulator (causal_conv1d/cuda/emu): test_cuda, test_bench_peers, test_upstream_parity"
+    step "the CUDA kernels on the CPU emulator (tests/cuda_emu): every op's tests as backend cuda-emu"
     emu="${TMPDIR:-/tmp}/causal-conv1d-ci-emu"
-    python causal_conv1d/cuda/emu/build_emu.py --out "$emu/build"
-    CAUSAL_CONV1D_KERNEL_ROOT="$emu" CAUSAL_CONV1D_TEST_BACKEND=cpu CAUSAL_CONV1D_CUDA_EMU=1 \
-      python -m pytest tests/test_cuda.py tests/test_bench_peers.py tests/test_upstream_parity.py -q -p no:cacheprovider
-    step "the same with the rows_tiled kernels' tile sizes not at their defaults (tools/gpu_tune.sh): the paths they change"
-    python causal_conv1d/cuda/emu/build_emu.py --out "$emu-experiments/build" \
-      -D CAUSAL_CONV1D_FWD_TILE_POSITIONS=64 -D CAUSAL_CONV1D_BWD_TILE_POSITIONS=32
-    CAUSAL_CONV1D_KERNEL_ROOT="$emu-experiments" CAUSAL_CONV1D_TEST_BACKEND=cpu CAUSAL_CONV1D_CUDA_EMU=1 \
-      python -m pytest tests/test_cuda.py -q -p no:cacheprovider \
-      -k "long_rows or options or sizes or deterministic"
+    python tools/build_variant.py --backend cuda-emu --out "$emu/build" --quiet
+    CAUSAL_CONV1D_TEST_BACKENDS="cuda-emu=$emu/build" \
+      python -m pytest tests -m "not slow" -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py
     step "AddressSanitizer + UndefinedBehaviorSanitizer"
     bash tools/sanitize.sh
     step "benchmark smoke runs"

@@ -75,7 +75,7 @@ run_tests() {
     CAUSAL_CONV1D_KERNEL_ROOT="$SAN_ROOT" \
     CAUSAL_CONV1D_TEST_BACKEND=cpu \
     CAUSAL_CONV1D_HYPOTHESIS_SCALE="$scale" \
-    "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow and not cuda" "$@"
+    "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" "$@"
 }
 
 # ---- run ----------------------------------------------------------------------

@@ -3,8 +3,8 @@
 // ATen/torch headers so that every .cu file compiles in seconds.
 //
 // With CAUSAL_CONV1D_CUDA_EMU defined the same sources compile as plain C++
-// against emu/cuda_emu.h, which runs each block's threads on the CPU; that
-// is how the kernels' indexing is tested on machines without a GPU.
+// against tests/cuda_emu/cuda_emu.h, which runs each block's threads on the
+// CPU; that is how the kernels' indexing is tested on machines without a GPU.
 #pragma once
 
 #include <atomic>
@@ -14,7 +14,7 @@
 #include "../params.h"
 
 #ifdef CAUSAL_CONV1D_CUDA_EMU
-#include "emu/cuda_emu.h"
+#include "cuda_emu.h"  // tests/cuda_emu/: on the emulator build's include path only
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -97,8 +97,8 @@ __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + exp_
 // silu of a forward output stored as X. For 16-bit X it is v/2 * (1 +
 // tanh(v/2)) by one MUFU.TANH (tanh.approx.f32, relative error 2^-11)
 // instead of EX2 and RCP: a shorter chain and half the MUFU work per
-// element, which took the bf16 forward from 74% to 81% of copy (contiguous)
-// and 82% to 87% (channel-last) on an H100 (docs/gpu-perf-notes.md, run 5).
+// element, which shows in the 16-bit forward: its two-byte elements leave
+// less memory time per element to hide the activation in.
 // Its absolute error, at most 2.5e-4 * |v|, is under 1/16 of a bf16 ulp of
 // v and half of a fp16 one (within the spec's tolerances, far from them for
 // bf16); fp32 outputs keep silu().

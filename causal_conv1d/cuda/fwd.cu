@@ -138,9 +138,9 @@ __global__ void __launch_bounds__(kThreads) fwd_rows_tiled_kernel(ConvParams p, 
 // registers, unlike a register prefetch (which lost: the registers it held
 // halved the resident warps). A lane reads back only the slots it copied,
 // so the warp needs no barrier. The next tile's edges (taps, bias, the
-// inputs before it) are plain loads issued with the copies. Measured on an
-// H100 (docs/gpu-perf-notes.md, run 7): bf16 88% of copy against
-// rows_tiled's 82%; fp32 88% against 99%, so fp32 keeps rows_tiled.
+// inputs before it) are plain loads issued with the copies. It pays off for
+// 16-bit x only: fp32 tiles already carry enough bytes per load, and were
+// faster in rows_tiled.
 
 template <typename X, int kW, int C>
 __global__ void __launch_bounds__(kThreads) fwd_rows_piped_kernel(ConvParams p, int64_t tiles) {
@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(kThreads)
       X* dst = ptr<X>(p.out) + b * p.out.s0 + tw * p.out.s2 + d0 * p.out.s1;
       // Full tiles (every step before L, vector stores) take a copy of the step
       // loop with constant bounds: one straight block whose steps the compiler
-      // interleaves (measured on an H100: bf16 82% of copy against 79%).
+      // interleaves, where a bound test per step would serialise them.
       auto walk = [&](auto full) {
         constexpr bool kFull = decltype(full)::value;
         const int steps_ = kFull ? kFwdStepsPerWarp : steps;

@@ -10,7 +10,7 @@
 #include "../params.h"
 
 #ifdef CAUSAL_CONV1D_CUDA_EMU
-#include "emu/cuda_emu.h"
+#include "cuda_emu.h"  // tests/cuda_emu/: on the emulator build's include path only
 #else
 #include <cuda_runtime_api.h>
 #endif

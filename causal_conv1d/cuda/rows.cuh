@@ -84,20 +84,10 @@ __device__ inline void load_row_window(float* win, const ConvParams& p, const X*
 // Positions per lane of the rows_tiled kernels on rows long enough (shorter
 // rows get one vector per lane). More keeps more bytes in flight per thread
 // and spreads the per-tile work thinner, at the cost of registers
-// (occupancy). Fastest measured on an H100 (docs/gpu-perf-notes.md, runs 5
-// and 7): 16 for both (bf16 forward 78% of copy against 74% with 32 and 64%
-// with 64; with rows_piped 88% against 84% with 32 and 62% with 8; the bf16
-// backward was slower with 32 in runs 3 and 4); fp32 ran the same with 16,
-// 32 or 64 in the forward. Set at build time only to compare on a GPU
-// (tools/gpu_tune.sh).
-#ifndef CAUSAL_CONV1D_FWD_TILE_POSITIONS
-#define CAUSAL_CONV1D_FWD_TILE_POSITIONS 16
-#endif
-#ifndef CAUSAL_CONV1D_BWD_TILE_POSITIONS
-#define CAUSAL_CONV1D_BWD_TILE_POSITIONS 16
-#endif
-constexpr int kFwdTilePositions = CAUSAL_CONV1D_FWD_TILE_POSITIONS;
-constexpr int kBwdTilePositions = CAUSAL_CONV1D_BWD_TILE_POSITIONS;
+// (occupancy); 16 was the fastest on the GPUs measured, for the forward and
+// the backward alike (the measurements are in the commit history).
+constexpr int kFwdTilePositions = 16;
+constexpr int kBwdTilePositions = 16;
 
 // 16-byte vectors per lane for `positions` positions of elem_bytes each.
 inline constexpr int tile_vectors(int positions, int elem_bytes) {
@@ -138,10 +128,9 @@ __device__ inline TileAt tile_at(int64_t wg, int64_t tiles, int64_t D, int64_t l
 
 // The rows_tiled kernels' walk over warp tiles: grid-stride over `total`
 // tiles of `len` positions, `tiles` to a row; body(at) loads, computes and
-// stores one. (Issuing the next tile's loads into registers before
-// computing this one was measured slower on an H100: the registers it holds
-// halve the resident warps; fwd.cu's rows_piped does it through shared
-// memory instead; docs/gpu-perf-notes.md.)
+// stores one. (No register prefetch of the next tile's loads: the registers
+// it holds halve the resident warps, which costs more than it hides; fwd.cu's
+// rows_piped prefetches through shared memory instead.)
 template <typename Body>
 __device__ __forceinline__ void for_each_tile(int64_t total, int64_t tiles, int64_t D, int64_t len,
                                               Body&& body) {

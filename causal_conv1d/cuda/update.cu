@@ -29,11 +29,7 @@ namespace {
 // weights and bias once for all of them, and has all their loads in flight
 // together: one bf16 row alone is 8 bytes of state and token, too little to
 // cover the memory latency at full occupancy.
-// (Set at build time, -DCAUSAL_CONV1D_DECODE_ROWS=N, only to compare on a GPU.)
-#ifndef CAUSAL_CONV1D_DECODE_ROWS
-#define CAUSAL_CONV1D_DECODE_ROWS 4
-#endif
-constexpr int kRows = CAUSAL_CONV1D_DECODE_ROWS;
+constexpr int kRows = 4;
 
 // weight[d, 0..kW-1] and bias[d] (0 without bias) as float, with one switch
 // on their dtype for all of them. (Calling weight_at per tap converts each

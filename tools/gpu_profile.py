@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
 """Where the benchmark kernels spend their time, from Nsight Compute's
 hardware counters: the next step when a kernel misses its bandwidth target
-and the reason is not clear from timings (docs/gpu-perf-notes.md).
+and the reason is not clear from timings (`tools/gpu.sh profile` runs it).
 
-    python benchmarks/profile_gpu.py run
-        one call of each op of bench_gpu.py (same shapes, W = 4, bias, silu,
-        bf16 and fp32: forward and backward in both layouts, decode), for a
-        profiler to watch; tools/gpu_profile.sh runs it under ncu.
-    python benchmarks/profile_gpu.py summarize ncu.csv
+    python tools/gpu_profile.py run
+        one call of each op of benchmarks/bench_gpu.py (same shapes, W = 4,
+        bias, silu, bf16 and fp32: forward and backward in both layouts,
+        decode), for a profiler to watch.
+    python tools/gpu_profile.py summarize ncu.csv
         the table of `ncu --csv --page raw --print-units base --metrics
-        $(python benchmarks/profile_gpu.py metrics)` output: per
+        $(python tools/gpu_profile.py metrics)` output: per
         kernel its time, DRAM and issue utilisation, occupancy and the warp
         stall reasons that cost the most (cycles per issued instruction).
 
-The `summarize` half needs neither a GPU nor ncu (tests/test_profile_gpu.py
+The `summarize` half needs neither a GPU nor ncu (tools/test_gpu_profile.py
 checks it on a sample of ncu's CSV).
 """
 
@@ -46,12 +46,12 @@ METRICS = list(COLUMNS.values()) + [STALL_PREFIX + s + STALL_SUFFIX for s in STA
 def run() -> int:
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from bench_gpu import W, make_x
     from harness import load_kernel
 
     if not torch.cuda.is_available():
-        print("profile_gpu: no GPU (torch.cuda.is_available() is False)", file=sys.stderr)
+        print("gpu_profile: no GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 1
     cc = load_kernel()
     B, D, L = 4, 4096, 4096

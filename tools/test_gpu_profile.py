@@ -1,7 +1,7 @@
-"""benchmarks/profile_gpu.py's summary of Nsight Compute's raw CSV, on a
+"""tools/gpu_profile.py's summary of Nsight Compute's raw CSV, on a
 sample laid out as `ncu --csv --page raw --print-units base` writes it (its
 own ==PROF== lines around, a header row, a units row, one row per launch).
-The profiling itself needs a GPU and ncu (tools/gpu_profile.sh)."""
+The profiling itself needs a GPU and ncu (tools/gpu.sh profile)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-import profile_gpu  # noqa: E402
+import gpu_profile
+
+TOOL = Path(__file__).resolve().parent / "gpu_profile.py"
 
 ROWS_KERNEL = ("void causal_conv1d::cuda::(anonymous namespace)::bwd_rows_tiled_kernel"
                "<__nv_bfloat16, 4, 2, true>(causal_conv1d::ConvParams, long, float *)")
@@ -27,7 +27,7 @@ CHANLAST_KERNEL = ("void causal_conv1d::cuda::(anonymous namespace)::bwd_chanlas
 def sample_csv(stalls_rows: dict, stalls_chanlast: dict, drop: str | None = None) -> str:
     fixed = ["ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream",
              "Block Size", "Grid Size", "Device", "CC"]
-    metrics = [m for m in profile_gpu.METRICS if m != drop]
+    metrics = [m for m in gpu_profile.METRICS if m != drop]
     values = {
         "gpu__time_duration.sum": ("nsecond", "250,432", "331,020"),
         "dram__throughput.avg.pct_of_peak_sustained_elapsed": ("%", "55.25", "80.5"),
@@ -45,7 +45,7 @@ def sample_csv(stalls_rows: dict, stalls_chanlast: dict, drop: str | None = None
         if m in values:
             u, a, b = values[m]
         else:
-            stall = m[len(profile_gpu.STALL_PREFIX):-len(profile_gpu.STALL_SUFFIX)]
+            stall = m[len(gpu_profile.STALL_PREFIX):-len(gpu_profile.STALL_SUFFIX)]
             u, a, b = "", str(stalls_rows.get(stall, 0)), str(stalls_chanlast.get(stall, 0))
         units.append(u)
         row1.append(a)
@@ -65,15 +65,15 @@ def test_short_name(namespace):
     `<unnamed>`), template arguments kept, parameters dropped."""
     name = (f"void causal_conv1d::cuda::{namespace}::fwd_rows_piped_kernel<__nv_bfloat16, 4, 2>"
             "(causal_conv1d::ConvParams, long)")
-    assert profile_gpu.short_name(name) == "fwd_rows_piped_kernel<bf16, 4, 2>"
-    assert profile_gpu.short_name("k(int)") == "k"
+    assert gpu_profile.short_name(name) == "fwd_rows_piped_kernel<bf16, 4, 2>"
+    assert gpu_profile.short_name("k(int)") == "k"
 
 
 def test_summary_rows_and_top_stalls():
     text = sample_csv({"long_scoreboard": 4.25, "wait": 1.5, "barrier": 0.0, "not_selected": 2.0,
                        "math_pipe_throttle": 0.5},
                       {"barrier": 6.0, "long_scoreboard": 3.0, "short_scoreboard": 0.75})
-    table = profile_gpu.summarize(text).splitlines()
+    table = gpu_profile.summarize(text).splitlines()
     assert len(table) == 4  # header, rule, two launches
     assert table[2].startswith("| bwd_rows_tiled_kernel<bf16, 4, 2, true> | (16384, 1, 1) x (128, 1, 1)"
                                " | 250.4 | 55.2 | 61.0 | 30.2 | 96 | 5 |")
@@ -85,15 +85,15 @@ def test_summary_rows_and_top_stalls():
 
 def test_summary_missing_counter_and_bad_input():
     text = sample_csv({"long_scoreboard": 1.0}, {}, drop="sm__inst_issued.avg.pct_of_peak_sustained_active")
-    row = profile_gpu.summarize(text).splitlines()[2].split(" | ")
+    row = gpu_profile.summarize(text).splitlines()[2].split(" | ")
     assert row[4] == "-"  # the issue column, not reported by this ncu
-    assert profile_gpu.summarize(text).splitlines()[3].endswith("| - |")  # no stall above 0
+    assert gpu_profile.summarize(text).splitlines()[3].endswith("| - |")  # no stall above 0
     with pytest.raises(ValueError, match="no ncu CSV header"):
-        profile_gpu.summarize("==PROF== nothing profiled\n")
+        gpu_profile.summarize("==PROF== nothing profiled\n")
 
 
 def test_metrics_command_lists_every_counter():
-    out = subprocess.run([sys.executable, str(BENCH / "profile_gpu.py"), "metrics"],
+    out = subprocess.run([sys.executable, str(TOOL), "metrics"],
                          capture_output=True, text=True, check=True).stdout.strip()
-    assert out.split(",") == profile_gpu.METRICS
-    assert len(profile_gpu.METRICS) == len(set(profile_gpu.METRICS))
+    assert out.split(",") == gpu_profile.METRICS
+    assert len(gpu_profile.METRICS) == len(set(gpu_profile.METRICS))
