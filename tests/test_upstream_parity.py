@@ -16,6 +16,8 @@ import torch
 from helpers import assert_close, tolerance
 
 TABLE = Path(__file__).with_name("upstream_parity.md")
+if not TABLE.exists():  # kernel-builder's source set carries tests/*.py only
+    pytest.skip(f"{TABLE.name} is not in this tree", allow_module_level=True)
 F32, F16, BF16, I32, I64 = torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.int64
 B, D, L, W = 2, 24, 19, 4
 CHECKS = {}
