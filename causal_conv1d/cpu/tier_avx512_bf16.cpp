@@ -5,26 +5,9 @@
 // Target selected in the source as in tier_avx512.cpp. Empty elsewhere.
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
-// GCC's C++ front end reads the whole file before it applies the pragma,
-// so the pragma does not define the feature macros that ATen's, Sleef's and
-// c10's headers test (__AVX2__, ...): they are defined here as the
-// equivalent command-line flags define them.
-#define __SSE3__ 1
-#define __SSSE3__ 1
-#define __SSE4_1__ 1
-#define __SSE4_2__ 1
-#define __POPCNT__ 1
-#define __AVX__ 1
-#define __AVX2__ 1
-#define __FMA__ 1
-#define __F16C__ 1
-#define __FP_FAST_FMA 1
-#define __FP_FAST_FMAF 1
-#define __AVX512F__ 1
-#define __AVX512BW__ 1
-#define __AVX512VL__ 1
-#define __AVX512DQ__ 1
-#define __AVX512BF16__ 1
+// The feature macros the pragma leaves undefined (isa_macros.h says why).
+#define CAUSAL_CONV1D_ISA_AVX512_BF16
+#include "isa_macros.h"
 #define CPU_CAPABILITY AVX512_BF16
 #define CPU_CAPABILITY_AVX512
 #define CAUSAL_CONV1D_AVX512_BF16

@@ -10,17 +10,9 @@
 // architectures.
 #if defined(__aarch64__)
 #pragma GCC target("arch=armv8.2-a+sve")
-// GCC's C++ front end reads the whole file before it applies the pragma,
-// so the pragma does not define the feature macros that ATen's, Sleef's and
-// c10's headers test (__AVX2__, ...): they are defined here as the
-// equivalent command-line flags define them.
-#define __ARM_FEATURE_ATOMICS 1
-#define __ARM_FEATURE_CRC32 1
-#define __ARM_FEATURE_QRDMX 1
-#define __ARM_FEATURE_FP16_SCALAR_ARITHMETIC 1
-#define __ARM_FEATURE_FP16_VECTOR_ARITHMETIC 1
-#define __ARM_FEATURE_SVE 1
-#define __ARM_FEATURE_SVE_VECTOR_OPERATORS 1
+// The feature macros the pragma leaves undefined (isa_macros.h says why).
+#define CAUSAL_CONV1D_ISA_SVE
+#include "isa_macros.h"
 #define CPU_CAPABILITY SVE
 #include "kernels.h"
 

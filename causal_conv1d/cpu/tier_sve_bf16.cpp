@@ -10,20 +10,9 @@
 // Arm hardware. Empty on other architectures.
 #if defined(__aarch64__)
 #pragma GCC target("arch=armv8.2-a+sve+bf16")
-// GCC's C++ front end reads the whole file before it applies the pragma,
-// so the pragma does not define the feature macros that ATen's, Sleef's and
-// c10's headers test (__AVX2__, ...): they are defined here as the
-// equivalent command-line flags define them.
-#define __ARM_FEATURE_ATOMICS 1
-#define __ARM_FEATURE_CRC32 1
-#define __ARM_FEATURE_QRDMX 1
-#define __ARM_FEATURE_FP16_SCALAR_ARITHMETIC 1
-#define __ARM_FEATURE_FP16_VECTOR_ARITHMETIC 1
-#define __ARM_FEATURE_SVE 1
-#define __ARM_FEATURE_SVE_VECTOR_OPERATORS 1
-#define __ARM_FEATURE_BF16_SCALAR_ARITHMETIC 1
-#define __ARM_FEATURE_BF16_VECTOR_ARITHMETIC 1
-#define __ARM_FEATURE_BF16 1  // ACLE's name for the extension; GCC 12 omits it
+// The feature macros the pragma leaves undefined (isa_macros.h says why).
+#define CAUSAL_CONV1D_ISA_SVE_BF16
+#include "isa_macros.h"
 #define CPU_CAPABILITY SVE_BF16
 #include "kernels.h"
 
