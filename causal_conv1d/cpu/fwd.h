@@ -260,10 +260,13 @@ void row_span(const Ctx<X>& c, const RowTaps<acc_t<X>>& tp, const acc_t<X>* src,
   }
 }
 
-#if defined(CPU_CAPABILITY_AVX512)
-// Whether row_slide serves this width and dtype.
+#if defined(CPU_CAPABILITY_AVX512) || defined(__aarch64__)
+// Whether row_slide (below, one per instruction set) serves this width and dtype.
 template <int WC, typename X>
 constexpr bool kSlides = WC >= 1 && WC <= 4 && std::is_same_v<acc_t<X>, float>;
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512)
 
 // dst[i] = act(bias + sum_k w[k] * x[t + i - (W-1) + k]) for i < n, n a
 // multiple of 16 and t >= 16, reading the row's inputs xr in place: each
@@ -300,9 +303,6 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, X* dst, int64_t
   }
 }
 #elif defined(__aarch64__)
-template <int WC, typename X>
-constexpr bool kSlides = WC >= 1 && WC <= 4 && std::is_same_v<acc_t<X>, float>;
-
 // row_slide with NEON (every aarch64 tier: at::vec is 128-bit NEON there):
 // 4 outputs per step from one load of the next 4 inputs, the earlier
 // windows built with EXT from it and the previous 4, instead of row_span's
