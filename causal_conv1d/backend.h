@@ -25,6 +25,13 @@ void run_bwd(const ConvParams& p);
 // (cache_seqlens[b] + i) % S. Writes out (B, D, L) and conv_state.
 void run_update(const ConvParams& p);
 
+// The serving engines' decode step: x (B, D, L) (seqlen = L) or packed
+// (1, D, T) with query_start_loc; per sequence, what serving.h's
+// plan_sequence says: out for its tokens (0 for a padding sequence), then
+// its written pool row, or its intermediate windows. Packed tokens outside
+// every sequence are zeroed by the host beforehand.
+void run_update_serving(const ConvParams& p);
+
 // Packed sequences: x is (1, D, T) (seqlen = T), cu_seqlens (B+1,).
 // Writes out (B, D, state_len): the last state_len tokens of each sequence,
 // right-aligned, zero where the sequence is shorter.

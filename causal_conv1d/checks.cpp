@@ -260,31 +260,35 @@ const at::Tensor& or_undefined(OptTensorRef t) {
 bool on_host(const at::Tensor& t) { return t.device().is_cpu(); }
 
 template <typename I>
-void check_offsets_values(const Ctx& c, const at::Tensor& cu, int64_t total) {
+void check_offsets_values(const Ctx& c, const at::Tensor& cu, const char* name, int64_t total) {
   auto a = cu.accessor<I, 1>();
-  TORCH_CHECK_VALUE(a[0] >= 0, c.op, ": cu_seqlens[0] must be >= 0, got ", a[0]);
+  TORCH_CHECK_VALUE(a[0] >= 0, c.op, ": ", name, "[0] must be >= 0, got ", a[0]);
   for (int64_t i = 1; i < cu.size(0); ++i)
-    TORCH_CHECK_VALUE(a[i] >= a[i - 1], c.op, ": cu_seqlens must be non-decreasing, but cu_seqlens[",
-                      i, "] = ", a[i], " < cu_seqlens[", i - 1, "] = ", a[i - 1]);
-  TORCH_CHECK_VALUE(a[cu.size(0) - 1] <= total, c.op, ": cu_seqlens[-1] = ", a[cu.size(0) - 1],
+    TORCH_CHECK_VALUE(a[i] >= a[i - 1], c.op, ": ", name, " must be non-decreasing, but ", name,
+                      "[", i, "] = ", a[i], " < ", name, "[", i - 1, "] = ", a[i - 1]);
+  TORCH_CHECK_VALUE(a[cu.size(0) - 1] <= total, c.op, ": ", name, "[-1] = ", a[cu.size(0) - 1],
                     " is past the end of x's ", total, " tokens");
 }
 
-// cu_seqlens may be int32 or int64, as upstream's varlen states accept both.
-Offsets check_cu_seqlens(const Ctx& c, const at::Tensor& cu, int64_t total) {
-  check_device(c, cu, "cu_seqlens");
+// Sequence offsets (cu_seqlens, query_start_loc) may be int32 or int64, as
+// upstream's varlen states accept both.
+Offsets check_offsets(const Ctx& c, const at::Tensor& cu, const char* name, int64_t total) {
+  check_device(c, cu, name);
   const bool is_int64 = cu.scalar_type() == at::kLong;
-  TORCH_CHECK_TYPE(is_int64 || cu.scalar_type() == at::kInt, c.op,
-                   ": cu_seqlens must be torch.int32 or torch.int64, got ",
-                   dtype_name(cu.scalar_type()));
-  TORCH_CHECK_VALUE(cu.dim() == 1 && cu.size(0) >= 1, c.op,
-                    ": cu_seqlens must be 1-D (batch + 1,) with at least one entry, got shape ",
+  TORCH_CHECK_TYPE(is_int64 || cu.scalar_type() == at::kInt, c.op, ": ", name,
+                   " must be torch.int32 or torch.int64, got ", dtype_name(cu.scalar_type()));
+  TORCH_CHECK_VALUE(cu.dim() == 1 && cu.size(0) >= 1, c.op, ": ", name,
+                    " must be 1-D (batch + 1,) with at least one entry, got shape ",
                     shape_str(cu));
   if (on_host(cu)) {
-    if (is_int64) check_offsets_values<int64_t>(c, cu, total);
-    else check_offsets_values<int32_t>(c, cu, total);
+    if (is_int64) check_offsets_values<int64_t>(c, cu, name, total);
+    else check_offsets_values<int32_t>(c, cu, name, total);
   }
-  return {cu.data_ptr(), cu.stride(0), is_int64};
+  return {data_of(cu), cu.stride(0), is_int64};
+}
+
+Offsets check_cu_seqlens(const Ctx& c, const at::Tensor& cu, int64_t total) {
+  return check_offsets(c, cu, "cu_seqlens", total);
 }
 
 // Pool row per batch row: < 0 or == pad_slot_id marks padding; the others
@@ -466,6 +470,293 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
 void set_update_output(ConvParams& p, const at::Tensor& x, const at::Tensor& out) {
   assert_allocated(out, x.sizes(), x);
   p.out = view_tokens(out);
+}
+
+namespace {
+
+// An int32 or int64 index tensor's entry i (host tensors only).
+int64_t int_at(const at::Tensor& t, int64_t i) {
+  return t.scalar_type() == at::kLong ? t.data_ptr<int64_t>()[i * t.stride(0)]
+                                      : t.data_ptr<int32_t>()[i * t.stride(0)];
+}
+int64_t int_at(const at::Tensor& t, int64_t i, int64_t j) {
+  const int64_t at = i * t.stride(0) + j * t.stride(1);
+  return t.scalar_type() == at::kLong ? t.data_ptr<int64_t>()[at] : t.data_ptr<int32_t>()[at];
+}
+
+void check_int(const Ctx& c, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, c.op, ": ", name,
+                   " must be torch.int32 or torch.int64, got ", dtype_name(t.scalar_type()));
+}
+
+// An index tensor of shape (batch,) and the given integer dtype(s).
+void check_per_sequence(const Ctx& c, const at::Tensor& t, const char* name, int64_t B,
+                        bool int64_too) {
+  check_device(c, t, name);
+  if (int64_too) check_int(c, t, name);
+  else check_int32(c, t, name);
+  check_shape(c, t, name, {B}, "(batch,)");
+}
+
+// What update_serving's host value checks need to know per sequence.
+struct SequenceRows {
+  int64_t read = -1, write = -1, len = 0;
+};
+
+}  // namespace
+
+ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_state,
+                                 const at::Tensor& weight, OptTensorRef bias,
+                                 OptTensorRef conv_state_indices, OptTensorRef num_accepted_tokens,
+                                 OptTensorRef query_start_loc, OptTensorRef retrieve_parent_token,
+                                 OptTensorRef intermediate_conv_window,
+                                 OptTensorRef intermediate_state_indices,
+                                 OptTensorRef initial_state_idx,
+                                 OptTensorRef block_idx_last_scheduled_token, int64_t pad_slot_id,
+                                 bool silu) {
+  Ctx c{"causal_conv1d_update", x.device()};
+  const bool packed = query_start_loc.has_value();
+  if (packed) {
+    TORCH_CHECK_VALUE(x.dim() == 2, c.op,
+                      ": with query_start_loc, x must be 2-D packed tokens (num_tokens, dim), "
+                      "got shape ", shape_str(x));
+  } else {
+    TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3, c.op,
+                      ": x must be 2-D (batch, dim) or 3-D (batch, dim, seqlen), got shape ",
+                      shape_str(x));
+  }
+  // packed x arrives as (D, T) (functions.py transposes a (T, D) tensor).
+  const int64_t D = packed ? x.size(0) : x.size(1);
+  ConvParams p = weight_params(c, x, D, weight, bias, silu);
+  const int64_t W = p.width;
+  std::vector<const at::Tensor*> inputs;  // what the written tensors must not overlap
+  std::vector<const char*> input_names;
+  // (the pointers are to the caller's tensors: an optional made here from a
+  // Tensor would be a temporary)
+  auto read_only = [&](OptTensorRef t, const char* name) {
+    if (t) {
+      inputs.push_back(&*t);
+      input_names.push_back(name);
+    }
+  };
+  inputs = {&weight, &x};
+  input_names = {"weight", "x"};
+  read_only(bias, "bias");
+  int64_t B;
+  if (packed) {
+    p.seqlen = x.size(1);
+    p.query_start_loc = check_offsets(c, *query_start_loc, "query_start_loc", p.seqlen);
+    B = query_start_loc->size(0) - 1;
+    p.x = {data_of(x), 0, x.stride(0), x.stride(1)};
+    read_only(query_start_loc, "query_start_loc");
+  } else {
+    B = x.size(0);
+    p.seqlen = x.dim() == 2 ? 1 : x.size(2);
+    p.x = view_tokens(x);
+  }
+  p.batch = B;
+  p.pad_slot_id = pad_slot_id;
+  pool_params(c, p, conv_state, "conv_state", "batch or pool size", x, weight, bias);
+  const int64_t S = p.state_len;
+
+  // Rows: (B,) indices, or a (B, blocks) table read and written at the
+  // columns the two per-sequence indices give.
+  const bool table = initial_state_idx || block_idx_last_scheduled_token;
+  if (table) {
+    TORCH_CHECK_VALUE(initial_state_idx && block_idx_last_scheduled_token, c.op,
+                      ": initial_state_idx and block_idx_last_scheduled_token come together (the "
+                      "table columns to read and to write), got only ",
+                      initial_state_idx ? "initial_state_idx" : "block_idx_last_scheduled_token");
+    TORCH_CHECK_VALUE(conv_state_indices && conv_state_indices->dim() == 2, c.op,
+                      ": initial_state_idx and block_idx_last_scheduled_token index the columns "
+                      "of a 2-D conv_state_indices (batch, blocks) table, got ",
+                      conv_state_indices ? "shape " + shape_str(*conv_state_indices)
+                                         : std::string("no conv_state_indices"));
+  }
+  if (conv_state_indices) {
+    const auto& idx = *conv_state_indices;
+    check_device(c, idx, "conv_state_indices");
+    check_int32(c, idx, "conv_state_indices");
+    if (table) {
+      check_shape(c, idx, "conv_state_indices", {B, -1}, "(batch, blocks)");
+      check_per_sequence(c, *initial_state_idx, "initial_state_idx", B, false);
+      check_per_sequence(c, *block_idx_last_scheduled_token, "block_idx_last_scheduled_token", B,
+                         false);
+      p.state_indices = view2(idx);
+      p.table_blocks = idx.size(1);
+      p.read_block = view1(*initial_state_idx);
+      p.write_block = view1(*block_idx_last_scheduled_token);
+      read_only(initial_state_idx, "initial_state_idx");
+      read_only(block_idx_last_scheduled_token, "block_idx_last_scheduled_token");
+    } else {
+      TORCH_CHECK_VALUE(idx.dim() == 1, c.op,
+                        ": a 2-D conv_state_indices (batch, blocks) table needs "
+                        "initial_state_idx and block_idx_last_scheduled_token, got shape ",
+                        shape_str(idx));
+      check_shape(c, idx, "conv_state_indices", {B}, "(batch,)");
+      p.state_indices = view1(idx);
+    }
+    read_only(conv_state_indices, "conv_state_indices");
+  } else {
+    TORCH_CHECK_VALUE(p.num_states == B, c.op, ": conv_state must have batch ", B,
+                      " rows (x's batch) when conv_state_indices is not given, got ",
+                      p.num_states);
+  }
+  if (num_accepted_tokens) {
+    check_per_sequence(c, *num_accepted_tokens, "num_accepted_tokens", B, true);
+    p.num_accepted = {data_of(*num_accepted_tokens), num_accepted_tokens->stride(0),
+                      num_accepted_tokens->scalar_type() == at::kLong};
+    read_only(num_accepted_tokens, "num_accepted_tokens");
+    TORCH_CHECK_VALUE(packed || W - 2 + p.seqlen <= S || B * D == 0, c.op,
+                      ": with num_accepted_tokens, conv_state's state_len must hold width - 2 + ",
+                      "the tokens per sequence = ", W - 2 + p.seqlen, " columns, got ", S);
+  }
+  int64_t max_len = packed ? 0 : p.seqlen;  // host-known longest sequence
+  if (packed && on_host(*query_start_loc)) {
+    for (int64_t b = 0; b < B; ++b)
+      max_len = std::max(max_len, int_at(*query_start_loc, b + 1) - int_at(*query_start_loc, b));
+  }
+  if (retrieve_parent_token) {
+    const auto& par = *retrieve_parent_token;
+    check_device(c, par, "retrieve_parent_token");
+    check_int(c, par, "retrieve_parent_token");
+    check_shape(c, par, "retrieve_parent_token", {B, -1}, "(batch, tokens)");
+    TORCH_CHECK_VALUE(par.size(1) >= max_len, c.op,
+                      ": retrieve_parent_token needs an entry per token: ", max_len,
+                      " columns, got shape ", shape_str(par));
+    p.parents = {data_of(par), par.stride(0), par.stride(1), par.scalar_type() == at::kLong};
+    read_only(retrieve_parent_token, "retrieve_parent_token");
+  }
+  if (intermediate_state_indices) {
+    TORCH_CHECK_VALUE(intermediate_conv_window, c.op,
+                      ": intermediate_state_indices picks rows of intermediate_conv_window, "
+                      "which is not given");
+    check_per_sequence(c, *intermediate_state_indices, "intermediate_state_indices", B, false);
+    p.window_indices = view1(*intermediate_state_indices);
+    read_only(intermediate_state_indices, "intermediate_state_indices");
+  }
+  if (intermediate_conv_window) {
+    const auto& win = *intermediate_conv_window;
+    check_device(c, win, "intermediate_conv_window");
+    check_shape(c, win, "intermediate_conv_window", {-1, -1, D, W - 1},
+                "(rows, tokens, dim, width - 1)");
+    check_dtype(c, win, "intermediate_conv_window", x.scalar_type(), "x's dtype");
+    TORCH_CHECK_VALUE(win.size(1) >= max_len, c.op,
+                      ": intermediate_conv_window needs a window per token: ", max_len,
+                      " in dimension 1, got shape ", shape_str(win));
+    TORCH_CHECK_VALUE(intermediate_state_indices || win.size(0) >= B, c.op,
+                      ": intermediate_conv_window needs a row per sequence (", B,
+                      ") when intermediate_state_indices is not given, got shape ",
+                      shape_str(win));
+    check_writable(c, win, "intermediate_conv_window");
+    for (size_t i = 0; i < inputs.size(); ++i)
+      check_no_overlap(c, win, "intermediate_conv_window", *inputs[i], input_names[i]);
+    check_no_overlap(c, win, "intermediate_conv_window", conv_state, "conv_state");
+    p.windows = {data_of(win), win.stride(0), win.stride(1), win.stride(2), win.stride(3)};
+    p.num_windows = win.size(0);
+    p.window_tokens = win.size(1);
+  }
+  // conv_state is written unless the windows are; pool_params checked x,
+  // weight and bias against it.
+  for (size_t i = 2; i < inputs.size(); ++i)
+    check_no_overlap(c, conv_state, "conv_state", *inputs[i], input_names[i]);
+
+  // Host values. Each check names the sequence and the argument; none of
+  // them runs for device tensors, whose kernels clamp instead (serving.h).
+  const bool host_rows = !conv_state_indices ||
+                         (on_host(*conv_state_indices) &&
+                          (!table || (on_host(*initial_state_idx) &&
+                                      on_host(*block_idx_last_scheduled_token))));
+  if (!host_rows || (packed && !on_host(*query_start_loc))) return p;
+  std::vector<SequenceRows> rows(B);
+  auto live = [&](int64_t r) { return r >= 0 && r != pad_slot_id; };
+  for (int64_t b = 0; b < B; ++b) {
+    SequenceRows& r = rows[b];
+    r.len = packed ? int_at(*query_start_loc, b + 1) - int_at(*query_start_loc, b) : p.seqlen;
+    if (!conv_state_indices) {
+      r.read = r.write = b;
+    } else if (!table) {
+      r.read = r.write = int_at(*conv_state_indices, b);
+    } else {
+      const int64_t blocks = conv_state_indices->size(1);
+      const int64_t rc = int_at(*initial_state_idx, b), wc = int_at(*block_idx_last_scheduled_token, b);
+      TORCH_CHECK_VALUE(rc >= 0 && rc < blocks, c.op, ": initial_state_idx[", b, "] = ", rc,
+                        " is past the ", blocks, " columns of conv_state_indices");
+      TORCH_CHECK_VALUE(wc >= 0 && wc < blocks, c.op, ": block_idx_last_scheduled_token[", b,
+                        "] = ", wc, " is past the ", blocks, " columns of conv_state_indices");
+      r.read = int_at(*conv_state_indices, b, rc);
+      r.write = int_at(*conv_state_indices, b, wc);
+      TORCH_CHECK_VALUE(live(r.read) == live(r.write), c.op, ": sequence ", b,
+                        " reads conv_state row ", r.read, " and writes row ", r.write,
+                        "; a padding sequence is padding in both columns");
+    }
+    for (int64_t row : {r.read, r.write}) {
+      TORCH_CHECK_VALUE(!live(row) || row < p.num_states, c.op, ": conv_state_indices of sequence ",
+                        b, " = ", row, " is out of range for a state pool of ", p.num_states,
+                        " rows (pad_slot_id or negative values mark padding)");
+    }
+  }
+  // Two sequences writing one row, or one reading a row another writes,
+  // would race.
+  if (!intermediate_conv_window) {
+    std::vector<int64_t> writer(p.num_states, -1);
+    for (int64_t b = 0; b < B; ++b) {
+      if (!live(rows[b].write)) continue;
+      TORCH_CHECK_VALUE(writer[rows[b].write] < 0, c.op, ": sequences ", writer[rows[b].write],
+                        " and ", b, " both write conv_state row ", rows[b].write,
+                        "; each live sequence needs its own state");
+      writer[rows[b].write] = b;
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t r = rows[b].read;
+      TORCH_CHECK_VALUE(!live(r) || writer[r] < 0 || writer[r] == b, c.op, ": sequence ", b,
+                        " reads conv_state row ", r, ", which sequence ", writer[live(r) ? r : 0],
+                        " writes");
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const SequenceRows& r = rows[b];
+    if (!live(r.read) || r.len == 0) continue;
+    if (num_accepted_tokens && on_host(*num_accepted_tokens)) {
+      const int64_t n = int_at(*num_accepted_tokens, b);
+      TORCH_CHECK_VALUE(n >= 1 && n <= S - W + 2, c.op, ": num_accepted_tokens[", b, "] = ", n,
+                        " must be in [1, state_len - width + 2] = [1, ", S - W + 2,
+                        "]: the accepted tokens of the previous step, which the state holds "
+                        "after its width - 2 history columns");
+      TORCH_CHECK_VALUE(W - 2 + r.len <= S, c.op, ": sequence ", b, " has ", r.len,
+                        " tokens; with num_accepted_tokens, conv_state's state_len must hold "
+                        "width - 2 + tokens = ", W - 2 + r.len, " columns, got ", S);
+    }
+    if (retrieve_parent_token && on_host(*retrieve_parent_token)) {
+      for (int64_t j = 1; j < r.len; ++j) {
+        const int64_t parent = int_at(*retrieve_parent_token, b, j);
+        TORCH_CHECK_VALUE(parent >= 0 && parent < j, c.op, ": retrieve_parent_token[", b, ", ",
+                          j, "] = ", parent, " is not an earlier token of the sequence: a "
+                          "token's parent must be in [0, ", j, ")");
+      }
+    }
+  }
+  if (intermediate_state_indices && on_host(*intermediate_state_indices)) {
+    std::vector<bool> used(p.num_windows, false);
+    for (int64_t b = 0; b < B; ++b) {
+      if (!live(rows[b].read) || rows[b].len == 0) continue;
+      const int64_t w = int_at(*intermediate_state_indices, b);
+      if (w < 0) continue;
+      TORCH_CHECK_VALUE(w < p.num_windows, c.op, ": intermediate_state_indices[", b, "] = ", w,
+                        " is out of range for intermediate_conv_window's ", p.num_windows,
+                        " rows (negative values write no windows)");
+      TORCH_CHECK_VALUE(!used[w], c.op, ": intermediate_state_indices uses row ", w,
+                        " twice; each sequence needs its own windows");
+      used[w] = true;
+    }
+  }
+  return p;
+}
+
+void set_update_serving_output(ConvParams& p, const at::Tensor& x, const at::Tensor& out,
+                               bool packed) {
+  assert_allocated(out, x.sizes(), x);
+  p.out = packed ? Strided{data_of(out), 0, out.stride(0), out.stride(1)} : view_tokens(out);
 }
 
 ConvParams varlen_states_params(const at::Tensor& x, const at::Tensor& cu_seqlens,

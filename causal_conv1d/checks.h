@@ -49,6 +49,20 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
                          OptTensorRef conv_state_indices, bool silu);
 void set_update_output(ConvParams& p, const at::Tensor& x, const at::Tensor& out);
 
+// The serving engines' decode step: x as update's, or packed (D, T) with
+// query_start_loc; out like x. See ops.h update_serving.
+ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_state,
+                                 const at::Tensor& weight, OptTensorRef bias,
+                                 OptTensorRef conv_state_indices, OptTensorRef num_accepted_tokens,
+                                 OptTensorRef query_start_loc, OptTensorRef retrieve_parent_token,
+                                 OptTensorRef intermediate_conv_window,
+                                 OptTensorRef intermediate_state_indices,
+                                 OptTensorRef initial_state_idx,
+                                 OptTensorRef block_idx_last_scheduled_token, int64_t pad_slot_id,
+                                 bool silu);
+void set_update_serving_output(ConvParams& p, const at::Tensor& x, const at::Tensor& out,
+                               bool packed);
+
 // x (T, D), cu_seqlens (B+1,), out (B, D, state_len).
 ConvParams varlen_states_params(const at::Tensor& x, const at::Tensor& cu_seqlens,
                                 int64_t state_len);

@@ -123,6 +123,31 @@ Tensor update(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
   return out;
 }
 
+Tensor update_serving(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
+                      const OptTensor& bias, const OptTensor& conv_state_indices,
+                      const OptTensor& num_accepted_tokens, const OptTensor& query_start_loc,
+                      const OptTensor& retrieve_parent_token,
+                      const OptTensor& intermediate_conv_window,
+                      const OptTensor& intermediate_state_indices,
+                      const OptTensor& initial_state_idx,
+                      const OptTensor& block_idx_last_scheduled_token, int64_t pad_slot_id,
+                      bool silu) {
+  c10::OptionalDeviceGuard guard(x.device());
+  ConvParams p = update_serving_params(
+      x, conv_state, weight, bias, conv_state_indices, num_accepted_tokens, query_start_loc,
+      retrieve_parent_token, intermediate_conv_window, intermediate_state_indices,
+      initial_state_idx, block_idx_last_scheduled_token, pad_slot_id, silu);
+  const bool packed = query_start_loc.has_value();
+  Tensor out = empty_with_layout_of(x);
+  set_update_serving_output(p, x, out, packed);
+  if (x.is_meta()) return out;
+  // Packed tokens outside every sequence output 0; the kernels write the
+  // sequences' tokens (0 for padding sequences).
+  if (packed && out.numel() > 0) out.zero_();
+  if (p.batch > 0 && p.dim > 0) run_update_serving(p);
+  return out;
+}
+
 Tensor varlen_states(const Tensor& x, const Tensor& cu_seqlens, int64_t state_len) {
   c10::OptionalDeviceGuard guard(x.device());
   ConvParams p = varlen_states_params(x, cu_seqlens, state_len);

@@ -40,6 +40,24 @@ Tensor update(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
               const OptTensor& bias, const OptTensor& cache_seqlens,
               const OptTensor& conv_state_indices, bool silu);
 
+// The serving engines' decode step (see serving.h and reference.py's
+// _serving_update_ref): x (B, D) / (B, D, L), or packed (D, T) (any strides;
+// pass a (T, D) tensor transposed) with query_start_loc (B+1,); speculative
+// decoding (num_accepted_tokens (B,)), token trees (retrieve_parent_token
+// (B, >= L)), intermediate windows (N2, >= L, D, W-1) with their row per
+// sequence, and prefix-cached pools read and written through a (B, blocks)
+// conv_state_indices table at initial_state_idx / block_idx_last_scheduled_token.
+// -> out with x's shape and stride order.
+Tensor update_serving(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
+                      const OptTensor& bias, const OptTensor& conv_state_indices,
+                      const OptTensor& num_accepted_tokens, const OptTensor& query_start_loc,
+                      const OptTensor& retrieve_parent_token,
+                      const OptTensor& intermediate_conv_window,
+                      const OptTensor& intermediate_state_indices,
+                      const OptTensor& initial_state_idx,
+                      const OptTensor& block_idx_last_scheduled_token, int64_t pad_slot_id,
+                      bool silu);
+
 // x (T, D), cu_seqlens (B+1,) int32 -> (B, D, state_len).
 Tensor varlen_states(const Tensor& x, const Tensor& cu_seqlens, int64_t state_len);
 

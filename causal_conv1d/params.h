@@ -21,7 +21,7 @@ enum class DType : int8_t { Float32, Float16, BFloat16, Float64 };
 struct Strided {
   void* data = nullptr;
   int64_t s0 = 0, s1 = 0, s2 = 0;
-  bool given() const { return data != nullptr; }
+  CAUSAL_CONV1D_HOST_DEVICE bool given() const { return data != nullptr; }
 };
 
 // Sequence offsets (cu_seqlens), int32 or int64: upstream's
@@ -36,6 +36,26 @@ struct Offsets {
     return is_int64 ? static_cast<const int64_t*>(data)[i * s0]
                     : static_cast<const int32_t*>(data)[i * s0];
   }
+};
+
+// A (rows, cols) table of int32 or int64 entries (token tree parents):
+// element (i, j) at data + i * s0 + j * s1.
+struct IntTable {
+  const void* data = nullptr;
+  int64_t s0 = 0, s1 = 0;
+  bool is_int64 = false;
+  CAUSAL_CONV1D_HOST_DEVICE bool given() const { return data != nullptr; }
+  CAUSAL_CONV1D_HOST_DEVICE int64_t operator()(int64_t i, int64_t j) const {
+    return is_int64 ? static_cast<const int64_t*>(data)[i * s0 + j * s1]
+                    : static_cast<const int32_t*>(data)[i * s0 + j * s1];
+  }
+};
+
+// A strided view of four dimensions (the intermediate conv windows).
+struct Strided4 {
+  void* data = nullptr;
+  int64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  CAUSAL_CONV1D_HOST_DEVICE bool given() const { return data != nullptr; }
 };
 
 struct ConvParams {
@@ -82,7 +102,29 @@ struct ConvParams {
   // ---- packed sequences (varlen_states, fwd_packed) -------------------------
   Offsets cu_seqlens;          // (B+1,) offsets into the T tokens
   Strided has_initial_state;   // (B,) bool, s0; fwd_packed only
-  int64_t pad_slot_id = -1;    // fwd_packed: cache index meaning "skip"
+  int64_t pad_slot_id = -1;    // fwd_packed, update_serving: pool index meaning "skip"
+
+  // ---- serving decode step (update_serving) ---------------------------------
+  // x and out are (B, D, L) with L = seqlen tokens per sequence, or packed
+  // (1, D, T) with query_start_loc giving sequence b tokens [qsl[b], qsl[b+1]).
+  Offsets query_start_loc;     // (B+1,), data == nullptr: x is (B, D, L)
+  // state_indices (B,) or, with the two columns below, a (B, blocks) table
+  // whose s1 steps along blocks: read row = table[b, read_block[b]],
+  // written row = table[b, write_block[b]].
+  Strided read_block;          // (B,) int32, s0 (initial_state_idx)
+  Strided write_block;         // (B,) int32, s0 (block_idx_last_scheduled_token)
+  int64_t table_blocks = 0;    // the table's second dimension
+  // Speculative decoding: the window of the first token starts at state
+  // column num_accepted[b] - 1 and the state is rewritten from column 0.
+  Offsets num_accepted;        // (B,)
+  IntTable parents;            // (B, >= L): token j's parent in [0, j) (j >= 1)
+  // Intermediate windows (N2, >= L, D, W-1): entry [row, j] is the window
+  // after token j (its last W-1 inputs along its ancestors). When given, the
+  // state pool is only read.
+  Strided4 windows;
+  int64_t num_windows = 0;     // N2
+  int64_t window_tokens = 0;   // windows' dimension 1
+  Strided window_indices;      // (B,) int32, s0: windows row per sequence (default b)
 };
 
 }  // namespace causal_conv1d

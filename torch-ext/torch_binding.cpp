@@ -17,7 +17,7 @@ const char* public_name(const c10::OperatorHandle& op) {
   if (name.size() >= 7 && name.compare(name.size() - 7, 7, "fwd_out") == 0) {
     return "causal_conv1d_fn";
   }
-  if (name.size() >= 6 && name.compare(name.size() - 6, 6, "update") == 0) {
+  if (name.find("update") != std::string::npos) {
     return "causal_conv1d_update";
   }
   return "causal_conv1d_packed_fwd";
@@ -105,6 +105,12 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.def(
       "update(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, "
       "Tensor? cache_seqlens, Tensor? conv_state_indices, bool silu) -> Tensor");
+  ops.def(
+      "update_serving(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, "
+      "Tensor? conv_state_indices, Tensor? num_accepted_tokens, Tensor? query_start_loc, "
+      "Tensor? retrieve_parent_token, Tensor(b!)? intermediate_conv_window, "
+      "Tensor? intermediate_state_indices, Tensor? initial_state_idx, "
+      "Tensor? block_idx_last_scheduled_token, int pad_slot_id, bool silu) -> Tensor");
   ops.def("varlen_states(Tensor x, Tensor cu_seqlens, int state_len) -> Tensor");
   ops.def(
       "fwd_packed(Tensor x, Tensor weight, Tensor? bias, Tensor cu_seqlens, "
@@ -124,6 +130,7 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.impl("fwd_out", key, &causal_conv1d::fwd_out);
   ops.impl("bwd", key, &causal_conv1d::bwd);
   ops.impl("update", key, &causal_conv1d::update);
+  ops.impl("update_serving", key, &causal_conv1d::update_serving);
   ops.impl("varlen_states", key, &causal_conv1d::varlen_states);
   ops.impl("fwd_packed", key, &causal_conv1d::fwd_packed);
 
@@ -131,11 +138,11 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   // not require grad, instead of carrying a graph node that backpropagates
   // nothing (torch's not-implemented fallback, which only warns).
   ops.impl("varlen_states", c10::DispatchKey::Autograd, torch::CppFunction::makeFallthrough());
-  for (const char* op : {"fwd_out", "update", "fwd_packed"}) {
+  for (const char* op : {"fwd_out", "update", "update_serving", "fwd_packed"}) {
     ops.impl(op, c10::DispatchKey::Autograd,
              torch::CppFunction::makeFromBoxedFunction<&refuse_grad_writes>());
   }
-  for (const char* op : {"fwd_out", "update", "fwd_packed"}) {
+  for (const char* op : {"fwd_out", "update", "update_serving", "fwd_packed"}) {
     ops.impl(op, c10::DispatchKey::ADInplaceOrView,
              torch::CppFunction::makeFromBoxedFunction<&bump_written_versions>());
   }

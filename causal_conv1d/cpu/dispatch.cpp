@@ -111,6 +111,7 @@ namespace causal_conv1d {
 void run_fwd(const ConvParams& p) { cpu::active_table().fwd(p); }
 void run_bwd(const ConvParams& p) { cpu::active_table().bwd(p); }
 void run_update(const ConvParams& p) { cpu::active_table().update(p); }
+void run_update_serving(const ConvParams& p) { cpu::active_table().update_serving(p); }
 void run_varlen_states(const ConvParams& p) { cpu::active_table().varlen_states(p); }
 void run_fwd_packed(const ConvParams& p) { cpu::active_table().fwd_packed(p); }
 const char* kernel_tier() { return cpu::active_table().name; }

@@ -7,11 +7,12 @@
 #include "fwd.h"
 #include "packed.h"
 #include "update.h"
+#include "update_serving.h"
 
 namespace causal_conv1d::cpu::CPU_CAPABILITY {
 
 inline KernelTable make_table(const char* name) {
-  return {name, &fwd, &bwd, &update, &varlen_states, &fwd_packed};
+  return {name, &fwd, &bwd, &update, &update_serving, &varlen_states, &fwd_packed};
 }
 
 }  // namespace causal_conv1d::cpu::CPU_CAPABILITY

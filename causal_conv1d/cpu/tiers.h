@@ -20,6 +20,7 @@ struct KernelTable {
   void (*fwd)(const ConvParams&);
   void (*bwd)(const ConvParams&);
   void (*update)(const ConvParams&);
+  void (*update_serving)(const ConvParams&);
   void (*varlen_states)(const ConvParams&);
   void (*fwd_packed)(const ConvParams&);
 };

@@ -57,6 +57,11 @@ void run_update(const ConvParams& p) {
   check_launch("causal_conv1d_update");
 }
 
+void run_update_serving(const ConvParams& p) {
+  cuda::launch_update_serving(p, current_stream());
+  check_launch("causal_conv1d_update");
+}
+
 void run_varlen_states(const ConvParams& p) {
   cuda::launch_varlen_states(p, current_stream());
   check_launch("causal_conv1d_varlen_states");

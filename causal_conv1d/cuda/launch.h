@@ -26,6 +26,7 @@ size_t bwd_workspace_bytes(const ConvParams& p);
 void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream);
 
 void launch_update(const ConvParams& p, cudaStream_t stream);
+void launch_update_serving(const ConvParams& p, cudaStream_t stream);
 void launch_varlen_states(const ConvParams& p, cudaStream_t stream);
 void launch_fwd_packed(const ConvParams& p, cudaStream_t stream);
 

@@ -224,11 +224,25 @@ def causal_conv1d_update(
     activation: Optional[str] = None,
     cache_seqlens: Optional[torch.Tensor] = None,
     conv_state_indices: Optional[torch.Tensor] = None,
+    *,
+    num_accepted_tokens: Optional[torch.Tensor] = None,
+    query_start_loc: Optional[torch.Tensor] = None,
+    channels_first: bool = False,
+    retrieve_parent_token: Optional[torch.Tensor] = None,
+    intermediate_conv_window: Optional[torch.Tensor] = None,
+    intermediate_state_indices: Optional[torch.Tensor] = None,
+    initial_state_idx: Optional[torch.Tensor] = None,
+    block_idx_last_scheduled_token: Optional[torch.Tensor] = None,
+    pad_slot_id: int = -1,
 ) -> torch.Tensor:
-    """Decode step against a state cache (upstream 1.7 API).
+    """Decode step against a state cache (upstream 1.7 API), plus the
+    serving engines' decode step (keyword-only arguments; vLLM's and
+    SGLang's names and meanings).
 
     Args:
-        x: (batch, dim) or (batch, dim, seqlen) new tokens, any strides.
+        x: (batch, dim) or (batch, dim, seqlen) new tokens, any strides; with
+            query_start_loc, packed tokens (num_tokens, dim), or
+            (dim, num_tokens) with channels_first=True.
         conv_state: (batch, dim, state_len) or a pool (N, dim, state_len),
             x's dtype, state_len >= width - 1; updated in place so that it
             holds the last state_len inputs.
@@ -236,9 +250,37 @@ def causal_conv1d_update(
             causal_conv1d_fn.
         cache_seqlens: (batch,) int32, optional: conv_state is then a circular
             buffer whose next write position is cache_seqlens[b] % state_len.
+            Combines with none of the keyword-only arguments.
         conv_state_indices: (batch,) int32, optional: row b uses
-            conv_state[conv_state_indices[b]]; a negative index marks a
-            padding row (output 0, no state touched).
+            conv_state[conv_state_indices[b]]; a negative index (or
+            pad_slot_id) marks a padding row (output 0, no state touched).
+            With prefix caching, a (batch, blocks) int32 table instead.
+        num_accepted_tokens: (batch,) int32/int64, speculative decoding: how
+            many of the previous step's tokens were accepted (1 to k + 1).
+            The state holds width - 2 history columns then the previous
+            step's tokens (state_len = width - 1 + k for k drafts); token 0's
+            window is columns [n - 1, n + width - 2), so rejected drafts are
+            dropped without copying, and the state is rewritten from column 0
+            with the width - 2 inputs before the window's end and this step's
+            tokens (state_len must hold width - 2 + tokens).
+        query_start_loc: (batch + 1,) int32/int64: sequence b is tokens
+            [query_start_loc[b], query_start_loc[b + 1]) of a packed x
+            (lengths may differ, 0 included). Tokens outside every sequence
+            output 0.
+        channels_first: packed x is (dim, num_tokens).
+        retrieve_parent_token: (batch, >= tokens) int32/int64, a token tree
+            (EAGLE): token j >= 1 convolves its ancestors (parent in [0, j))
+            instead of its left neighbours; entry 0 is ignored.
+        intermediate_conv_window: (rows, >= tokens, dim, width - 1), x's
+            dtype: window [row, j] receives token j's last width - 1 inputs
+            (oldest first, along its ancestors) so the engine can commit the
+            accepted branch; conv_state is then only read.
+        intermediate_state_indices: (batch,) int32: the windows row of each
+            sequence (default: b; negative: no windows).
+        initial_state_idx, block_idx_last_scheduled_token: (batch,) int32,
+            prefix caching: the columns of the conv_state_indices table whose
+            rows are read and written.
+        pad_slot_id: an index meaning "padding" (negative ones are too).
 
     Returns:
         out shaped like x, x's dtype. Not differentiable (as upstream's): out
@@ -260,9 +302,65 @@ def causal_conv1d_update(
                       ("conv_state_indices", conv_state_indices)),
         )
     silu = _silu(activation, fn)
-    return ops.update.default(
-        x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu
+    if (
+        num_accepted_tokens is None
+        and query_start_loc is None
+        and retrieve_parent_token is None
+        and intermediate_conv_window is None
+        and initial_state_idx is None
+        and block_idx_last_scheduled_token is None
+        and intermediate_state_indices is None
+        and pad_slot_id == -1
+        and channels_first is False
+    ):
+        return ops.update.default(
+            x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu
+        )
+    return _update_serving(
+        fn, x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu,
+        num_accepted_tokens, query_start_loc, channels_first, retrieve_parent_token,
+        intermediate_conv_window, intermediate_state_indices, initial_state_idx,
+        block_idx_last_scheduled_token, pad_slot_id,
     )
+
+
+def _update_serving(
+    fn, x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu,
+    num_accepted_tokens, query_start_loc, channels_first, retrieve_parent_token,
+    intermediate_conv_window, intermediate_state_indices, initial_state_idx,
+    block_idx_last_scheduled_token, pad_slot_id,
+):
+    optional = (
+        ("num_accepted_tokens", num_accepted_tokens), ("query_start_loc", query_start_loc),
+        ("retrieve_parent_token", retrieve_parent_token),
+        ("intermediate_conv_window", intermediate_conv_window),
+        ("intermediate_state_indices", intermediate_state_indices),
+        ("initial_state_idx", initial_state_idx),
+        ("block_idx_last_scheduled_token", block_idx_last_scheduled_token),
+    )
+    if not all(t is None or isinstance(t, _Tensor) for _, t in optional) or not isinstance(
+        channels_first, bool
+    ):
+        _refuse_types(fn, optional=optional, bools=(("channels_first", channels_first),))
+    pad_slot_id = _int(fn, "pad_slot_id", pad_slot_id)
+    if cache_seqlens is not None:
+        raise ValueError(
+            f"{fn}: cache_seqlens (a circular buffer) does not combine with the serving "
+            "arguments (num_accepted_tokens, query_start_loc, retrieve_parent_token, "
+            "intermediate_conv_window, initial_state_idx, pad_slot_id, ...)"
+        )
+    if channels_first and query_start_loc is None:
+        raise ValueError(f"{fn}: channels_first describes packed x and needs query_start_loc")
+    packed = query_start_loc is not None
+    # the op takes packed tokens as (dim, num_tokens)
+    x_op = x.transpose(-1, -2) if packed and not channels_first and x.dim() == 2 else x
+    out = ops.update_serving.default(
+        x_op, conv_state, weight, bias, conv_state_indices, num_accepted_tokens,
+        query_start_loc, retrieve_parent_token, intermediate_conv_window,
+        intermediate_state_indices, initial_state_idx, block_idx_last_scheduled_token,
+        pad_slot_id, silu,
+    )
+    return out.transpose(-1, -2) if x_op is not x else out
 
 
 def causal_conv1d_varlen_states(

@@ -105,6 +105,16 @@ def causal_conv1d_update_ref(
     activation: Optional[str] = None,
     cache_seqlens: Optional[torch.Tensor] = None,
     conv_state_indices: Optional[torch.Tensor] = None,
+    *,
+    num_accepted_tokens: Optional[torch.Tensor] = None,
+    query_start_loc: Optional[torch.Tensor] = None,
+    channels_first: bool = False,
+    retrieve_parent_token: Optional[torch.Tensor] = None,
+    intermediate_conv_window: Optional[torch.Tensor] = None,
+    intermediate_state_indices: Optional[torch.Tensor] = None,
+    initial_state_idx: Optional[torch.Tensor] = None,
+    block_idx_last_scheduled_token: Optional[torch.Tensor] = None,
+    pad_slot_id: int = -1,
 ) -> torch.Tensor:
     """Decode step: x (B, D) or (B, D, L); conv_state (B or N, D, S), updated in place.
 
@@ -112,7 +122,28 @@ def causal_conv1d_update_ref(
     first); with it, it is a circular buffer whose next write position is
     cache_seqlens[b] % S. conv_state_indices (B,) picks pool rows; a row
     with index < 0 outputs 0 and leaves the pool untouched.
+
+    The keyword-only arguments are the serving engines' decode step
+    (_serving_update_ref); none of them combines with cache_seqlens.
     """
+    if (
+        num_accepted_tokens is not None
+        or query_start_loc is not None
+        or retrieve_parent_token is not None
+        or intermediate_conv_window is not None
+        or initial_state_idx is not None
+        or block_idx_last_scheduled_token is not None
+        or pad_slot_id != -1
+    ):
+        if cache_seqlens is not None:
+            raise ValueError("causal_conv1d_update_ref: cache_seqlens does not combine with "
+                             "the serving arguments")
+        return _serving_update_ref(
+            x, conv_state, weight, bias, activation, conv_state_indices, num_accepted_tokens,
+            query_start_loc, channels_first, retrieve_parent_token, intermediate_conv_window,
+            intermediate_state_indices, initial_state_idx, block_idx_last_scheduled_token,
+            pad_slot_id,
+        )
     squeeze = x.dim() == 2
     x3 = x.unsqueeze(-1) if squeeze else x
     B, D, L = x3.shape
@@ -146,6 +177,96 @@ def causal_conv1d_update_ref(
             for i in range(L):
                 state[:, pos[i]] = x3[b, :, i]
     return out.squeeze(-1) if squeeze else out
+
+
+def _serving_update_ref(
+    x, conv_state, weight, bias, activation, conv_state_indices, num_accepted_tokens,
+    query_start_loc, channels_first, retrieve_parent_token, intermediate_conv_window,
+    intermediate_state_indices, initial_state_idx, block_idx_last_scheduled_token, pad_slot_id,
+):
+    """The serving engines' decode step, one sequence at a time.
+
+    Tokens: x (B, D) / (B, D, L), or packed (T, D) (channels_first: (D, T))
+    with query_start_loc (B+1,): sequence b is tokens [qsl[b], qsl[b+1]);
+    tokens outside every sequence output 0.
+    Rows: conv_state_indices (B,) (default b), or a (B, blocks) table read
+    at column initial_state_idx[b] and written at column
+    block_idx_last_scheduled_token[b]; a row equal to pad_slot_id or < 0
+    marks a padding sequence (output 0, nothing written).
+    History: the read row's S columns or, with num_accepted_tokens n, its
+    first n + W - 2 (up to the last accepted token of the previous step).
+    Token j convolves the W inputs ending at it: the tokens before it, or
+    with retrieve_parent_token (B, >= L) its ancestors (parent of j >= 1 in
+    [0, j)), then the history's last columns.
+    Written row: the last S inputs of history + tokens or, with n, the W - 2
+    inputs before the history's end and the tokens, from column 0 (later
+    columns keep their values). With intermediate_conv_window (N2, >= L, D,
+    W-1) the pool is not written; instead window [row, j] receives token j's
+    last W - 1 inputs (oldest first), row = intermediate_state_indices[b]
+    (default b; < 0: none).
+    """
+    W = weight.shape[1]
+    ct = _compute_dtype(x)
+    if query_start_loc is not None:
+        tokens_first = x.t() if channels_first else x  # (T, D)
+        bounds = [(int(query_start_loc[b]), int(query_start_loc[b + 1]))
+                  for b in range(query_start_loc.shape[0] - 1)]
+        seqs = [tokens_first[lo:hi].t() for lo, hi in bounds]  # (D, len) each
+        out = torch.zeros_like(x)
+        out_first = out.t() if channels_first else out
+    else:
+        x3 = x.unsqueeze(-1) if x.dim() == 2 else x
+        seqs = [x3[b] for b in range(x3.shape[0])]
+        out = torch.zeros_like(x3)
+    w_newest_first = weight.to(ct).flip(1)  # (D, W): column i is tap W-1-i
+    for b, seq in enumerate(seqs):
+        if conv_state_indices is None:
+            read = write = b
+        elif conv_state_indices.dim() == 2:
+            read = int(conv_state_indices[b, int(initial_state_idx[b])])
+            write = int(conv_state_indices[b, int(block_idx_last_scheduled_token[b])])
+        else:
+            read = write = int(conv_state_indices[b])
+        length = seq.shape[1]
+        if read == pad_slot_id or read < 0 or write == pad_slot_id or write < 0 or length == 0:
+            continue
+        state = conv_state[read].to(ct)
+        if num_accepted_tokens is not None:
+            n = int(num_accepted_tokens[b])
+            history, shift, count = state[:, : n + W - 2], n, W - 2 + length
+        else:
+            history, shift, count = state, length, state.shape[1]
+        stream = torch.cat([history, seq.to(ct)], dim=1)
+        H = history.shape[1]
+        ys = []
+        for j in range(length):
+            chain, at = [H + j], j  # stream positions, newest first
+            for _ in range(W - 1):
+                if at > 0 and retrieve_parent_token is not None:
+                    at = int(retrieve_parent_token[b, at])
+                else:
+                    at -= 1
+                chain.append(H + at)
+            inputs = stream[:, chain]  # (D, W), newest first
+            y = (inputs * w_newest_first).sum(dim=1)
+            if bias is not None:
+                y = y + bias.to(ct)
+            ys.append(_act(y, activation))
+            if intermediate_conv_window is not None:
+                row = int(intermediate_state_indices[b]) if intermediate_state_indices is not None else b
+                if row >= 0:
+                    intermediate_conv_window[row, j].copy_(inputs[:, : W - 1].flip(1))
+        y = torch.stack(ys, dim=1).to(x.dtype)  # (D, len)
+        if query_start_loc is not None:
+            lo, hi = bounds[b]
+            out_first[lo:hi] = y.t()
+        else:
+            out[b] = y
+        if intermediate_conv_window is None:
+            conv_state[write, :, :count] = stream[:, shift : shift + count].to(conv_state.dtype)
+    if query_start_loc is None and x.dim() == 2:
+        return out.squeeze(-1)
+    return out
 
 
 def causal_conv1d_varlen_states_ref(

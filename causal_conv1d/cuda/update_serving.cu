@@ -1,0 +1,104 @@
+// The serving engines' decode step (backend.h run_update_serving) on CUDA.
+//
+// One thread per (sequence, channel), channels fastest across threads so a
+// warp reads and writes neighbouring channels. What a sequence reads and
+// writes comes from serving.h's plan_sequence, shared with the CPU kernel,
+// which also clamps every index read from the device (offsets, rows,
+// accepted counts, parents). A thread first copies its W-1 window columns
+// into registers, then computes its tokens (reading ancestors straight from
+// x: a tree can point anywhere before a token), then writes its state row or
+// its windows. No other thread touches that row or those windows (the host
+// checks distinct rows when it can see them), so nothing synchronises.
+#include "launch.h"
+#include "common.cuh"
+#include "../serving.h"
+
+namespace causal_conv1d::cuda {
+namespace {
+
+template <typename X, int kMaxW>
+__global__ void __launch_bounds__(kThreads) update_serving_kernel(ConvParams p) {
+  const int64_t D = p.dim, W = p.width;
+  const int64_t total = p.batch * D;
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t d = i % D, b = i / D;
+    const SeqPlan s = plan_sequence(p, b);
+    if (s.len == 0) continue;
+    const X* x = ptr<const X>(p.x) + b * p.x.s0 + d * p.x.s1 + s.first * p.x.s2;
+    X* out = ptr<X>(p.out) + b * p.out.s0 + d * p.out.s1 + s.first * p.out.s2;
+    if (s.read_row < 0) {
+      for (int64_t j = 0; j < s.len; ++j) out[j * p.out.s2] = from_f<X>(0.f);
+      continue;
+    }
+    X* state = ptr<X>(p.conv_state) + d * p.conv_state.s1;
+    const X* read = state + s.read_row * p.conv_state.s0;
+    const int64_t first_col = s.hist_len - (W - 1);
+    X window[kMaxW - 1 > 0 ? kMaxW - 1 : 1];
+#pragma unroll
+    for (int c = 0; c < kMaxW - 1; ++c) {
+      if (c < W - 1) window[c] = read[(first_col + c) * p.conv_state.s2];
+    }
+    const float bias = bias_at(p, d);
+    for (int64_t j = 0; j < s.len; ++j) {
+      // Token j's inputs, newest first; then tap 0 (the oldest) first, the
+      // order of the plain update, so both round alike.
+      int64_t srcs[kMaxW];
+      int64_t walk = j;
+#pragma unroll
+      for (int i = 0; i < kMaxW; ++i) {
+        if (i < W) srcs[i] = step_back(p, b, s, i, &walk);
+      }
+      float acc = bias;
+#pragma unroll
+      for (int k = 0; k < kMaxW; ++k) {
+        if (k < W) {
+          const int64_t i = W - 1 - k, src = srcs[i];
+          X v;
+          if (src >= 0) {
+            v = x[src * p.x.s2];
+          } else {
+            // window index of history column -1 - src, in [0, W-1): the
+            // search keeps the register array statically indexed
+            const int64_t c = -1 - src - first_col;
+#pragma unroll
+            for (int q = 0; q < kMaxW - 1; ++q) {
+              if (q == c) v = window[q];
+            }
+          }
+          acc += weight_at(p, d, k) * to_f(v);
+          if (s.window_row >= 0 && i < W - 1) {
+            static_cast<X*>(p.windows.data)[s.window_row * p.windows.s0 + j * p.windows.s1 +
+                                            d * p.windows.s2 + (W - 2 - i) * p.windows.s3] = v;
+          }
+        }
+      }
+      out[j * p.out.s2] = from_f<X>(p.silu ? silu_out<X>(acc) : acc);
+    }
+    // new[c] = stream[shift + c], ascending: in place, column c reads column
+    // shift + c > c before anything overwrites it.
+    X* write = state + s.write_row * p.conv_state.s0;
+    for (int64_t c = 0; c < s.count; ++c) {
+      const int64_t src = s.shift + c;
+      const X v = src < s.hist_len ? read[src * p.conv_state.s2] : x[(src - s.hist_len) * p.x.s2];
+      write[c * p.conv_state.s2] = v;
+    }
+  }
+}
+
+}  // namespace
+
+void launch_update_serving(const ConvParams& p, cudaStream_t stream) {
+  dispatch_x(p.x_dtype, [&](auto xt) {
+    using X = typename decltype(xt)::type;
+    const unsigned grid = grid_for(p.batch * p.dim);
+    if (p.width <= 4) {
+      launch(update_serving_kernel<X, 4>, grid, stream, p);
+    } else if (p.width <= 8) {
+      launch(update_serving_kernel<X, 8>, grid, stream, p);
+    } else {
+      launch(update_serving_kernel<X, 32>, grid, stream, p);
+    }
+  });
+}
+
+}  // namespace causal_conv1d::cuda

@@ -1,0 +1,477 @@
+"""The serving engines' decode step (causal_conv1d_update's keyword-only
+arguments) against the float64 reference, on every backend: speculative
+decoding (num_accepted_tokens), token trees (retrieve_parent_token) with
+intermediate windows, varlen batches (query_start_loc, lengths 0 included,
+(T, D) and (D, T)), prefix-cached pools (a block table read and written at
+per-sequence columns), padding; every refusal names the argument and writes
+nothing; and an engine loop (draft, verify, accept a random prefix) against
+plain single-token updates, 50 steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import DTYPE_PAIRS, close, exact, pair_id
+
+WIDTHS = [1, 2, 3, 4, 6, 16, 32]
+D = 77  # two full channel blocks and a partial one on every tier
+PAD = -1
+
+
+def to_double(t):
+    return None if t is None else t.double()
+
+
+def make_pool(n, d, s, dtype, layout):
+    if layout == "contiguous":
+        return torch.randn(n, d, s, dtype=dtype)
+    if layout == "channel_last":  # vLLM's: stride 1 along dim
+        return torch.randn(n, s, d, dtype=dtype).transpose(1, 2)
+    if layout == "slice":
+        return torch.randn(2 * n, d, s + 3, dtype=dtype)[::2, :, 2 : 2 + s]
+    raise ValueError(layout)
+
+
+def make_tokens(b, d, L, dtype, layout):
+    if layout == "contiguous":
+        return torch.randn(b, d, L, dtype=dtype)
+    if layout == "channel_last":  # (B * L, D) projection viewed as (B, D, L)
+        return torch.randn(b, L, d, dtype=dtype).transpose(1, 2)
+    raise ValueError(layout)
+
+
+def random_tree(B, L):
+    """(B, L) parents: token j >= 1 has a parent in [0, j); entry 0 is -1."""
+    parents = torch.full((B, L), -1, dtype=torch.int32)
+    for b in range(B):
+        for j in range(1, L):
+            parents[b, j] = int(torch.randint(0, j, ()))
+    return parents
+
+
+def run_both(kernel, x, pool, weight, bias, act, windows=None, **kw):
+    """The kernel and the float64 reference on copies; returns
+    (out, out_ref, pool, pool_ref, windows, windows_ref)."""
+    pool_ref = pool.to(torch.float64, copy=True)  # never the same tensor as pool
+    win_ref = None if windows is None else windows.to(torch.float64, copy=True)
+    out_ref = kernel.causal_conv1d_update_ref(
+        x.double(), pool_ref, weight.double(), to_double(bias), act,
+        intermediate_conv_window=win_ref, **kw,
+    )
+    out = kernel.causal_conv1d_update(
+        x, pool, weight, bias, act, intermediate_conv_window=windows, **kw
+    )
+    return out, out_ref, pool, pool_ref, windows, win_ref
+
+
+def check(res, dtypes, msg):
+    out, out_ref, pool, pool_ref, win, win_ref = res
+    assert out.shape == out_ref.shape and out.dtype == dtypes[0], msg
+    close(out, out_ref, dtypes, msg)
+    exact(pool, pool_ref, "conv_state must be bit-exact (copies only): " + msg)
+    if win is not None:
+        exact(win, win_ref, "intermediate_conv_window must be bit-exact: " + msg)
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("W", WIDTHS)
+@pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=pair_id)
+def test_spec_decode(kernel, seeded, dtypes, W):
+    """num_accepted_tokens over every dtype pair and width, k = 0..3 drafts,
+    pools with padding rows, x (B, D) and (B, D, 1 + k)."""
+    xdt, wdt = dtypes
+    weight = torch.randn(D, W, dtype=wdt)
+    bias = torch.randn(D, dtype=wdt)
+    for k, pool_rows, act in [(3, 0, "silu"), (1, 9, None), (0, 6, "silu"), (2, 0, None)]:
+        B, L = 5, 1 + k
+        S = W - 1 + k if W >= 2 else max(k, 1) + 1  # W = 1 keeps no history
+        S = max(S, W - 2 + L)
+        pool = make_pool(pool_rows or B, D, S, xdt, "contiguous")
+        idx = None
+        if pool_rows:
+            idx = torch.randperm(pool_rows)[:B].to(torch.int32)
+            idx[1] = PAD
+        n_max = S - W + 2
+        acc = torch.randint(1, min(n_max, L) + 1, (B,), dtype=torch.int32)
+        x = make_tokens(B, D, L, xdt, "contiguous")
+        if L == 1 and k == 0:
+            x = x[..., 0]
+        res = run_both(kernel, x, pool, weight, bias, act, conv_state_indices=idx,
+                       num_accepted_tokens=acc)
+        check(res, dtypes, f"seed={seeded} W={W} k={k} S={S} pool={pool_rows} acc={acc.tolist()}")
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("x_layout", ["contiguous", "channel_last"])
+@pytest.mark.parametrize("pool_layout", ["contiguous", "channel_last", "slice"])
+@pytest.mark.parametrize("acc_dtype", [torch.int32, torch.int64])
+def test_spec_decode_layouts(kernel, seeded, x_layout, pool_layout, acc_dtype):
+    """vLLM's layouts (x and state stride 1 along dim) and the others;
+    int32 and int64 counts; every count from 1 to k + 1."""
+    W, k, B = 4, 3, 4
+    S = W - 1 + k
+    for dtype in (torch.float32, torch.bfloat16):
+        weight = torch.randn(D, W, dtype=dtype)
+        bias = torch.randn(D, dtype=dtype)
+        pool = make_pool(B, D, S, dtype, pool_layout)
+        x = make_tokens(B, D, 1 + k, dtype, x_layout)
+        acc = torch.arange(1, B + 1, dtype=acc_dtype)
+        res = run_both(kernel, x, pool, weight, bias, "silu", num_accepted_tokens=acc)
+        check(res, (dtype, dtype), f"seed={seeded} {dtype} x={x_layout} pool={pool_layout}")
+        if x_layout == "channel_last":
+            assert res[0].stride(1) == 1, "out keeps x's layout"
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("W", [1, 2, 4, 6, 32])
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize("spec", [False, True])
+def test_varlen_decode(kernel, seeded, W, channels_first, spec):
+    """Packed sequences of different lengths, 0 included, with a padding
+    sequence and tokens outside every sequence; (T, D) and (D, T)."""
+    lengths = [3, 0, 1, 4, 2, 1]
+    B = len(lengths)
+    k = max(lengths) - 1
+    S = W - 2 + max(lengths) if spec else W - 1 + 2
+    S = max(S, W - 1, 1)
+    lead, tail = 2, 3
+    T = lead + sum(lengths) + tail
+    qsl = torch.tensor([lead] + [lead + sum(lengths[: i + 1]) for i in range(B)],
+                       dtype=torch.int32)
+    for dtype in (torch.float32, torch.float16):
+        weight = torch.randn(D, W, dtype=dtype)
+        bias = torch.randn(D, dtype=dtype)
+        x = torch.randn(D, T, dtype=dtype) if channels_first else torch.randn(T, D, dtype=dtype)
+        pool = make_pool(B + 3, D, S, dtype, "channel_last")
+        idx = torch.randperm(B + 3)[:B].to(torch.int32)
+        idx[4] = PAD
+        kw = dict(conv_state_indices=idx, query_start_loc=qsl, channels_first=channels_first)
+        if spec:
+            n_max = S - W + 2
+            kw["num_accepted_tokens"] = torch.tensor(
+                [min(max(n, 1), n_max) for n in [1, 2, 3, 1, 2, 1]], dtype=torch.int64)
+        res = run_both(kernel, x, pool, weight, bias, "silu", **kw)
+        check(res, (dtype, dtype), f"seed={seeded} {dtype} W={W} k={k} S={S} spec={spec}")
+        tokens = res[0] if channels_first else res[0].t()
+        assert not tokens[:, :lead].any() and not tokens[:, T - tail :].any(), \
+            "tokens outside every sequence output 0"
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("W", [2, 3, 4, 6, 16])
+@pytest.mark.parametrize("spec", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_tree_with_windows(kernel, seeded, W, spec, dtype):
+    """EAGLE token trees: each token convolves its ancestors; the
+    intermediate windows hold each token's last W-1 inputs and conv_state is
+    only read. Also the tree without windows (the pool written linearly)."""
+    B, L = 4, 6
+    S = W - 2 + L if spec else W - 1
+    weight = torch.randn(D, W, dtype=dtype)
+    bias = torch.randn(D, dtype=dtype)
+    parents = random_tree(B, L)
+    acc = torch.randint(1, S - W + 3, (B,), dtype=torch.int32) if spec else None
+    pool = make_pool(B + 2, D, S, dtype, "contiguous")
+    idx = torch.tensor([3, 0, PAD, 5], dtype=torch.int32)
+    windows = torch.randn(B + 1, L + 1, D, W - 1, dtype=dtype)
+    win_idx = torch.tensor([4, 1, 2, 0], dtype=torch.int32)
+    before = pool.clone()
+    res = run_both(kernel, pool=pool, x=make_tokens(B, D, L, dtype, "contiguous"),
+                   weight=weight, bias=bias, act="silu", windows=windows,
+                   conv_state_indices=idx, num_accepted_tokens=acc,
+                   retrieve_parent_token=parents, intermediate_state_indices=win_idx)
+    msg = f"seed={seeded} W={W} spec={spec} parents={parents.tolist()}"
+    check(res, (dtype, dtype), msg)
+    exact(pool, before, "with windows, conv_state is only read: " + msg)
+    # without windows: the tree's outputs, the pool written as for a chain
+    pool2 = make_pool(B + 2, D, S, dtype, "channel_last")
+    res = run_both(kernel, make_tokens(B, D, L, dtype, "channel_last"), pool2, weight, None,
+                   None, conv_state_indices=idx, num_accepted_tokens=acc,
+                   retrieve_parent_token=parents.long())
+    check(res, (dtype, dtype), "no windows: " + msg)
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("W", [1, 2, 4, 8])
+@pytest.mark.parametrize("spec", [False, True])
+@pytest.mark.parametrize("L", [1, 3])
+def test_prefix_cached_decode(kernel, seeded, W, spec, L):
+    """A (B, blocks) table: read the row at initial_state_idx, write the row
+    at block_idx_last_scheduled_token (a different block, or the same), a
+    padding sequence; unread, unwritten rows stay as they were."""
+    B, blocks, N = 4, 5, 30
+    S = W - 2 + L if spec else max(W - 1, 1) + 1
+    S = max(S, W - 1)
+    dtype = torch.float32
+    weight = torch.randn(D, W, dtype=dtype)
+    bias = torch.randn(D, dtype=dtype)
+    table = torch.randperm(N)[: B * blocks].reshape(B, blocks).to(torch.int32)
+    table[2] = PAD
+    read_col = torch.tensor([0, 2, 1, 3], dtype=torch.int32)
+    write_col = torch.tensor([1, 2, 4, 4], dtype=torch.int32)  # sequence 1 writes in place
+    pool = make_pool(N, D, S, dtype, "channel_last")
+    acc = torch.randint(1, min(S - W + 2, L) + 1, (B,), dtype=torch.int32) if spec else None
+    before = pool.clone()
+    x = make_tokens(B, D, L, dtype, "channel_last")
+    res = run_both(kernel, x, pool, weight, bias, "silu", conv_state_indices=table,
+                   initial_state_idx=read_col, block_idx_last_scheduled_token=write_col,
+                   num_accepted_tokens=acc)
+    msg = f"seed={seeded} W={W} spec={spec} L={L} table={table.tolist()}"
+    check(res, (dtype, dtype), msg)
+    written = {int(table[b, write_col[b]]) for b in range(B) if b != 2}
+    others = [r for r in range(N) if r not in written]
+    exact(pool[others], before[others], "rows nobody writes: " + msg)
+    assert not res[0][2].any(), "a padding sequence outputs 0: " + msg
+
+
+def test_pad_slot_id(kernel, seeded):
+    """A pad_slot_id other than -1 marks padding like a negative index."""
+    B, W, S = 4, 4, 3
+    pool = make_pool(8, D, S, torch.float32, "contiguous")
+    idx = torch.tensor([2, 7, 5, 0], dtype=torch.int32)
+    x = torch.randn(B, D)
+    before = pool.clone()
+    res = run_both(kernel, x, pool, torch.randn(D, W), torch.randn(D), "silu",
+                   conv_state_indices=idx, pad_slot_id=7)
+    check(res, (torch.float32, torch.float32), f"seed={seeded}")
+    exact(pool[7], before[7], "the pad slot's row is untouched")
+    assert not res[0][1].any()
+
+
+# ---------------------------------------------------------------------------
+# refusals: the argument named, nothing written
+
+
+def _serving_args():
+    B, W, k = 3, 4, 2
+    S = W - 1 + k
+    return dict(
+        x=torch.randn(B, D, 1 + k), conv_state=torch.randn(B + 2, D, S), weight=torch.randn(D, W),
+        conv_state_indices=torch.tensor([0, 2, 4], dtype=torch.int32),
+        num_accepted_tokens=torch.tensor([1, 2, 3], dtype=torch.int32),
+    )
+
+
+BAD_SERVING = [
+    ("num_accepted_tokens above the drafts",
+     dict(num_accepted_tokens=torch.tensor([1, 4, 1], dtype=torch.int32)), "num_accepted_tokens"),
+    ("num_accepted_tokens zero",
+     dict(num_accepted_tokens=torch.tensor([0, 1, 1], dtype=torch.int32)), "num_accepted_tokens"),
+    ("num_accepted_tokens float", dict(num_accepted_tokens=torch.ones(3)), "num_accepted_tokens"),
+    ("num_accepted_tokens wrong shape",
+     dict(num_accepted_tokens=torch.ones(4, dtype=torch.int32)), "num_accepted_tokens"),
+    ("parent not an ancestor",
+     dict(retrieve_parent_token=torch.tensor([[-1, 0, 2]] * 3, dtype=torch.int32)),
+     "retrieve_parent_token"),
+    ("parent negative",
+     dict(retrieve_parent_token=torch.tensor([[-1, 0, 0], [-1, -1, 1], [-1, 0, 1]],
+                                             dtype=torch.int32)), "retrieve_parent_token"),
+    ("parents too short", dict(retrieve_parent_token=torch.zeros(3, 2, dtype=torch.int32)),
+     "retrieve_parent_token"),
+    ("block index past the table",
+     dict(conv_state_indices=torch.tensor([[0, 1], [2, 3], [4, 0]], dtype=torch.int32),
+          initial_state_idx=torch.tensor([0, 0, 0], dtype=torch.int32),
+          block_idx_last_scheduled_token=torch.tensor([1, 2, 1], dtype=torch.int32)),
+     "block_idx_last_scheduled_token"),
+    ("read column past the table",
+     dict(conv_state_indices=torch.tensor([[0, 1], [2, 3], [4, 0]], dtype=torch.int32),
+          initial_state_idx=torch.tensor([0, -1, 0], dtype=torch.int32),
+          block_idx_last_scheduled_token=torch.tensor([1, 1, 0], dtype=torch.int32)),
+     "initial_state_idx"),
+    ("table without columns",
+     dict(conv_state_indices=torch.tensor([[0, 1], [2, 3], [4, 0]], dtype=torch.int32)),
+     "initial_state_idx"),
+    ("one column argument only",
+     dict(conv_state_indices=torch.tensor([[0, 1], [2, 3], [4, 0]], dtype=torch.int32),
+          initial_state_idx=torch.tensor([0, 0, 0], dtype=torch.int32)),
+     "block_idx_last_scheduled_token"),
+    ("table rows written twice",
+     dict(conv_state_indices=torch.tensor([[0, 1], [2, 1], [4, 3]], dtype=torch.int32),
+          initial_state_idx=torch.tensor([0, 0, 0], dtype=torch.int32),
+          block_idx_last_scheduled_token=torch.tensor([1, 1, 1], dtype=torch.int32)),
+     "both write conv_state row 1"),
+    ("row read by another sequence's write",
+     dict(conv_state_indices=torch.tensor([[0, 2], [2, 3], [4, 1]], dtype=torch.int32),
+          initial_state_idx=torch.tensor([0, 0, 0], dtype=torch.int32),
+          block_idx_last_scheduled_token=torch.tensor([1, 1, 1], dtype=torch.int32)),
+     "reads conv_state row 2"),
+    ("table row out of range",
+     dict(conv_state_indices=torch.tensor([[0, 1], [2, 3], [4, 9]], dtype=torch.int32),
+          initial_state_idx=torch.tensor([0, 0, 0], dtype=torch.int32),
+          block_idx_last_scheduled_token=torch.tensor([1, 1, 1], dtype=torch.int32)),
+     "out of range"),
+    ("state too short for the drafts", dict(conv_state=torch.randn(5, D, 4)), "state_len"),
+    ("cache_seqlens with spec", dict(cache_seqlens=torch.zeros(3, dtype=torch.int32)),
+     "cache_seqlens"),
+    ("query_start_loc past x", dict(x=torch.randn(5, D), query_start_loc=torch.tensor(
+        [0, 2, 4, 6], dtype=torch.int32), num_accepted_tokens=None), "query_start_loc"),
+    ("query_start_loc decreasing", dict(x=torch.randn(5, D), query_start_loc=torch.tensor(
+        [0, 3, 2, 5], dtype=torch.int32), num_accepted_tokens=None), "query_start_loc"),
+    ("query_start_loc float", dict(x=torch.randn(5, D), query_start_loc=torch.tensor(
+        [0.0, 1, 2, 5]), num_accepted_tokens=None), "query_start_loc"),
+    ("query_start_loc with 3-D x", dict(query_start_loc=torch.tensor([0, 1, 2, 3],
+                                                                     dtype=torch.int32)),
+     "query_start_loc"),
+    ("channels_first without query_start_loc", dict(channels_first=True), "channels_first"),
+    ("windows wrong width", dict(intermediate_conv_window=torch.zeros(3, 3, D, 2)),
+     "intermediate_conv_window"),
+    ("windows too few tokens", dict(intermediate_conv_window=torch.zeros(3, 2, D, 3)),
+     "intermediate_conv_window"),
+    ("windows wrong dtype",
+     dict(intermediate_conv_window=torch.zeros(3, 3, D, 3, dtype=torch.float64)),
+     "intermediate_conv_window"),
+    ("windows overlapping the pool", "overlap", "intermediate_conv_window"),
+    ("window index out of range",
+     dict(intermediate_conv_window=torch.zeros(3, 3, D, 3),
+          intermediate_state_indices=torch.tensor([0, 3, 1], dtype=torch.int32)),
+     "intermediate_state_indices"),
+    ("window rows twice",
+     dict(intermediate_conv_window=torch.zeros(3, 3, D, 3),
+          intermediate_state_indices=torch.tensor([0, 1, 1], dtype=torch.int32)),
+     "intermediate_state_indices"),
+    ("window indices without windows",
+     dict(intermediate_state_indices=torch.tensor([0, 1, 2], dtype=torch.int32)),
+     "intermediate_state_indices"),
+    ("pad_slot_id a float", dict(pad_slot_id=1.5), "pad_slot_id"),
+    ("num_accepted_tokens a list", dict(num_accepted_tokens=[1, 2, 3]), "num_accepted_tokens"),
+]
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("case", BAD_SERVING, ids=[c[0] for c in BAD_SERVING])
+def test_serving_refusals(kernel, case):
+    _, change, needle = case
+    args = _serving_args()
+    if change == "overlap":  # windows and pool in one buffer, sharing a pool row
+        shared = torch.randn(5 * D * 5 + 3 * 3 * D * 3)
+        change = dict(conv_state=shared[: 5 * D * 5].view(5, D, 5),
+                      intermediate_conv_window=shared[4 * D * 5 :][: 3 * 3 * D * 3]
+                      .view(3, 3, D, 3))
+    args.update(change)
+    args = {k: v for k, v in args.items() if v is not None}
+    pool_before = args["conv_state"].clone()
+    win = args.get("intermediate_conv_window")
+    win_before = None if win is None else win.clone()
+    x, pool, weight = args.pop("x"), args.pop("conv_state"), args.pop("weight")
+    with pytest.raises((ValueError, TypeError, RuntimeError)) as info:
+        kernel.causal_conv1d_update(x, pool, weight, None, "silu", **args)
+    assert needle in str(info.value), str(info.value)
+    exact(pool, pool_before, "nothing written on refusal")
+    if win is not None:
+        exact(win, win_before, "nothing written on refusal")
+
+
+# ---------------------------------------------------------------------------
+# an engine's loop
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("W", [2, 4, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_engine_loop_matches_plain_updates(kernel, seeded, W, dtype):
+    """50 steps of draft / verify / accept a random prefix with
+    num_accepted_tokens against plain single-token updates of the accepted
+    tokens: identical outputs, and the state's live window identical to the
+    plain state. Pool rows with padding, channel-last state like vLLM's."""
+    B, k, N = 6, 3, 9
+    S = W - 1 + k
+    weight = torch.randn(D, W, dtype=dtype)
+    bias = torch.randn(D, dtype=dtype)
+    idx = torch.randperm(N)[:B].to(torch.int32)
+    spec_pool = make_pool(N, D, S, dtype, "channel_last")
+    plain_pool = torch.zeros(N, D, W - 1, dtype=dtype)
+    spec_pool[idx.long(), :, : W - 1] = 0  # both start from a zero history
+    accepted = torch.ones(B, dtype=torch.int32)  # step 0: one "accepted" token, the prompt's last
+    for step in range(50):
+        x = make_tokens(B, D, 1 + k, dtype, "channel_last")
+        out = kernel.causal_conv1d_update(x, spec_pool, weight, bias, "silu",
+                                          conv_state_indices=idx, num_accepted_tokens=accepted)
+        accepted = torch.randint(1, k + 2, (B,), dtype=torch.int32)
+        for b in range(B):
+            row = int(idx[b])
+            for j in range(int(accepted[b])):
+                want = kernel.causal_conv1d_update(x[b : b + 1, :, j], plain_pool[row : row + 1],
+                                                   weight, bias, "silu")
+                msg = f"seed={seeded} step={step} b={b} token={j}"
+                exact(out[b, :, j], want[0], "output: " + msg)
+            n = int(accepted[b])
+            exact(spec_pool[row, :, n - 1 : n + W - 2], plain_pool[row],
+                  f"state window: seed={seeded} step={step} b={b}")
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("W", [2, 4])
+def test_engine_tree_loop_matches_plain_updates(kernel, seeded, W):
+    """SGLang's scheme, 50 steps: a random token tree per step, the windows
+    written, the engine commits the window of a random accepted node into
+    conv_state; against plain updates along that node's root path."""
+    B, L = 4, 5
+    weight = torch.randn(D, W)
+    bias = torch.randn(D)
+    pool = torch.zeros(B, D, W - 1)
+    plain = torch.zeros(B, D, W - 1)
+    windows = torch.zeros(B, L, D, W - 1)
+    for step in range(50):
+        x = torch.randn(B, D, L)
+        parents = random_tree(B, L)
+        out = kernel.causal_conv1d_update(x, pool, weight, bias, "silu",
+                                          retrieve_parent_token=parents,
+                                          intermediate_conv_window=windows)
+        for b in range(B):
+            node = int(torch.randint(0, L, ()))
+            path = [node]
+            while path[-1] > 0:
+                path.append(int(parents[b, path[-1]]))
+            for j in reversed(path):
+                want = kernel.causal_conv1d_update(x[b : b + 1, :, j], plain[b : b + 1], weight,
+                                                   bias, "silu")
+                exact(out[b, :, j], want[0], f"seed={seeded} step={step} b={b} token={j}")
+            pool[b] = windows[b, node]
+            exact(pool[b], plain[b], f"committed window: seed={seeded} step={step} b={b}")
+
+
+# ---------------------------------------------------------------------------
+# compile, fake kernels, opcheck
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.backends("cpu")
+def test_update_serving_opcheck(kernel):
+    """torch.library.opcheck on the serving op: schema (what it writes),
+    fake kernel, autograd registration."""
+    op = kernel.ops.update_serving.default
+    W, k, B = 4, 2, 3
+    S = W - 1 + k
+    samples = [
+        (torch.randn(B, D, 1 + k), torch.randn(B, D, S), torch.randn(D, W), torch.randn(D),
+         None, torch.tensor([1, 2, 3], dtype=torch.int32), None, None, None, None, None, None,
+         -1, True),
+        (torch.randn(D, 6), torch.randn(4, D, W - 1), torch.randn(D, W), None,
+         torch.tensor([3, 0, 1], dtype=torch.int32), None,
+         torch.tensor([0, 2, 2, 6], dtype=torch.int32), None, None, None, None, None, -1, False),
+        (torch.randn(B, D, 3), torch.randn(B, D, W - 1), torch.randn(D, W), None, None, None,
+         None, random_tree(B, 3), torch.zeros(B, 3, D, W - 1), None, None, None, -1, True),
+    ]
+    for args in samples:
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.backends("cpu")
+def test_update_serving_compiles(kernel, seeded):
+    """torch.compile(fullgraph) through the serving path gives the eager result."""
+    W, k, B = 4, 3, 4
+    S = W - 1 + k
+    weight, bias = torch.randn(D, W), torch.randn(D)
+    x = torch.randn(B, D, 1 + k)
+    acc = torch.tensor([1, 4, 2, 3], dtype=torch.int32)
+    pool_a, pool_b = torch.randn(B, D, S), None
+    pool_b = pool_a.clone()
+
+    def step(x, pool, acc):
+        return kernel.causal_conv1d_update(x, pool, weight, bias, "silu", num_accepted_tokens=acc)
+
+    want = step(x, pool_a, acc)
+    got = torch.compile(step, fullgraph=True)(x, pool_b, acc)
+    exact(got, want, "compiled output")
+    exact(pool_b, pool_a, "compiled state")
