@@ -10,6 +10,11 @@ with silu, for fp32 and bf16:
            ref:    torch.cat([conv_state, x[..., None]], -1), depthwise
                    F.conv1d, silu, conv_state.copy_(the last 3 columns)
            kernel: causal_conv1d_update(x, conv_state, weight, bias, "silu")
+  spec     a speculative-decoding step, k = 3 drafts (x (B, D, 4), conv_state
+           (B, D, 6), num_accepted_tokens in 1..4), against a plain one-token
+           update of the same batch (x (B, D), conv_state (B, D, 3)), both
+           states in the default layout and in vLLM's (stride 1 along D);
+           target: spec / plain <= 1.5 at B = 64, D = 8192 (issue 17)
   packed   prefill of 16 packed sequences of mixed lengths (8192 tokens in
            all, x (T, D) with D = 4096) into a pool of states, half of them
            starting from the pool's state
@@ -52,6 +57,9 @@ DECODE_D = [4096, 8192]
 PACKED = dict(seqs=16, tokens=8192, dim=4096)
 QUICK_DECODE_B, QUICK_DECODE_D = [1, 8], [256]
 QUICK_PACKED = dict(seqs=4, tokens=256, dim=128)
+SPEC = dict(B=[1, 64], D=[8192], drafts=3)
+QUICK_SPEC = dict(B=[8], D=[256], drafts=3)
+TARGET_SPEC = 1.5
 TARGET_DECODE, TARGET_DECODE_MIN_B, TARGET_PACKED = 5.0, 8, 4.0
 TOL = {torch.float32: dict(rtol=3e-4, atol=1e-3), torch.bfloat16: dict(rtol=1e-2, atol=5e-2)}
 
@@ -88,6 +96,41 @@ def bench_decode(cc, B, D, dtype, repeats, warmup):
 
 
 # ---------------------------------------------------------------------------
+# speculative decoding
+
+
+def make_state(B, D, S, dtype, layout):
+    if layout == "vllm":  # stride 1 along D, as vLLM allocates its conv states
+        return torch.randn(B, S, D, dtype=dtype).transpose(1, 2)
+    return torch.randn(B, D, S, dtype=dtype)
+
+
+def bench_spec(cc, B, D, k, dtype, layout, repeats, warmup):
+    weight = torch.randn(D, WIDTH, dtype=dtype) / WIDTH
+    bias = torch.randn(D, dtype=dtype)
+    x1 = torch.randn(B, D, dtype=dtype)
+    xk = torch.randn(B, k + 1, D, dtype=dtype).transpose(1, 2)  # a (B * (k+1), D) projection
+    if layout != "vllm":
+        xk = xk.contiguous()
+    plain_state = make_state(B, D, STATE_LEN, dtype, layout)
+    spec_state = make_state(B, D, STATE_LEN + k, dtype, layout)
+    accepted = torch.randint(1, k + 2, (B,), dtype=torch.int32)
+    ref_state = spec_state.double()
+    want = cc.causal_conv1d_update_ref(xk.double(), ref_state, weight.double(), bias.double(),
+                                       "silu", num_accepted_tokens=accepted)
+    got = cc.causal_conv1d_update(xk, spec_state, weight, bias, "silu",
+                                  num_accepted_tokens=accepted)
+    torch.testing.assert_close(got.double(), want, **TOL[dtype])
+    assert torch.equal(spec_state.double(), ref_state)
+    fns = {
+        "plain": lambda: cc.causal_conv1d_update(x1, plain_state, weight, bias, "silu"),
+        "spec": lambda: cc.causal_conv1d_update(xk, spec_state, weight, bias, "silu",
+                                                num_accepted_tokens=accepted),
+    }
+    return measure(fns, repeats, warmup)
+
+
+# ---------------------------------------------------------------------------
 # packed prefill
 
 
@@ -113,7 +156,7 @@ def bench_packed(cc, seqs, tokens, dim, dtype, repeats, warmup):
 
 def main() -> int:
     ap = cpu_arguments(__doc__, DTYPES, default_repeats=15, default_warmup=3, layouts=False)
-    ap.add_argument("--only", choices=["decode", "packed"], default=None)
+    ap.add_argument("--only", choices=["decode", "spec", "packed"], default=None)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall: elapsed time; cpu: the process's CPU time, all threads summed")
     args = parse_cpu_arguments(ap)
@@ -141,6 +184,25 @@ def main() -> int:
                           f"{km * 1e6:8.1f} ({kn * 1e6:6.1f}) | {speed:6.1f}x ({rn / kn:4.1f}x)")
                     if not args.quick and B >= TARGET_DECODE_MIN_B and speed < TARGET_DECODE:
                         misses.append(f"decode {name} B={B} D={D}: {speed:.1f}x < {TARGET_DECODE}x")
+    if args.only in (None, "spec"):
+        spec = QUICK_SPEC if args.quick else SPEC
+        head = (f"{'spec':6} {'dtype':5} {'state':6} {'B':>4} {'D':>5} | {'plain us':>17} "
+                f"{'spec k=' + str(spec['drafts']) + ' us':>17} | {'spec/plain':>10}")
+        print(head)
+        print("-" * len(head))
+        for name in dtypes:
+            for layout in ("default", "vllm"):
+                for D in spec["D"]:
+                    for B in spec["B"]:
+                        r = bench_spec(cc, B, D, spec["drafts"], DTYPES[name], layout, repeats,
+                                       args.warmup)
+                        (pm, pn), (sm, sn) = r["plain"], r["spec"]
+                        print(f"{'':6} {name:5} {layout:6} {B:>4} {D:>5} | {pm * 1e6:8.1f} "
+                              f"({pn * 1e6:6.1f}) {sm * 1e6:8.1f} ({sn * 1e6:6.1f}) | "
+                              f"{sm / pm:9.2f}x")
+                        if not args.quick and B == 64 and sm / pm > TARGET_SPEC:
+                            misses.append(f"spec {name} {layout} B={B} D={D}: "
+                                          f"{sm / pm:.2f}x > {TARGET_SPEC}x")
     if args.only in (None, "packed"):
         head = (f"{'packed':6} {'dtype':5} {'seqs':>4} {'T':>5} {'D':>5} | {'ref ms':>15} "
                 f"{'kernel ms':>15} | {'speedup':>13}")

@@ -2,14 +2,16 @@
 //
 // What each sequence reads and writes comes from serving.h's plan_sequence,
 // shared with the CUDA kernel. Work is split into (sequence, block of
-// kBlock channels) tasks; within one, every row of inputs (a token, a
-// window column, a state column) is moved through a buffer of kBlock
-// accumulators, so the arithmetic is whole vectors across channels whatever
-// the strides, and only gather_row / scatter_row look at the layout.
+// kBlock channels) tasks. A task widens its window columns and tokens once
+// into rows of kBlock accumulators, so the arithmetic is whole vectors
+// across channels whatever the strides (a token tree only changes which rows
+// a token reads), then copies its state row as X values, untouched by
+// arithmetic. Only gather_row / scatter_row / copy_row look at the layout.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "../serving.h"
 #include "common.h"
@@ -34,6 +36,15 @@ struct Rows {
       if (d < n) VecIO<X>::load1(base + d, n - d).store(dst + d, n - d);
     } else {
       for (int64_t d = 0; d < n; ++d) dst[d] = A(base[d * stride]);
+    }
+  }
+
+  // dst[d * dst_stride] = src[d * src_stride] for d < n, as X.
+  static void copy_row(const X* src, int64_t src_stride, int64_t n, X* dst, int64_t dst_stride) {
+    if (src_stride == 1 && dst_stride == 1) {
+      std::copy(src, src + n, dst);  // dst is never inside [src, src + n)
+    } else {
+      for (int64_t d = 0; d < n; ++d) dst[d * dst_stride] = src[d * src_stride];
     }
   }
 
@@ -64,8 +75,10 @@ void run(const ConvParams& p) {
     int64_t c_lo = begin % blocks, c_hi = (end - 1) % blocks + 1;
     if (end - begin >= blocks || c_hi <= c_lo) c_lo = 0, c_hi = blocks;
     const TapRows<A> taps = transpose_taps<A>(p, K, c_lo, c_hi);
-    alignas(64) A window[kMaxWidthCpu - 1][K];  // the W-1 inputs before token 0
-    alignas(64) A in[K], acc[K];
+    // The task's stream as rows of K accumulators: rows 0..W-2 the window,
+    // row W-1+t token t; each input is widened once, whatever its layout.
+    thread_local std::vector<A> stream_rows;
+    alignas(64) A acc[K];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks, d0 = (task % blocks) * K, nd = std::min(K, D - d0);
       const SeqPlan s = plan_sequence(p, b);
@@ -77,52 +90,63 @@ void run(const ConvParams& p) {
         for (int64_t j = 0; j < s.len; ++j) R::scatter_row(acc, nd, out + j * p.out.s2, p.out.s1);
         continue;
       }
+      const size_t need = static_cast<size_t>((W - 1 + s.len) * K);
+      if (stream_rows.size() < need) stream_rows.resize(need);
+      A* rows = stream_rows.data();
       X* state = ptr<X>(p.conv_state) + d0 * p.conv_state.s1;
       const X* read = state + s.read_row * p.conv_state.s0;
       const int64_t first_col = s.hist_len - (W - 1);
       for (int64_t c = 0; c < W - 1; ++c)
-        R::gather_row(read + (first_col + c) * p.conv_state.s2, p.conv_state.s1, nd, window[c]);
+        R::gather_row(read + (first_col + c) * p.conv_state.s2, p.conv_state.s1, nd, rows + c * K);
+      for (int64_t t = 0; t < s.len; ++t)
+        R::gather_row(x + t * p.x.s2, p.x.s1, nd, rows + (W - 1 + t) * K);
       for (int64_t j = 0; j < s.len; ++j) {
-        // Token j's inputs, newest first; then tap 0 (the oldest) first, the
-        // order of the plain update, so both round alike.
-        int64_t srcs[kMaxWidthCpu];
+        // Token j's input rows, tap 0 (the oldest) first: the order of the
+        // plain update, so both round alike.
+        const A* in[kMaxWidthCpu];
         int64_t walk = j;
-        for (int64_t i = 0; i < W; ++i) srcs[i] = step_back(p, b, s, i, &walk);
-        for (int64_t d = 0; d < K; d += N) V::loadu(taps.bias(d0 + d)).store(acc + d);
-        for (int64_t k = 0; k < W; ++k) {
-          const int64_t i = W - 1 - k, src = srcs[i];
-          const A* v = in;
-          if (src >= 0) {
-            R::gather_row(x + src * p.x.s2, p.x.s1, nd, in);
-          } else {
-            v = window[-1 - src - first_col];
-          }
-          const A* tap = taps.tap(k, d0);
-          for (int64_t d = 0; d < K; d += N) {
-            at::vec::fmadd(V::loadu(tap + d), V::loadu(v + d), V::loadu(acc + d)).store(acc + d);
-          }
-          if (s.window_row >= 0 && i < W - 1) {
-            X* win = static_cast<X*>(p.windows.data) + s.window_row * p.windows.s0 +
-                     j * p.windows.s1 + d0 * p.windows.s2 + (W - 2 - i) * p.windows.s3;
-            R::scatter_row(v, nd, win, p.windows.s2);
-          }
+        for (int64_t i = 0; i < W; ++i) {
+          const int64_t src = step_back(p, b, s, i, &walk);
+          in[W - 1 - i] = rows + (src >= 0 ? W - 1 + src : -1 - src - first_col) * K;
         }
-        if (p.silu) {
-          for (int64_t d = 0; d < K; d += N) silu_vec<X>(V::loadu(acc + d)).store(acc + d);
+        for (int64_t d = 0; d < K; d += N) {
+          V a = V::loadu(taps.bias(d0 + d));
+          for (int64_t k = 0; k < W; ++k)
+            a = at::vec::fmadd(V::loadu(taps.tap(k, d0) + d), V::loadu(in[k] + d), a);
+          if (p.silu) a = silu_vec<X>(a);
+          a.store(acc + d);
         }
         R::scatter_row(acc, nd, out + j * p.out.s2, p.out.s1);
-      }
-      // The written row, new[c] = stream[shift + c], ascending: in place,
-      // column c reads column shift + c > c before anything overwrites it.
-      X* write = state + s.write_row * p.conv_state.s0;
-      for (int64_t c = 0; c < s.count; ++c) {
-        const int64_t src = s.shift + c;
-        if (src < s.hist_len) {
-          R::gather_row(read + src * p.conv_state.s2, p.conv_state.s1, nd, in);
-        } else {
-          R::gather_row(x + (src - s.hist_len) * p.x.s2, p.x.s1, nd, in);
+        if (s.window_row >= 0) {
+          X* win = static_cast<X*>(p.windows.data) + s.window_row * p.windows.s0 +
+                   j * p.windows.s1 + d0 * p.windows.s2;
+          for (int64_t c = 0; c < W - 1; ++c)
+            R::scatter_row(in[c + 1], nd, win + c * p.windows.s3, p.windows.s2);
         }
-        R::scatter_row(in, nd, write + c * p.conv_state.s2, p.conv_state.s1);
+      }
+      // The written row, new[c] = stream[shift + c], copied as X: the
+      // history columns [shift, hist_len) then the tokens. In place, column c
+      // reads column shift + c > c, which no earlier copy has overwritten
+      // (ascending c within a channel, or whole columns in ascending order).
+      if (s.count == 0) continue;
+      X* write = state + s.write_row * p.conv_state.s0;
+      const int64_t ss = p.conv_state.s1, sc = p.conv_state.s2;
+      const int64_t from_hist = std::clamp<int64_t>(s.hist_len - s.shift, 0, s.count);
+      const int64_t first_token = s.shift + from_hist - s.hist_len;
+      if (sc <= ss) {  // a channel's columns are nearest: channel by channel
+        for (int64_t d = 0; d < nd; ++d) {
+          const X* h = read + d * ss + s.shift * sc;
+          const X* t = x + d * p.x.s1 + first_token * p.x.s2;
+          X* w = write + d * ss;
+          for (int64_t c = 0; c < from_hist; ++c) w[c * sc] = h[c * sc];
+          for (int64_t c = from_hist; c < s.count; ++c) w[c * sc] = t[(c - from_hist) * p.x.s2];
+        }
+      } else {  // a column's channels are nearest: column by column
+        for (int64_t c = 0; c < s.count; ++c) {
+          const bool hist = c < from_hist;
+          const X* src = hist ? read + (s.shift + c) * sc : x + (first_token + c - from_hist) * p.x.s2;
+          R::copy_row(src, hist ? ss : p.x.s1, nd, write + c * sc, ss);
+        }
       }
     }
   });
