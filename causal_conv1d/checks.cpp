@@ -512,9 +512,15 @@ ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_sta
                                  OptTensorRef intermediate_conv_window,
                                  OptTensorRef intermediate_state_indices,
                                  OptTensorRef initial_state_idx,
-                                 OptTensorRef block_idx_last_scheduled_token, int64_t pad_slot_id,
-                                 bool silu) {
-  Ctx c{"causal_conv1d_update", x.device()};
+                                 OptTensorRef block_idx_last_scheduled_token,
+                                 OptTensorRef has_initial_state,
+                                 OptTensorRef block_idx_first_scheduled_token,
+                                 OptTensorRef num_computed_tokens, int64_t block_size,
+                                 int64_t pad_slot_id, bool silu) {
+  // causal_conv1d_packed_fwd's prefix-cached prefill runs through this op too
+  const bool prefill = has_initial_state || block_size != 0 || block_idx_first_scheduled_token ||
+                       num_computed_tokens;
+  Ctx c{prefill ? "causal_conv1d_packed_fwd" : "causal_conv1d_update", x.device()};
   const bool packed = query_start_loc.has_value();
   if (packed) {
     TORCH_CHECK_VALUE(x.dim() == 2, c.op,
@@ -611,6 +617,33 @@ ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_sta
                       ": with num_accepted_tokens, conv_state's state_len must hold width - 2 + ",
                       "the tokens per sequence = ", W - 2 + p.seqlen, " columns, got ", S);
   }
+  if (has_initial_state) {
+    check_device(c, *has_initial_state, "has_initial_state");
+    check_dtype(c, *has_initial_state, "has_initial_state", at::kBool, "one flag per sequence");
+    check_shape(c, *has_initial_state, "has_initial_state", {B}, "(batch,)");
+    p.has_initial_state = view1(*has_initial_state);
+    read_only(has_initial_state, "has_initial_state");
+  }
+  const bool blocks = block_size != 0 || block_idx_first_scheduled_token || num_computed_tokens;
+  if (blocks) {
+    TORCH_CHECK_VALUE(block_size > 0, c.op, ": block_size must be > 0 to write block states, got ",
+                      block_size);
+    TORCH_CHECK_VALUE(block_idx_first_scheduled_token && num_computed_tokens && table, c.op,
+                      ": block states need block_size, block_idx_first_scheduled_token, "
+                      "num_computed_tokens and the conv_state_indices table with "
+                      "initial_state_idx and block_idx_last_scheduled_token");
+    TORCH_CHECK_VALUE(!num_accepted_tokens && !retrieve_parent_token && !intermediate_conv_window,
+                      c.op, ": block states are for prefill and do not combine with "
+                      "num_accepted_tokens, retrieve_parent_token or intermediate_conv_window");
+    check_per_sequence(c, *block_idx_first_scheduled_token, "block_idx_first_scheduled_token", B,
+                       false);
+    check_per_sequence(c, *num_computed_tokens, "num_computed_tokens", B, false);
+    p.first_block = view1(*block_idx_first_scheduled_token);
+    p.computed = view1(*num_computed_tokens);
+    p.block_size = block_size;
+    read_only(block_idx_first_scheduled_token, "block_idx_first_scheduled_token");
+    read_only(num_computed_tokens, "num_computed_tokens");
+  }
   int64_t max_len = packed ? 0 : p.seqlen;  // host-known longest sequence
   if (packed && on_host(*query_start_loc)) {
     for (int64_t b = 0; b < B; ++b)
@@ -670,6 +703,12 @@ ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_sta
   if (!host_rows || (packed && !on_host(*query_start_loc))) return p;
   std::vector<SequenceRows> rows(B);
   auto live = [&](int64_t r) { return r >= 0 && r != pad_slot_id; };
+  // whether sequence b reads its row (not when has_initial_state says zeros)
+  const bool host_flags = has_initial_state && on_host(*has_initial_state);
+  auto reads = [&](int64_t b) {
+    return !has_initial_state || !host_flags || has_initial_state->data_ptr<bool>()[
+        b * has_initial_state->stride(0)];
+  };
   for (int64_t b = 0; b < B; ++b) {
     SequenceRows& r = rows[b];
     r.len = packed ? int_at(*query_start_loc, b + 1) - int_at(*query_start_loc, b) : p.seqlen;
@@ -696,19 +735,56 @@ ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_sta
                         " rows (pad_slot_id or negative values mark padding)");
     }
   }
+  // Block states: the table columns of the blocks each sequence completes.
+  std::vector<std::vector<int64_t>> block_rows(B);
+  const bool host_blocks = blocks && on_host(*block_idx_first_scheduled_token) &&
+                           on_host(*num_computed_tokens);
+  if (host_blocks) {
+    const int64_t cols = conv_state_indices->size(1);
+    for (int64_t b = 0; b < B; ++b) {
+      const SequenceRows& r = rows[b];
+      if (!live(r.read) || r.len == 0) continue;
+      const int64_t done = int_at(*num_computed_tokens, b);
+      TORCH_CHECK_VALUE(done >= 0, c.op, ": num_computed_tokens[", b, "] = ", done,
+                        " must be >= 0");
+      const int64_t n = (done + r.len - 1) / block_size - done / block_size;
+      const int64_t first = int_at(*block_idx_first_scheduled_token, b);
+      const int64_t last = int_at(*block_idx_last_scheduled_token, b);
+      TORCH_CHECK_VALUE(last - first == n, c.op, ": sequence ", b, " completes ", n,
+                        " blocks of ", block_size, " tokens (", done, " computed, ", r.len,
+                        " scheduled), so block_idx_last_scheduled_token - "
+                        "block_idx_first_scheduled_token must be ", n, ", got ", last, " - ",
+                        first);
+      TORCH_CHECK_VALUE(first >= 0 && first + n <= cols, c.op,
+                        ": block_idx_first_scheduled_token[", b, "] = ", first,
+                        " puts block states past the ", cols, " columns of conv_state_indices");
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t row = int_at(*conv_state_indices, b, first + k);
+        if (!live(row)) continue;
+        TORCH_CHECK_VALUE(row < p.num_states, c.op, ": conv_state_indices of sequence ", b,
+                          " = ", row, " is out of range for a state pool of ", p.num_states,
+                          " rows");
+        block_rows[b].push_back(row);
+      }
+    }
+  }
   // Two sequences writing one row, or one reading a row another writes,
   // would race.
   if (!intermediate_conv_window) {
     std::vector<int64_t> writer(p.num_states, -1);
     for (int64_t b = 0; b < B; ++b) {
-      if (!live(rows[b].write)) continue;
-      TORCH_CHECK_VALUE(writer[rows[b].write] < 0, c.op, ": sequences ", writer[rows[b].write],
-                        " and ", b, " both write conv_state row ", rows[b].write,
-                        "; each live sequence needs its own state");
-      writer[rows[b].write] = b;
+      std::vector<int64_t> written = block_rows[b];
+      if (live(rows[b].write) && rows[b].len > 0) written.push_back(rows[b].write);
+      for (int64_t row : written) {
+        TORCH_CHECK_VALUE(writer[row] < 0, c.op, ": sequences ", writer[row], " and ", b,
+                          " both write conv_state row ", row,
+                          "; each live sequence needs its own state");
+        writer[row] = b;
+      }
     }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t r = rows[b].read;
+      if (!reads(b) || rows[b].len == 0) continue;
       TORCH_CHECK_VALUE(!live(r) || writer[r] < 0 || writer[r] == b, c.op, ": sequence ", b,
                         " reads conv_state row ", r, ", which sequence ", writer[live(r) ? r : 0],
                         " writes");

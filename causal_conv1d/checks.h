@@ -58,8 +58,11 @@ ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_sta
                                  OptTensorRef intermediate_conv_window,
                                  OptTensorRef intermediate_state_indices,
                                  OptTensorRef initial_state_idx,
-                                 OptTensorRef block_idx_last_scheduled_token, int64_t pad_slot_id,
-                                 bool silu);
+                                 OptTensorRef block_idx_last_scheduled_token,
+                                 OptTensorRef has_initial_state,
+                                 OptTensorRef block_idx_first_scheduled_token,
+                                 OptTensorRef num_computed_tokens, int64_t block_size,
+                                 int64_t pad_slot_id, bool silu);
 void set_update_serving_output(ConvParams& p, const at::Tensor& x, const at::Tensor& out,
                                bool packed);
 

@@ -130,13 +130,17 @@ Tensor update_serving(const Tensor& x, const Tensor& conv_state, const Tensor& w
                       const OptTensor& intermediate_conv_window,
                       const OptTensor& intermediate_state_indices,
                       const OptTensor& initial_state_idx,
-                      const OptTensor& block_idx_last_scheduled_token, int64_t pad_slot_id,
-                      bool silu) {
+                      const OptTensor& block_idx_last_scheduled_token,
+                      const OptTensor& has_initial_state,
+                      const OptTensor& block_idx_first_scheduled_token,
+                      const OptTensor& num_computed_tokens, int64_t block_size,
+                      int64_t pad_slot_id, bool silu) {
   c10::OptionalDeviceGuard guard(x.device());
   ConvParams p = update_serving_params(
       x, conv_state, weight, bias, conv_state_indices, num_accepted_tokens, query_start_loc,
       retrieve_parent_token, intermediate_conv_window, intermediate_state_indices,
-      initial_state_idx, block_idx_last_scheduled_token, pad_slot_id, silu);
+      initial_state_idx, block_idx_last_scheduled_token, has_initial_state,
+      block_idx_first_scheduled_token, num_computed_tokens, block_size, pad_slot_id, silu);
   const bool packed = query_start_loc.has_value();
   Tensor out = empty_with_layout_of(x);
   set_update_serving_output(p, x, out, packed);

@@ -46,7 +46,11 @@ Tensor update(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
 // decoding (num_accepted_tokens (B,)), token trees (retrieve_parent_token
 // (B, >= L)), intermediate windows (N2, >= L, D, W-1) with their row per
 // sequence, and prefix-cached pools read and written through a (B, blocks)
-// conv_state_indices table at initial_state_idx / block_idx_last_scheduled_token.
+// conv_state_indices table at initial_state_idx / block_idx_last_scheduled_token;
+// packed prefill into such a pool (has_initial_state, and with block_size > 0
+// the state after every completed block of block_size tokens written to the
+// table from column block_idx_first_scheduled_token, num_computed_tokens
+// counting each sequence's earlier tokens).
 // -> out with x's shape and stride order.
 Tensor update_serving(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
                       const OptTensor& bias, const OptTensor& conv_state_indices,
@@ -55,8 +59,11 @@ Tensor update_serving(const Tensor& x, const Tensor& conv_state, const Tensor& w
                       const OptTensor& intermediate_conv_window,
                       const OptTensor& intermediate_state_indices,
                       const OptTensor& initial_state_idx,
-                      const OptTensor& block_idx_last_scheduled_token, int64_t pad_slot_id,
-                      bool silu);
+                      const OptTensor& block_idx_last_scheduled_token,
+                      const OptTensor& has_initial_state,
+                      const OptTensor& block_idx_first_scheduled_token,
+                      const OptTensor& num_computed_tokens, int64_t block_size,
+                      int64_t pad_slot_id, bool silu);
 
 // x (T, D), cu_seqlens (B+1,) int32 -> (B, D, state_len).
 Tensor varlen_states(const Tensor& x, const Tensor& cu_seqlens, int64_t state_len);

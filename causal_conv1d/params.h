@@ -125,6 +125,14 @@ struct ConvParams {
   int64_t num_windows = 0;     // N2
   int64_t window_tokens = 0;   // windows' dimension 1
   Strided window_indices;      // (B,) int32, s0: windows row per sequence (default b)
+  // Prefix caching in packed prefill (with the table above): the state
+  // after each whole block of block_size tokens, counting the sequence's
+  // num_computed_tokens earlier ones, goes to table[b, first_block[b] + k]
+  // for the k-th block completed inside this call; has_initial_state (above)
+  // false reads zeros instead of the read row.
+  Strided first_block;         // (B,) int32, s0 (block_idx_first_scheduled_token)
+  Strided computed;            // (B,) int32, s0 (num_computed_tokens)
+  int64_t block_size = 0;      // 0: no block states
 };
 
 }  // namespace causal_conv1d

@@ -33,6 +33,12 @@ struct SeqPlan {
   int64_t shift = 0;      // new[c] = stream[shift + c]
   int64_t count = 0;      // columns written (0 when the windows are written instead)
   int64_t window_row = -1;  // intermediate windows row, -1: none
+  bool zero_history = false;  // the history is zeros (no initial state)
+  // Block states: the k-th (k < boundaries) after first_boundary + k * block
+  // tokens of this call, to table column first_block + k.
+  int64_t boundaries = 0;
+  int64_t first_boundary = 0;
+  int64_t first_block = 0;
 };
 
 CAUSAL_CONV1D_HOST_DEVICE inline int64_t clamp_index(int64_t v, int64_t lo, int64_t hi) {
@@ -83,12 +89,34 @@ CAUSAL_CONV1D_HOST_DEVICE inline SeqPlan plan_sequence(const ConvParams& p, int6
     s.shift = s.len;
     s.count = S;
   }
+  if (p.has_initial_state.given()) {
+    s.zero_history = static_cast<const bool*>(p.has_initial_state.data)[b * p.has_initial_state.s0] == 0;
+  }
+  if (p.block_size > 0 && s.len > 0) {
+    const int64_t bs = p.block_size;
+    const int64_t done = int32_at(p.computed, b) < 0 ? 0 : int32_at(p.computed, b);
+    s.first_boundary = bs - done % bs;
+    // blocks completed strictly inside the call; one ending with it holds
+    // the final state, written to the last block's column
+    s.boundaries = (done + s.len - 1) / bs - done / bs;
+    s.first_block = int32_at(p.first_block, b);
+  }
   if (p.windows.given()) {
     s.count = 0;
     const int64_t r = p.window_indices.given() ? int32_at(p.window_indices, b) : b;
     s.window_row = r >= 0 && r < p.num_windows ? r : -1;
   }
   return s;
+}
+
+// The pool row of block state k of sequence b, or -1 (padding, or a table
+// column past the table: never trusted).
+CAUSAL_CONV1D_HOST_DEVICE inline int64_t block_state_row(const ConvParams& p, int64_t b,
+                                                         const SeqPlan& s, int64_t k) {
+  const int64_t col = s.first_block + k;
+  if (col < 0 || col >= p.table_blocks) return -1;
+  const auto* table = static_cast<const int32_t*>(p.state_indices.data) + b * p.state_indices.s0;
+  return live_row(p, table[col * p.state_indices.s1]);
 }
 
 // Token j's i-th input back (i = 0 is the token itself), as a token index

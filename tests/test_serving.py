@@ -240,6 +240,134 @@ def test_pad_slot_id(kernel, seeded):
 
 
 # ---------------------------------------------------------------------------
+# prefix-cached packed prefill
+
+
+def prefix_case(lengths, computed, block_size, S, dtype=torch.float32, has_init=None):
+    """A block table giving each sequence its blocks' rows, and the columns
+    vLLM passes: the block holding the initial state, the first block this
+    call completes, the block of its last token."""
+    B = len(lengths)
+    blocks = max((c + n) // block_size + 2 for c, n in zip(computed, lengths))
+    N = B * blocks + 3
+    table = torch.randperm(N)[: B * blocks].reshape(B, blocks).to(torch.int32)
+    init_col = torch.tensor([max(c - 1, 0) // block_size for c in computed], dtype=torch.int32)
+    first = torch.tensor([c // block_size for c in computed], dtype=torch.int32)
+    last = torch.tensor([(c + max(n, 1) - 1) // block_size for c, n in zip(computed, lengths)],
+                        dtype=torch.int32)
+    qsl = torch.tensor([0] + [sum(lengths[: i + 1]) for i in range(B)], dtype=torch.int32)
+    pool = torch.randn(N, D, S, dtype=dtype)
+    if has_init is None:
+        has_init = torch.tensor([c > 0 for c in computed])
+    return dict(cache_indices=table, initial_state_idx=init_col,
+                block_idx_first_scheduled_token=first, block_idx_last_scheduled_token=last,
+                num_computed_tokens=torch.tensor(computed, dtype=torch.int32),
+                block_size=block_size, cu_seqlens=qsl, has_initial_state=has_init), pool
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("W", [1, 2, 4, 7])
+@pytest.mark.parametrize("S_extra", [0, 3])
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_prefix_cached_prefill(kernel, seeded, W, S_extra, channels_first, dtype):
+    """Block states at every block boundary inside the call, counted from
+    each sequence's start (num_computed_tokens earlier tokens), the final
+    state to the last block's row; boundaries within W-1 or S tokens of the
+    start (reaching into the initial state); a length-0 sequence; padding."""
+    S = max(W - 1 + S_extra, 1)
+    lengths = [13, 0, 5, 16, 1, 9]
+    computed = [0, 8, 6, 3, 15, 16]
+    kw, pool = prefix_case(lengths, computed, 8, S, dtype)
+    kw["cache_indices"][4] = PAD
+    T = sum(lengths)
+    x = torch.randn(D, T, dtype=dtype) if channels_first else torch.randn(T, D, dtype=dtype)
+    weight, bias = torch.randn(D, W, dtype=dtype), torch.randn(D, dtype=dtype)
+    pool_ref = pool.to(torch.float64, copy=True)
+    x_ref = (x.t() if channels_first else x).double()
+    want = kernel.causal_conv1d_packed_fwd_ref(x_ref, weight.double(), bias.double(),
+                                               activation="silu", conv_states=pool_ref, **kw)
+    before = pool.clone()
+    qsl = kw.pop("cu_seqlens")
+    table = kw.pop("cache_indices")
+    has_init = kw.pop("has_initial_state")
+    got = kernel.causal_conv1d_packed_fwd(x, weight, bias, qsl, pool, table, has_init, "silu",
+                                          channels_first=channels_first, **kw)
+    msg = f"seed={seeded} W={W} S={S} {dtype} channels_first={channels_first}"
+    close(got if channels_first else got.t(), want.t(), (dtype, dtype), msg)
+    exact(pool, pool_ref, "pool: " + msg)
+    assert not torch.equal(pool, before), "block states were written: " + msg
+
+
+@pytest.mark.kernels_ci
+def test_prefix_cached_resume(kernel, seeded):
+    """Chunked prefill then resumption from a cached block: prefilling a
+    sequence in chunks with block states, then starting a new request from
+    the state cached at a block boundary, gives the outputs of one pass over
+    the whole sequence."""
+    W, S, bs, L = 4, 3, 8, 45
+    weight, bias = torch.randn(D, W), torch.randn(D)
+    seq = torch.randn(L, D)
+    whole = kernel.causal_conv1d_fn(seq.t()[None], weight, bias, activation="silu")[0].t()
+    blocks = L // bs + 2
+    table = torch.arange(blocks, dtype=torch.int32)[None]
+    pool = torch.zeros(blocks, D, S)
+    done = 0
+    for chunk in (11, 20, 14):  # boundaries fall inside chunks and at their ends
+        kw = dict(initial_state_idx=torch.tensor([max(done - 1, 0) // bs], dtype=torch.int32),
+                  block_idx_first_scheduled_token=torch.tensor([done // bs], dtype=torch.int32),
+                  block_idx_last_scheduled_token=torch.tensor([(done + chunk - 1) // bs],
+                                                              dtype=torch.int32),
+                  num_computed_tokens=torch.tensor([done], dtype=torch.int32), block_size=bs)
+        out = kernel.causal_conv1d_packed_fwd(
+            seq[done : done + chunk], weight, bias, torch.tensor([0, chunk], dtype=torch.int32),
+            pool, table, torch.tensor([done > 0]), "silu", **kw)
+        close(out, whole[done : done + chunk], (torch.float32,), f"seed={seeded} chunk at {done}")
+        done += chunk
+    # a new request sharing the first 24 tokens resumes from block 2's state
+    resume = 24
+    pool2 = torch.zeros(2, D, S)
+    pool2[0] = pool[resume // bs - 1]
+    out = kernel.causal_conv1d_packed_fwd(
+        seq[resume:], weight, bias, torch.tensor([0, L - resume], dtype=torch.int32), pool2,
+        torch.tensor([[0, 1]], dtype=torch.int32), torch.tensor([True]), "silu",
+        initial_state_idx=torch.tensor([0], dtype=torch.int32),
+        block_idx_first_scheduled_token=torch.tensor([1], dtype=torch.int32),
+        block_idx_last_scheduled_token=torch.tensor([1], dtype=torch.int32),
+        num_computed_tokens=torch.tensor([0], dtype=torch.int32), block_size=L)
+    close(out, whole[resume:], (torch.float32,), f"seed={seeded} resumed")
+
+
+BAD_PREFIX = [
+    ("last - first wrong", dict(block_idx_last_scheduled_token=[1, 0]),
+     "block_idx_last_scheduled_token - block_idx_first_scheduled_token"),
+    ("first past the table", dict(block_idx_first_scheduled_token=[9, 0],
+                                  block_idx_last_scheduled_token=[10, 0]),
+     "past the"),
+    ("negative computed", dict(num_computed_tokens=[-1, 0]), "num_computed_tokens"),
+    ("block size 0 with columns", dict(block_size=0), "block_size"),
+    ("two blocks, one row", dict(cache_indices=[[1, 1, 2, 3, 4], [5, 6, 7, 8, 9]]), "both write"),
+    ("computed not int32", dict(num_computed_tokens=torch.tensor([0, 0])), "num_computed_tokens"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_PREFIX, ids=[c[0] for c in BAD_PREFIX])
+def test_prefix_cached_prefill_refusals(kernel, case):
+    _, change, needle = case
+    kw, pool = prefix_case([10, 3], [0, 0], 4, 3)
+    for k, v in change.items():
+        kw[k] = torch.tensor(v, dtype=torch.int32) if isinstance(v, list) else v
+    kw["cache_indices"] = kw["cache_indices"][:, :5]
+    before = pool.clone()
+    qsl, table, has_init = kw.pop("cu_seqlens"), kw.pop("cache_indices"), kw.pop("has_initial_state")
+    with pytest.raises((ValueError, TypeError)) as info:
+        kernel.causal_conv1d_packed_fwd(torch.randn(13, D), torch.randn(D, 4), None, qsl, pool,
+                                        table, has_init, "silu", **kw)
+    assert needle in str(info.value), str(info.value)
+    exact(pool, before, "nothing written on refusal")
+
+
+# ---------------------------------------------------------------------------
 # refusals: the argument named, nothing written
 
 
@@ -446,12 +574,14 @@ def test_update_serving_opcheck(kernel):
     samples = [
         (torch.randn(B, D, 1 + k), torch.randn(B, D, S), torch.randn(D, W), torch.randn(D),
          None, torch.tensor([1, 2, 3], dtype=torch.int32), None, None, None, None, None, None,
-         -1, True),
+         None, None, None, 0, -1, True),
         (torch.randn(D, 6), torch.randn(4, D, W - 1), torch.randn(D, W), None,
          torch.tensor([3, 0, 1], dtype=torch.int32), None,
-         torch.tensor([0, 2, 2, 6], dtype=torch.int32), None, None, None, None, None, -1, False),
+         torch.tensor([0, 2, 2, 6], dtype=torch.int32), None, None, None, None, None, None,
+         None, None, 0, -1, False),
         (torch.randn(B, D, 3), torch.randn(B, D, W - 1), torch.randn(D, W), None, None, None,
-         None, random_tree(B, 3), torch.zeros(B, 3, D, W - 1), None, None, None, -1, True),
+         None, random_tree(B, 3), torch.zeros(B, 3, D, W - 1), None, None, None, None, None,
+         None, 0, -1, True),
     ]
     for args in samples:
         torch.library.opcheck(op, args)

@@ -110,7 +110,9 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
       "Tensor? conv_state_indices, Tensor? num_accepted_tokens, Tensor? query_start_loc, "
       "Tensor? retrieve_parent_token, Tensor(b!)? intermediate_conv_window, "
       "Tensor? intermediate_state_indices, Tensor? initial_state_idx, "
-      "Tensor? block_idx_last_scheduled_token, int pad_slot_id, bool silu) -> Tensor");
+      "Tensor? block_idx_last_scheduled_token, Tensor? has_initial_state, "
+      "Tensor? block_idx_first_scheduled_token, Tensor? num_computed_tokens, int block_size, "
+      "int pad_slot_id, bool silu) -> Tensor");
   ops.def("varlen_states(Tensor x, Tensor cu_seqlens, int state_len) -> Tensor");
   ops.def(
       "fwd_packed(Tensor x, Tensor weight, Tensor? bias, Tensor cu_seqlens, "

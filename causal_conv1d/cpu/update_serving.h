@@ -96,8 +96,13 @@ void run(const ConvParams& p) {
       X* state = ptr<X>(p.conv_state) + d0 * p.conv_state.s1;
       const X* read = state + s.read_row * p.conv_state.s0;
       const int64_t first_col = s.hist_len - (W - 1);
-      for (int64_t c = 0; c < W - 1; ++c)
-        R::gather_row(read + (first_col + c) * p.conv_state.s2, p.conv_state.s1, nd, rows + c * K);
+      for (int64_t c = 0; c < W - 1; ++c) {
+        if (s.zero_history) {
+          std::fill(rows + c * K, rows + (c + 1) * K, A(0));
+        } else {
+          R::gather_row(read + (first_col + c) * p.conv_state.s2, p.conv_state.s1, nd, rows + c * K);
+        }
+      }
       for (int64_t t = 0; t < s.len; ++t)
         R::gather_row(x + t * p.x.s2, p.x.s1, nd, rows + (W - 1 + t) * K);
       for (int64_t j = 0; j < s.len; ++j) {
@@ -124,29 +129,47 @@ void run(const ConvParams& p) {
             R::scatter_row(in[c + 1], nd, win + c * p.windows.s3, p.windows.s2);
         }
       }
-      // The written row, new[c] = stream[shift + c], copied as X: the
-      // history columns [shift, hist_len) then the tokens. In place, column c
-      // reads column shift + c > c, which no earlier copy has overwritten
+      // Written rows receive stream columns [from, from + count) as X
+      // values: history columns (or zeros) then tokens. In place, column c
+      // reads column from + c > c, which no earlier copy has overwritten
       // (ascending c within a channel, or whole columns in ascending order).
-      if (s.count == 0) continue;
-      X* write = state + s.write_row * p.conv_state.s0;
       const int64_t ss = p.conv_state.s1, sc = p.conv_state.s2;
-      const int64_t from_hist = std::clamp<int64_t>(s.hist_len - s.shift, 0, s.count);
-      const int64_t first_token = s.shift + from_hist - s.hist_len;
-      if (sc <= ss) {  // a channel's columns are nearest: channel by channel
-        for (int64_t d = 0; d < nd; ++d) {
-          const X* h = read + d * ss + s.shift * sc;
-          const X* t = x + d * p.x.s1 + first_token * p.x.s2;
-          X* w = write + d * ss;
-          for (int64_t c = 0; c < from_hist; ++c) w[c * sc] = h[c * sc];
-          for (int64_t c = from_hist; c < s.count; ++c) w[c * sc] = t[(c - from_hist) * p.x.s2];
+      auto write_stream = [&](int64_t row, int64_t from, int64_t count) {
+        X* write = state + row * p.conv_state.s0;
+        const int64_t from_hist = std::clamp<int64_t>(s.hist_len - from, 0, count);
+        const int64_t first_token = from + from_hist - s.hist_len;
+        if (sc <= ss) {  // a channel's columns are nearest: channel by channel
+          for (int64_t d = 0; d < nd; ++d) {
+            const X* h = read + d * ss + from * sc;
+            const X* t = x + d * p.x.s1 + first_token * p.x.s2;
+            X* w = write + d * ss;
+            for (int64_t c = 0; c < from_hist; ++c) w[c * sc] = s.zero_history ? X(0) : h[c * sc];
+            for (int64_t c = from_hist; c < count; ++c) w[c * sc] = t[(c - from_hist) * p.x.s2];
+          }
+        } else {  // a column's channels are nearest: column by column
+          for (int64_t c = 0; c < count; ++c) {
+            X* w = write + c * sc;
+            if (c >= from_hist) {
+              R::copy_row(x + (first_token + c - from_hist) * p.x.s2, p.x.s1, nd, w, ss);
+            } else if (s.zero_history) {
+              for (int64_t d = 0; d < nd; ++d) w[d * ss] = X(0);
+            } else {
+              R::copy_row(read + (from + c) * sc, ss, nd, w, ss);
+            }
+          }
         }
-      } else {  // a column's channels are nearest: column by column
-        for (int64_t c = 0; c < s.count; ++c) {
-          const bool hist = c < from_hist;
-          const X* src = hist ? read + (s.shift + c) * sc : x + (first_token + c - from_hist) * p.x.s2;
-          R::copy_row(src, hist ? ss : p.x.s1, nd, write + c * sc, ss);
+      };
+      // The block states, then the final state. Written rows are distinct,
+      // so at most one of them is the read row: it goes last, once every
+      // other write has read the history.
+      const int64_t S = p.state_len;
+      for (int pass = 0; pass < 2; ++pass) {
+        auto in_pass = [&](int64_t row) { return row >= 0 && (row == s.read_row) == (pass == 1); };
+        for (int64_t k = 0; k < s.boundaries; ++k) {
+          const int64_t row = block_state_row(p, b, s, k);
+          if (in_pass(row)) write_stream(row, s.hist_len + s.first_boundary + k * p.block_size - S, S);
         }
+        if (s.count > 0 && in_pass(s.write_row)) write_stream(s.write_row, s.shift, s.count);
       }
     }
   });

@@ -36,7 +36,9 @@ __global__ void __launch_bounds__(kThreads) update_serving_kernel(ConvParams p) 
     X window[kMaxW - 1 > 0 ? kMaxW - 1 : 1];
 #pragma unroll
     for (int c = 0; c < kMaxW - 1; ++c) {
-      if (c < W - 1) window[c] = read[(first_col + c) * p.conv_state.s2];
+      if (c < W - 1) {
+        window[c] = s.zero_history ? from_f<X>(0.f) : read[(first_col + c) * p.conv_state.s2];
+      }
     }
     const float bias = bias_at(p, d);
     for (int64_t j = 0; j < s.len; ++j) {
@@ -74,13 +76,34 @@ __global__ void __launch_bounds__(kThreads) update_serving_kernel(ConvParams p) 
       }
       out[j * p.out.s2] = from_f<X>(p.silu ? silu_out<X>(acc) : acc);
     }
-    // new[c] = stream[shift + c], ascending: in place, column c reads column
-    // shift + c > c before anything overwrites it.
-    X* write = state + s.write_row * p.conv_state.s0;
-    for (int64_t c = 0; c < s.count; ++c) {
-      const int64_t src = s.shift + c;
-      const X v = src < s.hist_len ? read[src * p.conv_state.s2] : x[(src - s.hist_len) * p.x.s2];
-      write[c * p.conv_state.s2] = v;
+    // Written rows receive stream columns [from, from + count): history
+    // columns (or zeros) then tokens. Ascending: in place, column c reads
+    // column from + c > c before anything overwrites it. Written rows are
+    // distinct, so at most one of them is the read row: it goes last, once
+    // every other write has read the history.
+    auto write_stream = [&](int64_t row, int64_t from, int64_t count) {
+      X* write = state + row * p.conv_state.s0;
+      for (int64_t c = 0; c < count; ++c) {
+        const int64_t src = from + c;
+        X v;
+        if (src >= s.hist_len) {
+          v = x[(src - s.hist_len) * p.x.s2];
+        } else {
+          v = s.zero_history ? from_f<X>(0.f) : read[src * p.conv_state.s2];
+        }
+        write[c * p.conv_state.s2] = v;
+      }
+    };
+    for (int pass = 0; pass < 2; ++pass) {
+      auto in_pass = [&](int64_t row) { return row >= 0 && (row == s.read_row) == (pass == 1); };
+      for (int64_t k = 0; k < s.boundaries; ++k) {
+        const int64_t row = block_state_row(p, b, s, k);
+        if (in_pass(row)) {
+          write_stream(row, s.hist_len + s.first_boundary + k * p.block_size - p.state_len,
+                       p.state_len);
+        }
+      }
+      if (s.count > 0 && in_pass(s.write_row)) write_stream(s.write_row, s.shift, s.count);
     }
   }
 }

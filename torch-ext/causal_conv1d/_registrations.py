@@ -142,18 +142,25 @@ def _update_fake(x, conv_state, weight, bias, cache_seqlens, conv_state_indices,
 def _update_serving_fake(x, conv_state, weight, bias, conv_state_indices, num_accepted_tokens,
                          query_start_loc, retrieve_parent_token, intermediate_conv_window,
                          intermediate_state_indices, initial_state_idx,
-                         block_idx_last_scheduled_token, pad_slot_id, silu):
+                         block_idx_last_scheduled_token, has_initial_state,
+                         block_idx_first_scheduled_token, num_computed_tokens, block_size,
+                         pad_slot_id, silu):
     _same_device("causal_conv1d_update", x, conv_state=conv_state, weight=weight, bias=bias,
                  conv_state_indices=conv_state_indices, num_accepted_tokens=num_accepted_tokens,
                  query_start_loc=query_start_loc, retrieve_parent_token=retrieve_parent_token,
                  intermediate_conv_window=intermediate_conv_window,
                  intermediate_state_indices=intermediate_state_indices,
                  initial_state_idx=initial_state_idx,
-                 block_idx_last_scheduled_token=block_idx_last_scheduled_token)
+                 block_idx_last_scheduled_token=block_idx_last_scheduled_token,
+                 has_initial_state=has_initial_state,
+                 block_idx_first_scheduled_token=block_idx_first_scheduled_token,
+                 num_computed_tokens=num_computed_tokens)
     _native_checks(ops.update_serving.default, x, conv_state, weight, bias, conv_state_indices,
                    num_accepted_tokens, query_start_loc, retrieve_parent_token,
                    intermediate_conv_window, intermediate_state_indices, initial_state_idx,
-                   block_idx_last_scheduled_token, pad_slot_id, silu)
+                   block_idx_last_scheduled_token, has_initial_state,
+                   block_idx_first_scheduled_token, num_computed_tokens, block_size, pad_slot_id,
+                   silu)
     return _empty_with_layout_of(x)
 
 

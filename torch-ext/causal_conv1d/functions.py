@@ -358,7 +358,7 @@ def _update_serving(
         x_op, conv_state, weight, bias, conv_state_indices, num_accepted_tokens,
         query_start_loc, retrieve_parent_token, intermediate_conv_window,
         intermediate_state_indices, initial_state_idx, block_idx_last_scheduled_token,
-        pad_slot_id, silu,
+        None, None, None, 0, pad_slot_id, silu,
     )
     return out.transpose(-1, -2) if x_op is not x else out
 
@@ -395,6 +395,12 @@ def causal_conv1d_packed_fwd(
     activation: Optional[str] = None,
     pad_slot_id: int = -1,
     channels_first: bool = False,
+    *,
+    initial_state_idx: Optional[torch.Tensor] = None,
+    block_idx_first_scheduled_token: Optional[torch.Tensor] = None,
+    block_idx_last_scheduled_token: Optional[torch.Tensor] = None,
+    num_computed_tokens: Optional[torch.Tensor] = None,
+    block_size: int = 0,
 ) -> torch.Tensor:
     """Prefill of many packed sequences whose states live in a shared pool
     (what vLLM / SGLang call with query_start_loc and paged conv states).
@@ -414,6 +420,25 @@ def causal_conv1d_packed_fwd(
         pad_slot_id: a cache index meaning "padding": that sequence is
             skipped (output 0, pool untouched). Negative indices are padding too.
         channels_first: x is (dim, total_tokens).
+
+    Prefix caching (vLLM's automatic prefix caching; keyword-only, all
+    together): cache_indices is a (batch, blocks) int32 table of pool rows,
+    one per block of block_size tokens of each sequence.
+        initial_state_idx: (batch,) int32, the column whose row holds the
+            initial state (read when has_initial_state).
+        block_idx_last_scheduled_token: (batch,) int32, the column whose row
+            receives the final state.
+        block_idx_first_scheduled_token: (batch,) int32, the column of the
+            first block this call completes: the state after every block
+            completed inside the call (block boundaries counted from the
+            sequence's start, num_computed_tokens earlier tokens included)
+            goes to the following columns, so a later request can resume
+            from any cached block. last - first must equal the number of
+            such blocks.
+        num_computed_tokens: (batch,) int32, each sequence's tokens before
+            this call.
+        block_size: tokens per block (> 0).
+    A sequence of length 0 is then skipped (its rows untouched).
 
     Returns:
         out shaped like x, x's dtype.
@@ -440,6 +465,27 @@ def causal_conv1d_packed_fwd(
     pad_slot_id = _int(fn, "pad_slot_id", pad_slot_id)
     silu = _silu(activation, fn)
     x_dt = x if channels_first else x.transpose(-1, -2) if x.dim() == 2 else x
+    if (
+        initial_state_idx is not None
+        or block_idx_first_scheduled_token is not None
+        or block_idx_last_scheduled_token is not None
+        or num_computed_tokens is not None
+        or block_size != 0
+    ):
+        prefix = (("initial_state_idx", initial_state_idx),
+                  ("block_idx_first_scheduled_token", block_idx_first_scheduled_token),
+                  ("block_idx_last_scheduled_token", block_idx_last_scheduled_token),
+                  ("num_computed_tokens", num_computed_tokens))
+        if not all(t is None or isinstance(t, _Tensor) for _, t in prefix):
+            _refuse_types(fn, optional=prefix)
+        block_size = _int(fn, "block_size", block_size)
+        # the serving op's packed prefill (serving.h): one sequence per task
+        out = ops.update_serving.default(
+            x_dt, conv_states, weight, bias, cache_indices, None, cu_seqlens, None, None, None,
+            initial_state_idx, block_idx_last_scheduled_token, has_initial_state,
+            block_idx_first_scheduled_token, num_computed_tokens, block_size, pad_slot_id, silu,
+        )
+        return out if channels_first else out.transpose(-1, -2)
     out = ops.fwd_packed.default(
         x_dt, weight, bias, cu_seqlens, conv_states, cache_indices, has_initial_state,
         pad_slot_id, silu,

@@ -295,20 +295,41 @@ def causal_conv1d_packed_fwd_ref(
     has_initial_state: Optional[torch.Tensor] = None,
     activation: Optional[str] = None,
     pad_slot_id: int = -1,
+    *,
+    initial_state_idx: Optional[torch.Tensor] = None,
+    block_idx_first_scheduled_token: Optional[torch.Tensor] = None,
+    block_idx_last_scheduled_token: Optional[torch.Tensor] = None,
+    num_computed_tokens: Optional[torch.Tensor] = None,
+    block_size: int = 0,
 ) -> torch.Tensor:
     """Packed prefill with a state pool. x (T, D) packed tokens; conv_states
     (N, D, S) updated in place. Sequence b uses pool row cache_indices[b]
     (default b): when has_initial_state[b] its initial state is the row's last
     W-1 columns, and afterwards the row holds the last S inputs of the state
     followed by the sequence. Rows equal to pad_slot_id (or < 0) are skipped
-    (output 0, pool untouched). Returns out (T, D)."""
+    (output 0, pool untouched). Returns out (T, D).
+
+    Prefix caching: cache_indices is a (B, blocks) table; the initial state
+    comes from column initial_state_idx[b], the final state goes to column
+    block_idx_last_scheduled_token[b], and the state after each block of
+    block_size tokens completed inside the call (block boundaries counted
+    from the sequence's start, num_computed_tokens[b] earlier tokens
+    included) goes to the columns from block_idx_first_scheduled_token[b]
+    on. Sequences of length 0 are then skipped."""
     T, D = x.shape
     W = weight.shape[1]
     S = conv_states.shape[-1]
     out = torch.zeros_like(x)
     for b in range(cu_seqlens.shape[0] - 1):
         start, end = int(cu_seqlens[b]), int(cu_seqlens[b + 1])
-        row = int(cache_indices[b]) if cache_indices is not None else b
+        if block_size:
+            table = cache_indices[b]
+            row = int(table[int(initial_state_idx[b])])
+            final_row = int(table[int(block_idx_last_scheduled_token[b])])
+            if row == pad_slot_id or row < 0 or end == start:
+                continue
+        else:
+            row = final_row = int(cache_indices[b]) if cache_indices is not None else b
         if row == pad_slot_id or row < 0:
             continue
         has_init = bool(has_initial_state[b]) if has_initial_state is not None else False
@@ -318,5 +339,14 @@ def causal_conv1d_packed_fwd_ref(
         y = causal_conv1d_ref(seq, weight, bias, initial_states=init, activation=activation)
         out[start:end] = y[0].t()
         stream = torch.cat([state, seq[0]], dim=-1)  # (D, S + len)
-        conv_states[row].copy_(stream[:, stream.shape[-1] - S :])
+        if block_size:
+            done = int(num_computed_tokens[b])
+            first = int(block_idx_first_scheduled_token[b])
+            ends = range(block_size - done % block_size, end - start, block_size)
+            states = [stream[:, i : i + S].clone() for i in ends]  # the S inputs before token i
+            for k, state_k in enumerate(states):
+                block_row = int(table[first + k])
+                if block_row != pad_slot_id and block_row >= 0:
+                    conv_states[block_row].copy_(state_k)
+        conv_states[final_row].copy_(stream[:, stream.shape[-1] - S :])
     return out
