@@ -67,8 +67,9 @@ void check_device(const Ctx& c, const at::Tensor& t, const char* name) {
 // rank and exact sizes; a size of -1 matches anything.
 void check_shape(const Ctx& c, const at::Tensor& t, const char* name, at::IntArrayRef sizes,
                  const char* meaning) {
-  bool ok = t.dim() == static_cast<int64_t>(sizes.size());
-  for (size_t i = 0; ok && i < sizes.size(); ++i) ok = sizes[i] < 0 || t.size(i) == sizes[i];
+  const auto have = t.sizes();
+  bool ok = have.size() == sizes.size();
+  for (size_t i = 0; ok && i < sizes.size(); ++i) ok = sizes[i] < 0 || have[i] == sizes[i];
   if (ok) return;
   std::string want = "[";
   for (size_t i = 0; i < sizes.size(); ++i) {
@@ -109,7 +110,7 @@ void check_x_weight_dtypes(const Ctx& c, const at::Tensor& x, const at::Tensor& 
 }
 
 void check_width(const Ctx& c, const at::Tensor& weight) {
-  int64_t w = weight.size(-1);
+  const int64_t w = weight.sizes().back();
   TORCH_CHECK_VALUE(w >= 1 && w <= kMaxWidth, c.op, ": weight width (last dimension) must be in [1, ",
                     kMaxWidth, "], got ", w);
 }
@@ -120,9 +121,10 @@ void check_width(const Ctx& c, const at::Tensor& weight) {
 // tensors that touch no memory (undefined, empty, meta).
 bool byte_range(const at::Tensor& t, uintptr_t& lo, uintptr_t& hi) {
   if (!t.defined() || t.numel() == 0 || t.is_meta()) return false;
+  const auto sizes = t.sizes(), strides = t.strides();
   int64_t below = 0, above = 0;  // element offsets reachable from data_ptr
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    const int64_t span = (t.size(d) - 1) * t.stride(d);
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    const int64_t span = (sizes[d] - 1) * strides[d];
     (span < 0 ? below : above) += span;
   }
   const auto base = reinterpret_cast<uintptr_t>(t.data_ptr());
@@ -135,12 +137,20 @@ bool byte_range(const at::Tensor& t, uintptr_t& lo, uintptr_t& hi) {
 // Refuses a write target whose byte range meets an argument's. Interleaved
 // views whose ranges meet but whose elements do not are refused too: telling
 // them apart costs more than any caller gains from passing them.
-void check_no_overlap(const Ctx& c, const at::Tensor& out, const char* out_name,
-                      const at::Tensor& in, const char* in_name) {
-  uintptr_t out_lo, out_hi, in_lo, in_hi;
-  if (!byte_range(out, out_lo, out_hi) || !byte_range(in, in_lo, in_hi)) return;
+// out's byte range [out_lo, out_hi) is given: a target checked against
+// several inputs computes it once.
+void check_disjoint(const Ctx& c, uintptr_t out_lo, uintptr_t out_hi, const char* out_name,
+                    const at::Tensor& in, const char* in_name) {
+  uintptr_t in_lo, in_hi;
+  if (!byte_range(in, in_lo, in_hi)) return;
   TORCH_CHECK_VALUE(out_hi <= in_lo || in_hi <= out_lo, c.op, ": ", out_name,
                     " must not share memory with ", in_name);
+}
+
+void check_no_overlap(const Ctx& c, const at::Tensor& out, const char* out_name,
+                      const at::Tensor& in, const char* in_name) {
+  uintptr_t out_lo, out_hi;
+  if (byte_range(out, out_lo, out_hi)) check_disjoint(c, out_lo, out_hi, out_name, in, in_name);
 }
 
 // Whether two elements of t may share memory: with the dims of size > 1 in
@@ -148,9 +158,13 @@ void check_no_overlap(const Ctx& c, const at::Tensor& out, const char* out_name,
 // smaller-stride dims reach. Exact for every layout torch produces except
 // contrived as_strided interleavings, which are refused as if they overlapped.
 bool may_self_overlap(const at::Tensor& t) {
+  // torch keeps this flag with the strides: a dense permutation (any
+  // tensor torch allocates) needs no sort.
+  if (t.is_non_overlapping_and_dense()) return false;
+  const auto sizes = t.sizes(), strides = t.strides();
   c10::SmallVector<std::pair<int64_t, int64_t>, 4> dims;  // (|stride|, size)
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    if (t.size(d) > 1) dims.emplace_back(std::abs(t.stride(d)), t.size(d));
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    if (sizes[d] > 1) dims.emplace_back(std::abs(strides[d]), sizes[d]);
   }
   std::sort(dims.begin(), dims.end());
   int64_t reach = 0;
@@ -174,14 +188,18 @@ void check_writable(const Ctx& c, const at::Tensor& t, const char* name) {
 void* data_of(const at::Tensor& t) { return t.is_meta() ? nullptr : t.data_ptr(); }
 
 Strided view3(const at::Tensor& t) {
-  return {data_of(t), t.stride(0), t.stride(1), t.stride(2)};
+  const auto st = t.strides();
+  return {data_of(t), st[0], st[1], st[2]};
 }
-Strided view2(const at::Tensor& t) { return {data_of(t), t.stride(0), t.stride(1), 0}; }
-Strided view1(const at::Tensor& t) { return {data_of(t), t.stride(0), 0, 0}; }
+Strided view2(const at::Tensor& t) {
+  const auto st = t.strides();
+  return {data_of(t), st[0], st[1], 0};
+}
+Strided view1(const at::Tensor& t) { return {data_of(t), t.strides()[0], 0, 0}; }
 // update's x and out: (B, D, L), or (B, D) as one token, (B, D, 1) with the
 // last stride x.unsqueeze(-1) would have.
 Strided view_tokens(const at::Tensor& t) {
-  return t.dim() == 2 ? Strided{data_of(t), t.stride(0), t.stride(1), 1} : view3(t);
+  return t.dim() == 2 ? Strided{data_of(t), t.strides()[0], t.strides()[1], 1} : view3(t);
 }
 
 // weight (D, width) for x's D channels and bias (D,) in weight's dtype,
@@ -194,11 +212,11 @@ ConvParams weight_params(const Ctx& c, const at::Tensor& x, int64_t D, const at:
   check_device(c, weight, "weight");
   check_x_weight_dtypes(c, x, weight);
   check_width(c, weight);
-  TORCH_CHECK_VALUE(weight.size(0) == D, c.op, ": weight must have shape [", D,
+  TORCH_CHECK_VALUE(weight.sizes()[0] == D, c.op, ": weight must have shape [", D,
                     ", width] to match x's dim, got ", shape_str(weight));
   ConvParams p;
   p.dim = D;
-  p.width = weight.size(1);
+  p.width = weight.sizes()[1];
   p.silu = silu;
   p.x_dtype = to_dtype(x.scalar_type());
   p.weight_dtype = to_dtype(weight.scalar_type());
@@ -318,18 +336,21 @@ void pool_params(const Ctx& c, ConvParams& p, const at::Tensor& pool, const char
   TORCH_CHECK_VALUE(pool.dim() == 3, c.op, ": ", name, " must be 3-D (", rows,
                     ", dim, state_len), got shape ", shape_str(pool));
   check_dtype(c, pool, name, x.scalar_type(), "x's dtype");
-  TORCH_CHECK_VALUE(pool.size(1) == p.dim, c.op, ": ", name, " must have dim ", p.dim,
+  TORCH_CHECK_VALUE(pool.sizes()[1] == p.dim, c.op, ": ", name, " must have dim ", p.dim,
                     " (x's dim) in dimension 1, got shape ", shape_str(pool));
-  TORCH_CHECK_VALUE(pool.size(2) >= p.width - 1, c.op, ": the state_len of ", name,
+  TORCH_CHECK_VALUE(pool.sizes()[2] >= p.width - 1, c.op, ": the state_len of ", name,
                     " (last dimension) must be >= width - 1 = ", p.width - 1, ", got ",
-                    pool.size(2));
+                    pool.sizes()[2]);
   check_writable(c, pool, name);
-  check_no_overlap(c, pool, name, x, "x");
-  check_no_overlap(c, pool, name, weight, "weight");
-  if (bias) check_no_overlap(c, pool, name, *bias, "bias");
+  uintptr_t lo, hi;
+  if (byte_range(pool, lo, hi)) {
+    check_disjoint(c, lo, hi, name, x, "x");
+    check_disjoint(c, lo, hi, name, weight, "weight");
+    if (bias) check_disjoint(c, lo, hi, name, *bias, "bias");
+  }
   p.conv_state = view3(pool);
-  p.state_len = pool.size(2);
-  p.num_states = pool.size(0);
+  p.state_len = pool.sizes()[2];
+  p.num_states = pool.sizes()[0];
 }
 
 // The optional (batch,) int32 pool row per batch row or sequence
@@ -435,8 +456,9 @@ ConvParams update_params(const at::Tensor& x, const at::Tensor& conv_state,
   TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3, c.op,
                     ": x must be 2-D (batch, dim) or 3-D (batch, dim, seqlen), got shape ",
                     shape_str(x));
-  const bool single_token = x.dim() == 2;
-  const int64_t B = x.size(0), D = x.size(1), L = single_token ? 1 : x.size(2);
+  const auto xs = x.sizes();
+  const bool single_token = xs.size() == 2;
+  const int64_t B = xs[0], D = xs[1], L = single_token ? 1 : xs[2];
   ConvParams p = weight_params(c, x, D, weight, bias, silu);
   p.batch = B;
   p.seqlen = L;

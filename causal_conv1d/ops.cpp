@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <numeric>
+#include <utility>
 
 #include <ATen/Context.h>
 #include <ATen/ops/empty.h>
@@ -23,22 +24,29 @@ namespace {
 // with autograd view bookkeeping on every call, and an output that is a view
 // could not be modified in place once autograd has recorded it.
 Tensor empty_with_layout_of(const Tensor& t) {
+  const auto sizes = t.sizes(), strides = t.strides();
   const int64_t n = t.dim();
   c10::SmallVector<int64_t, 4> order(n);  // dims, outermost first
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    // size-1 dims have meaningless strides: keep them in their place.
-    if (t.size(a) == 1 || t.size(b) == 1) return false;
-    return t.stride(a) > t.stride(b);
-  });
+  // Stable insertion sort by decreasing stride, step for step the rule of
+  // the fake kernels (_registrations.py): size-1 dims have meaningless
+  // strides, so no dim moves past one. Unlike std::stable_sort, it allocates
+  // no buffer, which decode would pay for on every call.
+  for (int64_t i = 1; i < n; ++i) {
+    for (int64_t j = i; j > 0; --j) {
+      const int64_t a = order[j - 1], b = order[j];
+      if (sizes[a] == 1 || sizes[b] == 1 || !(strides[b] > strides[a])) break;
+      std::swap(order[j - 1], order[j]);
+    }
+  }
   // The strides of a contiguous tensor of the dims in that order.
-  c10::SmallVector<int64_t, 4> strides(n);
+  c10::SmallVector<int64_t, 4> dense(n);
   int64_t stride = 1;
   for (int64_t i = n - 1; i >= 0; --i) {
-    strides[order[i]] = stride;
-    stride *= std::max<int64_t>(t.size(order[i]), 1);
+    dense[order[i]] = stride;
+    stride *= std::max<int64_t>(sizes[order[i]], 1);
   }
-  return empty_output(t.sizes(), strides, t.options());
+  return empty_output(sizes, dense, t.options());
 }
 
 // 0-element placeholder for an optional output that was not asked for.
@@ -114,7 +122,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& x, const Tensor& we
 Tensor update(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
               const OptTensor& bias, const OptTensor& cache_seqlens,
               const OptTensor& conv_state_indices, bool silu) {
-  c10::OptionalDeviceGuard guard(x.device());
+  // The CPU has one device: no guard to set, and decode pays for every
+  // instruction on this path.
+  c10::OptionalDeviceGuard guard;
+  if (!x.is_cpu()) guard.reset_device(x.device());
   ConvParams p =
       update_params(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu);
   Tensor out = empty_with_layout_of(x);

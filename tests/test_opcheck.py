@@ -91,6 +91,40 @@ def test_opcheck_update(cc):
     assert n == 24
 
 
+def test_output_strides_follow_the_fake_kernels_rule(cc):
+    """fwd and update allocate out with x's stride order by the rule the fake
+    kernels follow (_registrations.py's _empty_with_layout_of): every
+    arrangement of three dims, sizes 1 and 3, and size-1 dims with strides
+    out of order."""
+    import itertools
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fake_mode = FakeTensorMode()
+    store = torch.randn(64)
+    n = 0
+    for sizes in itertools.product((1, 3), repeat=3):
+        for order in itertools.permutations(range(3)):
+            for odd in itertools.product((1, 50), repeat=3):
+                strides, step = [0, 0, 0], 1
+                for d in reversed(order):
+                    strides[d] = step if sizes[d] > 1 else odd[d]
+                    step *= sizes[d]
+                x = store.as_strided(sizes, strides)
+                w = torch.randn(sizes[1], 4)
+                state = torch.randn(sizes[0], sizes[1], 3)
+                out = cc.ops.fwd.default(x, w, None, None, None, False, False)[0]
+                upd = cc.ops.update.default(x, state, w, None, None, None, False)
+                with fake_mode:
+                    fx, fw, fs = (fake_mode.from_tensor(t) for t in (x, w, state))
+                    fake_out = cc.ops.fwd.default(fx, fw, None, None, None, False, False)[0]
+                    fake_upd = cc.ops.update.default(fx, fs, fw, None, None, None, False)
+                assert out.stride() == fake_out.stride(), (sizes, strides, out.stride())
+                assert upd.stride() == fake_upd.stride(), (sizes, strides, upd.stride())
+                n += 1
+    assert n == 384
+
+
 def test_opcheck_varlen_states(cc):
     for T, state_len in ((0, 3), (17, 3), (17, 8)):
         x = torch.randn(T, 6)

@@ -1,9 +1,10 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <string>
-#include <vector>
+#include <utility>
 
 #include "registration.h"
 #include "torch_binding.h"
@@ -23,67 +24,62 @@ const char* public_name(const c10::OperatorHandle& op) {
   return "causal_conv1d_packed_fwd";
 }
 
-// ADInplaceOrView kernel of the ops that write tensors in place: runs the op,
-// then bumps the version counter of every argument the schema marks `(a!)`,
-// as torch's own in-place ops do, so that autograd refuses a backward that
-// saved such a tensor before it was overwritten instead of computing a wrong
-// gradient from the new values. Inference tensors have no counter; this key
-// runs for them too outside inference mode (it is in the thread's default
-// key set), where writing them is refused before the op runs.
-void bump_written_versions(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+// ADInplaceOrView kernel of the ops that write tensors in place and have no
+// gradient (fwd_out, update, fwd_packed); their Autograd key falls through
+// to it. One boxed kernel on the path instead of one per key: decode calls
+// these ops once per layer and token, and each kernel on the dispatcher path
+// is host time the step pays. This key is in the thread's default key set,
+// so it runs for every call made outside inference mode, including calls
+// whose tensors are all inference tensors (which carry no Autograd key).
+//
+// Before anything is written it refuses what torch's own in-place ops
+// refuse: in grad mode, writing a leaf that requires grad or a view with
+// autograd history (whose base cannot be detached); outside inference mode,
+// writing an inference tensor. After the write it bumps the version counter
+// of every argument the schema marks `(a!)`, as torch's in-place ops do, so
+// that autograd refuses a backward that saved such a tensor before it was
+// overwritten instead of computing a wrong gradient from the new values; and
+// a written tensor with autograd history loses it: its new contents do not
+// depend on that history, so a later backward must not flow into it.
+void guard_in_place_writes(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                            torch::jit::Stack* stack) {
   const auto& args = op.schema().arguments();
   const size_t first = stack->size() - args.size();
-  std::vector<at::Tensor> written;
+  // The written tensors and their argument indices (at most two per op).
+  c10::SmallVector<std::pair<at::Tensor, size_t>, 2> written;
   for (size_t i = 0; i < args.size(); ++i) {
     const auto* alias = args[i].alias_info();
     const c10::IValue& value = (*stack)[first + i];
     if (alias != nullptr && alias->isWrite() && value.isTensor()) {
-      written.push_back(value.toTensor());
-      // Refused here, before the write, rather than by the Autograd kernel:
-      // a call whose tensors are all inference tensors has no Autograd key,
-      // while this key is in every call made outside inference mode.
-      TORCH_CHECK_VALUE(!written.back().is_inference() || c10::InferenceMode::is_enabled(),
-                        public_name(op), ": ", args[i].name(),
+      written.emplace_back(value.toTensor(), i);
+    }
+  }
+  bool detach = false;
+  if (at::GradMode::is_enabled()) {
+    for (const auto& [t, i] : written) {
+      if (!t.requires_grad()) continue;
+      const std::string& name = args[i].name();
+      TORCH_CHECK_VALUE(!t.is_leaf(), public_name(op), ": ", name,
+                        " is a leaf tensor that requires grad; it is written in place and has "
+                        "no gradient: pass ", name, ".detach() or call under torch.no_grad()");
+      TORCH_CHECK_VALUE(!t.is_view(), public_name(op), ": ", name,
+                        " is a view with autograd history; it is written in place and has no "
+                        "gradient: pass ", name, ".detach() or call under torch.no_grad()");
+      detach = true;
+    }
+  }
+  if (!c10::InferenceMode::is_enabled()) {
+    for (const auto& [t, i] : written) {
+      TORCH_CHECK_VALUE(!t.is_inference(), public_name(op), ": ", args[i].name(),
                         " is an inference tensor, which cannot be written outside "
                         "torch.inference_mode(); pass a clone");
     }
   }
   op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
-  for (const at::Tensor& t : written) {
+  for (auto& [t, i] : written) {
     if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+    if (detach && t.requires_grad()) t.detach_();
   }
-}
-
-// Autograd kernel of the ops that write tensors in place and have no
-// gradient (fwd_out, update, fwd_packed). Refuses, before anything is
-// written, what torch's own in-place ops refuse in grad mode: writing a leaf
-// that requires grad (or a view with history, whose base cannot be
-// detached); inference tensors are refused by bump_written_versions. A
-// written tensor with autograd history loses it: its new contents do not
-// depend on that history, so a later backward must not flow into it.
-void refuse_grad_writes(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
-                        torch::jit::Stack* stack) {
-  const auto& args = op.schema().arguments();
-  const size_t first = stack->size() - args.size();
-  std::vector<at::Tensor> detach;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const auto* alias = args[i].alias_info();
-    const c10::IValue& value = (*stack)[first + i];
-    if (alias == nullptr || !alias->isWrite() || !value.isTensor()) continue;
-    const at::Tensor& t = value.toTensor();
-    const std::string& name = args[i].name();
-    if (!t.requires_grad() || !at::GradMode::is_enabled()) continue;
-    TORCH_CHECK_VALUE(!t.is_leaf(), public_name(op), ": ", name,
-                      " is a leaf tensor that requires grad; it is written in place and has no "
-                      "gradient: pass ", name, ".detach() or call under torch.no_grad()");
-    TORCH_CHECK_VALUE(!t.is_view(), public_name(op), ": ", name,
-                      " is a view with autograd history; it is written in place and has no "
-                      "gradient: pass ", name, ".detach() or call under torch.no_grad()");
-    detach.push_back(t);
-  }
-  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
-  for (at::Tensor& t : detach) t.detach_();
 }
 
 }  // namespace
@@ -138,15 +134,14 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
 
   // Decode and state ops have no gradient (as upstream's): their outputs do
   // not require grad, instead of carrying a graph node that backpropagates
-  // nothing (torch's not-implemented fallback, which only warns).
-  ops.impl("varlen_states", c10::DispatchKey::Autograd, torch::CppFunction::makeFallthrough());
-  for (const char* op : {"fwd_out", "update", "update_serving", "fwd_packed"}) {
-    ops.impl(op, c10::DispatchKey::Autograd,
-             torch::CppFunction::makeFromBoxedFunction<&refuse_grad_writes>());
+  // nothing (torch's not-implemented fallback, which only warns). The ops
+  // that write tensors refuse and record those writes in one kernel.
+  for (const char* op : {"varlen_states", "fwd_out", "update", "update_serving", "fwd_packed"}) {
+    ops.impl(op, c10::DispatchKey::Autograd, torch::CppFunction::makeFallthrough());
   }
   for (const char* op : {"fwd_out", "update", "update_serving", "fwd_packed"}) {
     ops.impl(op, c10::DispatchKey::ADInplaceOrView,
-             torch::CppFunction::makeFromBoxedFunction<&bump_written_versions>());
+             torch::CppFunction::makeFromBoxedFunction<&guard_in_place_writes>());
   }
 }
 

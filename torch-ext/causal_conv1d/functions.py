@@ -84,10 +84,13 @@ def _overlap(a: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
     return ra is not None and rb is not None and ra[0] < rb[1] and rb[0] < ra[1]
 
 
+_SILU_NAMES = ("silu", "swish")
+
+
 def _silu(activation: Optional[str], fn: str) -> bool:
     if activation is None:
         return False
-    if activation in ("silu", "swish"):
+    if activation in _SILU_NAMES:
         return True
     raise ValueError(f"{fn}: activation must be None, 'silu' or 'swish', got {activation!r}")
 
@@ -216,6 +219,9 @@ class CausalConv1dFn:
                                 return_final_states, final_states_out, activation)
 
 
+_update = ops.update.default
+
+
 def causal_conv1d_update(
     x: torch.Tensor,
     conv_state: torch.Tensor,
@@ -301,7 +307,9 @@ def causal_conv1d_update(
             optional=(("bias", bias), ("cache_seqlens", cache_seqlens),
                       ("conv_state_indices", conv_state_indices)),
         )
-    silu = _silu(activation, fn)
+    # decode calls this once per layer and token: no helper call for the
+    # usual activations, and the overload resolved once at import
+    silu = activation is not None and (activation in _SILU_NAMES or _silu(activation, fn))
     if (
         num_accepted_tokens is None
         and query_start_loc is None
@@ -313,9 +321,7 @@ def causal_conv1d_update(
         and pad_slot_id == -1
         and channels_first is False
     ):
-        return ops.update.default(
-            x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu
-        )
+        return _update(x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu)
     return _update_serving(
         fn, x, conv_state, weight, bias, cache_seqlens, conv_state_indices, silu,
         num_accepted_tokens, query_start_loc, channels_first, retrieve_parent_token,
