@@ -311,6 +311,27 @@ def skip_unimplemented(fn):
         pytest.skip(f"CPU backend: {e}")
 
 
+# float64 on the CUDA kernels: which of x and weight are float64 in a case.
+FLOAT64_CASES = {"x": (torch.float64, torch.float32), "weight": (torch.float32, torch.float64),
+                 "both": (torch.float64, torch.float64)}
+
+
+def assert_float64_refused(kernel, cc, op: str, *args) -> None:
+    """kernel.ops.<op>(*args) refuses float64 as the CUDA variant does: the
+    TypeError checks.cpp raises for a float64 tensor that is not on the CPU.
+    The expected text is what the host's own checks say for the same call on
+    meta tensors (not on the CPU either), so on the emulator, whose tensors
+    are CPU tensors, this tests its float64 guard against checks.cpp."""
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(TypeError) as want:
+        getattr(cc.ops, op)(*meta)
+    with pytest.raises(TypeError) as got:
+        getattr(kernel.ops, op)(*args)
+    first = str(want.value).splitlines()[0]
+    assert first.endswith("is float64, which is supported on CPU only"), first
+    assert str(got.value).splitlines()[0] == first
+
+
 # ---------------------------------------------------------------------------
 # Loading the kernel, and the backends every op's tests run on
 

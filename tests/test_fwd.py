@@ -18,6 +18,8 @@ from helpers import (  # the kernel-path grids below
     exact,
     fwd_case,
     dev,
+    FLOAT64_CASES,
+    assert_float64_refused,
 )
 
 WIDTHS = [1, 2, 3, 4, 5, 8, 16, 32]
@@ -247,3 +249,17 @@ def test_fwd_out_preallocated_any_layout(kernel, seeded):
         kernel.ops.fwd_out(x, w, None, None, None, out, None, True)
         close(out, kernel.causal_conv1d_ref(x.double(), w.double(), activation="silu"),
               (torch.float16,), f"seed={seeded}")
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("f64", list(FLOAT64_CASES))
+def test_float64_refused(kernel, cc, f64):
+    """The CUDA kernels have no float64: refused with checks.cpp's error, the
+    emulator's CPU tensors included."""
+    xdt, wdt = FLOAT64_CASES[f64]
+    x, w = torch.randn(2, 8, 12, dtype=xdt, device=dev()), torch.randn(8, 4, dtype=wdt, device=dev())
+    assert_float64_refused(kernel, cc, "fwd", x, w, None, None, None, True, True)
+    out = torch.empty_like(x)
+    assert_float64_refused(kernel, cc, "fwd_out", x, w, None, None, None, out, None, True)
+    with pytest.raises(TypeError, match="is float64, which is supported on CPU only"):
+        kernel.causal_conv1d_fn(x, w, activation="silu")

@@ -23,6 +23,8 @@ from helpers import (  # the kernel-path grids below
     skip_unimplemented,
     dev,
     dtype_name,
+    FLOAT64_CASES,
+    assert_float64_refused,
 )
 
 WIDTHS = [1, 2, 3, 4, 6, 16, 32]
@@ -340,3 +342,17 @@ def test_sanitizer_update_packed(kernel, circular):
     packed_case(kernel, 0, W=4, S=5, D=37, xdt=torch.float16, layout="channels_first")
     x, cus = packed_inputs([3, 0, 7], 37, torch.float32, "proj_slice")
     kernel.causal_conv1d_varlen_states(x, cus, 4)
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("f64", list(FLOAT64_CASES))
+def test_float64_refused(kernel, cc, f64):
+    """The CUDA kernels have no float64: refused with checks.cpp's error, the
+    emulator's CPU tensors included."""
+    xdt, wdt = FLOAT64_CASES[f64]
+    x, w = torch.randn(12, 8, dtype=xdt, device=dev()), torch.randn(8, 4, dtype=wdt, device=dev())
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32, device=dev())
+    pool = torch.randn(3, 8, 3, dtype=xdt, device=dev())
+    assert_float64_refused(kernel, cc, "fwd_packed", x.t(), w, None, cu, pool, None, None, -1, True)
+    if xdt == torch.float64:
+        assert_float64_refused(kernel, cc, "varlen_states", x, cu, 3)

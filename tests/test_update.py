@@ -23,6 +23,8 @@ from helpers import (  # the kernel-path grids below
     skip_unimplemented,
     tolerance,
     dev,
+    FLOAT64_CASES,
+    assert_float64_refused,
 )
 
 WIDTHS = [1, 2, 3, 4, 6, 16, 32]
@@ -494,3 +496,15 @@ def test_update_vs_cpu(kernel, cpu_kernel, seeded, W, circular):
     g = kernel.ops.update(x, pool, w, b, cs, idx, True)
     close(g, c, (torch.float16,), f"seed={seeded}")
     exact(pool, pool_c, f"pool seed={seeded}")
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("f64", list(FLOAT64_CASES))
+def test_float64_refused(kernel, cc, f64):
+    """The CUDA kernels have no float64: refused with checks.cpp's error, the
+    emulator's CPU tensors included."""
+    xdt, wdt = FLOAT64_CASES[f64]
+    x, w = torch.randn(2, 8, dtype=xdt, device=dev()), torch.randn(8, 4, dtype=wdt, device=dev())
+    state = torch.randn(2, 8, 3, dtype=xdt, device=dev())
+    assert_float64_refused(kernel, cc, "update", x, state, w, None, None, None, True)
+    assert_float64_refused(kernel, cc, "update", x[..., None], state, w, None, None, None, True)
