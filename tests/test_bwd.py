@@ -23,7 +23,7 @@ import torch
 from helpers import randn_layout, random_seq_idx, tolerance
 from helpers import (  # the kernel-path grids below
     CUDA_DTYPE_PAIRS,
-    CUDA_LAYOUTS,
+    LAYOUTS,
     pair_id,
     close,
     exact,
@@ -395,7 +395,7 @@ def test_forward_mode_ad_refused(kernel, seeded):
 
 
 @pytest.mark.backends("cuda")
-@pytest.mark.parametrize("layout", CUDA_LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("W", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 32])
 @pytest.mark.parametrize("dtypes", CUDA_DTYPE_PAIRS, ids=pair_id)
 def test_bwd_grid(kernel, seeded, dtypes, W, layout):
