@@ -21,12 +21,12 @@ TOLERANCES = {
 }
 _PRECISION_ORDER = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
-LAYOUTS = ["contiguous", "channel_last", "proj_slice", "strided"]
-# The CUDA kernels' grids add "unaligned": L-contiguous rows starting at odd
-# element offsets (the rows kernels without vector loads). contiguous ->
-# rows kernels; channel_last / proj_slice -> chanlast kernels (widths <= 8);
-# strided -> generic.
-CUDA_LAYOUTS = LAYOUTS + ["unaligned"]
+# x's memory layouts (randn_layout). On CUDA: contiguous -> the rows kernels
+# (tiled where aligned); unaligned (L-contiguous rows at odd element offsets)
+# -> the rows kernels without vector loads; channel_last / proj_slice -> the
+# chanlast kernels (widths <= 8); strided -> generic. On CPU they pick the
+# kernels' row, channel-last and strided loops.
+LAYOUTS = ["contiguous", "channel_last", "proj_slice", "strided", "unaligned"]
 
 # x / weight dtype pairs every backend supports on CPU (any pairing, plus fp64).
 DTYPE_PAIRS = [
@@ -158,8 +158,13 @@ def fwd_case(cc, seed, *, B=2, D=40, L=70, W=4, xdt=torch.float32, wdt=torch.flo
            f"act={act} seq={seq} init={init} final={final} states={state_layout}")
     out, ref = (got[0], want[0]) if final else (got, want)
     assert out.dtype == xdt and out.shape == (B, D, L) and out.device.type == dev(), msg
+    if layout in ("channel_last", "proj_slice") and D > 1 and L > 1:
+        assert out.stride(1) == 1, f"channel-last x must give channel-last out: {msg}"
+    if layout == "contiguous":
+        assert out.is_contiguous(), msg
     close(out, ref, (xdt, wdt), msg)
     if final:
+        assert got[1].dtype == xdt and got[1].shape == (B, D, W - 1), msg
         exact(got[1], want[1], "final_states must be exact copies: " + msg)
     return x, w, b, s, ini
 
@@ -238,7 +243,7 @@ def update_case(cc, seed, *, B=5, D=40, W=4, S=None, L=None, xdt=torch.float32,
     b = torch.randn(D, dtype=wdt, device=dev()) if bias else None
     idx = pool_indices(B, N) if pool else None
     cs = torch.randint(0, 3 * max(S, 1), (B,), dtype=torch.int32, device=dev()) if circular else None
-    ref_state = state.double()
+    ref_state = state.to(torch.float64, copy=True)  # never state itself (float64)
     want = cc.causal_conv1d_update_ref(x.double(), ref_state, w.double(), to_double(b), act, cs, idx)
     before = state.clone()
     got = cc.causal_conv1d_update(x, state, w, b, act, cs, idx)
@@ -274,19 +279,21 @@ def packed_inputs(lengths, D, dtype, layout, lead=2, tail=3):
 
 def packed_case(cc, seed, *, W=4, S=None, D=37, xdt=torch.float32, wdt=torch.float32,
                 layout="contiguous", channels_first=False, pad_slot_id=-1, act="silu",
-                lengths=(5, 0, 1, 12, 3, 70, 2), bias=True):
+                lengths=(5, 0, 1, 12, 3, 70, 2), bias=True, pool_layout="contiguous"):
+    """One packed prefill against the reference; returns the output (in x's
+    orientation: (D, T) when channels_first)."""
     S = W - 1 if S is None else S
     B = len(lengths)
     x, cus = packed_inputs(list(lengths), D, xdt, layout)
     N = B + 3
-    pool = torch.randn(N, D, S, dtype=xdt, device=dev())
+    pool = make_state(N, D, S, xdt, pool_layout)
     idx = torch.randperm(N)[:B].to(torch.int32)
     idx[torch.rand(B) < 0.25] = pad_slot_id
     idx = idx.to(dev())
     has_init = (torch.rand(B) < 0.6).to(dev())
     w = torch.randn(D, W, dtype=wdt, device=dev())
     b = torch.randn(D, dtype=wdt, device=dev()) if bias else None
-    ref_pool = pool.double()
+    ref_pool = pool.to(torch.float64, copy=True)  # never pool itself (float64)
     want = cc.causal_conv1d_packed_fwd_ref(x.double(), w.double(), to_double(b), cus, ref_pool, idx,
                                            has_init, act, pad_slot_id)
     xin = x.t() if channels_first else x
@@ -298,6 +305,7 @@ def packed_case(cc, seed, *, W=4, S=None, D=37, xdt=torch.float32, wdt=torch.flo
            f"pad={pad_slot_id} lengths={lengths}")
     close(got, want, (xdt, wdt), msg)
     exact(pool, ref_pool, "conv_states must be bit-exact: " + msg)
+    return got.t() if channels_first else got
 
 
 def to_cpu(t):
@@ -309,6 +317,27 @@ def skip_unimplemented(fn):
         return fn()
     except NotImplementedError as e:
         pytest.skip(f"CPU backend: {e}")
+
+
+# float64 on the CUDA kernels: which of x and weight are float64 in a case.
+FLOAT64_CASES = {"x": (torch.float64, torch.float32), "weight": (torch.float32, torch.float64),
+                 "both": (torch.float64, torch.float64)}
+
+
+def assert_float64_refused(kernel, cc, op: str, *args) -> None:
+    """kernel.ops.<op>(*args) refuses float64 as the CUDA variant does: the
+    TypeError checks.cpp raises for a float64 tensor that is not on the CPU.
+    The expected text is what the host's own checks say for the same call on
+    meta tensors (not on the CPU either), so on the emulator, whose tensors
+    are CPU tensors, this tests its float64 guard against checks.cpp."""
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(TypeError) as want:
+        getattr(cc.ops, op)(*meta)
+    with pytest.raises(TypeError) as got:
+        getattr(kernel.ops, op)(*args)
+    first = str(want.value).splitlines()[0]
+    assert first.endswith("is float64, which is supported on CPU only"), first
+    assert str(got.value).splitlines()[0] == first
 
 
 # ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 from helpers import randn_layout, random_seq_idx, tolerance
 from helpers import (  # the kernel-path grids below
     CUDA_DTYPE_PAIRS,
-    CUDA_LAYOUTS,
+    LAYOUTS,
     pair_id,
     close,
     exact,
@@ -33,6 +33,8 @@ from helpers import (  # the kernel-path grids below
     skip_unimplemented,
     dtype_name,
     dev,
+    FLOAT64_CASES,
+    assert_float64_refused,
 )
 
 F64 = torch.float64
@@ -393,7 +395,7 @@ def test_forward_mode_ad_refused(kernel, seeded):
 
 
 @pytest.mark.backends("cuda")
-@pytest.mark.parametrize("layout", CUDA_LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("W", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 32])
 @pytest.mark.parametrize("dtypes", CUDA_DTYPE_PAIRS, ids=pair_id)
 def test_bwd_grid(kernel, seeded, dtypes, W, layout):
@@ -613,3 +615,14 @@ def test_sanitizer_fwd_bwd(kernel, layout, W):
         bwd_case(kernel, 0, B=2, D=37, L=75, W=W, xdt=torch.float16, wdt=torch.float32,
                  layout=layout, seq=W % 2 == 1, deterministic=det)
     fwd_case(kernel, 0, B=3, D=37, L=1, W=W, xdt=torch.bfloat16, layout=layout, seq=True)
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("f64", list(FLOAT64_CASES))
+def test_float64_refused(kernel, cc, f64):
+    """The CUDA kernels have no float64: refused with checks.cpp's error, the
+    emulator's CPU tensors included."""
+    xdt, wdt = FLOAT64_CASES[f64]
+    x, w = torch.randn(2, 8, 12, dtype=xdt, device=dev()), torch.randn(8, 4, dtype=wdt, device=dev())
+    dout = torch.randn_like(x)
+    assert_float64_refused(kernel, cc, "bwd", x, w, None, None, None, dout, None, True, False)

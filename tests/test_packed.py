@@ -10,19 +10,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import DTYPE_PAIRS, assert_close
-from helpers import dtype_name as _name
-from helpers import (  # the kernel-path grids below
-    CUDA_DTYPE_PAIRS,
-    pair_id,
+from helpers import (
+    DTYPE_PAIRS,
+    FLOAT64_CASES,
+    assert_close,
+    assert_float64_refused,
     close,
-    exact,
-    update_case,
-    packed_inputs,
-    packed_case,
-    skip_unimplemented,
     dev,
     dtype_name,
+    exact,
+    packed_case,
+    packed_inputs,
+    pair_id,
+    skip_unimplemented,
+    update_case,
 )
 
 WIDTHS = [1, 2, 3, 4, 6, 16, 32]
@@ -58,7 +59,7 @@ def make_tokens(T: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
 @pytest.mark.parametrize("state_len", [1, 3, 8])
-def test_varlen_states_matches_reference(kernel, seeded, dtype, layout, state_len):
+def test_varlen_states(kernel, seeded, dtype, layout, state_len):
     lengths = [5, 0, 1, 12, 3, 8, 2]
     cu = random_cu_seqlens(lengths, lead=2)
     T = int(cu[-1]) + 4  # tokens before cu[0] and after cu[-1] belong to no sequence
@@ -113,57 +114,36 @@ def check(out, out_ref, pool, pool_ref, x_dtype, w_dtype, msg):
 
 
 @pytest.mark.kernels_ci
+@pytest.mark.parametrize("S_extra", [0, 3])
 @pytest.mark.parametrize("W", WIDTHS)
-@pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"{_name(p[0])}-{_name(p[1])}")
-def test_packed_matches_reference(kernel, seeded, dtypes, W):
-    """Every dtype pair and width; sequences shorter and longer than the
-    state, of length 0, with and without initial states, in a shuffled pool
-    with a padded slot; S = W-1 and S > W-1."""
-    x_dtype, w_dtype = dtypes
-    weight, bias = torch.randn(D, W, dtype=w_dtype), torch.randn(D, dtype=w_dtype)
-    lengths = [7, 0, 1, 40, 3, 0, 2 * W + 1]
-    B, N = len(lengths), len(lengths) + 3
-    cu = random_cu_seqlens(lengths, lead=1)
-    T = int(cu[-1]) + 2
-    # (T, D) tokens take the row-streaming path, channels_first (D, T) the
-    # channel-block path: both see every dtype pair and width
-    for extra, act, use_bias, channels_first in ((0, "silu", True, False), (3, None, False, True)):
-        S = W - 1 + extra
-        x = make_tokens(T, D, x_dtype, "contiguous")
-        if channels_first:
-            x = x.t().contiguous()
-        pool = torch.randn(N, D, S, dtype=x_dtype)
-        indices = torch.randperm(N)[:B].to(torch.int32)
-        indices[4] = -1  # padded slot
-        has_init = torch.tensor([True, False, True, True, False, True, False])
-        res = run_packed(kernel, x, weight, bias if use_bias else None, cu, pool, indices, has_init, act,
-                         channels_first=channels_first)
-        check(*res, x_dtype, w_dtype,
-              f"seed={seeded} W={W} S={S} act={act} bias={use_bias} channels_first={channels_first}")
+@pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=pair_id)
+def test_grid(kernel, seeded, dtypes, W, S_extra):
+    """Every dtype pair and width, S = W-1 and S > W-1; sequences shorter and
+    longer than the state, of length 0, with and without initial states, in a
+    shuffled pool with a padded slot. (T, D) tokens take the row-streaming
+    path, channels_first (D, T) the channel-block path: both see every dtype
+    pair and width."""
+    for act, bias, channels_first in (("silu", True, False), (None, False, True)):
+        packed_case(kernel, seeded, W=W, S=W - 1 + S_extra, D=D, xdt=dtypes[0], wdt=dtypes[1],
+                    act=act, bias=bias, channels_first=channels_first,
+                    lengths=(7, 0, 1, 40, 3, 0, 2 * W + 1))
 
 
 @pytest.mark.kernels_ci
+@pytest.mark.parametrize("pad_slot_id", [-1, 5])
 @pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
 @pytest.mark.parametrize("channels_first", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_packed_layouts(kernel, seeded, layout, channels_first, dtype):
-    """x as (T, D) or (D, T) (channels_first=True), in any memory layout;
-    the pool as a strided view. The output keeps x's layout."""
-    W, S = 4, 5
-    weight, bias = torch.randn(D, W, dtype=dtype), torch.randn(D, dtype=dtype)
-    lengths = [9, 33, 0, 4, 70]
-    cu = random_cu_seqlens(lengths)
-    T = int(cu[-1])
-    x = make_tokens(T, D, dtype, layout)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_name)
+def test_layouts(kernel, seeded, dtype, channels_first, layout, pad_slot_id):
+    """x as (T, D) or (D, T) (channels_first=True), in any memory layout; the
+    pool as a strided view; pad_slot_id -1 or a pool row. The output keeps
+    x's layout."""
+    out = packed_case(kernel, seeded, W=4, S=5, D=D, xdt=dtype, wdt=dtype, layout=layout,
+                      channels_first=channels_first, pad_slot_id=pad_slot_id,
+                      lengths=(9, 33, 0, 4, 70), pool_layout="channel_last")
+    x, _ = packed_inputs([1], 3, dtype, layout)  # the layout's stride order
     if channels_first:
         x = x.t()
-    B = len(lengths)
-    pool = torch.randn(B, S, D, dtype=dtype).transpose(1, 2)  # channel-contiguous columns
-    has_init = torch.tensor([True, True, False, True, False])
-    res = run_packed(kernel, x, weight, bias, cu, pool, None, has_init, "silu",
-                     channels_first=channels_first)
-    check(*res, dtype, dtype, f"seed={seeded} layout={layout} channels_first={channels_first}")
-    out = res[0]
     assert (out.stride(0) > out.stride(1)) == (x.stride(0) > x.stride(1))
 
 
@@ -273,39 +253,10 @@ def test_packed_int64_cu_seqlens(kernel, seeded, channels_first, W):
 
 
 # ---------------------------------------------------------------------------
-# the CUDA packed kernels, and agreement with the CPU backend
+# many sequences in a pool; on the CUDA kernels also: agreement with the
+# CPU backend
 
 
-@pytest.mark.backends("cuda")
-@pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
-@pytest.mark.parametrize("state_len", [1, 3, 8])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=dtype_name)
-def test_varlen_states_grid(kernel, seeded, dtype, state_len, layout):
-    x, cus = packed_inputs([5, 0, 1, 12, 3, 8, 2], 37, dtype, layout)
-    got = kernel.causal_conv1d_varlen_states(x, cus, state_len)
-    exact(got, kernel.causal_conv1d_varlen_states_ref(x, cus, state_len), f"seed={seeded}")
-
-
-
-
-@pytest.mark.backends("cuda")
-@pytest.mark.parametrize("S_extra", [0, 3])
-@pytest.mark.parametrize("W", [1, 2, 3, 4, 6, 16, 32])
-@pytest.mark.parametrize("dtypes", CUDA_DTYPE_PAIRS, ids=pair_id)
-def test_packed_grid(kernel, seeded, dtypes, W, S_extra):
-    packed_case(kernel, seeded, W=W, S=W - 1 + S_extra, xdt=dtypes[0], wdt=dtypes[1])
-
-
-@pytest.mark.backends("cuda")
-@pytest.mark.parametrize("pad_slot_id", [-1, 5])
-@pytest.mark.parametrize("channels_first", [False, True])
-@pytest.mark.parametrize("layout", ["contiguous", "proj_slice", "channels_first"])
-def test_packed_layouts_and_pad_slots(kernel, seeded, layout, channels_first, pad_slot_id):
-    packed_case(kernel, seeded, layout=layout, channels_first=channels_first,
-                pad_slot_id=pad_slot_id, xdt=torch.bfloat16)
-
-
-@pytest.mark.backends("cuda")
 def test_packed_many_sequences_in_a_pool(kernel, backend, seeded):
     lengths = torch.randint(0, 9, (300 if not backend.emulated else 40,)).tolist()
     packed_case(kernel, seeded, lengths=lengths, W=4, S=6, D=64)
@@ -340,3 +291,17 @@ def test_sanitizer_update_packed(kernel, circular):
     packed_case(kernel, 0, W=4, S=5, D=37, xdt=torch.float16, layout="channels_first")
     x, cus = packed_inputs([3, 0, 7], 37, torch.float32, "proj_slice")
     kernel.causal_conv1d_varlen_states(x, cus, 4)
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("f64", list(FLOAT64_CASES))
+def test_float64_refused(kernel, cc, f64):
+    """The CUDA kernels have no float64: refused with checks.cpp's error, the
+    emulator's CPU tensors included."""
+    xdt, wdt = FLOAT64_CASES[f64]
+    x, w = torch.randn(12, 8, dtype=xdt, device=dev()), torch.randn(8, 4, dtype=wdt, device=dev())
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32, device=dev())
+    pool = torch.randn(3, 8, 3, dtype=xdt, device=dev())
+    assert_float64_refused(kernel, cc, "fwd_packed", x.t(), w, None, cu, pool, None, None, -1, True)
+    if xdt == torch.float64:
+        assert_float64_refused(kernel, cc, "varlen_states", x, cu, 3)

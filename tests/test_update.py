@@ -10,22 +10,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import DTYPE_PAIRS, assert_close
-from helpers import dtype_name as _name
-from helpers import (  # the kernel-path grids below
-    CUDA_DTYPE_PAIRS,
-    pair_id,
+from helpers import (
+    DTYPE_PAIRS,
+    FLOAT64_CASES,
+    assert_close,
+    assert_float64_refused,
     close,
-    exact,
-    update_case,
-    pool_indices,
-    to_cpu,
-    skip_unimplemented,
-    tolerance,
     dev,
+    exact,
+    pair_id,
+    pool_indices,
+    skip_unimplemented,
+    to_cpu,
+    update_case,
 )
 
-WIDTHS = [1, 2, 3, 4, 6, 16, 32]
+WIDTHS = [1, 2, 3, 4, 5, 6, 8, 16, 32]
 D = 77  # two full channel blocks and a partial one on every tier
 
 
@@ -77,52 +77,53 @@ def check(out, out_ref, state, state_ref, x_dtype, w_dtype, msg):
     assert torch.equal(state.double(), state_ref), f"{msg}: conv_state differs"
 
 
+# (L, extra state columns, circular, bias, activation): one token (L None)
+# and several, state_len W - 1 and longer, linear and circular buffers
+GRID_CASES = [
+    (None, 0, False, True, "silu"),
+    (None, 0, True, True, "silu"),
+    (None, 3, False, True, "silu"),
+    (None, 3, True, True, "silu"),
+    (None, 3, True, False, "swish"),
+    (1, 2, False, False, None),
+    (4, 0, True, True, None),
+    (5, 1, False, True, "silu"),
+]
+
+
 @pytest.mark.kernels_ci
+@pytest.mark.parametrize("pool", [False, True])
 @pytest.mark.parametrize("W", WIDTHS)
-@pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=lambda p: f"{_name(p[0])}-{_name(p[1])}")
-def test_update_matches_reference(kernel, seeded, dtypes, W):
+@pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=pair_id)
+def test_grid(kernel, seeded, dtypes, W, pool):
     """Every dtype pair and width, across token counts, state lengths and the
-    linear / circular state, with and without bias and silu."""
-    x_dtype, w_dtype = dtypes
-    B = 3
-    weight = torch.randn(D, W, dtype=w_dtype)
-    bias = torch.randn(D, dtype=w_dtype)
-    cases = [
-        # (L, extra state columns, circular, bias, activation)
-        (None, 0, False, True, "silu"),
-        (1, 2, False, False, None),
-        (4, 0, True, True, None),
-        (5, 1, False, True, "silu"),
-        (None, 3, True, False, "swish"),
-    ]
-    for L, extra, circular, use_bias, act in cases:
+    linear / circular state, with and without bias and silu, in a batch of
+    its own or a pool with padding rows."""
+    for L, extra, circular, bias, act in GRID_CASES:
         S = W - 1 + extra
         if circular:
             S = max(S, 1)  # a circular buffer needs a column
-        x = make_x(B, D, L, x_dtype, "contiguous")
-        state = make_state(B, D, S, x_dtype, "contiguous")
-        seqlens = torch.randint(0, 4 * max(S, 1), (B,), dtype=torch.int32) if circular else None
-        res = run_update(kernel, x, state, weight, bias if use_bias else None, act, seqlens)
-        check(*res, x_dtype, w_dtype,
-              f"seed={seeded} W={W} L={L} S={S} circular={circular} bias={use_bias} act={act}")
+        update_case(kernel, seeded, B=3, D=D, W=W, S=S, L=L, xdt=dtypes[0], wdt=dtypes[1],
+                    circular=circular, pool=pool, act=act, bias=bias)
+
+
+X_LAYOUTS = ["contiguous", "channel_last", "strided"]
+STATE_LAYOUTS = ["contiguous", "channel_last", "slice"]
 
 
 @pytest.mark.kernels_ci
-@pytest.mark.parametrize("x_layout", ["contiguous", "channel_last", "strided"])
-@pytest.mark.parametrize("state_layout", ["contiguous", "channel_last", "slice"])
-@pytest.mark.parametrize("L", [None, 3])
+@pytest.mark.parametrize("x_layout", X_LAYOUTS)
+@pytest.mark.parametrize("state_layout", STATE_LAYOUTS)
+@pytest.mark.parametrize("L", [None, 1, 3, 9])
 @pytest.mark.parametrize("circular", [False, True])
-def test_update_strides(kernel, seeded, x_layout, state_layout, L, circular):
-    """Any strides of x and conv_state, linear and circular."""
-    B, W, S = 4, 4, 5
-    for dtype in (torch.float32, torch.bfloat16):
-        weight = torch.randn(D, W, dtype=dtype)
-        bias = torch.randn(D, dtype=dtype)
-        x = make_x(B, D, L, dtype, x_layout)
-        state = make_state(B, D, S, dtype, state_layout)
-        seqlens = torch.randint(0, 50, (B,), dtype=torch.int32) if circular else None
-        res = run_update(kernel, x, state, weight, bias, "silu", seqlens)
-        check(*res, dtype, dtype, f"seed={seeded} {dtype} x={x_layout} state={state_layout} L={L}")
+def test_layouts_and_lengths(kernel, seeded, x_layout, state_layout, L, circular):
+    """Any strides of x and conv_state, linear and circular, in a batch of its
+    own and in a pool."""
+    for xdt, wdt, pool in ((torch.float32, torch.float32, False),
+                           (torch.bfloat16, torch.bfloat16, False),
+                           (torch.bfloat16, torch.float32, True)):
+        update_case(kernel, seeded, B=4, D=D, W=4, S=5, L=L, circular=circular, pool=pool,
+                    x_layout=x_layout, state_layout=state_layout, xdt=xdt, wdt=wdt)
 
 
 @pytest.mark.parametrize("W", [1, 2, 4, 6])
@@ -395,34 +396,11 @@ def test_state_ops_have_no_gradient(kernel, seeded):
 
 
 # ---------------------------------------------------------------------------
-# the CUDA decode kernels: the fast one-token kernel's layouts, pools under repeated steps,
+# one token with state_len W - 1 (the CUDA decode kernel's fast case) in
+# every layout; on the CUDA kernels also: a large pool under repeated steps,
 # agreement with the CPU backend
 
 
-@pytest.mark.backends("cuda")
-@pytest.mark.parametrize("pool", [False, True])
-@pytest.mark.parametrize("circular", [False, True])
-@pytest.mark.parametrize("S_extra", [0, 3])
-@pytest.mark.parametrize("W", [1, 2, 3, 4, 5, 8, 16, 32])
-@pytest.mark.parametrize("dtypes", CUDA_DTYPE_PAIRS, ids=pair_id)
-def test_update_grid(kernel, seeded, dtypes, W, S_extra, circular, pool):
-    if W == 1 and S_extra == 0 and circular:
-        pytest.skip("a circular buffer needs state_len >= 1 (checks.cpp refuses it)")
-    update_case(kernel, seeded, W=W, S=W - 1 + S_extra, xdt=dtypes[0], wdt=dtypes[1],
-                circular=circular, pool=pool)
-
-
-@pytest.mark.backends("cuda")
-@pytest.mark.parametrize("x_layout", ["contiguous", "channel_last", "strided"])
-@pytest.mark.parametrize("state_layout", ["contiguous", "channel_last", "slice"])
-@pytest.mark.parametrize("L", [None, 1, 3, 9])
-@pytest.mark.parametrize("circular", [False, True])
-def test_update_layouts_and_lengths(kernel, seeded, x_layout, state_layout, L, circular):
-    update_case(kernel, seeded, W=4, S=5, L=L, circular=circular, pool=True, x_layout=x_layout,
-                state_layout=state_layout, xdt=torch.bfloat16, wdt=torch.float32)
-
-
-@pytest.mark.backends("cuda")
 @pytest.mark.parametrize("act", ["silu", None])
 @pytest.mark.parametrize("x_layout", ["contiguous", "proj_slice", "strided"])
 @pytest.mark.parametrize("state_layout", ["contiguous", "channel_last", "slice"])
@@ -437,7 +415,7 @@ def test_update_decode_layouts(kernel, seeded, W, state_layout, x_layout, act):
                 wdt=torch.bfloat16)
 
 
-@pytest.mark.backends("cuda")
+@pytest.mark.backends("cuda")  # races between a GPU's blocks (the emulator: a smoke run)
 @pytest.mark.parametrize("circular", [False, True])
 def test_update_race_pool(kernel, backend, seeded, circular):
     """Many rows of a large pool, distinct random indices with padding rows,
@@ -494,3 +472,15 @@ def test_update_vs_cpu(kernel, cpu_kernel, seeded, W, circular):
     g = kernel.ops.update(x, pool, w, b, cs, idx, True)
     close(g, c, (torch.float16,), f"seed={seeded}")
     exact(pool, pool_c, f"pool seed={seeded}")
+
+
+@pytest.mark.backends("cuda")
+@pytest.mark.parametrize("f64", list(FLOAT64_CASES))
+def test_float64_refused(kernel, cc, f64):
+    """The CUDA kernels have no float64: refused with checks.cpp's error, the
+    emulator's CPU tensors included."""
+    xdt, wdt = FLOAT64_CASES[f64]
+    x, w = torch.randn(2, 8, dtype=xdt, device=dev()), torch.randn(8, 4, dtype=wdt, device=dev())
+    state = torch.randn(2, 8, 3, dtype=xdt, device=dev())
+    assert_float64_refused(kernel, cc, "update", x, state, w, None, None, None, True)
+    assert_float64_refused(kernel, cc, "update", x[..., None], state, w, None, None, None, True)

@@ -15,6 +15,8 @@
 //             contiguous bytes.
 //   generic   any strides: one output per thread, read through rows.cuh.
 // final_states come from a small separate kernel in every layout.
+// make_fwd_plan picks the kernel and its launch numbers from the params
+// alone; launch_fwd launches the plan for x's dtype.
 #include "launch.h"
 #include "rows.cuh"
 
@@ -363,72 +365,153 @@ __global__ void __launch_bounds__(kThreads) fwd_final_states_kernel(ConvParams p
   }
 }
 
+// ---------------------------------------------------------------------------
+// plan: which kernel computes `out`, and the numbers its launch needs. Chosen
+// from p alone (make_fwd_plan), then launched for p's dtype (launch_fwd).
+
+enum class FwdPath { None, Rows, RowsTiled, RowsPiped, Chanlast, Generic };
+
+struct FwdPlan {
+  FwdPath path = FwdPath::None;  // None: L == 0, no output to compute
+  // rows: 16-byte vectors per row (E positions each).
+  int64_t row_vectors = 0;
+  // rows_tiled / rows_piped: warp tiles per row, and the 16-byte vectors a
+  // lane owns in each (tile_vectors(kFwdTilePositions, ...) on rows of at
+  // least one such tile, else 1).
+  int64_t row_tiles = 0;
+  int lane_vectors = 0;
+  // chanlast: blocks of 32 * E channels, and time tiles (of 4 warps'
+  // kFwdStepsPerWarp steps) per batch.
+  int64_t channel_blocks = 0, time_tiles = 0;
+  // rows, chanlast: whether x and out allow 16-byte vector accesses.
+  bool x_vec = false, out_vec = false;
+  // generic: the walk's fastest index is t (else d), as x's strides suggest.
+  bool t_fastest = false;
+  // final_states wanted (and there is something to copy: W > 1).
+  bool final_states = false;
+};
+
+FwdPlan make_fwd_plan(const ConvParams& p) {
+  FwdPlan plan;
+  const int64_t B = p.batch, D = p.dim, L = p.seqlen, W = p.width;
+  const int elem = p.x_dtype == DType::Float32 ? 4 : 2;  // as dispatch_x: no fp64 here
+  const int64_t E = 16 / elem;
+  plan.final_states = p.final_states.data != nullptr && W > 1;
+  if (L == 0) return plan;
+  if (p.x.s2 == 1 || L == 1) {
+    plan.x_vec = vector_aligned(p.x.data, elem, E, p.x.s0, B, p.x.s1, D);
+    plan.out_vec = (p.out.s2 == 1 || L == 1) &&
+                   vector_aligned(p.out.data, elem, E, p.out.s0, B, p.out.s1, D);
+    const int64_t tile1 = kWarp * E;  // a tile of one vector per lane
+    // The tiled kernels need whole aligned vectors of x and out, and at
+    // least one tile (so L > 1 and out_vec means out.s2 == 1).
+    if (p.seq_idx.data == nullptr && plan.x_vec && plan.out_vec && W >= 2 && W <= 4 &&
+        L >= tile1) {
+      const int C = tile_vectors(kFwdTilePositions, elem);
+      plan.path = elem == 2 ? FwdPath::RowsPiped : FwdPath::RowsTiled;
+      plan.lane_vectors = L >= C * tile1 ? C : 1;
+      const int64_t len = plan.lane_vectors * tile1;
+      plan.row_tiles = (L + len - 1) / len;
+    } else {
+      plan.path = FwdPath::Rows;
+      plan.row_vectors = (L + E - 1) / E;
+    }
+  } else if ((p.x.s1 == 1 || D == 1) && W <= 8) {
+    const int64_t CB = kWarp * E, TT = (kThreads / kWarp) * kFwdStepsPerWarp;
+    plan.path = FwdPath::Chanlast;
+    plan.channel_blocks = (D + CB - 1) / CB;
+    plan.time_tiles = (L + TT - 1) / TT;
+    plan.x_vec = vector_aligned(p.x.data, elem, E, p.x.s0, B, p.x.s2, L);
+    plan.out_vec = (p.out.s1 == 1 || D == 1) &&
+                   vector_aligned(p.out.data, elem, E, p.out.s0, B, p.out.s2, L);
+  } else {
+    plan.path = FwdPath::Generic;
+    plan.t_fastest = p.x.s2 <= p.x.s1;
+  }
+  return plan;
+}
+
+// One launcher per path, for x of type X: the kernel for p's width, on the
+// grid the plan's numbers give.
+
+template <typename X>
+void launch_rows(const ConvParams& p, const FwdPlan& plan, cudaStream_t stream) {
+  dispatch_width<32>(p.width, [&](auto wt) {
+    constexpr int kW = decltype(wt)::kW;
+    constexpr bool kExact = decltype(wt)::kExact;
+    auto kernel = p.seq_idx.data != nullptr ? fwd_rows_kernel<X, kW, kExact, true>
+                                            : fwd_rows_kernel<X, kW, kExact, false>;
+    launch(kernel, grid_for(p.batch * p.dim * plan.row_vectors), stream, p, plan.row_vectors,
+           plan.x_vec, plan.out_vec);
+  });
+}
+
+template <typename X>
+void launch_rows_tiled(const ConvParams& p, const FwdPlan& plan, cudaStream_t stream) {
+  constexpr int C = tile_vectors(kFwdTilePositions, sizeof(X));
+  const int64_t work = p.batch * p.dim * plan.row_tiles * kWarp;
+  dispatch_exact_width(p.width, [&](auto wt) {
+    constexpr int kW = decltype(wt)::kW;
+    auto kernel = plan.lane_vectors == 1 ? fwd_rows_tiled_kernel<X, kW, 1>
+                                         : fwd_rows_tiled_kernel<X, kW, C>;
+    launch(kernel, grid_for(work), stream, p, plan.row_tiles);
+  });
+}
+
+// One resident wave (resident_grid is per kernel, so each gets its own).
+template <typename X>
+void launch_rows_piped(const ConvParams& p, const FwdPlan& plan, cudaStream_t stream) {
+  constexpr int C = tile_vectors(kFwdTilePositions, sizeof(X));
+  const int64_t work = p.batch * p.dim * plan.row_tiles * kWarp;
+  dispatch_exact_width(p.width, [&](auto wt) {
+    constexpr int kW = decltype(wt)::kW;
+    constexpr auto kFull = fwd_rows_piped_kernel<X, kW, C>;
+    constexpr auto kShort = fwd_rows_piped_kernel<X, kW, 1>;
+    if (plan.lane_vectors == 1) {
+      launch(kShort, resident_grid<kShort>(work), stream, p, plan.row_tiles);
+    } else {
+      launch(kFull, resident_grid<kFull>(work), stream, p, plan.row_tiles);
+    }
+  });
+}
+
+template <typename X>
+void launch_chanlast(const ConvParams& p, const FwdPlan& plan, cudaStream_t stream) {
+  dispatch_width<8>(p.width, [&](auto wt) {
+    constexpr int kW = decltype(wt)::kW;
+    constexpr bool kExact = decltype(wt)::kExact;
+    auto kernel = p.seq_idx.data != nullptr ? fwd_chanlast_kernel<X, kW, kExact, true>
+                                            : fwd_chanlast_kernel<X, kW, kExact, false>;
+    launch(kernel, grid_for(p.batch * plan.time_tiles * plan.channel_blocks, 1), stream, p,
+           plan.channel_blocks, plan.time_tiles, plan.x_vec, plan.out_vec);
+  });
+}
+
 }  // namespace
 
 void launch_fwd(const ConvParams& p, cudaStream_t stream) {
+  const FwdPlan plan = make_fwd_plan(p);
   dispatch_x(p.x_dtype, [&](auto xt) {
     using X = typename decltype(xt)::type;
-    constexpr int E = kVec16<X>;
-    const int64_t B = p.batch, D = p.dim, L = p.seqlen;
-    const bool seq = p.seq_idx.data != nullptr;
-    if (L > 0) {
-      if (p.x.s2 == 1 || L == 1) {
-        const int64_t chunks = (L + E - 1) / E;
-        const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s1, D);
-        const bool out_vec = (p.out.s2 == 1 || L == 1) &&
-                             vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s1, D);
-        constexpr int C = tile_vectors(kFwdTilePositions, sizeof(X));
-        constexpr int64_t kTile1 = WarpTile<X, 1>::kLen, kTileC = WarpTile<X, C>::kLen;
-        if (!seq && x_vec && out_vec && p.out.s2 == 1 && p.width >= 2 && p.width <= 4 &&
-            L >= kTile1) {
-          const bool full = L >= kTileC;  // else one vector per lane
-          const int64_t tiles = full ? (L + kTileC - 1) / kTileC : (L + kTile1 - 1) / kTile1;
-          dispatch_exact_width(p.width, [&](auto wt) {
-            constexpr int kW = decltype(wt)::kW;
-            const int64_t work = B * D * tiles * kWarp;
-            if constexpr (sizeof(X) == 2) {
-              constexpr auto kFull = fwd_rows_piped_kernel<X, kW, C>;
-              constexpr auto kShort = fwd_rows_piped_kernel<X, kW, 1>;  // one vector per lane
-              if (full) {
-                launch(kFull, resident_grid<kFull>(work), stream, p, tiles);
-              } else {
-                launch(kShort, resident_grid<kShort>(work), stream, p, tiles);
-              }
-            } else {
-              auto kernel = full ? fwd_rows_tiled_kernel<X, kW, C> : fwd_rows_tiled_kernel<X, kW, 1>;
-              launch(kernel, grid_for(work), stream, p, tiles);
-            }
-          });
-        } else {
-          dispatch_width<32>(p.width, [&](auto wt) {
-            constexpr int kW = decltype(wt)::kW;
-            constexpr bool kExact = decltype(wt)::kExact;
-            auto kernel = seq ? fwd_rows_kernel<X, kW, kExact, true>
-                              : fwd_rows_kernel<X, kW, kExact, false>;
-            launch(kernel, grid_for(B * D * chunks), stream, p, chunks, x_vec, out_vec);
-          });
-        }
-      } else if ((p.x.s1 == 1 || D == 1) && p.width <= 8) {
-        constexpr int64_t CB = kWarp * E, TT = (kThreads / kWarp) * kFwdStepsPerWarp;
-        const int64_t cblocks = (D + CB - 1) / CB, tiles = (L + TT - 1) / TT;
-        const bool x_vec = vector_aligned(p.x.data, sizeof(X), E, p.x.s0, B, p.x.s2, L);
-        const bool out_vec = (p.out.s1 == 1 || D == 1) &&
-                             vector_aligned(p.out.data, sizeof(X), E, p.out.s0, B, p.out.s2, L);
-        dispatch_width<8>(p.width, [&](auto wt) {
-          constexpr int kW = decltype(wt)::kW;
-          constexpr bool kExact = decltype(wt)::kExact;
-          auto kernel = seq ? fwd_chanlast_kernel<X, kW, kExact, true>
-                            : fwd_chanlast_kernel<X, kW, kExact, false>;
-          launch(kernel, grid_for(B * tiles * cblocks, 1), stream, p, cblocks, tiles, x_vec,
-                 out_vec);
-        });
-      } else {
-        const bool t_fastest = p.x.s2 <= p.x.s1;
-        launch(fwd_generic_kernel<X>, grid_for(B * D * L), stream, p, t_fastest);
-      }
+    switch (plan.path) {
+      case FwdPath::Rows: launch_rows<X>(p, plan, stream); break;
+      // make_fwd_plan picks rows_tiled for fp32 x and rows_piped for 16-bit
+      // x: neither kernel is instantiated for the other element size.
+      case FwdPath::RowsTiled:
+        if constexpr (sizeof(X) == 4) launch_rows_tiled<X>(p, plan, stream);
+        break;
+      case FwdPath::RowsPiped:
+        if constexpr (sizeof(X) == 2) launch_rows_piped<X>(p, plan, stream);
+        break;
+      case FwdPath::Chanlast: launch_chanlast<X>(p, plan, stream); break;
+      case FwdPath::Generic:
+        launch(fwd_generic_kernel<X>, grid_for(p.batch * p.dim * p.seqlen), stream, p,
+               plan.t_fastest);
+        break;
+      case FwdPath::None: break;
     }
-    if (p.final_states.data != nullptr && p.width > 1) {
-      launch(fwd_final_states_kernel<X>, grid_for(B * D * (p.width - 1)), stream, p);
+    if (plan.final_states) {
+      launch(fwd_final_states_kernel<X>, grid_for(p.batch * p.dim * (p.width - 1)), stream, p);
     }
   });
 }

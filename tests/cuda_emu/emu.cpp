@@ -1,4 +1,9 @@
-// The fiber scheduler behind cuda_emu.h.
+// The fiber scheduler behind cuda_emu.h, and the CUDA variant's float64
+// rule for the emulated ops (at the end).
+
+// Before cuda_emu.h, whose CUDA keywords are macros.
+#include <torch/library.h>
+
 #include "cuda_emu.h"
 
 #include <ucontext.h>
@@ -203,3 +208,70 @@ float shfl(float v, unsigned (*src_lane)(unsigned lane, int arg), int arg) {
 }
 
 }  // namespace causal_conv1d::cuda::emu
+
+// ---------------------------------------------------------------------------
+// float64, refused as the CUDA variant refuses it. checks.cpp allows float64
+// x and weight on the CPU only, and the emulator's tensors are CPU tensors,
+// so its check lets them through to kernels that have no float64 instance
+// (dispatch_x runs anything that is not 16-bit as float). A BackendSelect
+// kernel of each op (the key is in every call's key set and runs just before
+// the backend's kernel) raises what checks.cpp raises for a CUDA tensor: the
+// same exception type and text, for the same argument, and only where the
+// checks that precede check_float in checks.cpp (the ranks of x and weight,
+// weight on x's device) pass, so that any other error is still the native
+// one. tests/test_fwd.py, test_bwd.py, test_update.py and test_packed.py
+// compare the text with the one the native checks give for meta tensors.
+
+namespace {
+
+struct Float64Rule {
+  const char* op;           // schema name, without the namespace
+  const char* public_name;  // checks.cpp's Ctx::op
+  int64_t x_rank_min, x_rank_max;
+  int weight_arg;  // the weight's argument index, or -1: none
+};
+
+constexpr Float64Rule kFloat64Rules[] = {
+    {"fwd", "causal_conv1d_fn", 3, 3, 1},
+    {"fwd_out", "causal_conv1d_fn", 3, 3, 1},
+    {"bwd", "causal_conv1d_fn backward", 3, 3, 1},
+    {"update", "causal_conv1d_update", 2, 3, 2},
+    {"varlen_states", "causal_conv1d_varlen_states", 2, 2, -1},
+    {"fwd_packed", "causal_conv1d_packed_fwd", 2, 2, 1},
+};
+
+const Float64Rule& float64_rule(const c10::OperatorHandle& op) {
+  const std::string& name = op.schema().name();
+  const std::string base = name.substr(name.rfind(':') + 1);
+  for (const Float64Rule& r : kFloat64Rules)
+    if (base == r.op) return r;
+  TORCH_INTERNAL_ASSERT(false, "cuda_emu: no float64 rule for ", name);
+}
+
+void refuse_float64(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                    torch::jit::Stack* stack) {
+  const Float64Rule& rule = float64_rule(op);
+  const size_t first = stack->size() - op.schema().arguments().size();
+  const at::Tensor& x = (*stack)[first].toTensor();
+  const at::Tensor* weight =
+      rule.weight_arg >= 0 ? &(*stack)[first + rule.weight_arg].toTensor() : nullptr;
+  const bool precede_pass = x.dim() >= rule.x_rank_min && x.dim() <= rule.x_rank_max &&
+                            (weight == nullptr ||
+                             (weight->dim() == 2 && weight->device() == x.device()));
+  if (precede_pass) {
+    TORCH_CHECK_TYPE(x.scalar_type() != at::kDouble, rule.public_name,
+                     ": x is float64, which is supported on CPU only");
+    TORCH_CHECK_TYPE(weight == nullptr || weight->scalar_type() != at::kDouble, rule.public_name,
+                     ": weight is float64, which is supported on CPU only");
+  }
+  op.redispatchBoxed(keys & c10::DispatchKeySet(c10::DispatchKeySet::FULL_AFTER,
+                                                c10::DispatchKey::BackendSelect),
+                     stack);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(TORCH_EXTENSION_NAME, BackendSelect, m) {
+  for (const Float64Rule& r : kFloat64Rules)
+    m.impl(r.op, torch::CppFunction::makeFromBoxedFunction<&refuse_float64>());
+}
