@@ -583,6 +583,13 @@ def test_update_serving_opcheck(kernel):
          None, random_tree(B, 3), torch.zeros(B, 3, D, W - 1), None, None, None, None, None,
          None, 0, -1, True),
     ]
+    # packed prefill into a block table, with block states
+    kw, pool = prefix_case([7, 3], [2, 8], 4, W - 1)
+    samples.append((torch.randn(D, 10), pool, torch.randn(D, W), torch.randn(D),
+                    kw["cache_indices"], None, kw["cu_seqlens"], None, None, None,
+                    kw["initial_state_idx"], kw["block_idx_last_scheduled_token"],
+                    kw["has_initial_state"], kw["block_idx_first_scheduled_token"],
+                    kw["num_computed_tokens"], 4, -1, True))
     for args in samples:
         torch.library.opcheck(op, args)
 
