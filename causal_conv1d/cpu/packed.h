@@ -49,12 +49,7 @@ void varlen_states_impl(const ConvParams& p) {
 }
 
 inline void varlen_states(const ConvParams& p) {
-  switch (p.x_dtype) {
-    case DType::Float32: return varlen_states_impl<float>(p);
-    case DType::Float16: return varlen_states_impl<c10::Half>(p);
-    case DType::BFloat16: return varlen_states_impl<c10::BFloat16>(p);
-    case DType::Float64: return varlen_states_impl<double>(p);
-  }
+  dispatch_dtype(p.x_dtype, [&]<typename X>() { varlen_states_impl<X>(p); });
 }
 
 // ---------------------------------------------------------------------------
@@ -271,12 +266,7 @@ void fwd_packed_impl(const ConvParams& p) {
 }
 
 inline void fwd_packed(const ConvParams& p) {
-  switch (p.x_dtype) {
-    case DType::Float32: return fwd_packed_impl<float>(p);
-    case DType::Float16: return fwd_packed_impl<c10::Half>(p);
-    case DType::BFloat16: return fwd_packed_impl<c10::BFloat16>(p);
-    case DType::Float64: return fwd_packed_impl<double>(p);
-  }
+  dispatch_dtype(p.x_dtype, [&]<typename X>() { fwd_packed_impl<X>(p); });
 }
 
 }  // namespace causal_conv1d::cpu::CPU_CAPABILITY

@@ -9,8 +9,8 @@
 // that later calls reuse: decode allocates nothing.
 //
 // Two paths:
-//  - RegisterDecode (AVX-512, AVX2): one token with the usual contiguous
-//    (N, D, S <= 8) state. The states of a block of channels are loaded as
+//  - RegisterDecode (AVX-512, AVX2; decode_regs.h): one token with the usual
+//    contiguous (N, D, S <= 8) state. The states of a block of channels are loaded as
 //    whole registers; window columns, the shifted state and the token's place
 //    in it are in-register permutes.
 //  - ChannelBlock, everything else (any strides, L > 1, wide states, fp64,
@@ -29,81 +29,16 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-#include <immintrin.h>
-#endif
 
 #include "common.h"
+#include "decode_regs.h"
 
 namespace causal_conv1d::cpu::CPU_CAPABILITY {
-
-// Calls f.template operator()<Wt>() for the runtime weight dtype. Weight and
-// bias are converted once per call (transpose_taps), so only that conversion
-// depends on Wt: the kernels are instantiated per x dtype only.
-template <typename F>
-void dispatch_weight_dtype(DType w, F&& f) {
-  switch (w) {
-    case DType::Float32: return f.template operator()<float>();
-    case DType::Float16: return f.template operator()<c10::Half>();
-    case DType::BFloat16: return f.template operator()<c10::BFloat16>();
-    case DType::Float64: return f.template operator()<double>();
-  }
-}
 
 // ((a % m) + m) % m for a possibly negative a, m > 0.
 inline int64_t wrap_index(int64_t a, int64_t m) {
   const int64_t r = a % m;
   return r < 0 ? r + m : r;
-}
-
-// Weights and bias with channels along rows: row k < W holds tap k of every
-// channel, row W the bias (zeros without one); rows are D rounded up to whole
-// channel blocks long, the padding lanes zero.
-template <typename A>
-struct TapRows {
-  const A* data = nullptr;
-  int64_t stride = 0;  // row length
-  int64_t width = 0;
-  const A* tap(int64_t k, int64_t d0) const { return data + k * stride + d0; }
-  const A* bias(int64_t d0) const { return data + width * stride + d0; }
-};
-
-// Fills the columns of channel blocks [c_lo, c_hi) (blocks of `lanes`
-// channels) of a per-thread buffer that later calls reuse.
-template <typename A>
-TapRows<A> transpose_taps(const ConvParams& p, int64_t lanes, int64_t c_lo, int64_t c_hi) {
-  thread_local std::vector<A> scratch;
-  const int64_t W = p.width, D = p.dim;
-  const int64_t stride = (D + lanes - 1) / lanes * lanes;
-  if (static_cast<int64_t>(scratch.size()) < (W + 1) * stride) scratch.resize((W + 1) * stride);
-  A* rows = scratch.data();
-  const int64_t d_lo = c_lo * lanes, d_hi = std::min(c_hi * lanes, D), pad_hi = c_hi * lanes;
-  dispatch_weight_dtype(p.weight_dtype, [&]<typename Wt>() {
-    const Wt* w = ptr<Wt>(p.weight);
-    if constexpr (sizeof(Wt) >= sizeof(A)) {
-      // One pass over weight in memory order (a channel's taps are usually
-      // adjacent), writing W rows at once: measured 20% faster decode at
-      // B = 1 than the row-by-row loop below for fp32 weights, 20% slower
-      // for 16-bit ones (whose row-by-row conversion vectorizes).
-      for (int64_t d = d_lo; d < d_hi; ++d) {
-        const Wt* wd = w + d * p.weight.s0;
-        for (int64_t k = 0; k < W; ++k) rows[k * stride + d] = A(wd[k * p.weight.s1]);
-      }
-    } else {
-      for (int64_t k = 0; k < W; ++k)
-        for (int64_t d = d_lo; d < d_hi; ++d) rows[k * stride + d] = A(w[d * p.weight.s0 + k * p.weight.s1]);
-    }
-    for (int64_t k = 0; k < W; ++k) std::fill(rows + k * stride + d_hi, rows + k * stride + pad_hi, A(0));
-    A* r = rows + W * stride;
-    if (p.bias.given()) {
-      const Wt* bi = ptr<Wt>(p.bias);
-      for (int64_t d = d_lo; d < d_hi; ++d) r[d] = A(bi[d * p.bias.s0]);
-    } else {
-      std::fill(r + d_lo, r + d_hi, A(0));
-    }
-    std::fill(r + d_hi, r + pad_hi, A(0));
-  });
-  return {rows, stride, W};
 }
 
 // Up to kLanes channels of one stream (one sequence or batch row), computed
@@ -336,291 +271,6 @@ void shift_state(X* st, int64_t s_ch, int64_t s_col, int64_t S, int64_t n, const
     copy_channels(x + (first + i - kept) * xs_tok, xs_ch, st + i * s_col, s_ch, n);
 }
 
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// ---------------------------------------------------------------------------
-// One-token decode of a state stored (N, D, S), S <= 8, in registers.
-//
-// With R values per register (16 on AVX-512, 8 on AVX2), R channels' states
-// are R*S consecutive values: S registers. Window column c of those channels
-// (value l*S + c for lane l) is a few in-register permutes and blends; the
-// linear state update is S loads one value further on (every value moves one
-// place left; the last register is permuted instead, so nothing past the
-// block is read) with the token permuted into each channel's last column;
-// the circular update permutes the token into one column. No gathers, no
-// scalar stores, and the state moves as raw bits. Index vectors and masks
-// depend only on S, so they are built once per call.
-//
-// Regs<X> holds R values of dtype X per register: fp32 as floats, fp16/bf16
-// as their bits (16 per ymm on AVX-512; on AVX2 zero-extended to 32-bit
-// lanes, which AVX2 can permute across the register).
-
-#if defined(CPU_CAPABILITY_AVX512)
-template <typename X>
-struct Regs {  // c10::Half, c10::BFloat16
-  static constexpr int kLanes = 16;
-  static constexpr int kGroup = 2;  // registers one permute reads from
-  using R = __m256i;
-  using Idx = __m256i;
-  using Mask = __mmask16;
-  static R load(const X* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  static void store(X* p, R v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
-  static Idx index(const int32_t* v) { return _mm512_cvtepi32_epi16(_mm512_loadu_si512(v)); }
-  static Mask mask(uint32_t bits) { return static_cast<Mask>(bits); }
-  static R permute(Idx i, R a) { return _mm256_permutexvar_epi16(i, a); }
-  // indices 0..31: bit 4 picks b
-  static R permute2(R a, Idx i, R b) { return _mm256_permutex2var_epi16(a, i, b); }
-  static R blend(Mask k, R a, R b) { return _mm256_mask_blend_epi16(k, a, b); }
-  static R permute_into(R src, Mask k, Idx i, R a) {
-    return _mm256_mask_permutexvar_epi16(src, k, i, a);
-  }
-  static __m512 widen(R a) {
-    if constexpr (std::is_same_v<X, c10::BFloat16>) {
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(a), 16));
-    } else {
-      return _mm512_cvtph_ps(a);
-    }
-  }
-};
-
-template <>
-struct Regs<float> {
-  static constexpr int kLanes = 16;
-  static constexpr int kGroup = 2;
-  using R = __m512;
-  using Idx = __m512i;
-  using Mask = __mmask16;
-  static R load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
-  static Idx index(const int32_t* v) { return _mm512_loadu_si512(v); }
-  static Mask mask(uint32_t bits) { return static_cast<Mask>(bits); }
-  static R permute(Idx i, R a) { return _mm512_permutexvar_ps(i, a); }
-  static R permute2(R a, Idx i, R b) { return _mm512_permutex2var_ps(a, i, b); }
-  static R blend(Mask k, R a, R b) { return _mm512_mask_blend_ps(k, a, b); }
-  static R permute_into(R src, Mask k, Idx i, R a) {
-    return _mm512_mask_permutexvar_ps(src, k, i, a);
-  }
-  static __m512 widen(R a) { return a; }
-};
-#else  // AVX2
-template <typename X>
-struct Regs {  // c10::Half, c10::BFloat16: bits zero-extended to 32-bit lanes
-  static constexpr int kLanes = 8;
-  static constexpr int kGroup = 1;  // AVX2 permutes read one register
-  using R = __m256i;
-  using Idx = __m256i;
-  using Mask = __m256i;
-  static R load(const X* p) {
-    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  }
-  static __m128i narrow(R v) {  // lanes hold values < 2^16: packus is exact
-    return _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  }
-  static void store(X* p, R v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow(v)); }
-  static Idx index(const int32_t* v) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)); }
-  static Mask mask(uint32_t bits) {
-    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits), lane_bit), lane_bit);
-  }
-  static R permute(Idx i, R a) { return _mm256_permutevar8x32_epi32(a, i); }
-  static R blend(Mask k, R a, R b) { return _mm256_blendv_epi8(a, b, k); }
-  static R permute_into(R src, Mask k, Idx i, R a) { return blend(k, src, permute(i, a)); }
-  static __m256 widen(R a) {
-    if constexpr (std::is_same_v<X, c10::BFloat16>) {
-      return _mm256_castsi256_ps(_mm256_slli_epi32(a, 16));
-    } else {
-      return _mm256_cvtph_ps(narrow(a));
-    }
-  }
-};
-
-template <>
-struct Regs<float> {
-  static constexpr int kLanes = 8;
-  static constexpr int kGroup = 1;
-  using R = __m256;
-  using Idx = __m256i;
-  using Mask = __m256;
-  static R load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
-  static Idx index(const int32_t* v) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)); }
-  static Mask mask(uint32_t bits) { return _mm256_castsi256_ps(Regs<c10::BFloat16>::mask(bits)); }
-  static R permute(Idx i, R a) { return _mm256_permutevar8x32_ps(a, i); }
-  static R blend(Mask k, R a, R b) { return _mm256_blendv_ps(a, b, k); }
-  static R permute_into(R src, Mask k, Idx i, R a) { return blend(k, src, permute(i, a)); }
-  static __m256 widen(R a) { return a; }
-};
-#endif
-
-template <typename X>
-struct RegisterDecode {
-  static constexpr int64_t kMaxS = 8;  // states up to 8 columns (W <= 9)
-  using Rg = Regs<X>;
-  static constexpr int64_t kR = Rg::kLanes;  // channels per register
-  using R = typename Rg::R;
-  using Idx = typename Rg::Idx;
-  using Mask = typename Rg::Mask;
-  using V = at::vec::Vectorized<float>;
-  static_assert(V::size() == kR);
-
-  int64_t S = 0, W = 0;
-  // Column c: lane l reads value (l*S + c) % (G*R) of register group
-  // (l*S + c) / (G*R), G = Regs::kGroup registers per permute;
-  // col_group[c][g] marks the lanes served by group g >= 1.
-  static constexpr int64_t kG = Rg::kGroup;
-  Idx col_index[kMaxS];
-  Mask col_group[kMaxS][kMaxS];
-  Idx last_shift;  // e -> e + 1, the last lane kept (a token replaces it)
-  // Register m, value e holds channel (R*m + e) / S, column (R*m + e) % S.
-  Idx token_index[kMaxS];
-  Mask token_mask[kMaxS][kMaxS];  // [c][m]: values of register m in column c
-  bool token_any[kMaxS][kMaxS];
-
-  // The fast path's conditions: one token, fp16/bf16/fp32, a state with
-  // per-channel runs of exactly S <= 8 values, x and out channel-contiguous.
-  static bool applies(const ConvParams& p) {
-    return p.seqlen == 1 && p.state_len >= 1 && p.state_len <= kMaxS &&
-           p.width - 1 <= p.state_len && p.conv_state.s2 == 1 &&
-           p.conv_state.s1 == p.state_len && p.x.s1 == 1 && p.out.s1 == 1;
-  }
-
-  explicit RegisterDecode(const ConvParams& p) : S(p.state_len), W(p.width) {
-    alignas(64) int32_t idx[kR];
-    for (int64_t c = 0; c < S; ++c) {
-      uint32_t group_bits[kMaxS] = {};
-      for (int64_t l = 0; l < kR; ++l) {
-        const int64_t pos = l * S + c;
-        idx[l] = static_cast<int32_t>(pos % (kG * kR));
-        group_bits[pos / (kG * kR)] |= 1u << l;
-      }
-      col_index[c] = Rg::index(idx);
-      for (int64_t g = 0; g < kMaxS; ++g) col_group[c][g] = Rg::mask(group_bits[g]);
-    }
-    for (int64_t e = 0; e < kR; ++e) idx[e] = static_cast<int32_t>(std::min<int64_t>(e + 1, kR - 1));
-    last_shift = Rg::index(idx);
-    uint32_t token_bits[kMaxS][kMaxS] = {};
-    for (int64_t m = 0; m < S; ++m) {
-      for (int64_t e = 0; e < kR; ++e) {
-        const int64_t q = kR * m + e;
-        idx[e] = static_cast<int32_t>(q / S);
-        token_bits[q % S][m] |= 1u << e;
-      }
-      token_index[m] = Rg::index(idx);
-    }
-    for (int64_t c = 0; c < S; ++c)
-      for (int64_t m = 0; m < S; ++m) {
-        token_mask[c][m] = Rg::mask(token_bits[c][m]);
-        token_any[c][m] = token_bits[c][m] != 0;
-      }
-  }
-
-  // Tasks [begin, end) of update_impl (batch row b = task / nblk, block of
-  // 2R channels c = task % nblk): full blocks of live rows run here, the
-  // others (a partial last block, padding rows) go to other(b, c).
-  template <typename Other>
-  void run(const ConvParams& p, const TapRows<float>& taps, int64_t nblk, int64_t begin,
-           int64_t end, Other&& other) const {
-    // S as a constant keeps the state in registers and unrolls the permutes;
-    // the task loop is inside so the hot path makes no calls
-    switch (S) {
-      case 1: return run_s<1>(p, taps, nblk, begin, end, other);
-      case 2: return run_s<2>(p, taps, nblk, begin, end, other);
-      case 3: return run_s<3>(p, taps, nblk, begin, end, other);
-      case 4: return run_s<4>(p, taps, nblk, begin, end, other);
-      case 5: return run_s<5>(p, taps, nblk, begin, end, other);
-      case 6: return run_s<6>(p, taps, nblk, begin, end, other);
-      case 7: return run_s<7>(p, taps, nblk, begin, end, other);
-      default: return run_s<8>(p, taps, nblk, begin, end, other);
-    }
-  }
-
- private:
-  template <int kS>
-  R column(const R* regs, int64_t c) const {
-    auto group = [&](int g) {
-      if constexpr (kG == 2) {
-        return kG * g + 1 < kS ? Rg::permute2(regs[kG * g], col_index[c], regs[kG * g + 1])
-                               : Rg::permute(col_index[c], regs[kG * g]);  // index < R there
-      } else {
-        return Rg::permute(col_index[c], regs[g]);
-      }
-    };
-    R v = group(0);
-    for (int g = 1; kG * g < kS; ++g) v = Rg::blend(col_group[c][g], v, group(g));
-    return v;
-  }
-
-  template <int kS, typename Other>
-  void run_s(const ConvParams& p, const TapRows<float>& taps, int64_t nblk, int64_t begin,
-             int64_t end, Other& other) const {
-    const int32_t* indices = ptr<int32_t>(p.state_indices);
-    const int32_t* seqlens = ptr<int32_t>(p.cache_seqlens);
-    int64_t b = begin / nblk, c = begin % nblk;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t d0 = c * 2 * kR;
-      const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
-      if (d0 + 2 * kR > p.dim || row < 0) {
-        other(b, c);
-      } else {
-        X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * kS;
-        const X* x = ptr<X>(p.x) + b * p.x.s0 + d0;
-        X* out = ptr<X>(p.out) + b * p.out.s0 + d0;
-        const int64_t next = seqlens ? seqlens[b * p.cache_seqlens.s0] % kS : -1;
-        V acc0 = step_s<kS>(st, x, taps.tap(0, d0), taps.stride, taps.bias(d0), next);
-        V acc1 = step_s<kS>(st + kR * kS, x + kR, taps.tap(0, d0 + kR), taps.stride,
-                            taps.bias(d0 + kR), next);
-        if (p.silu) {
-          acc0 = silu_vec<X>(acc0);
-          acc1 = silu_vec<X>(acc1);
-        }
-        if constexpr (std::is_same_v<X, float>) {
-          acc0.store(out);
-          acc1.store(out + kR);
-        } else {
-          narrow<X>(acc0, acc1).store(out);
-        }
-      }
-      if (++c == nblk) {
-        c = 0;
-        ++b;
-      }
-    }
-  }
-
-  // R channels: returns bias + conv before the activation and updates the
-  // state st (R*S values). `next` < 0: linear state (shift left, token
-  // last); else the circular write column, next = cache_seqlens % S.
-  template <int kS>
-  V step_s(X* st, const X* x, const float* taps, int64_t tap_stride, const float* bias,
-           int64_t next) const {
-    R regs[kS];
-    for (int m = 0; m < kS; ++m) regs[m] = Rg::load(st + kR * m);
-    R shifted[kS];  // value e of register m = old value R*m + e + 1
-    if (next < 0) {
-      for (int m = 0; m + 1 < kS; ++m) shifted[m] = Rg::load(st + kR * m + 1);
-      shifted[kS - 1] = Rg::permute(last_shift, regs[kS - 1]);
-    }
-    const R token = Rg::load(x);
-    V acc = V::loadu(bias);
-    const int64_t first = next < 0 ? kS - (W - 1) : next - (W - 1) + kS;  // column of tap 0
-    for (int64_t k = 0; k + 1 < W; ++k) {
-      const int64_t c = next < 0 ? first + k : (first + k) % kS;
-      acc = at::vec::fmadd(V::loadu(taps + k * tap_stride), V(Rg::widen(column<kS>(regs, c))), acc);
-    }
-    acc = at::vec::fmadd(V::loadu(taps + (W - 1) * tap_stride), V(Rg::widen(token)), acc);
-    if (next < 0) {
-      for (int m = 0; m < kS; ++m)
-        Rg::store(st + kR * m,
-                  Rg::permute_into(shifted[m], token_mask[kS - 1][m], token_index[m], token));
-    } else {
-      for (int m = 0; m < kS; ++m) {
-        if (!token_any[next][m]) continue;
-        Rg::store(st + kR * m, Rg::permute_into(regs[m], token_mask[next][m], token_index[m], token));
-      }
-    }
-    return acc;
-  }
-};
-#endif  // CPU_CAPABILITY_AVX512 || CPU_CAPABILITY_AVX2
 
 // Tasks of about this many channel-token steps share a thread; below it a
 // call stays on the calling thread (waking the pool costs more).
@@ -688,12 +338,7 @@ void update_impl(const ConvParams& p) {
 }
 
 inline void update(const ConvParams& p) {
-  switch (p.x_dtype) {
-    case DType::Float32: return update_impl<float>(p);
-    case DType::Float16: return update_impl<c10::Half>(p);
-    case DType::BFloat16: return update_impl<c10::BFloat16>(p);
-    case DType::Float64: return update_impl<double>(p);
-  }
+  dispatch_dtype(p.x_dtype, [&]<typename X>() { update_impl<X>(p); });
 }
 
 }  // namespace causal_conv1d::cpu::CPU_CAPABILITY

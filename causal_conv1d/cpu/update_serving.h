@@ -178,12 +178,7 @@ void run(const ConvParams& p) {
 }  // namespace serving
 
 inline void update_serving(const ConvParams& p) {
-  switch (p.x_dtype) {
-    case DType::Float32: return serving::run<float>(p);
-    case DType::Float16: return serving::run<c10::Half>(p);
-    case DType::BFloat16: return serving::run<c10::BFloat16>(p);
-    case DType::Float64: return serving::run<double>(p);
-  }
+  dispatch_dtype(p.x_dtype, [&]<typename X>() { serving::run<X>(p); });
 }
 
 }  // namespace causal_conv1d::cpu::CPU_CAPABILITY
