@@ -86,7 +86,7 @@ if [ "$#" -gt 0 ]; then
 else
   mapfile -t main < <(existing test_bad_inputs test_robustness test_upstream_parity \
                                test_properties test_nonfinite test_threads \
-                               test_fwd test_bwd test_update test_packed)
+                               test_fwd test_bwd test_update test_packed test_serving)
   run_tests "${SANITIZE_SCALE:-0.25}" "" -- "${main[@]}" || rc=1
   best="$("$PYTHON" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')"
   case "$best" in
