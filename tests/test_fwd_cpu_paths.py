@@ -156,6 +156,20 @@ def segment_patterns(L):
     }
 
 
+def grid_rows_first_vector(ck: Checker):
+    """The rows path's first vector of a row, which looks back into the
+    initial state (or zeros) without staging: widths 1-4 (the in-place
+    kernels), lengths around one and two vectors, every x dtype with taps of
+    its own dtype (bf16 pairs in the avx512_bf16 tier) and fp32."""
+    for W in (1, 2, 3, 4):
+        for L in (15, 16, 17, 32, 33, 64):
+            for xdt in (F32, BF16, F16):
+                for wdt in {xdt, F32}:
+                    x, w, b, _, i = inputs(2, 5, L, W, "contiguous", xdt, wdt, init=True)
+                    ck.run(f"rows first vector W={W} L={L}", x, w, b, None, i, silu=L % 2 == 0)
+                    ck.run(f"rows first vector W={W} L={L} zeros", x, w, None, silu=L % 2 == 1)
+
+
 def grid_segments(ck: Checker):
     L = 200
     for name, s in segment_patterns(L).items():
@@ -348,8 +362,8 @@ def worker(seed: int) -> dict:
     cc = kernels.get_local_kernel(root, backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
     torch.manual_seed(seed)
     ck = Checker(cc)
-    for grid in (grid_pairings, grid_widths, grid_segments, grid_generic, grid_silu_extremes,
-                 grid_threads, grid_bwd_channel_last, grid_bwd_threads):
+    for grid in (grid_pairings, grid_widths, grid_rows_first_vector, grid_segments, grid_generic,
+                 grid_silu_extremes, grid_threads, grid_bwd_channel_last, grid_bwd_threads):
         grid(ck)
     return {"tier": cc.kernel_tier(), "cases": ck.cases, "failures": ck.failures}
 
