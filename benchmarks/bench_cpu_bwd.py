@@ -20,6 +20,12 @@ speedup = ref / kernel.
     python benchmarks/bench_cpu_bwd.py                  # full table
     python benchmarks/bench_cpu_bwd.py --quick          # CI smoke run: tiny shapes
     python benchmarks/bench_cpu_bwd.py --channel-last   # x as (B, L, D).transpose(1, 2)
+    python benchmarks/bench_cpu_bwd.py --layout-ratio   # channel-last / rows, same values
+
+--layout-ratio times ops.bwd itself (dx, dweight, dbias with silu) for x
+and dout channel-last (the layout autograd hands back for a channel-last
+x) against x and dout contiguous along L holding the same values, at the
+(B, L, D) of harness.LAYOUT_SHAPES (issue 21).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import torch
 
 from harness import (
     DTYPES, QUICK_SHAPES, SHAPES, WIDTH, conv_silu_ref, cpu_arguments, cpu_setting, load_kernel,
-    make_inputs, measure, parse_cpu_arguments,
+    LAYOUT_QUICK_SHAPES, LAYOUT_SHAPES, add_layout_ratio_argument, layout_pair,
+    layout_clock, layout_ratio_table, make_inputs, measure, parse_cpu_arguments,
 )
 
 TARGET_SPEEDUP = 5.0  # issue "Training on CPU": >= 5x in fp32 and bf16 at every shape
@@ -63,12 +70,38 @@ def bench_case(cc, name, B, D, L, channel_last, repeats, warmup):
     return measure({"ref": ref, "kernel": kernel}, repeats, warmup)
 
 
+def layout_cases(cc):
+    def cases(B, L, D, dtype):
+        xr, xc = layout_pair(B, L, D, dtype)
+        dr, dc = layout_pair(B, L, D, dtype)
+        weight = torch.randn(D, WIDTH, dtype=dtype) / WIDTH
+        bias = torch.randn(D, dtype=dtype)
+        fns = {
+            "chan": lambda: cc.ops.bwd(xc, weight, bias, None, None, dc, None, True, False),
+            "rows": lambda: cc.ops.bwd(xr, weight, bias, None, None, dr, None, True, False),
+        }
+        gc, gr = fns["chan"](), fns["rows"]()
+        assert gc[0].stride(1) == 1 and gr[0].stride(2) == 1
+        name = "bf16" if dtype == torch.bfloat16 else "fp32"
+        check(name, gc[:3], gr[:3])  # same values; the sums' order differs
+        return fns
+    return cases
+
+
 def main() -> int:
-    args = parse_cpu_arguments(cpu_arguments(__doc__, DTYPES, default_repeats=7, default_warmup=1))
+    ap = cpu_arguments(__doc__, DTYPES, default_repeats=7, default_warmup=1)
+    add_layout_ratio_argument(ap)
+    args = parse_cpu_arguments(ap)
     repeats, dtypes = args.repeats, args.dtype
     shapes = QUICK_SHAPES if args.quick else SHAPES
 
     cc = load_kernel()
+    if args.layout_ratio:
+        return layout_ratio_table(
+            f"causal_conv1d CPU backward (ops.bwd: dx, dweight, dbias), W={WIDTH}, silu, "
+            f"x and dout channel-last vs rows; {cpu_setting(cc)}", layout_cases(cc), dtypes,
+            repeats, args.warmup, LAYOUT_QUICK_SHAPES if args.quick else LAYOUT_SHAPES,
+            layout_clock(args))
     layout = "channel-last" if args.channel_last else "contiguous"
     print(f"causal_conv1d CPU backward (dx, dweight, dbias), W={WIDTH}, silu, x {layout}; "
           f"{cpu_setting(cc)}; {repeats} repeats, median (min) in ms")

@@ -25,6 +25,11 @@ recycled heap memory or fresh pages, whose faults can dominate it.
     python benchmarks/bench_cpu_fwd.py                  # full table
     python benchmarks/bench_cpu_fwd.py --quick          # CI smoke run: tiny shapes
     python benchmarks/bench_cpu_fwd.py --channel-last   # x as (B, L, D).transpose(1, 2)
+    python benchmarks/bench_cpu_fwd.py --layout-ratio   # channel-last / rows, same values
+
+--layout-ratio times fwd_out with silu into a preallocated out of x's
+layout, for x channel-last and x contiguous along L holding the same
+values, at the (B, L, D) of harness.LAYOUT_SHAPES (issue 21).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import torch
 
 from harness import (
     DTYPES, QUICK_SHAPES, SHAPES, WIDTH, conv_silu_ref, cpu_arguments, cpu_setting, load_kernel,
-    make_inputs, measure, parse_cpu_arguments,
+    LAYOUT_QUICK_SHAPES, LAYOUT_SHAPES, add_layout_ratio_argument, layout_pair,
+    layout_clock, layout_ratio_table, make_inputs, measure, parse_cpu_arguments,
 )
 
 # Targets (issue 2): speedup over ref per dtype; fwd_out / copy per activation.
@@ -59,12 +65,37 @@ def bench_case(cc, B, D, L, dtype, channel_last, repeats, warmup):
     return measure(fns, repeats, warmup)
 
 
+def layout_cases(cc):
+    def cases(B, L, D, dtype):
+        xr, xc = layout_pair(B, L, D, dtype)
+        weight = torch.randn(D, WIDTH, dtype=dtype) / WIDTH
+        bias = torch.randn(D, dtype=dtype)
+        out_r, out_c = torch.empty_like(xr), torch.empty_like(xc)
+        fns = {
+            "chan": lambda: cc.ops.fwd_out(xc, weight, bias, None, None, out_c, None, True),
+            "rows": lambda: cc.ops.fwd_out(xr, weight, bias, None, None, out_r, None, True),
+        }
+        fns["chan"]()
+        fns["rows"]()
+        assert out_c.stride(1) == 1 and out_r.stride(2) == 1
+        torch.testing.assert_close(out_c, out_r)  # same values; the sums' order may differ
+        return fns
+    return cases
+
+
 def main() -> int:
-    args = parse_cpu_arguments(cpu_arguments(__doc__, DTYPES, default_repeats=25, default_warmup=3))
+    ap = cpu_arguments(__doc__, DTYPES, default_repeats=25, default_warmup=3)
+    add_layout_ratio_argument(ap)
+    args = parse_cpu_arguments(ap)
     repeats, dtypes = args.repeats, args.dtype
     shapes = QUICK_SHAPES if args.quick else SHAPES
 
     cc = load_kernel()
+    if args.layout_ratio:
+        return layout_ratio_table(
+            f"causal_conv1d CPU forward (fwd_out), W={WIDTH}, silu, channel-last vs rows; "
+            f"{cpu_setting(cc)}", layout_cases(cc), dtypes, repeats, args.warmup,
+            LAYOUT_QUICK_SHAPES if args.quick else LAYOUT_SHAPES, layout_clock(args))
     layout = "channel-last" if args.channel_last else "contiguous"
     print(f"causal_conv1d CPU forward, W={WIDTH}, silu, x {layout}; {cpu_setting(cc)}; "
           f"{repeats} repeats, median (min) in ms")

@@ -108,3 +108,65 @@ def cpu_setting(cc) -> str:
     """torch version, threads and the kernel tier, for a benchmark's header."""
     return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"kernel tier {cc.kernel_tier()}")
+
+
+# --layout-ratio (issue 21): the channel-last path against the rows path on
+# the same values, as (B, L, D) the way transformers hands x over.
+LAYOUT_SHAPES = [(1, 2048, 5376), (4, 1024, 2304), (8, 512, 1536)] + \
+    [(4, 1024, D) for D in (256, 512, 1024, 2048, 4096, 8192)]
+LAYOUT_QUICK_SHAPES = [(1, 129, 96), (2, 64, 40)]
+LAYOUT_TARGET = 1.1
+
+
+def layout_pair(B: int, L: int, D: int, dtype: torch.dtype):
+    """The same random (B, D, L) values twice: contiguous along L ("rows")
+    and as a (B, L, D) tensor transposed ("channel-last")."""
+    rows = torch.randn(B, D, L, dtype=dtype)
+    return rows, rows.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def add_layout_ratio_argument(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--layout-ratio", action="store_true",
+                    help="time channel-last against rows on the same values (LAYOUT_SHAPES, "
+                         "(B, L, D)); prints channel-last / rows per element")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="with --layout-ratio and --threads 1: time the calling thread's CPU "
+                         "time instead of the wall clock (what other processes on the same "
+                         "cores take is then left out)")
+
+
+def layout_clock(args) -> Callable[[], float]:
+    """The clock --layout-ratio times with: the thread's CPU time with
+    --cpu-time (one thread only: the other threads' work would be missing),
+    else the wall clock."""
+    if not args.cpu_time:
+        return time.perf_counter
+    if torch.get_num_threads() != 1:
+        raise SystemExit("--cpu-time needs --threads 1")
+    return time.thread_time
+
+
+def layout_ratio_table(title: str, cases, dtypes, repeats: int, warmup: int,
+                       shapes=LAYOUT_SHAPES, clock: Callable[[], float] = time.perf_counter) -> int:
+    """cases(B, L, D, dtype) -> {"rows": fn, "chan": fn}, both computing the
+    same values; prints median (min) ms and chan / rows of the medians (and
+    of the minima), one row per (dtype, shape), and what misses the target."""
+    what = "thread CPU time" if clock is time.thread_time else "wall clock"
+    print(f"{title}; {repeats} repeats, median (min) in ms, {what}")
+    head = (f"{'dtype':5} {'B':>2} {'L':>5} {'D':>5} | {'channel-last':>15} {'rows':>15} | "
+            f"{'ratio':>13}")
+    print(head)
+    print("-" * len(head))
+    misses = []
+    for name in dtypes:
+        for B, L, D in shapes:
+            r = measure(cases(B, L, D, DTYPES[name]), repeats, warmup, clock=clock)
+            (cm, cn), (rm, rn) = r["chan"], r["rows"]
+            print(f"{name:5} {B:>2} {L:>5} {D:>5} | {cm * 1e3:7.3f} ({cn * 1e3:6.3f}) "
+                  f"{rm * 1e3:7.3f} ({rn * 1e3:6.3f}) | {cm / rm:5.2f} ({cn / rn:5.2f})",
+                  flush=True)
+            if cm / rm > LAYOUT_TARGET:
+                misses.append(f"{name} ({B}, {L}, {D}): {cm / rm:.2f}")
+    print(f"target (medians): channel-last <= {LAYOUT_TARGET}x rows")
+    print("all met" if not misses else "missed:\n  " + "\n  ".join(misses))
+    return 0

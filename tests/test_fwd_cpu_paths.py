@@ -20,6 +20,11 @@ width, seq_idx boundaries and padding inside vector chunks, final states,
 every x/weight dtype pairing, and thread counts (results must be bitwise
 identical for 1, 2 and 3 threads).
 
+The backward's channel-last path (cpu/bwd.h run_channel_last, a fused pass
+for widths 1-4 and a buffered one for everything else) is compiled per tier
+too, so its grid runs in the same workers: gradients against autograd
+through the float64 reference, and bitwise across thread counts.
+
 Run directly, this file is the worker: `python test_fwd_cpu_paths.py SEED`
 prints a JSON report for the tier its environment selects.
 """
@@ -151,6 +156,20 @@ def segment_patterns(L):
     }
 
 
+def grid_rows_first_vector(ck: Checker):
+    """The rows path's first vector of a row, which looks back into the
+    initial state (or zeros) without staging: widths 1-4 (the in-place
+    kernels), lengths around one and two vectors, every x dtype with taps of
+    its own dtype (bf16 pairs in the avx512_bf16 tier) and fp32."""
+    for W in (1, 2, 3, 4):
+        for L in (15, 16, 17, 32, 33, 64):
+            for xdt in (F32, BF16, F16):
+                for wdt in {xdt, F32}:
+                    x, w, b, _, i = inputs(2, 5, L, W, "contiguous", xdt, wdt, init=True)
+                    ck.run(f"rows first vector W={W} L={L}", x, w, b, None, i, silu=L % 2 == 0)
+                    ck.run(f"rows first vector W={W} L={L} zeros", x, w, None, silu=L % 2 == 1)
+
+
 def grid_segments(ck: Checker):
     L = 200
     for name, s in segment_patterns(L).items():
@@ -243,6 +262,99 @@ def grid_threads(ck: Checker):
                     ck.failures.append(f"threads {layout} W={W}: {n} threads differ from 1")
 
 
+# ---------------------------------------------------------------------------
+# the channel-last backward (cpu/bwd.h run_channel_last): a fused pass for
+# widths 1-4 (tiles of 128 tokens, groups of 4 tokens, the H tokens after a
+# tile recomputed), the buffered one for wider windows and for the tiles that
+# meet seq_idx cuts, dinitial_states or dfinal_states; both in one call.
+
+PARAM_TOL = {F32: (1e-3, 1e-3), F16: (3e-3, 5e-3), BF16: (1e-2, 5e-2), F64: (1e-9, 1e-9)}
+
+
+def check_bwd(ck: Checker, what, x, w, b=None, seq=None, init=None, dfin=False, silu=True,
+              dout_layout="channel_last"):
+    """ops.bwd against torch.autograd through the float64 reference."""
+    ck.cases += 1
+    B, D, L = x.shape
+    W = w.shape[1]
+    try:
+        dout = randn_layout(B, D, L, dout_layout, x.dtype)
+        dfs = torch.randn(B, D, W - 1).to(x.dtype) if dfin else None
+        got = ck.cc.ops.bwd(x, w, b, seq, init, dout, dfs, silu, False)
+        leaves = [t.double().requires_grad_() if t is not None else None for t in (x, w, b, init)]
+        out = ck.cc.causal_conv1d_ref(leaves[0], leaves[1], leaves[2], seq_idx=seq,
+                                      initial_states=leaves[3], return_final_states=dfin,
+                                      activation="silu" if silu else None)
+        outs, gouts = (out, (dout, dfs)) if dfin else ((out,), (dout,))
+        torch.autograd.backward(outs, [g.double() for g in gouts])
+        xtol = tolerance(x.dtype, w.dtype)
+        checks = [("dx", got[0], leaves[0].grad, xtol), ("dweight", got[1], leaves[1].grad,
+                                                           PARAM_TOL[w.dtype])]
+        if b is not None:
+            checks.append(("dbias", got[2], leaves[2].grad, PARAM_TOL[w.dtype]))
+        if init is not None:
+            checks.append(("dinitial_states", got[3], leaves[3].grad, xtol))
+        for name, g, r, (rtol, atol) in checks:
+            torch.testing.assert_close(g.double(), r, rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{name}: {m}")
+    except Exception as e:  # noqa: BLE001 (collected, reported by the parent)
+        opts = (f"bias={b is not None} seq={seq is not None} init={init is not None} "
+                f"dfinal={dfin} silu={silu} dout {dout_layout}")
+        ck.failures.append(f"bwd {what}: x {tuple(x.shape)} {x.dtype}, w {w.dtype}; {opts}: "
+                           f"{str(e)[:600]}")
+
+
+def grid_bwd_channel_last(ck: Checker):
+    """Lengths around the 128-token tiles and the 4-token groups (the last
+    tile's recomputed tokens running past L), D around the vector widths and
+    split into several tasks, every width of the fused pass and one beyond,
+    the options rotating so that each meets every layout of dout and dtype."""
+    xdts = [F32, BF16, F16, F64]
+    n = 0
+    for W in (1, 2, 3, 4, 5):
+        for L in (1, 2, 3, 5, 127, 128, 130, 133, 259):
+            for D in (7, 37, 600):
+                if D == 600 and L not in (3, 130, 259):
+                    continue  # (1, 600, L): split into two tasks of channels (time)
+                n += 1
+                xdt = xdts[n % 4]
+                wdt = F64 if xdt == F64 else [F32, BF16, F32][n % 3]
+                bias, init, dfin, silu = (bool(n >> k & 1) for k in range(4))
+                B = 1 if D == 600 else 2
+                x, w, b, _, i = inputs(B, D, L, W, "channel_last", xdt, wdt, init=init)
+                check_bwd(ck, f"W={W} L={L} D={D}", x, w, b if bias else None, None, i, dfin,
+                          silu)
+    # seq_idx: uniform tiles (fused) next to tiles with a cut or padding
+    # (buffered) in one call; and dout in another layout (buffered throughout).
+    for W in (2, 4):
+        for xdt in (F32, BF16):
+            seq = torch.zeros(2, 400, dtype=I32)
+            seq[:, 200:] = 1
+            seq[1, 300:310] = -1
+            seq[1, 384:] = -1  # the last tile is all padding
+            x, w, b, _, i = inputs(2, 37, 400, W, "channel_last", xdt, F32, init=True)
+            check_bwd(ck, f"segments W={W}", x, w, b, seq, i, dfin=True)
+            check_bwd(ck, f"dout contiguous W={W}", x, w, b, None, None, dout_layout="contiguous")
+
+
+def grid_bwd_threads(ck: Checker):
+    """The channel-last backward bitwise the same for 1, 2 and 3 threads, on
+    shapes with many tiles and with D split among tasks."""
+    before = torch.get_num_threads()
+    for B, D, L in ((2, 67, 300), (1, 700, 200)):
+        x, w, b, _, i = inputs(B, D, L, 4, "channel_last", BF16, F32, init=True)
+        dout = randn_layout(B, D, L, "channel_last", BF16)
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(ck.cc.ops.bwd(x, w, b, None, i, dout, None, True, False))
+        torch.set_num_threads(before)
+        ck.cases += 1
+        for n, res in zip((2, 3), results[1:]):
+            if not all(torch.equal(g, r) for g, r in zip(res, results[0])):
+                ck.failures.append(f"bwd threads ({B}, {D}, {L}): {n} threads differ from 1")
+
+
 def worker(seed: int) -> dict:
     import kernels
 
@@ -250,8 +362,8 @@ def worker(seed: int) -> dict:
     cc = kernels.get_local_kernel(root, backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
     torch.manual_seed(seed)
     ck = Checker(cc)
-    for grid in (grid_pairings, grid_widths, grid_segments, grid_generic, grid_silu_extremes,
-                 grid_threads):
+    for grid in (grid_pairings, grid_widths, grid_rows_first_vector, grid_segments, grid_generic,
+                 grid_silu_extremes, grid_threads, grid_bwd_channel_last, grid_bwd_threads):
         grid(ck)
     return {"tier": cc.kernel_tier(), "cases": ck.cases, "failures": ck.failures}
 

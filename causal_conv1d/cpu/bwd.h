@@ -38,15 +38,17 @@ namespace bwd_impl {
 
 using at::vec::Vectorized;
 
-// Tokens per task along t, and channels per task, for each layout. Changing
-// them changes the summation order of dweight / dbias (not their meaning).
+// Tokens per task for each layout: changing them changes the summation order
+// of dweight / dbias (not their meaning). Channels per task: kGroupT along t;
+// channel-last tasks take cl_span channels (below), kBlockC at a time where
+// they go through cl_block.
 constexpr int64_t kChunkT = 1024;  // vectors along t
 constexpr int64_t kGroupT = 8;     // channels per task (amortizes seq_idx masks)
 constexpr int64_t kChunkC = 128;   // vectors along channels (channel-last)
-constexpr int64_t kBlockC = 32;    // channels per task (lanes), a multiple of every vector size
-// Rows (tokens) ahead that the channel-last path asks the cache for: its rows
-// are kBlockC channels wide and one row of the tensor apart, a pattern the
-// hardware prefetchers do not follow.
+constexpr int64_t kBlockC = 32;    // lanes per cl_block call, a multiple of every vector size
+// Rows (tokens) ahead that cl_block asks the cache for: its rows are kBlockC
+// channels wide and one row of the tensor apart, a pattern the hardware
+// prefetchers do not follow.
 constexpr int64_t kAheadC = 8;
 
 template <typename T>
@@ -475,11 +477,45 @@ void run_time_major(const Job<A>& job) {
 }
 
 // ---------------------------------------------------------------------------
-// vectors along channels (channel-last x): kBlockC channels at a time,
-// buffers of rows [token][lane]
+// vectors along channels (channel-last x)
+//
+// A task is a tile of kChunkC tokens x `span` channels of one batch row
+// (cl_span). Most tiles take the fused path (cl_fused_tile): one pass over
+// the tokens in groups of kGroupC, each group swept across the tile's
+// channels one vector at a time, x and dout read and dx written a whole row
+// segment at a time (what the hardware prefetchers follow), with everything
+// a channel carries from one group to the next (the last H inputs and g
+// values, the dweight / dbias sums) in a small per-task buffer. Tiles with
+// seq_idx cuts or padding, dinitial_states or dfinal_states take the
+// buffered path (cl_block), kBlockC channels at a time.
 
+constexpr int64_t kGroupC = 4;   // tokens per register pass of the fused path
+constexpr int64_t kTasksC = 16;  // channel-last tasks to aim for before splitting D
+
+// Channels per channel-last task: whole rows (a tile is then one contiguous
+// stretch of x, dout and dx), unless that leaves fewer than kTasksC tasks to
+// share out. The split depends on the shape alone and changes no value:
+// channels never meet.
+inline int64_t cl_span(int64_t B, int64_t n_chunks, int64_t D) {
+  const int64_t want = (kTasksC + B * n_chunks - 1) / (B * n_chunks);
+  const int64_t spans = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, D / 256));
+  const int64_t span = (D + spans - 1) / spans;
+  return (span + kBlockC - 1) / kBlockC * kBlockC;
+}
+
+template <typename A>
+struct ClBlockBufs {
+  std::vector<A> xb, gb, wl, row;
+  std::vector<int32_t> ids;
+  explicit ClBlockBufs(int64_t H)
+      : xb((kChunkC + 2 * H + 1) * kBlockC), gb(xb.size()), wl(kMaxWidthCpu * kBlockC),
+        row(kBlockC), ids(kChunkC + 2 * H + 1) {}
+};
+
+// Channels d0 .. d0 + nd - 1 (nd <= kBlockC) of the tile s, through buffers
+// of rows [token][lane].
 template <typename X, typename A>
-void run_channel_last(const Job<A>& job) {
+void cl_block(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, ClBlockBufs<A>& bf) {
   using Vec = Vectorized<A>;
   constexpr int64_t V = Vec::size();
   constexpr int64_t C = kBlockC;
@@ -487,143 +523,343 @@ void run_channel_last(const Job<A>& job) {
   static_assert(C % V == 0, "kBlockC must be a multiple of the vector size");
   const ConvParams& p = *job.p;
   const int64_t W = job.W, H = job.H, L = job.L, D = job.D;
-  const int64_t rows = kChunkC + 2 * H + 1;
-  const int64_t tasks = job.B * job.n_chunks * job.n_blocks;
+  std::vector<A>& xb = bf.xb;
+  std::vector<A>& gb = bf.gb;
+  std::vector<A>& wl = bf.wl;
+  std::vector<A>& row = bf.row;
+  const int64_t b = s.b;
+  const int64_t n = s.t1 - s.t0, ng = s.te - s.t0, nx = ng + H;
+  const int32_t* id = s.ids;  // id[r]: position t0 - H + r
 
+  // taps, one row of C lanes per k (zero beyond nd)
+  std::fill(wl.begin(), wl.end(), A(0));
+  for (int64_t l = 0; l < nd; ++l)
+    for (int64_t k = 0; k < W; ++k) wl[k * C + l] = job.w[(d0 + l) * W + k];
+  std::array<Vec, NV> bias;
+  for (int64_t v = 0; v < NV; ++v) {
+    __at_align__ A tmp[V];
+    for (int64_t l = 0; l < V; ++l) {
+      const int64_t lane = v * V + l;
+      tmp[l] = (job.bias && lane < nd) ? job.bias[d0 + lane] : A(0);
+    }
+    bias[v] = Vec::loadu(tmp);
+  }
+
+  // g rows: gb row H + j is token t0 + j; rows outside [H, H + ng) are zero.
+  std::fill(gb.begin(), gb.end(), A(0));
+  if (!s.dead) {
+    // xb row r is input position t0 - H + r.
+    for (int64_t r = 0; r < nx; ++r) {
+      const int64_t pos = s.t0 - H + r;
+      A* dst = xb.data() + r * C;
+      if (pos + kAheadC >= 0 && pos + kAheadC < s.te) {
+        const int64_t ahead = pos + kAheadC;
+        prefetch_row(ptr<X>(p.x) + b * p.x.s0 + ahead * p.x.s2 + d0 * p.x.s1, p.x.s1, nd,
+                     false);
+        if (ahead >= s.t0)
+          prefetch_row(ptr<X>(p.dout) + b * p.dout.s0 + ahead * p.dout.s2 + d0 * p.dout.s1,
+                       p.dout.s1, nd, false);
+      }
+      if (pos >= 0) {
+        const X* src = ptr<X>(p.x) + b * p.x.s0 + pos * p.x.s2 + d0 * p.x.s1;
+        load_row(src, p.x.s1, dst, nd);
+      } else if (p.initial_states.given()) {
+        const X* src = ptr<X>(p.initial_states) + b * p.initial_states.s0 +
+                       d0 * p.initial_states.s1 + (H + pos) * p.initial_states.s2;
+        load_row(src, p.initial_states.s1, dst, nd);
+      } else {
+        std::fill(dst, dst + nd, A(0));
+      }
+      std::fill(dst + nd, dst + C, A(0));
+    }
+    for (int64_t j = 0; j < ng; ++j) {
+      const int64_t t = s.t0 + j;
+      if (s.masked && id[j + H] < 0) continue;  // padding token: g = 0
+      const X* src = ptr<X>(p.dout) + b * p.dout.s0 + t * p.dout.s2 + d0 * p.dout.s1;
+      load_row(src, p.dout.s1, row.data(), nd);
+      std::fill(row.begin() + nd, row.end(), A(0));
+      A* g = gb.data() + (H + j) * C;
+      if (!p.silu) {
+        std::memcpy(g, row.data(), C * sizeof(A));
+        continue;
+      }
+      std::array<Vec, NV> acc = bias;
+      for (int64_t k = 0; k < W; ++k) {
+        if (s.masked && id[j + k] != id[j + H]) continue;
+        const A* xr = xb.data() + (j + k) * C;
+        const A* wk = wl.data() + k * C;
+        for (int64_t v = 0; v < NV; ++v)
+          acc[v] = at::vec::fmadd(Vec::loadu(wk + v * V), Vec::loadu(xr + v * V), acc[v]);
+      }
+      for (int64_t v = 0; v < NV; ++v)
+        dsilu_mul(acc[v], Vec::loadu(row.data() + v * V)).store(g + v * V);
+    }
+  }
+
+  // dxin rows for positions t0 + i, i in [ilo, n).
+  for (int64_t i = s.ilo; i < n; ++i) {
+    const int64_t pos = s.t0 + i;
+    if (pos >= 0 && i + kAheadC < n)
+      prefetch_row(ptr<X>(p.dx) + b * p.dx.s0 + (pos + kAheadC) * p.dx.s2 + d0 * p.dx.s1,
+                   p.dx.s1, nd, true);
+    std::array<Vec, NV> acc;
+    acc.fill(Vec(A(0)));
+    if (!s.dead) {
+      for (int64_t k = 0; k < W; ++k) {
+        // token pos + H - k is gb row i + 2H - k (zero past te)
+        if (i + H - k >= ng) continue;
+        if (s.masked && id[i + H] != id[i + 2 * H - k]) continue;
+        const A* gr = gb.data() + (i + 2 * H - k) * C;
+        const A* wk = wl.data() + k * C;
+        for (int64_t v = 0; v < NV; ++v)
+          acc[v] = at::vec::fmadd(Vec::loadu(wk + v * V), Vec::loadu(gr + v * V), acc[v]);
+      }
+    }
+    for (int64_t v = 0; v < NV; ++v) acc[v].store(row.data() + v * V);
+    if (p.dfinal_states.given() && pos >= L - H) {
+      for (int64_t l = 0; l < nd; ++l) row[l] += dfinal_at<X, A>(p, s, H, L, d0 + l, pos);
+    }
+    if (pos >= 0) {
+      X* dst = ptr<X>(p.dx) + b * p.dx.s0 + pos * p.dx.s2 + d0 * p.dx.s1;
+      store_row(row.data(), dst, p.dx.s1, nd);
+    } else {
+      X* dst = ptr<X>(p.dinitial_states) + b * p.dinitial_states.s0 +
+               d0 * p.dinitial_states.s1 + (H + pos) * p.dinitial_states.s2;
+      store_row(row.data(), dst, p.dinitial_states.s1, nd);
+    }
+  }
+
+  // partial dweight / dbias over tokens [t0, t1)
+  const int64_t r = b * job.n_chunks + s.c;
+  for (int64_t k = 0; k < W; ++k) {
+    std::array<Vec, NV> acc;
+    acc.fill(Vec(A(0)));
+    for (int64_t j = 0; j < n && !s.dead; ++j) {
+      // cut pairs and padding tokens are skipped, not multiplied by 0
+      if (s.masked && (id[j + H] < 0 || id[j + k] != id[j + H])) continue;
+      const A* g = gb.data() + (H + j) * C;
+      const A* xr = xb.data() + (j + k) * C;
+      for (int64_t v = 0; v < NV; ++v)
+        acc[v] = at::vec::fmadd(Vec::loadu(g + v * V), Vec::loadu(xr + v * V), acc[v]);
+    }
+    for (int64_t v = 0; v < NV; ++v) acc[v].store(row.data() + v * V);
+    for (int64_t l = 0; l < nd; ++l) job.part_w[(r * D + d0 + l) * W + k] = row[l];
+  }
+  if (job.part_b) {
+    std::array<Vec, NV> acc;
+    acc.fill(Vec(A(0)));
+    for (int64_t j = 0; j < n && !s.dead; ++j) {
+      const A* g = gb.data() + (H + j) * C;
+      for (int64_t v = 0; v < NV; ++v) acc[v] = acc[v] + Vec::loadu(g + v * V);
+    }
+    for (int64_t v = 0; v < NV; ++v) acc[v].store(row.data() + v * V);
+    for (int64_t l = 0; l < nd; ++l) job.part_b[r * D + d0 + l] = row[l];
+  }
+}
+
+// Where a fused tile reads and writes: channel j of token t at x[t * xs + j],
+// dout[t * ys + j], dx[t * dxs + j] (the tile's first channel at j = 0).
+template <typename X, typename A>
+struct ClTile {
+  const X* x;
+  const X* dy;
+  X* dx;
+  int64_t xs, ys, dxs;
+  int64_t nd;      // channels in the tile
+  const A* taps;   // per vector of channels: taps 0 .. W-1, then the bias (V lanes each)
+  A* state;        // per vector of channels: ClState slots (V lanes each)
+};
+
+// A channel vector's slots in ClTile::state: x at the H positions before the
+// group, g at the H tokens before it, the W dweight sums, the dbias sum.
+template <int WC>
+struct ClState {
+  static constexpr int H = WC - 1;
+  static constexpr int kX = 0, kG = H, kDw = 2 * H, kDb = 2 * H + WC, kSlots = 2 * H + WC + 1;
+};
+
+// Tokens t .. t + T - 1 of a tile, every channel. Token i (with g, dout and
+// x at t + i when i < nx, g = 0 past the end of the sequence) adds to the
+// dweight / dbias sums when i < ncore and writes dx at t + i - H when i >=
+// skip: dx[p] = sum_k w[k] g[p + H - k] needs g up to p + H, so dx trails
+// g by H tokens. Full: a group inside the tile (skip 0, ncore = nx = T).
+template <int WC, int T, bool Silu, bool Full, typename X, typename A>
+void cl_group(const ClTile<X, A>& g, int64_t t, int skip, int ncore, int nx, bool ahead = false) {
+  using V = Vectorized<A>;
+  using IO = VecIO<X>;
+  using S = ClState<WC>;
+  constexpr int64_t N = V::size();
+  constexpr int H = S::H;
+  // Vectors per cache line of x (1 or more).
+  constexpr int64_t kLine = std::max<int64_t>(1, 64 / int64_t(N * sizeof(X)));
+  for (int64_t j = 0; j < g.nd; j += N) {
+    const int64_t cnt = std::min(N, g.nd - j);
+    if (ahead && (j / N) % kLine == 0) {
+      // The next group's x and dout, into L2: rows a few KiB long, read
+      // T at a time, share pages in a way the hardware prefetchers miss.
+      for (int i = 0; i < T; ++i) {
+        __builtin_prefetch(g.x + (t + T + i) * g.xs + j, 0, 2);  // locality 2: L2
+        __builtin_prefetch(g.dy + (t + T + i) * g.ys + j, 0, 2);
+      }
+    }
+    A* st = g.state + j * S::kSlots;
+    const A* tp = g.taps + j * (WC + 1);
+    V w[WC];
+    for (int k = 0; k < WC; ++k) w[k] = V::loadu(tp + k * N);
+    V xw[H + T], gw[H + T];  // x at position t - H + i, g at token t - H + i
+    for (int i = 0; i < H; ++i) {
+      xw[i] = V::loadu(st + (S::kX + i) * N);
+      gw[i] = V::loadu(st + (S::kG + i) * N);
+    }
+    V dw[WC];
+    for (int k = 0; k < WC; ++k) dw[k] = V::loadu(st + (S::kDw + k) * N);
+    V db = V::loadu(st + S::kDb * N);
+    for (int i = 0; i < T; ++i) {
+      if (Full || i < nx) {
+        xw[H + i] = IO::load1(g.x + (t + i) * g.xs + j, cnt);
+        const V dy = IO::load1(g.dy + (t + i) * g.ys + j, cnt);
+        if constexpr (Silu) {
+          V pre = V::loadu(tp + WC * N);
+          for (int k = 0; k < WC; ++k) pre = at::vec::fmadd(w[k], xw[i + k], pre);
+          gw[H + i] = dsilu_mul(pre, dy);
+        } else {
+          gw[H + i] = dy;
+        }
+      } else {
+        xw[H + i] = V(A(0));
+        gw[H + i] = V(A(0));
+      }
+      if (Full || i < ncore) {
+        for (int k = 0; k < WC; ++k) dw[k] = at::vec::fmadd(gw[H + i], xw[i + k], dw[k]);
+        db = db + gw[H + i];
+      }
+      if (Full || i >= skip) {
+        V a(A(0));
+        for (int k = 0; k < WC; ++k) a = at::vec::fmadd(w[k], gw[i + H - k], a);
+        IO::store1(g.dx + (t + i - H) * g.dxs + j, a, cnt);
+      }
+    }
+    for (int i = 0; i < H; ++i) {
+      xw[T + i].store(st + (S::kX + i) * N);
+      gw[T + i].store(st + (S::kG + i) * N);
+    }
+    for (int k = 0; k < WC; ++k) dw[k].store(st + (S::kDw + k) * N);
+    db.store(st + S::kDb * N);
+  }
+}
+
+// Whether the fused path serves tile s: it knows no seq_idx cuts, and the
+// tiles that write dinitial_states or take dfinal_states go through cl_block.
+template <typename A>
+bool cl_fusable(const Job<A>& job, const Span& s) {
+  const ConvParams& p = *job.p;
+  return job.W <= 4 && !s.masked && !s.dead && s.ilo == 0 && p.dout.s1 == 1 && p.dx.s1 == 1 &&
+         !(p.dfinal_states.given() && s.t1 > job.L - job.H);
+}
+
+// Tile s, channels d0 .. d0 + nd - 1, in one pass over its tokens.
+template <int WC, bool Silu, typename X, typename A>
+void cl_fused_tile(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, const A* taps,
+                   A* state) {
+  using S = ClState<WC>;
+  constexpr int64_t N = Vectorized<A>::size();
+  constexpr int H = S::H;
+  const ConvParams& p = *job.p;
+  const int64_t b = s.b, t0 = s.t0, t1 = s.t1, L = job.L, D = job.D;
+  const int64_t nv = (nd + N - 1) / N;
+  const ClTile<X, A> g{ptr<X>(p.x) + b * p.x.s0 + d0,
+                       ptr<X>(p.dout) + b * p.dout.s0 + d0,
+                       ptr<X>(p.dx) + b * p.dx.s0 + d0,
+                       p.x.s2, p.dout.s2, p.dx.s2, nd,
+                       taps + d0 * (WC + 1), state};
+  // Prime: x at the H positions before t0 (the initial state or zeros before
+  // position 0), g and the sums zero. Lanes past nd stay zero throughout.
+  std::fill(state, state + nv * N * S::kSlots, A(0));
+  for (int i = 0; i < H; ++i) {
+    const int64_t pos = t0 - H + i;
+    for (int64_t l = 0; l < nd; ++l) {
+      A v = A(0);
+      if (pos >= 0) {
+        v = A(g.x[pos * g.xs + l]);
+      } else if (p.initial_states.given()) {
+        v = A(ptr<X>(p.initial_states)[b * p.initial_states.s0 + (d0 + l) * p.initial_states.s1 +
+                                       (H + pos) * p.initial_states.s2]);
+      }
+      state[(l / N) * N * S::kSlots + (S::kX + i) * N + l % N] = v;
+    }
+  }
+  constexpr int G = kGroupC;
+  for (int64_t t = t0; t < t1;) {
+    const int skip = int(std::clamp<int64_t>(t0 + H - t, 0, G));
+    if (t1 - t >= G) {
+      if (skip == 0)
+        cl_group<WC, G, Silu, true>(g, t, 0, G, G, t + 2 * G <= L);
+      else
+        cl_group<WC, G, Silu, false>(g, t, skip, G, G);
+      t += G;
+    } else {
+      cl_group<WC, 1, Silu, false>(g, t, skip, 1, 1);
+      t += 1;
+    }
+  }
+  // The H tokens after the tile: their g completes the tile's last dx rows.
+  if constexpr (H > 0) {
+    const int skip = int(std::clamp<int64_t>(t0 + H - t1, 0, H));
+    const int nx = int(std::clamp<int64_t>(L - t1, 0, H));
+    cl_group<WC, H, Silu, false>(g, t1, skip, 0, nx);
+  }
+  // This tile's partial dweight / dbias.
+  const int64_t r = b * job.n_chunks + s.c;
+  for (int64_t l = 0; l < nd; ++l) {
+    const A* st = state + (l / N) * N * S::kSlots + l % N;
+    for (int k = 0; k < WC; ++k) job.part_w[(r * D + d0 + l) * WC + k] = st[(S::kDw + k) * N];
+    if (job.part_b) job.part_b[r * D + d0 + l] = st[S::kDb * N];
+  }
+}
+
+template <typename X, typename A>
+void run_channel_last(const Job<A>& job) {
+  constexpr int64_t N = Vectorized<A>::size();
+  const ConvParams& p = *job.p;
+  const int64_t W = job.W, D = job.D, span = job.block;
+  const int64_t tasks = job.B * job.n_chunks * job.n_blocks;
+  // Taps and bias for the fused path, per vector of N channels: W + 1 rows of N lanes.
+  const int64_t dpad = (D + span - 1) / span * span;
+  std::vector<A> taps(W <= 4 ? dpad * (W + 1) : 0, A(0));
+  if (W <= 4) {
+    for (int64_t d = 0; d < D; ++d) {
+      A* tv = taps.data() + (d / N) * N * (W + 1) + d % N;
+      for (int64_t k = 0; k < W; ++k) tv[k * N] = job.w[d * W + k];
+      tv[W * N] = job.bias ? job.bias[d] : A(0);
+    }
+  }
+  auto fused = [&](const Span& s, int64_t d0, int64_t nd, A* state) {
+    auto go = [&]<int WC>() {
+      if (p.silu)
+        cl_fused_tile<WC, true, X, A>(job, s, d0, nd, taps.data(), state);
+      else
+        cl_fused_tile<WC, false, X, A>(job, s, d0, nd, taps.data(), state);
+    };
+    switch (W) {
+      case 1: return go.template operator()<1>();
+      case 2: return go.template operator()<2>();
+      case 3: return go.template operator()<3>();
+      default: return go.template operator()<4>();
+    }
+  };
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> xb(rows * C), gb(rows * C), wl(kMaxWidthCpu * C), row(C);
-    std::vector<int32_t> ids(rows);
+    ClBlockBufs<A> bf(job.H);
+    std::vector<A> state(W <= 4 ? span * (3 * W - 1) : 0);  // ClState<W>::kSlots per channel
     for (int64_t task = begin; task < end; ++task) {
       const int64_t blk = task % job.n_blocks;
       const int64_t bc = task / job.n_blocks;
-      const Span s = make_span(job, bc / job.n_chunks, bc % job.n_chunks, ids);
-      const int64_t b = s.b, d0 = blk * C, nd = std::min(C, D - d0);
-      const int64_t n = s.t1 - s.t0, ng = s.te - s.t0, nx = ng + H;
-      const int32_t* id = s.ids;  // id[r]: position t0 - H + r
-
-      // taps, one row of C lanes per k (zero beyond nd)
-      std::fill(wl.begin(), wl.end(), A(0));
-      for (int64_t l = 0; l < nd; ++l)
-        for (int64_t k = 0; k < W; ++k) wl[k * C + l] = job.w[(d0 + l) * W + k];
-      std::array<Vec, NV> bias;
-      for (int64_t v = 0; v < NV; ++v) {
-        __at_align__ A tmp[V];
-        for (int64_t l = 0; l < V; ++l) {
-          const int64_t lane = v * V + l;
-          tmp[l] = (job.bias && lane < nd) ? job.bias[d0 + lane] : A(0);
-        }
-        bias[v] = Vec::loadu(tmp);
-      }
-
-      // g rows: gb row H + j is token t0 + j; rows outside [H, H + ng) are zero.
-      std::fill(gb.begin(), gb.end(), A(0));
-      if (!s.dead) {
-        // xb row r is input position t0 - H + r.
-        for (int64_t r = 0; r < nx; ++r) {
-          const int64_t pos = s.t0 - H + r;
-          A* dst = xb.data() + r * C;
-          if (pos + kAheadC >= 0 && pos + kAheadC < s.te) {
-            const int64_t ahead = pos + kAheadC;
-            prefetch_row(ptr<X>(p.x) + b * p.x.s0 + ahead * p.x.s2 + d0 * p.x.s1, p.x.s1, nd,
-                         false);
-            if (ahead >= s.t0)
-              prefetch_row(ptr<X>(p.dout) + b * p.dout.s0 + ahead * p.dout.s2 + d0 * p.dout.s1,
-                           p.dout.s1, nd, false);
-          }
-          if (pos >= 0) {
-            const X* src = ptr<X>(p.x) + b * p.x.s0 + pos * p.x.s2 + d0 * p.x.s1;
-            load_row(src, p.x.s1, dst, nd);
-          } else if (p.initial_states.given()) {
-            const X* src = ptr<X>(p.initial_states) + b * p.initial_states.s0 +
-                           d0 * p.initial_states.s1 + (H + pos) * p.initial_states.s2;
-            load_row(src, p.initial_states.s1, dst, nd);
-          } else {
-            std::fill(dst, dst + nd, A(0));
-          }
-          std::fill(dst + nd, dst + C, A(0));
-        }
-        for (int64_t j = 0; j < ng; ++j) {
-          const int64_t t = s.t0 + j;
-          if (s.masked && id[j + H] < 0) continue;  // padding token: g = 0
-          const X* src = ptr<X>(p.dout) + b * p.dout.s0 + t * p.dout.s2 + d0 * p.dout.s1;
-          load_row(src, p.dout.s1, row.data(), nd);
-          std::fill(row.begin() + nd, row.end(), A(0));
-          A* g = gb.data() + (H + j) * C;
-          if (!p.silu) {
-            std::memcpy(g, row.data(), C * sizeof(A));
-            continue;
-          }
-          std::array<Vec, NV> acc = bias;
-          for (int64_t k = 0; k < W; ++k) {
-            if (s.masked && id[j + k] != id[j + H]) continue;
-            const A* xr = xb.data() + (j + k) * C;
-            const A* wk = wl.data() + k * C;
-            for (int64_t v = 0; v < NV; ++v)
-              acc[v] = at::vec::fmadd(Vec::loadu(wk + v * V), Vec::loadu(xr + v * V), acc[v]);
-          }
-          for (int64_t v = 0; v < NV; ++v)
-            dsilu_mul(acc[v], Vec::loadu(row.data() + v * V)).store(g + v * V);
-        }
-      }
-
-      // dxin rows for positions t0 + i, i in [ilo, n).
-      for (int64_t i = s.ilo; i < n; ++i) {
-        const int64_t pos = s.t0 + i;
-        if (pos >= 0 && i + kAheadC < n)
-          prefetch_row(ptr<X>(p.dx) + b * p.dx.s0 + (pos + kAheadC) * p.dx.s2 + d0 * p.dx.s1,
-                       p.dx.s1, nd, true);
-        std::array<Vec, NV> acc;
-        acc.fill(Vec(A(0)));
-        if (!s.dead) {
-          for (int64_t k = 0; k < W; ++k) {
-            // token pos + H - k is gb row i + 2H - k (zero past te)
-            if (i + H - k >= ng) continue;
-            if (s.masked && id[i + H] != id[i + 2 * H - k]) continue;
-            const A* gr = gb.data() + (i + 2 * H - k) * C;
-            const A* wk = wl.data() + k * C;
-            for (int64_t v = 0; v < NV; ++v)
-              acc[v] = at::vec::fmadd(Vec::loadu(wk + v * V), Vec::loadu(gr + v * V), acc[v]);
-          }
-        }
-        for (int64_t v = 0; v < NV; ++v) acc[v].store(row.data() + v * V);
-        if (p.dfinal_states.given() && pos >= L - H) {
-          for (int64_t l = 0; l < nd; ++l) row[l] += dfinal_at<X, A>(p, s, H, L, d0 + l, pos);
-        }
-        if (pos >= 0) {
-          X* dst = ptr<X>(p.dx) + b * p.dx.s0 + pos * p.dx.s2 + d0 * p.dx.s1;
-          store_row(row.data(), dst, p.dx.s1, nd);
-        } else {
-          X* dst = ptr<X>(p.dinitial_states) + b * p.dinitial_states.s0 +
-                   d0 * p.dinitial_states.s1 + (H + pos) * p.dinitial_states.s2;
-          store_row(row.data(), dst, p.dinitial_states.s1, nd);
-        }
-      }
-
-      // partial dweight / dbias over tokens [t0, t1)
-      const int64_t r = b * job.n_chunks + s.c;
-      for (int64_t k = 0; k < W; ++k) {
-        std::array<Vec, NV> acc;
-        acc.fill(Vec(A(0)));
-        for (int64_t j = 0; j < n && !s.dead; ++j) {
-          // cut pairs and padding tokens are skipped, not multiplied by 0
-          if (s.masked && (id[j + H] < 0 || id[j + k] != id[j + H])) continue;
-          const A* g = gb.data() + (H + j) * C;
-          const A* xr = xb.data() + (j + k) * C;
-          for (int64_t v = 0; v < NV; ++v)
-            acc[v] = at::vec::fmadd(Vec::loadu(g + v * V), Vec::loadu(xr + v * V), acc[v]);
-        }
-        for (int64_t v = 0; v < NV; ++v) acc[v].store(row.data() + v * V);
-        for (int64_t l = 0; l < nd; ++l) job.part_w[(r * D + d0 + l) * W + k] = row[l];
-      }
-      if (job.part_b) {
-        std::array<Vec, NV> acc;
-        acc.fill(Vec(A(0)));
-        for (int64_t j = 0; j < n && !s.dead; ++j) {
-          const A* g = gb.data() + (H + j) * C;
-          for (int64_t v = 0; v < NV; ++v) acc[v] = acc[v] + Vec::loadu(g + v * V);
-        }
-        for (int64_t v = 0; v < NV; ++v) acc[v].store(row.data() + v * V);
-        for (int64_t l = 0; l < nd; ++l) job.part_b[r * D + d0 + l] = row[l];
+      const Span s = make_span(job, bc / job.n_chunks, bc % job.n_chunks, bf.ids);
+      const int64_t d0 = blk * span, nd = std::min(span, D - d0);
+      if (cl_fusable(job, s)) {
+        fused(s, d0, nd, state.data());
+      } else {
+        for (int64_t c0 = d0; c0 < d0 + nd; c0 += kBlockC)
+          cl_block<X, A>(job, s, c0, std::min(kBlockC, d0 + nd - c0), bf);
       }
     }
   });
@@ -684,8 +920,8 @@ void bwd_typed(const ConvParams& p) {
 
   const bool channel_last = p.x.s1 == 1 && p.x.s2 != 1 && D > 1;
   job.chunk = channel_last ? kChunkC : kChunkT;
-  job.block = channel_last ? kBlockC : kGroupT;
   job.n_chunks = (job.L + job.chunk - 1) / job.chunk;
+  job.block = channel_last ? cl_span(job.B, job.n_chunks, D) : kGroupT;
   job.n_blocks = (D + job.block - 1) / job.block;
   const int64_t R = job.B * job.n_chunks;
   std::vector<A> part_w(R * D * W), part_b(p.dbias_acc ? R * D : 0);

@@ -269,13 +269,16 @@ constexpr bool kSlides = WC >= 1 && WC <= 4 && std::is_same_v<acc_t<X>, float>;
 #if defined(CPU_CAPABILITY_AVX512)
 
 // dst[i] = act(bias + sum_k w[k] * x[t + i - (W-1) + k]) for i < n, n a
-// multiple of 16 and t >= 16, reading the row's inputs xr in place: each
+// multiple of 16, reading the row's inputs xr in place (before: the 16
+// inputs at t - 16 .. t - 1, in x or, for t = 0, a copy of the initial
+// state or zeros in its last W-1 elements): each
 // step loads the next 16 inputs once and builds the W-1 earlier windows
 // from them and the previous 16 with VALIGND, instead of the W unaligned
 // loads (all but one crossing a cache line) of row_span. The load ports were
 // what bounded row_span; the shuffles go to otherwise idle ones.
 template <int WC, typename X>
-void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, X* dst, int64_t t, int64_t n) {
+void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before, X* dst,
+               int64_t t, int64_t n) {
   using IO = VecIO<X>;
   constexpr int64_t N = 16;
   static_assert(kLanes<float> == N);
@@ -289,7 +292,7 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, X* dst, int64_t
     return _mm512_castsi512_ps(
         _mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), N - kBack));
   };
-  __m512 prev = IO::load1(xr + t - N, N);
+  __m512 prev = IO::load1(before, N);
   for (int64_t i = 0; i < n; i += N) {
     const __m512 cur = IO::load1(xr + t + i, N);
     __m512 a = _mm512_fmadd_ps(w[WC - 1], cur, bias);
@@ -308,14 +311,15 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, X* dst, int64_t
 // windows built with EXT from it and the previous 4, instead of row_span's
 // W loads per vector and its per-step bookkeeping for 8 outputs.
 template <int WC, typename X>
-void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, X* dst, int64_t t, int64_t n) {
+void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before, X* dst,
+               int64_t t, int64_t n) {
   using IO = VecIO<X>;
   constexpr int64_t N = 4;
   static_assert(kLanes<float> == N);
   float32x4_t w[WC];
   for (int k = 0; k < WC; ++k) w[k] = vdupq_n_f32(tp.w[k]);
   const float32x4_t bias = vdupq_n_f32(tp.bias);
-  float32x4_t prev = IO::load1(xr + t - N, N);
+  float32x4_t prev = IO::load1(before, N);
   for (int64_t i = 0; i < n; i += N) {
     const float32x4_t cur = IO::load1(xr + t + i, N);
     // Tap W-1-k reads k positions back: lanes N-k.. of prev, then cur.
@@ -340,7 +344,7 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, X* dst, int64_t
 // its window (0 * inf is NaN), so it stays with row_slide.
 template <int WC>
 void row_slide_bf16_pairs(const RowTaps<float>& tp, bool silu, const c10::BFloat16* xr,
-                          c10::BFloat16* dst, int64_t t, int64_t n) {
+                          const c10::BFloat16* before, c10::BFloat16* dst, int64_t t, int64_t n) {
   static_assert(WC == 2 || WC == 4);
   using IO = VecIO<c10::BFloat16>;
   constexpr int64_t N = 16;
@@ -358,7 +362,7 @@ void row_slide_bf16_pairs(const RowTaps<float>& tp, bool silu, const c10::BFloat
     pick[q] = _mm512_load_si512(idx);
   }
   const __m512 bias = _mm512_set1_ps(tp.bias);
-  __m256i prev = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + t - N));
+  __m256i prev = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(before));
   for (int64_t i = 0; i < n; i += N) {
     const __m256i cur = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + t + i));
     const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(prev), cur, 1);
@@ -398,20 +402,33 @@ void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_
 #if defined(CPU_CAPABILITY_AVX512) || defined(__aarch64__)
   if constexpr (kSlides<WC, X>) {
     if (!sr) {
-      // Staged head (up to position N, where row_slide can look back a
-      // whole vector) and tail (under a vector); in place in between.
+      // In place, whole vectors; the tail (under a vector) staged. A row's
+      // first vector looks back into a small copy of the initial state (or
+      // zeros) instead of going through the staging buffer, whose setup
+      // per row weighed on short rows. (t0 is 0 or a multiple of
+      // kRowBlock, so the staged head serves other block sizes only.)
       constexpr int64_t N = kLanes<float>;
-      const int64_t head = std::min(n, std::max<int64_t>(N - t0, 0));
+      const int64_t head = t0 > 0 && t0 < N ? std::min(n, N - t0) : 0;
       if (head > 0) staged(t0, head);
       const int64_t m = (n - head) / N * N;
+      X zero_before[N];
+      const X* before = xr + t0 + head - N;
+      if (t0 == 0) {
+        for (int64_t j = 0; j < N; ++j) {
+          const int64_t pos = j - N;  // -N .. -1; the window reaches back W-1
+          zero_before[j] = init && pos >= -(W - 1) ? init[(W - 1 + pos) * p.initial_states.s2] : X(0);
+        }
+        before = zero_before;
+      }
       bool pairs = false;  // bf16 taps on bf16 x: row_slide_bf16_pairs
 #if defined(CAUSAL_CONV1D_AVX512_BF16)
       if constexpr (std::is_same_v<X, c10::BFloat16> && (WC == 2 || WC == 4)) {
         pairs = p.weight_dtype == DType::BFloat16;
-        if (pairs && m > 0) row_slide_bf16_pairs<WC>(tp, p.silu, xr, orow + t0 + head, t0 + head, m);
+        if (pairs && m > 0)
+          row_slide_bf16_pairs<WC>(tp, p.silu, xr, before, orow + t0 + head, t0 + head, m);
       }
 #endif
-      if (!pairs && m > 0) row_slide<WC, X>(tp, p.silu, xr, orow + t0 + head, t0 + head, m);
+      if (!pairs && m > 0) row_slide<WC, X>(tp, p.silu, xr, before, orow + t0 + head, t0 + head, m);
       if (head + m < n) staged(t0 + head + m, n - head - m);
       return;
     }
