@@ -91,11 +91,20 @@ python "$ROOT/tools/build_variant.py" --arch aarch64 --torch-dir "$SITE/torch" \
 # update, varlen states, packed prefill) in every dtype pairing at width 4
 # (the row_slide fast path), and tests/test_cpu_aarch64.py: the tier check
 # and widths 1..32 for forward, backward and update in fp32/bf16/fp16.
-KEEP="test_cpu_aarch64 or (test_dtypes_widths_layouts and (4-contiguous] or 4-channel_last]))"
-KEEP+=" or (test_dtype_pairings and (-0] or -1])) or (test_update_matches_reference and -4])"
-KEEP+=" or (test_packed_matches_reference and -4]) or (test_varlen_states_matches_reference and [3-)"
-SUBSET=(tests/test_cpu_aarch64.py tests/test_fwd.py tests/test_bwd.py tests/test_update.py
-        tests/test_packed.py -k "$KEEP")
+KEEP="test_cpu_aarch64 or (test_grid and (-4-contiguous] or -4-channel_last]))"
+KEEP+=" or (test_dtype_pairings and (-0] or -1])) or (test_grid and (-4-True] or -4-0]))"
+KEEP+=" or (test_varlen_states and [cpu-3-)"
+FILES=(tests/test_cpu_aarch64.py tests/test_fwd.py tests/test_bwd.py tests/test_update.py
+       tests/test_packed.py)
+SUBSET=("${FILES[@]}" -k "$KEEP")
+# KEEP names tests: a renamed grid must not drop out of the subset unnoticed,
+# so every file must contribute (collected on this host, whose ids match).
+selected="$(cd "$ROOT" && CAUSAL_CONV1D_TEST_BACKEND=cpu python -m pytest -q -p no:cacheprovider \
+  --collect-only "${SUBSET[@]}" | sed -n 's/::.*//p' | sort | uniq -c)"
+echo "$selected"
+for f in "${FILES[@]}"; do
+  grep -q " $f\$" <<<"$selected" || { echo "error: -k \"$KEEP\" selects nothing in $f"; exit 1; }
+done
 qpytest() {  # CPU model, then pytest arguments
   local model="$1"; shift
   QEMU_LD_PREFIX="$SYSROOT" QEMU_CPU="$model" PYTHONPATH="$SITE" PYTHONDONTWRITEBYTECODE=1 \
