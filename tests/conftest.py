@@ -13,6 +13,12 @@ module), which tests import. No test imports this file.
   which refuse it. While the test runs, torch's default device is the
   backend's, so tensors made without a device land where its kernels run.
 - `seeded`: a fresh, reported seed per test.
+
+Under pytest-xdist (tools/dev.sh runs `-n 2`) each worker runs torch on one
+thread, so that the workers do not compete for the cores with torch's own
+threads; tests marked `serial` (threads used concurrently) run in a plain
+pytest run instead. A module's tests that share a module-scoped fixture (a
+Hub server, a published repository) go to one worker, which sets it up once.
 """
 
 from __future__ import annotations
@@ -44,12 +50,18 @@ MARKERS = {
                  "under compute-sanitizer",
     "gpu": "needs a real NVIDIA GPU (device-side behaviour); skipped elsewhere",
     "backends(kind, ...)": "run only on backends of these kinds (cpu, cuda)",
+    "serial": "needs torch's intra-op threads as a whole process has them: runs outside "
+              "pytest-xdist's single-threaded workers (tools/dev.sh)",
 }
+
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    if XDIST_WORKER:
+        torch.set_num_threads(1)
 
 
 def pytest_generate_tests(metafunc):
@@ -64,6 +76,7 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("backend", specs, ids=[s.name for s in specs], indirect=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Deselected, not reported as skips: tests for a kind of backend that is
     not under test (the CUDA paths on a CPU-only run), and, where
@@ -80,6 +93,12 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    if XDIST_WORKER:  # --dist loadgroup keeps an xdist_group on one worker
+        for item in items:
+            defs = getattr(item, "_fixtureinfo", None)
+            defs = defs.name2fixturedefs.values() if defs else ()
+            if any(d.scope == "module" for ds in defs for d in ds):
+                item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 _loaded: dict = {}

@@ -94,24 +94,46 @@ python "$ROOT/tools/build_variant.py" --arch aarch64 --torch-dir "$SITE/torch" \
 KEEP="test_cpu_aarch64 or (test_dtypes_widths_layouts and (4-contiguous] or 4-channel_last]))"
 KEEP+=" or (test_dtype_pairings and (-0] or -1])) or (test_update_matches_reference and -4])"
 KEEP+=" or (test_packed_matches_reference and -4]) or (test_varlen_states_matches_reference and [3-)"
-SUBSET=(tests/test_cpu_aarch64.py tests/test_fwd.py tests/test_bwd.py tests/test_update.py
-        tests/test_packed.py -k "$KEEP")
+FILES=(tests/test_cpu_aarch64.py tests/test_fwd.py tests/test_bwd.py tests/test_update.py
+       tests/test_packed.py)
+cd "$ROOT"
+
 qpytest() {  # CPU model, then pytest arguments
   local model="$1"; shift
   QEMU_LD_PREFIX="$SYSROOT" QEMU_CPU="$model" PYTHONPATH="$SITE" PYTHONDONTWRITEBYTECODE=1 \
     CAUSAL_CONV1D_TEST_BACKEND=cpu CAUSAL_CONV1D_KERNEL_ROOT="$ROOT" \
     qemu-aarch64 "$SYSROOT/usr/bin/python$PYV" -m pytest -q -p no:cacheprovider "$@"
 }
-cd "$ROOT"
+# The four runs are independent processes, each on one core (qemu-user runs
+# a guest thread on one host thread): JOBS (default 2) of them at a time,
+# each one's output shown in order once all have ended.
+logs="$(mktemp -d "${TMPDIR:-/tmp}/causal-conv1d-aarch64.XXXXXX")"
+trap 'rm -rf "$logs"' EXIT
+names=()
+run() {  # title, then a command; in the background, output and status to $logs/<n>
+  local n=${#names[@]}
+  names+=("$1"); shift
+  while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-2}" ]; do wait -n || true; done
+  (
+    start=$SECONDS rc=0
+    "$@" >"$logs/$n.out" 2>&1 || rc=$?
+    echo "$((SECONDS - start)) s, exit $rc" >"$logs/$n.end"
+    echo "$rc" >"$logs/$n.rc"
+  ) &
+}
 for tier_model in neon:neoverse-n1 sve:a64fx sve_bf16:max; do
   tier="${tier_model%%:*}"; model="${tier_model#*:}"
-  step "tier $tier (qemu -cpu $model)"
-  start=$SECONDS
-  qpytest "$model" "${SUBSET[@]}"
-  echo "tier $tier: $((SECONDS - start)) s"
+  run "tier $tier (qemu -cpu $model)" qpytest "$model" "${FILES[@]}" -k "$KEEP"
 done
-step "CAUSAL_CONV1D_CPU_TIER=neon on -cpu max, with the bad-input table"
-start=$SECONDS
-CAUSAL_CONV1D_CPU_TIER=neon qpytest max tests/test_cpu_aarch64.py tests/test_bad_inputs.py \
-  -k "tier or test_bad_inputs"
-echo "override + bad inputs: $((SECONDS - start)) s"
+neon_on() { CAUSAL_CONV1D_CPU_TIER=neon qpytest "$@"; }
+run "CAUSAL_CONV1D_CPU_TIER=neon on -cpu max, with the bad-input table" \
+  neon_on max tests/test_cpu_aarch64.py tests/test_bad_inputs.py -k "tier or test_bad_inputs"
+wait
+rc=0
+for n in "${!names[@]}"; do
+  step "${names[$n]}"
+  cat "$logs/$n.out"
+  echo "${names[$n]}: $(cat "$logs/$n.end")"
+  [ "$(cat "$logs/$n.rc")" = 0 ] || rc=1
+done
+exit "$rc"
