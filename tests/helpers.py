@@ -20,6 +20,10 @@ TOLERANCES = {
     torch.bfloat16: (1e-2, 5e-2),
 }
 _PRECISION_ORDER = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+# Sums over B * L products (dweight, dbias): accumulated in fp32 (fp64 for
+# fp64) and rounded once to the weight's dtype, so the weight's dtype alone
+# sets their tolerance; fp32's rtol allows for the length of the sums.
+SUM_TOLERANCES = {**TOLERANCES, torch.float32: (1e-3, 1e-3)}
 
 # x's memory layouts (randn_layout). On CUDA: contiguous -> the rows kernels
 # (tiled where aligned); unaligned (L-contiguous rows at odd element offsets)
@@ -49,10 +53,11 @@ def dtype_name(dt: torch.dtype) -> str:
     return str(dt).replace("torch.", "")
 
 
-def tolerance(*dtypes: torch.dtype) -> tuple[float, float]:
-    """The loosest tolerance among the dtypes involved."""
+def tolerance(*dtypes: torch.dtype, sums: bool = False) -> tuple[float, float]:
+    """The loosest tolerance among the dtypes involved (of SUM_TOLERANCES
+    with `sums`)."""
     worst = max(dtypes, key=_PRECISION_ORDER.index)
-    return TOLERANCES[worst]
+    return (SUM_TOLERANCES if sums else TOLERANCES)[worst]
 
 
 def dev() -> str:
@@ -84,6 +89,25 @@ def randn_layout(
     if layout == "unaligned":
         return torch.randn(B, D, L + 1, **g)[..., 1:]
     raise ValueError(layout)
+
+
+def alternating_seq_idx(B: int, L: int, device: str | None = None) -> torch.Tensor:
+    """(B, L) int32 ids 0 0 1 1 0 0 1 1 ... with padding at every 7th token:
+    equal ids that are not adjacent, at every distance a width reaches (ids
+    compare for equality, they are not runs)."""
+    s = (torch.arange(L, device="cpu") // 2 % 2).int().repeat(B, 1)
+    s[:, 3::7] = -1
+    return s.to(device or dev())
+
+
+def make_seq_idx(pattern, B: int, L: int, device: str | None = None) -> torch.Tensor | None:
+    """seq_idx for the case helpers: None for a false `pattern`, random
+    segments (random_seq_idx) for True, alternating_seq_idx for "alternating"."""
+    if not pattern:
+        return None
+    if pattern == "alternating":
+        return alternating_seq_idx(B, L, device)
+    return random_seq_idx(B, L, device=device)
 
 
 def random_seq_idx(B: int, L: int, padding: bool = True, device: str | None = None) -> torch.Tensor:
@@ -122,12 +146,13 @@ def pair_id(p) -> str:
 
 
 def close(got, want, dtypes, msg, scaled=False):
-    """assert_close at the dtypes' tolerance; `scaled` makes atol relative to
-    the largest reference value (sums over B * L terms, e.g. dweight)."""
-    rtol, atol = tolerance(*dtypes)
+    """assert_close at the dtypes' tolerance; `scaled`, for sums over B * L
+    terms (e.g. dweight): the dtypes' SUM_TOLERANCES, atol relative to the
+    largest reference value."""
+    rtol, atol = tolerance(*dtypes, sums=scaled)
     want = want.detach().double().cpu()
     if scaled:
-        rtol, atol = max(rtol, 1e-3), max(atol, 1e-3) * max(1.0, want.abs().max().item())
+        atol *= max(1.0, want.abs().max().item())
     torch.testing.assert_close(
         got.detach().double().cpu(), want, rtol=rtol, atol=atol, msg=lambda m: f"{msg}\n{m}"
     )
@@ -147,7 +172,7 @@ def fwd_case(cc, seed, *, B=2, D=40, L=70, W=4, xdt=torch.float32, wdt=torch.flo
     x = randn_layout(B, D, L, layout, xdt)
     w = torch.randn(D, W, dtype=wdt, device=dev())
     b = torch.randn(D, dtype=wdt, device=dev()) if bias else None
-    s = random_seq_idx(B, L, device=dev()) if seq else None
+    s = make_seq_idx(seq, B, L)
     ini = randn_layout(B, D, W - 1, state_layout, xdt) if init else None
     got = cc.causal_conv1d_fn(x, w, b, seq_idx=s, initial_states=ini,
                               return_final_states=final, activation=act)
@@ -175,7 +200,7 @@ def bwd_case(cc, seed, *, B=2, D=40, L=70, W=4, xdt=torch.float32, wdt=torch.flo
     x = randn_layout(B, D, L, layout, xdt).detach().requires_grad_()
     w = torch.randn(D, W, dtype=wdt, device=dev(), requires_grad=True)
     b = torch.randn(D, dtype=wdt, device=dev(), requires_grad=True) if bias else None
-    s = random_seq_idx(B, L, device=dev()) if seq else None
+    s = make_seq_idx(seq, B, L)
     ini = torch.randn(B, D, W - 1, dtype=xdt, device=dev(), requires_grad=True) if init else None
     dout = randn_layout(B, D, L, dout_layout or layout, xdt)
     dfin = torch.randn(B, D, W - 1, dtype=xdt, device=dev()) if final else None
@@ -206,8 +231,9 @@ def bwd_case(cc, seed, *, B=2, D=40, L=70, W=4, xdt=torch.float32, wdt=torch.flo
            f"dout={dout_layout or layout} bias={bias} act={act} seq={seq} init={init} "
            f"final={final} det={deterministic}")
     for name, g, r in zip(names, got, want):
-        assert g.dtype == (wdt if name in ("dweight", "dbias") else xdt), f"{name}: {msg}"
-        close(g, r, (xdt, wdt), f"{name}: {msg}", scaled=name in ("dweight", "dbias"))
+        param = name in ("dweight", "dbias")
+        assert g.dtype == (wdt if param else xdt), f"{name}: {msg}"
+        close(g, r, (wdt,) if param else (xdt, wdt), f"{name}: {msg}", scaled=param)
     if layout in ("channel_last", "proj_slice") and D > 1 and L > 1:
         assert got[0].stride(1) == 1, f"dx keeps x's layout: {msg}"
     return got
