@@ -5,6 +5,7 @@ tolerances, comparison."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -524,3 +525,103 @@ def has_float64(value) -> bool:
     if isinstance(value, (tuple, list)):
         return any(has_float64(v) for v in value)
     return False
+
+
+# ---------------------------------------------------------------------------
+# kernel-builder's CUDA capability rule, restated from its sources (the
+# commit flake.lock pins): which archs a CUDA variant's `[kernel.*]` section
+# builds for each toolkit. tests/test_build_description.py checks the
+# restatement against those sources and build.toml against it;
+# tools/test_build_variant.py checks the local builder against it.
+
+# The CUDA versions of kernel-builder's build matrix (nix-builder/versions.nix).
+BUILDER_CUDA_VERSIONS = ["12.6", "13.0", "13.2"]
+
+# preamble.cmake: CUDA_DEFAULT_KERNEL_ARCHS by nvcc version, as written there.
+# Without "+PTX" they are the capabilities a toolkit builds for.
+PREAMBLE_ARCHS = [
+    ("13.0", "7.5;8.0;8.6;8.7;8.9;9.0;10.0;11.0;12.0;12.1+PTX"),
+    ("12.8", "7.0;7.2;7.5;8.0;8.6;8.7;8.9;9.0;10.0;10.1;12.0+PTX"),
+    ("0.0", "7.0;7.2;7.5;8.0;8.6;8.7;8.9;9.0+PTX"),
+]
+
+
+def build_toml() -> dict:
+    return tomllib.loads((ROOT / "build.toml").read_text())
+
+
+def build_toml_capabilities() -> list[str]:
+    return [c for s in build_toml().get("kernel", {}).values() if s["backend"] == "cuda"
+            for c in s.get("cuda-capabilities", [])]
+
+
+# The rule, transcribed step by step from utils.cmake
+
+
+def cmake_version(arch: str) -> tuple[int, ...]:
+    """CMake VERSION_* comparison of "X.Y" (suffix letters dropped)."""
+    return tuple(int(re.match(r"\d+", part).group()) for part in arch.split("."))
+
+
+def natural_key(arch: str):
+    """list(SORT ... COMPARE NATURAL): digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", arch)]
+
+
+def toolkit_targets(cuda: str) -> list[str]:
+    """cuda_remove_ptx_suffixes(CUDA_DEFAULT_KERNEL_ARCHS) for nvcc `cuda`."""
+    for first, archs in PREAMBLE_ARCHS:
+        if cmake_version(cuda) >= cmake_version(first):
+            return [a.replace("+PTX", "") for a in archs.split(";")]
+    raise AssertionError(cuda)
+
+
+def loose_intersection(src_archs: list[str], tgt_archs: list[str]) -> list[str]:
+    """cuda_archs_loose_intersection(OUT SRC TGT)."""
+    src, tgt = list(src_archs), list(tgt_archs)
+    ptx = []
+    for arch in list(src):
+        if arch.endswith("+PTX"):
+            base = arch.replace("+PTX", "")
+            ptx.append(base)
+            src.remove(arch)
+            src.append(base)
+    src = list(dict.fromkeys(src))
+    out = []
+    for arch in list(src):
+        if arch[-1] in "af":
+            src.remove(arch)
+            if arch[:-1] in tgt_archs:
+                tgt.remove(arch[:-1])
+                out.append(arch)
+    src.sort(key=natural_key)
+    for t in tgt:
+        tmp = None
+        for s in src:
+            if cmake_version(s) <= cmake_version(t):
+                if s in ptx or s.split(".")[0] == t.split(".")[0]:
+                    tmp = s
+            else:
+                break
+        if tmp:
+            out.append(tmp)
+    out = list(dict.fromkeys(out))
+    out = [f"{a}+PTX" if a in ptx else a for a in out]
+    return sorted(out, key=natural_key)
+
+
+def builder_variant(entries: list[str], cuda: str) -> dict:
+    """What kernel-builder builds for a CUDA section with these entries."""
+    archs = loose_intersection(entries, toolkit_targets(cuda))
+    gencode = []
+    for arch in archs:
+        num = arch.replace("+PTX", "").replace(".", "")
+        gencode.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        if arch.endswith("+PTX"):
+            gencode.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    return {
+        "sass": [a.replace("+PTX", "") for a in archs],
+        "ptx": [a.replace("+PTX", "") for a in archs if a.endswith("+PTX")],
+        "archs": sorted(set(archs)),  # add_build_metadata.py
+        "gencode": gencode,
+    }

@@ -73,9 +73,9 @@ case "${1:-}" in
     pytest=(python -m pytest -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py)
     xdist=(-n "${JOBS:-2}" --dist loadgroup)
     step "test suite (CPU variant), in ${JOBS:-2} workers"
-    "${pytest[@]}" "${xdist[@]}" tests tools -m "not slow and not serial"
+    "${pytest[@]}" "${xdist[@]}" tests benchmarks tools -m "not slow and not serial"
     step "tests that need a process to themselves: threads (serial), tensors past 2^31 elements (slow)"
-    "${pytest[@]}" tests tools -m "slow or serial"
+    "${pytest[@]}" tests benchmarks tools -m "slow or serial"
     step "kernel-builder's ci-test: the Nix source set, pytest -m kernels_ci (tools/kernels_ci.sh)"
     bash tools/kernels_ci.sh
     step "CUDA variant: build, link, ABI, load without a GPU"
@@ -85,7 +85,7 @@ case "${1:-}" in
     # (the emulator runs a launch on one thread: its serial tests, if any,
     # need no process of their own)
     CAUSAL_CONV1D_TEST_BACKENDS="cuda-emu=$ROOT/build-cuda-emu" "${pytest[@]}" "${xdist[@]}" \
-      tests -m "not slow"
+      tests benchmarks tools -m "not slow"
     step "AddressSanitizer + UndefinedBehaviorSanitizer"
     cached bash tools/sanitize.sh
     step "benchmark smoke runs"
