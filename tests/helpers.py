@@ -5,6 +5,7 @@ tolerances, comparison."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ TOLERANCES = {
     torch.bfloat16: (1e-2, 5e-2),
 }
 _PRECISION_ORDER = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+# Sums over B * L products (dweight, dbias): accumulated in fp32 (fp64 for
+# fp64) and rounded once to the weight's dtype, so the weight's dtype alone
+# sets their tolerance; fp32's rtol allows for the length of the sums.
+SUM_TOLERANCES = {**TOLERANCES, torch.float32: (1e-3, 1e-3)}
 
 # x's memory layouts (randn_layout). On CUDA: contiguous -> the rows kernels
 # (tiled where aligned); unaligned (L-contiguous rows at odd element offsets)
@@ -49,10 +54,11 @@ def dtype_name(dt: torch.dtype) -> str:
     return str(dt).replace("torch.", "")
 
 
-def tolerance(*dtypes: torch.dtype) -> tuple[float, float]:
-    """The loosest tolerance among the dtypes involved."""
+def tolerance(*dtypes: torch.dtype, sums: bool = False) -> tuple[float, float]:
+    """The loosest tolerance among the dtypes involved (of SUM_TOLERANCES
+    with `sums`)."""
     worst = max(dtypes, key=_PRECISION_ORDER.index)
-    return TOLERANCES[worst]
+    return (SUM_TOLERANCES if sums else TOLERANCES)[worst]
 
 
 def dev() -> str:
@@ -84,6 +90,25 @@ def randn_layout(
     if layout == "unaligned":
         return torch.randn(B, D, L + 1, **g)[..., 1:]
     raise ValueError(layout)
+
+
+def alternating_seq_idx(B: int, L: int, device: str | None = None) -> torch.Tensor:
+    """(B, L) int32 ids 0 0 1 1 0 0 1 1 ... with padding at every 7th token:
+    equal ids that are not adjacent, at every distance a width reaches (ids
+    compare for equality, they are not runs)."""
+    s = (torch.arange(L, device="cpu") // 2 % 2).int().repeat(B, 1)
+    s[:, 3::7] = -1
+    return s.to(device or dev())
+
+
+def make_seq_idx(pattern, B: int, L: int, device: str | None = None) -> torch.Tensor | None:
+    """seq_idx for the case helpers: None for a false `pattern`, random
+    segments (random_seq_idx) for True, alternating_seq_idx for "alternating"."""
+    if not pattern:
+        return None
+    if pattern == "alternating":
+        return alternating_seq_idx(B, L, device)
+    return random_seq_idx(B, L, device=device)
 
 
 def random_seq_idx(B: int, L: int, padding: bool = True, device: str | None = None) -> torch.Tensor:
@@ -122,12 +147,13 @@ def pair_id(p) -> str:
 
 
 def close(got, want, dtypes, msg, scaled=False):
-    """assert_close at the dtypes' tolerance; `scaled` makes atol relative to
-    the largest reference value (sums over B * L terms, e.g. dweight)."""
-    rtol, atol = tolerance(*dtypes)
+    """assert_close at the dtypes' tolerance; `scaled`, for sums over B * L
+    terms (e.g. dweight): the dtypes' SUM_TOLERANCES, atol relative to the
+    largest reference value."""
+    rtol, atol = tolerance(*dtypes, sums=scaled)
     want = want.detach().double().cpu()
     if scaled:
-        rtol, atol = max(rtol, 1e-3), max(atol, 1e-3) * max(1.0, want.abs().max().item())
+        atol *= max(1.0, want.abs().max().item())
     torch.testing.assert_close(
         got.detach().double().cpu(), want, rtol=rtol, atol=atol, msg=lambda m: f"{msg}\n{m}"
     )
@@ -147,7 +173,7 @@ def fwd_case(cc, seed, *, B=2, D=40, L=70, W=4, xdt=torch.float32, wdt=torch.flo
     x = randn_layout(B, D, L, layout, xdt)
     w = torch.randn(D, W, dtype=wdt, device=dev())
     b = torch.randn(D, dtype=wdt, device=dev()) if bias else None
-    s = random_seq_idx(B, L, device=dev()) if seq else None
+    s = make_seq_idx(seq, B, L)
     ini = randn_layout(B, D, W - 1, state_layout, xdt) if init else None
     got = cc.causal_conv1d_fn(x, w, b, seq_idx=s, initial_states=ini,
                               return_final_states=final, activation=act)
@@ -175,7 +201,7 @@ def bwd_case(cc, seed, *, B=2, D=40, L=70, W=4, xdt=torch.float32, wdt=torch.flo
     x = randn_layout(B, D, L, layout, xdt).detach().requires_grad_()
     w = torch.randn(D, W, dtype=wdt, device=dev(), requires_grad=True)
     b = torch.randn(D, dtype=wdt, device=dev(), requires_grad=True) if bias else None
-    s = random_seq_idx(B, L, device=dev()) if seq else None
+    s = make_seq_idx(seq, B, L)
     ini = torch.randn(B, D, W - 1, dtype=xdt, device=dev(), requires_grad=True) if init else None
     dout = randn_layout(B, D, L, dout_layout or layout, xdt)
     dfin = torch.randn(B, D, W - 1, dtype=xdt, device=dev()) if final else None
@@ -206,8 +232,9 @@ def bwd_case(cc, seed, *, B=2, D=40, L=70, W=4, xdt=torch.float32, wdt=torch.flo
            f"dout={dout_layout or layout} bias={bias} act={act} seq={seq} init={init} "
            f"final={final} det={deterministic}")
     for name, g, r in zip(names, got, want):
-        assert g.dtype == (wdt if name in ("dweight", "dbias") else xdt), f"{name}: {msg}"
-        close(g, r, (xdt, wdt), f"{name}: {msg}", scaled=name in ("dweight", "dbias"))
+        param = name in ("dweight", "dbias")
+        assert g.dtype == (wdt if param else xdt), f"{name}: {msg}"
+        close(g, r, (wdt,) if param else (xdt, wdt), f"{name}: {msg}", scaled=param)
     if layout in ("channel_last", "proj_slice") and D > 1 and L > 1:
         assert got[0].stride(1) == 1, f"dx keeps x's layout: {msg}"
     return got
@@ -498,3 +525,103 @@ def has_float64(value) -> bool:
     if isinstance(value, (tuple, list)):
         return any(has_float64(v) for v in value)
     return False
+
+
+# ---------------------------------------------------------------------------
+# kernel-builder's CUDA capability rule, restated from its sources (the
+# commit flake.lock pins): which archs a CUDA variant's `[kernel.*]` section
+# builds for each toolkit. tests/test_build_description.py checks the
+# restatement against those sources and build.toml against it;
+# tools/test_build_variant.py checks the local builder against it.
+
+# The CUDA versions of kernel-builder's build matrix (nix-builder/versions.nix).
+BUILDER_CUDA_VERSIONS = ["12.6", "13.0", "13.2"]
+
+# preamble.cmake: CUDA_DEFAULT_KERNEL_ARCHS by nvcc version, as written there.
+# Without "+PTX" they are the capabilities a toolkit builds for.
+PREAMBLE_ARCHS = [
+    ("13.0", "7.5;8.0;8.6;8.7;8.9;9.0;10.0;11.0;12.0;12.1+PTX"),
+    ("12.8", "7.0;7.2;7.5;8.0;8.6;8.7;8.9;9.0;10.0;10.1;12.0+PTX"),
+    ("0.0", "7.0;7.2;7.5;8.0;8.6;8.7;8.9;9.0+PTX"),
+]
+
+
+def build_toml() -> dict:
+    return tomllib.loads((ROOT / "build.toml").read_text())
+
+
+def build_toml_capabilities() -> list[str]:
+    return [c for s in build_toml().get("kernel", {}).values() if s["backend"] == "cuda"
+            for c in s.get("cuda-capabilities", [])]
+
+
+# The rule, transcribed step by step from utils.cmake
+
+
+def cmake_version(arch: str) -> tuple[int, ...]:
+    """CMake VERSION_* comparison of "X.Y" (suffix letters dropped)."""
+    return tuple(int(re.match(r"\d+", part).group()) for part in arch.split("."))
+
+
+def natural_key(arch: str):
+    """list(SORT ... COMPARE NATURAL): digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", arch)]
+
+
+def toolkit_targets(cuda: str) -> list[str]:
+    """cuda_remove_ptx_suffixes(CUDA_DEFAULT_KERNEL_ARCHS) for nvcc `cuda`."""
+    for first, archs in PREAMBLE_ARCHS:
+        if cmake_version(cuda) >= cmake_version(first):
+            return [a.replace("+PTX", "") for a in archs.split(";")]
+    raise AssertionError(cuda)
+
+
+def loose_intersection(src_archs: list[str], tgt_archs: list[str]) -> list[str]:
+    """cuda_archs_loose_intersection(OUT SRC TGT)."""
+    src, tgt = list(src_archs), list(tgt_archs)
+    ptx = []
+    for arch in list(src):
+        if arch.endswith("+PTX"):
+            base = arch.replace("+PTX", "")
+            ptx.append(base)
+            src.remove(arch)
+            src.append(base)
+    src = list(dict.fromkeys(src))
+    out = []
+    for arch in list(src):
+        if arch[-1] in "af":
+            src.remove(arch)
+            if arch[:-1] in tgt_archs:
+                tgt.remove(arch[:-1])
+                out.append(arch)
+    src.sort(key=natural_key)
+    for t in tgt:
+        tmp = None
+        for s in src:
+            if cmake_version(s) <= cmake_version(t):
+                if s in ptx or s.split(".")[0] == t.split(".")[0]:
+                    tmp = s
+            else:
+                break
+        if tmp:
+            out.append(tmp)
+    out = list(dict.fromkeys(out))
+    out = [f"{a}+PTX" if a in ptx else a for a in out]
+    return sorted(out, key=natural_key)
+
+
+def builder_variant(entries: list[str], cuda: str) -> dict:
+    """What kernel-builder builds for a CUDA section with these entries."""
+    archs = loose_intersection(entries, toolkit_targets(cuda))
+    gencode = []
+    for arch in archs:
+        num = arch.replace("+PTX", "").replace(".", "")
+        gencode.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        if arch.endswith("+PTX"):
+            gencode.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    return {
+        "sass": [a.replace("+PTX", "") for a in archs],
+        "ptx": [a.replace("+PTX", "") for a in archs if a.endswith("+PTX")],
+        "archs": sorted(set(archs)),  # add_build_metadata.py
+        "gencode": gencode,
+    }

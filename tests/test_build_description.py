@@ -8,11 +8,11 @@ cuda_archs_loose_intersection, set_gencode_flags_for_srcs); metadata.json's
 `backend.archs` lists what was built (add_build_metadata.py), and the
 `kernels` loader refuses a GPU that no entry covers (kernels/archs.py).
 
-The rule is restated here from those sources, on its own (not imported
+helpers.py restates the rule from those sources, on its own (not imported
 from tools/build_variant.py), so that the local builder is checked against
-an independent statement of it. Tests that need tools/ or a copy of
-kernel-builder's sources skip without them; the others run in the Nix
-source set too (kernels_ci).
+an independent statement of it (tools/test_build_variant.py). Tests that
+need a copy of kernel-builder's sources or flake.nix skip without them; the
+others run in the Nix source set too (kernels_ci).
 """
 
 from __future__ import annotations
@@ -29,23 +29,21 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ROOT / "tools"
+from helpers import (
+    BUILDER_CUDA_VERSIONS,
+    PREAMBLE_ARCHS,
+    ROOT,
+    build_toml,
+    build_toml_capabilities,
+    builder_variant,
+    cmake_version,
+    loose_intersection,
+)
+
 # A git directory of huggingface/kernels (a bare mirror is enough): where
 # present, the tables below are checked against kernel-builder's own files
 # at the commit flake.lock pins.
 KERNELS_GIT = Path(os.environ.get("CAUSAL_CONV1D_KERNELS_GIT", "/work/.mirror/huggingface+kernels/repo"))
-
-# The CUDA versions of kernel-builder's build matrix (nix-builder/versions.nix).
-BUILDER_CUDA_VERSIONS = ["12.6", "13.0", "13.2"]
-
-# preamble.cmake: CUDA_DEFAULT_KERNEL_ARCHS by nvcc version, as written there.
-# Without "+PTX" they are the capabilities a toolkit builds for.
-PREAMBLE_ARCHS = [
-    ("13.0", "7.5;8.0;8.6;8.7;8.9;9.0;10.0;11.0;12.0;12.1+PTX"),
-    ("12.8", "7.0;7.2;7.5;8.0;8.6;8.7;8.9;9.0;10.0;10.1;12.0+PTX"),
-    ("0.0", "7.0;7.2;7.5;8.0;8.6;8.7;8.9;9.0+PTX"),
-]
 
 # What build.toml must give each variant of the matrix: (SASS, PTX).
 EXPECTED = {
@@ -53,90 +51,6 @@ EXPECTED = {
     "13.0": (["7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "11.0", "12.0", "12.1"], ["9.0", "12.1"]),
     "13.2": (["7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "11.0", "12.0", "12.1"], ["9.0", "12.1"]),
 }
-
-
-def _toml():
-    import tomllib
-
-    return tomllib.loads((ROOT / "build.toml").read_text())
-
-
-def build_toml_capabilities() -> list[str]:
-    return [c for s in _toml().get("kernel", {}).values() if s["backend"] == "cuda"
-            for c in s.get("cuda-capabilities", [])]
-
-
-# ---------------------------------------------------------------------------
-# The rule, transcribed step by step from utils.cmake
-
-
-def _ver(arch: str) -> tuple[int, ...]:
-    """CMake VERSION_* comparison of "X.Y" (suffix letters dropped)."""
-    return tuple(int(re.match(r"\d+", part).group()) for part in arch.split("."))
-
-
-def _natural(arch: str):
-    """list(SORT ... COMPARE NATURAL): digit runs compare as numbers."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", arch)]
-
-
-def toolkit_targets(cuda: str) -> list[str]:
-    """cuda_remove_ptx_suffixes(CUDA_DEFAULT_KERNEL_ARCHS) for nvcc `cuda`."""
-    for first, archs in PREAMBLE_ARCHS:
-        if _ver(cuda) >= _ver(first):
-            return [a.replace("+PTX", "") for a in archs.split(";")]
-    raise AssertionError(cuda)
-
-
-def loose_intersection(src_archs: list[str], tgt_archs: list[str]) -> list[str]:
-    """cuda_archs_loose_intersection(OUT SRC TGT)."""
-    src, tgt = list(src_archs), list(tgt_archs)
-    ptx = []
-    for arch in list(src):
-        if arch.endswith("+PTX"):
-            base = arch.replace("+PTX", "")
-            ptx.append(base)
-            src.remove(arch)
-            src.append(base)
-    src = list(dict.fromkeys(src))
-    out = []
-    for arch in list(src):
-        if arch[-1] in "af":
-            src.remove(arch)
-            if arch[:-1] in tgt_archs:
-                tgt.remove(arch[:-1])
-                out.append(arch)
-    src.sort(key=_natural)
-    for t in tgt:
-        tmp = None
-        for s in src:
-            if _ver(s) <= _ver(t):
-                if s in ptx or s.split(".")[0] == t.split(".")[0]:
-                    tmp = s
-            else:
-                break
-        if tmp:
-            out.append(tmp)
-    out = list(dict.fromkeys(out))
-    out = [f"{a}+PTX" if a in ptx else a for a in out]
-    return sorted(out, key=_natural)
-
-
-def builder_variant(entries: list[str], cuda: str) -> dict:
-    """What kernel-builder builds for a CUDA section with these entries."""
-    archs = loose_intersection(entries, toolkit_targets(cuda))
-    gencode = []
-    for arch in archs:
-        num = arch.replace("+PTX", "").replace(".", "")
-        gencode.append(f"-gencode=arch=compute_{num},code=sm_{num}")
-        if arch.endswith("+PTX"):
-            gencode.append(f"-gencode=arch=compute_{num},code=compute_{num}")
-    return {
-        "sass": [a.replace("+PTX", "") for a in archs],
-        "ptx": [a.replace("+PTX", "") for a in archs if a.endswith("+PTX")],
-        "archs": sorted(set(archs)),  # add_build_metadata.py
-        "gencode": gencode,
-    }
 
 
 # ---------------------------------------------------------------------------
@@ -162,48 +76,7 @@ def test_every_builder_variant_carries_ptx_of_its_newest_capability(cuda):
     sass, ptx = EXPECTED[cuda]
     assert (built["sass"], built["ptx"]) == (sass, ptx)
     # A GPU newer than every SASS entry runs the PTX: it must be the newest.
-    assert max(built["ptx"], key=_ver) == max(built["sass"], key=_ver)
-
-
-def _build_variant():
-    if not (TOOLS / "build_variant.py").is_file():
-        pytest.skip("tools/ is not here (e.g. the Nix source set)")
-    sys.path.insert(0, str(TOOLS))
-    try:
-        import build_variant
-    finally:
-        sys.path.remove(str(TOOLS))
-    return build_variant
-
-
-@pytest.mark.parametrize("cuda", BUILDER_CUDA_VERSIONS + ["12.8"])
-def test_local_builder_builds_what_kernel_builder_builds(cuda):
-    bv = _build_variant()
-    want = builder_variant(build_toml_capabilities(), cuda)
-    archs = bv.cuda_archs(bv.build_toml_entries(_toml()), cuda)
-    assert bv.metadata_archs(archs) == want["archs"]
-    assert bv.gencode_flags(archs) == want["gencode"]
-
-
-def test_local_builder_rule_matches_on_other_entries():
-    bv = _build_variant()
-    cases = [["7.5", "8.0", "8.6", "9.0", "9.0a"], ["8.0+PTX"], ["8.0"], ["8.6+PTX", "10.0", "12.0+PTX"],
-             ["7.0", "9.0+PTX", "9.0", "11.0"], ["10.0a", "12.1"]]
-    for entries in cases:
-        for cuda in ("12.6", "12.8", "13.0"):
-            want = builder_variant(entries, cuda)["archs"]
-            got = bv.metadata_archs(bv.select_archs(entries, bv.toolkit_archs(cuda)))
-            assert got == want, (entries, cuda)
-
-
-def test_print_archs_reports_the_rule():
-    _build_variant()
-    r = subprocess.run([sys.executable, str(TOOLS / "build_variant.py"), "--print-archs", "--cuda-version", "12.6"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    got = json.loads(r.stdout)
-    want = builder_variant(build_toml_capabilities(), "12.6")
-    assert (got["cuda"], got["archs"], got["gencode"]) == ("12.6", want["archs"], want["gencode"])
+    assert max(built["ptx"], key=cmake_version) == max(built["sass"], key=cmake_version)
 
 
 # ---------------------------------------------------------------------------
@@ -229,11 +102,8 @@ def test_tables_match_the_pinned_kernel_builder():
     thresholds = re.findall(r"CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL ([\d.]+)\)", preamble)
     assert thresholds == [first for first, _ in PREAMBLE_ARCHS[:-1]]
     versions = _pinned_source("nix-builder/versions.nix")
-    cuda = sorted(set(re.findall(r'cudaVersion = "([\d.]+)"', versions)), key=_ver)
+    cuda = sorted(set(re.findall(r'cudaVersion = "([\d.]+)"', versions)), key=cmake_version)
     assert cuda == BUILDER_CUDA_VERSIONS
-    bv = _build_variant()
-    for first, archs in PREAMBLE_ARCHS:
-        assert bv.toolkit_archs(first) == archs.replace("+PTX", "").split(";")
 
 
 # ---------------------------------------------------------------------------
@@ -271,7 +141,7 @@ def _load_on_fake_gpu(monkeypatch, root: Path, cuda: str, capability: tuple[int,
 def test_loader_runs_each_variant_on_a_newer_gpu_through_its_ptx(cuda, tmp_path, monkeypatch):
     pytest.importorskip("kernels")
     built = builder_variant(build_toml_capabilities(), cuda)
-    newer = (max(_ver(a)[0] for a in built["sass"]) + 1, 0)  # no SASS of that major
+    newer = (max(cmake_version(a)[0] for a in built["sass"]) + 1, 0)  # no SASS of that major
     tag = f"{cuda.replace('.', '')}_{os.getpid()}"
 
     _fake_variant(tmp_path / "ptx", cuda, built["archs"], f"_causal_conv1d_cuda_ptx{tag}")
@@ -296,7 +166,7 @@ def test_loader_runs_each_variant_on_a_newer_gpu_through_its_ptx(cuda, tmp_path,
 def test_build_toml_passes_kernel_builders_parser():
     rust = pytest.importorskip("kernels._rust")
     build = rust.Build.open(ROOT)
-    assert [str(b) for b in build.general.backends] == _toml()["general"]["backends"]
+    assert [str(b) for b in build.general.backends] == build_toml()["general"]["backends"]
 
 
 @pytest.mark.kernels_ci
@@ -315,17 +185,6 @@ def test_kernel_builders_parser_refuses_a_wrong_build_toml(change, message, tmp_
     (tmp_path / "build.toml").write_text(text.replace(old, new, 1))
     with pytest.raises(ValueError, match=message):
         rust.Build.open(tmp_path)
-
-
-def test_local_builder_refuses_what_kernel_builder_refuses(tmp_path):
-    bv = _build_variant()
-    pytest.importorskip("kernels._rust")
-    shutil.copy2(ROOT / "build.toml", tmp_path / "build.toml")
-    bv.check_build_toml(tmp_path)  # accepted: returns
-    text = (ROOT / "build.toml").read_text().replace("cuda-capabilities =", "cuda-capabilites =")
-    (tmp_path / "build.toml").write_text(text)
-    with pytest.raises(SystemExit, match="refused by kernel-builder's parser"):
-        bv.check_build_toml(tmp_path)
 
 
 # ---------------------------------------------------------------------------

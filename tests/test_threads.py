@@ -21,6 +21,10 @@ import torch
 
 from helpers import randn_layout
 
+# Threads use the kernels' intra-op pool at once: outside xdist's
+# single-threaded workers (conftest.py)
+pytestmark = pytest.mark.serial
+
 I32 = torch.int32
 N_THREADS = 8
 ITERS = 4

@@ -27,8 +27,39 @@ fi
 export PATH="$venv/bin:$PATH"
 python -c 'import torch, sys; sys.exit(0 if torch.version.cuda else "torch in the venv has no CUDA")'
 
+# The build runs on a copy of what it reads, kept at a fixed path ($root/src)
+# and rewritten file by file only where the content changed: ninja then
+# recompiles what changed since the last build on this machine, not every
+# object of a clone in a new folder (the paths are in its commands).
+step "updating the sources in $root/src"
+python - "$repo" "$root/src" <<'PY'
+import subprocess, sys
+from pathlib import Path
+
+repo, dst = Path(sys.argv[1]), Path(sys.argv[2])
+listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-co", "--exclude-standard", "--",
+                         "build.toml", "tools/build_variant.py", "causal_conv1d", "torch-ext"],
+                        capture_output=True, text=True, check=True).stdout.split()
+keep = {f for f in listed if (repo / f).is_file()}
+changed = 0
+for f in sorted(keep):
+    data, out = (repo / f).read_bytes(), dst / f
+    if not out.is_file() or out.read_bytes() != data:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        changed += 1
+stale = [p for p in dst.rglob("*") if p.is_file() and str(p.relative_to(dst)) not in keep]
+for p in stale:
+    p.unlink()
+print(f"[ci-cuda] {len(keep)} files, {changed} written, {len(stale)} removed")
+PY
+
+# The copy is no git checkout, so each build takes a fresh id: the old
+# libraries would pile up in the object folder.
+rm -f "$root"/.local-build/*/_causal_conv1d_*.abi3.so
+
 step "building the CUDA variant (sm_90 + PTX) into $root/build"
-python "$repo/tools/build_variant.py" --backend cuda --cuda-capabilities 9.0+PTX \
+python "$root/src/tools/build_variant.py" --backend cuda --cuda-capabilities 9.0+PTX \
   --out "$root/build" --check-abi --jobs "$jobs" --quiet
 
 step "tests/test_cuda_variant.py"

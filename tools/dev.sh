@@ -6,6 +6,9 @@
 # The virtual environment is cached outside the clone, keyed by the pinned
 # torch version, so a second run installs nothing:
 #   ${CAUSAL_CONV1D_CACHE:-~/.cache/causal-conv1d}/venv-cpu-torch2.13.0
+# and so are compiled objects: the g++ builds (host, emulator, sanitizer,
+# aarch64) go through ccache (installed with apt-get where missing), whose
+# base_dir makes a fresh clone elsewhere hit what another clone compiled.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +17,7 @@ TORCH_VERSION="$(sed -n 's/^torch==//p' "$ROOT/requirements-dev.txt")"
 VENV="$CACHE/venv-cpu-torch$TORCH_VERSION"
 PYTHON="${PYTHON:-python3}"
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%ds] %s\n' "$SECONDS" "$*"; }  # seconds since the start
 
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -25,11 +28,31 @@ setup() {
   step "installing requirements-dev.txt"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/requirements-dev.txt"
   export PATH="$VENV/bin:$PATH"
+  if ! command -v ccache >/dev/null; then
+    step "installing ccache"
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends ccache >/dev/null; } ||
+      echo "(no ccache: every build compiles from scratch)"
+  fi
+}
+
+# Runs a command whose g++ (and aarch64-linux-gnu-g++) is ccache's, where
+# there is one. nvcc is left out: it calls gcc on temporary files that never
+# hit.
+cached() {
+  local bin
+  for bin in /usr/lib/ccache /usr/lib64/ccache; do
+    if [ -x "$bin/g++" ] && command -v ccache >/dev/null; then
+      PATH="$bin:$PATH" CCACHE_DIR="${CCACHE_DIR:-$CACHE/ccache}" CCACHE_BASEDIR="$ROOT" \
+        CCACHE_NOHASHDIR=1 "$@"
+      return
+    fi
+  done
+  "$@"
 }
 
 build() {
   step "building this host's variant into build/"
-  python "$ROOT/tools/build_variant.py" --check-abi
+  cached python "$ROOT/tools/build_variant.py" --check-abi
 }
 
 case "${1:-}" in
@@ -43,24 +66,28 @@ case "${1:-}" in
     setup
     build
     cd "$ROOT"
-    step "test suite (CPU variant)"
-    # The CUDA variant's build/load test runs in tools/ci_cuda.sh with a CUDA
-    # torch; tests on a GPU run where one is (tools/gpu.sh check).
-    python -m pytest tests tools -m "not slow" -q -p no:cacheprovider \
-      --ignore=tests/test_cuda_variant.py
-    step "large-tensor tests (indexing past 2^31 elements)"
-    python -m pytest tests -m slow -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py
+    # pytest-xdist: JOBS workers, each running torch on one thread
+    # (tests/conftest.py). The CUDA variant's build/load test runs in
+    # tools/ci_cuda.sh with a CUDA torch; tests on a GPU run where one is
+    # (tools/gpu.sh check).
+    pytest=(python -m pytest -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py)
+    xdist=(-n "${JOBS:-2}" --dist loadgroup)
+    step "test suite (CPU variant), in ${JOBS:-2} workers"
+    "${pytest[@]}" "${xdist[@]}" tests benchmarks tools -m "not slow and not serial"
+    step "tests that need a process to themselves: threads (serial), tensors past 2^31 elements (slow)"
+    "${pytest[@]}" tests benchmarks tools -m "slow or serial"
     step "kernel-builder's ci-test: the Nix source set, pytest -m kernels_ci (tools/kernels_ci.sh)"
     bash tools/kernels_ci.sh
     step "CUDA variant: build, link, ABI, load without a GPU"
     bash tools/ci_cuda.sh
     step "the CUDA kernels on the CPU emulator (tests/cuda_emu): every op's tests as backend cuda-emu"
-    emu="${TMPDIR:-/tmp}/causal-conv1d-ci-emu"
-    python tools/build_variant.py --backend cuda-emu --out "$emu/build" --quiet
-    CAUSAL_CONV1D_TEST_BACKENDS="cuda-emu=$emu/build" \
-      python -m pytest tests -m "not slow" -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py
+    cached python tools/build_variant.py --backend cuda-emu --quiet  # into build-cuda-emu/
+    # (the emulator runs a launch on one thread: its serial tests, if any,
+    # need no process of their own)
+    CAUSAL_CONV1D_TEST_BACKENDS="cuda-emu=$ROOT/build-cuda-emu" "${pytest[@]}" "${xdist[@]}" \
+      tests benchmarks tools -m "not slow"
     step "AddressSanitizer + UndefinedBehaviorSanitizer"
-    bash tools/sanitize.sh
+    cached bash tools/sanitize.sh
     step "benchmark smoke runs"
     for bench in benchmarks/bench_cpu_*.py; do
       python "$bench" --quick
@@ -68,7 +95,8 @@ case "${1:-}" in
     step "kernels benchmark: benchmarks/benchmark.py on build/, each workload verified (smoke run)"
     kernels benchmark . --iterations 2 --warmup 1
     step "aarch64-linux CPU variant: cross-built, tested under qemu-user on every tier"
-    bash tools/ci_aarch64.sh
+    cached bash tools/ci_aarch64.sh
+    step "done"
     ;;
   *)
     echo "usage: tools/dev.sh demo|test" >&2

@@ -16,7 +16,8 @@
 #   tools/sanitize.sh tests/test_fwd.py -k silu   # other pytest arguments
 #
 # Environment: SANITIZE_ROOT (default build-sanitize), SANITIZE_SCALE (share
-# of the hypothesis budget, default 0.25), JOBS (build jobs, default 2),
+# of the hypothesis budget, default 0.25), JOBS (build jobs and
+# pytest-xdist workers, default 2),
 # PYTHON (default python), CXX (default g++; its runtimes are preloaded).
 set -euo pipefail
 
@@ -75,19 +76,23 @@ run_tests() {
     CAUSAL_CONV1D_KERNEL_ROOT="$SAN_ROOT" \
     CAUSAL_CONV1D_TEST_BACKEND=cpu \
     CAUSAL_CONV1D_HYPOTHESIS_SCALE="$scale" \
-    "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" "$@"
+    "$PYTHON" -m pytest -q -p no:cacheprovider "$@"
 }
 
 # ---- run ----------------------------------------------------------------------
 t1=$SECONDS
 rc=0
 if [ "$#" -gt 0 ]; then
-  run_tests "${SANITIZE_SCALE:-0.25}" "" -- "$@" || rc=1
+  run_tests "${SANITIZE_SCALE:-0.25}" "" -- -m "not slow" "$@" || rc=1
 else
   mapfile -t main < <(existing test_bad_inputs test_robustness test_upstream_parity \
                                test_properties test_nonfinite test_threads \
                                test_fwd test_bwd test_update test_packed test_serving)
-  run_tests "${SANITIZE_SCALE:-0.25}" "" -- "${main[@]}" || rc=1
+  # in pytest-xdist workers (single-threaded, tests/conftest.py), then the
+  # serial tests (threads) in a process of their own
+  run_tests "${SANITIZE_SCALE:-0.25}" "" -- -n "${JOBS:-2}" -m "not slow and not serial" \
+    "${main[@]}" || rc=1
+  run_tests "${SANITIZE_SCALE:-0.25}" "" -- -m "serial and not slow" "${main[@]}" || rc=1
   best="$("$PYTHON" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')"
   case "$best" in
     AVX512)
@@ -99,7 +104,7 @@ else
   esac
   mapfile -t again < <(existing test_properties test_nonfinite)
   for tier in "${lower[@]}"; do
-    run_tests 0.1 "$tier" -- "${again[@]}" || rc=1
+    run_tests 0.1 "$tier" -- -m "not slow" "${again[@]}" || rc=1
   done
 fi
 test_s=$((SECONDS - t1))

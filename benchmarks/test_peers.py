@@ -33,12 +33,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import bench_gpu
+import peers
+
 ROOT = Path(__file__).resolve().parent.parent
-if not (ROOT / "benchmarks" / "peers.py").exists():  # kernel-builder's source set has no benchmarks/
-    pytest.skip("benchmarks/ is not in this tree", allow_module_level=True)
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import bench_gpu  # noqa: E402
-import peers  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # (op, layout): the rows bench_gpu.plan times
@@ -204,14 +202,14 @@ def _fla_cases() -> dict:
     """Child process (TRITON_INTERPRET=1 from its start: triton.jit decides
     at import whether to interpret, and torch may import triton early):
     verify peers.Fla on every case, {case id: (ok, detail)}."""
+    import kernels
     import triton.runtime.autotuner as autotuner
-
-    from helpers import KERNEL_ROOT, load_kernel
 
     # No GPU driver, so the autotuner cannot time its configs: every config
     # ties and the first runs (the configs differ in tile size only).
     autotuner.Autotuner.do_bench = property(lambda self: lambda fn, quantiles=None, **kw: [1.0] * 3)
-    cc = load_kernel(KERNEL_ROOT, backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
+    cc = kernels.get_local_kernel(Path(os.environ.get("CAUSAL_CONV1D_KERNEL_ROOT", ROOT)),
+                                  backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
     fla = peers.Fla()
     out = {}
     for op, layout in OPS:
