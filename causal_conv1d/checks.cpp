@@ -520,6 +520,14 @@ void check_per_sequence(const Ctx& c, const at::Tensor& t, const char* name, int
   check_shape(c, t, name, {B}, "(batch,)");
 }
 
+// has_initial_state: one bool per sequence (packed prefill, both ops).
+Strided initial_state_flags(const Ctx& c, const at::Tensor& flags, int64_t B) {
+  check_device(c, flags, "has_initial_state");
+  check_dtype(c, flags, "has_initial_state", at::kBool, "one flag per sequence");
+  check_shape(c, flags, "has_initial_state", {B}, "(batch,)");
+  return view1(flags);
+}
+
 // What update_serving's host value checks need to know per sequence.
 struct SequenceRows {
   int64_t read = -1, write = -1, len = 0;
@@ -640,10 +648,7 @@ ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_sta
                       "the tokens per sequence = ", W - 2 + p.seqlen, " columns, got ", S);
   }
   if (has_initial_state) {
-    check_device(c, *has_initial_state, "has_initial_state");
-    check_dtype(c, *has_initial_state, "has_initial_state", at::kBool, "one flag per sequence");
-    check_shape(c, *has_initial_state, "has_initial_state", {B}, "(batch,)");
-    p.has_initial_state = view1(*has_initial_state);
+    p.has_initial_state = initial_state_flags(c, *has_initial_state, B);
     read_only(has_initial_state, "has_initial_state");
   }
   const bool blocks = block_size != 0 || block_idx_first_scheduled_token || num_computed_tokens;
@@ -904,11 +909,8 @@ ConvParams fwd_packed_params(const at::Tensor& x, const at::Tensor& weight, OptT
                     " rows (one per sequence) when cache_indices is not given, got ",
                     p.num_states);
   if (has_initial_state) {
-    check_device(c, *has_initial_state, "has_initial_state");
-    check_dtype(c, *has_initial_state, "has_initial_state", at::kBool, "one flag per sequence");
-    check_shape(c, *has_initial_state, "has_initial_state", {B}, "(batch,)");
     check_no_overlap(c, conv_states, "conv_states", *has_initial_state, "has_initial_state");
-    p.has_initial_state = view1(*has_initial_state);
+    p.has_initial_state = initial_state_flags(c, *has_initial_state, B);
   }
   return p;
 }
