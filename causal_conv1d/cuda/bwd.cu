@@ -183,9 +183,15 @@ enum class Path { None, Rows, RowsTiled, Chanlast, Generic };
 
 struct Plan {
   Path path = Path::None;
-  // rows: a = warp chunks per row; rows_tiled: a = tiles per row, b = C;
-  // chanlast: a = channel blocks, b = groups of `group` tiles (per batch)
-  int64_t a = 0, b = 0, group = 1;
+  // rows: chunks of a warp's 32 * E positions per row.
+  int64_t warp_chunks = 0;
+  // rows_tiled: warp tiles per row, and the 16-byte vectors a lane owns in
+  // each (tile_vectors(kBwdTilePositions, ...) on rows of at least that many
+  // tiles' positions, else 1).
+  int64_t row_tiles = 0, lane_vectors = 0;
+  // chanlast: blocks of kThreads channels, and per batch the groups of
+  // `group` time tiles a block walks before it emits its partials.
+  int64_t channel_blocks = 0, tile_groups = 0, group = 1;
   int64_t slots = 0;  // partial-sum slots (deterministic mode)
   size_t ws_bytes = 0;
   bool x_vec = false, dout_vec = false, dx_vec = false;  // rows: 16-byte vectors allowed
@@ -226,21 +232,22 @@ Plan make_plan(const ConvParams& p) {
     if (plan.x_vec && plan.dout_vec && plan.dx_vec && p.seq_idx.data == nullptr && W >= 2 &&
         W <= 4 && L >= tile1) {
       plan.path = Path::RowsTiled;
-      plan.b = L >= vectors * tile1 ? vectors : 1;
-      plan.a = (L + plan.b * tile1 - 1) / (plan.b * tile1);
+      plan.lane_vectors = L >= vectors * tile1 ? vectors : 1;
+      plan.row_tiles = (L + plan.lane_vectors * tile1 - 1) / (plan.lane_vectors * tile1);
+      plan.slots = B * plan.row_tiles;
     } else {
       plan.path = Path::Rows;
-      plan.a = (L + kWarp * E - 1) / (kWarp * E);
+      plan.warp_chunks = (L + kWarp * E - 1) / (kWarp * E);
+      plan.slots = B * plan.warp_chunks;
     }
-    plan.slots = B * plan.a;
   } else if ((p.x.s1 == 1 || D == 1) && W <= kChanlastMaxWidth) {
     const int64_t CB = kThreads, TT = (kThreads / kWarp) * bwd_chanlast_steps_per_warp(elem);
     plan.path = Path::Chanlast;
-    plan.a = (D + CB - 1) / CB;
+    plan.channel_blocks = (D + CB - 1) / CB;
     const int64_t tiles = (L + TT - 1) / TT;
-    plan.group = chanlast_group(B * tiles * plan.a);
-    plan.b = (tiles + plan.group - 1) / plan.group;
-    plan.slots = B * plan.b;
+    plan.group = chanlast_group(B * tiles * plan.channel_blocks);
+    plan.tile_groups = (tiles + plan.group - 1) / plan.group;
+    plan.slots = B * plan.tile_groups;
   } else {
     plan.path = Path::Generic;
     plan.ws_bytes = sizeof(float) * static_cast<size_t>(B * D * L);
@@ -271,11 +278,11 @@ void launch_bwd(const ConvParams& p, void* workspace, cudaStream_t stream) {
   float* ws = static_cast<float*>(workspace);
   float* part = p.deterministic ? ws : nullptr;
   if (plan.path == Path::RowsTiled) {
-    launch_bwd_rows_tiled(p, plan.a, plan.b, part, stream);
+    launch_bwd_rows_tiled(p, plan.row_tiles, plan.lane_vectors, part, stream);
   } else if (plan.path == Path::Rows) {
-    launch_bwd_rows(p, plan.a, plan.x_vec, plan.dout_vec, plan.dx_vec, part, stream);
+    launch_bwd_rows(p, plan.warp_chunks, plan.x_vec, plan.dout_vec, plan.dx_vec, part, stream);
   } else if (plan.path == Path::Chanlast) {
-    launch_bwd_chanlast(p, plan.a, plan.b, plan.group, part, stream);
+    launch_bwd_chanlast(p, plan.channel_blocks, plan.tile_groups, plan.group, part, stream);
   } else if (plan.path == Path::Generic) {
     launch_bwd_generic(p, ws, stream);
   }
