@@ -95,8 +95,8 @@ WHERE = ["x", "initial_states", "bias", "weight_nan", "weight_inf"]
 @pytest.mark.parametrize("activation", [None, "silu"])
 @pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
 def test_fwd_propagates_like_reference(cc, seeded, where, W, dtype, seq, activation, layout):
-    # L = 40: the rows path's staged head, in-place body (VALIGND / VDPBF16PS
-    # windows) and staged tail all see the poisoned values.
+    # L = 40: the rows path's staged head, in-place body (VALIGND windows)
+    # and staged tail all see the poisoned values.
     B, D, L = 2, 6, 40
     x = randn_layout(B, D, L, layout, dtype)
     w, b = torch.randn(D, W).to(dtype), torch.randn(D).to(dtype)

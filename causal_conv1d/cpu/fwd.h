@@ -335,49 +335,6 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before
 }
 #endif
 
-#if defined(CAUSAL_CONV1D_AVX512_BF16)
-// row_slide for bf16 x with bf16 taps of width 2 or 4: taps go in pairs
-// through VDPBF16PS (per lane, the exact products of two bf16 pairs summed
-// in fp32) against pairs of neighbouring inputs that one VPERMW picks out of
-// the previous and current 16 inputs, so x is never widened and half the
-// multiply-adds disappear. Width 3 would need a zero tap on an input outside
-// its window (0 * inf is NaN), so it stays with row_slide.
-template <int WC>
-void row_slide_bf16_pairs(const RowTaps<float>& tp, bool silu, const c10::BFloat16* xr,
-                          const c10::BFloat16* before, c10::BFloat16* dst, int64_t t, int64_t n) {
-  static_assert(WC == 2 || WC == 4);
-  using IO = VecIO<c10::BFloat16>;
-  constexpr int64_t N = 16;
-  constexpr int kPairs = WC / 2;
-  __m512bh taps[kPairs];  // lane: (tap 2q, tap 2q+1)
-  __m512i pick[kPairs];   // for output j: the inputs at j - (W-1) + 2q and the next
-  for (int q = 0; q < kPairs; ++q) {
-    const uint32_t lo = c10::BFloat16(tp.w[2 * q]).x, hi = c10::BFloat16(tp.w[2 * q + 1]).x;
-    taps[q] = reinterpret_cast<__m512bh>(_mm512_set1_epi32(int32_t(lo | hi << 16)));
-    alignas(64) int16_t idx[2 * N];
-    for (int j = 0; j < N; ++j) {
-      idx[2 * j] = int16_t(N + j - (WC - 1) + 2 * q);  // [prev, cur]: cur starts at N
-      idx[2 * j + 1] = int16_t(idx[2 * j] + 1);
-    }
-    pick[q] = _mm512_load_si512(idx);
-  }
-  const __m512 bias = _mm512_set1_ps(tp.bias);
-  __m256i prev = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(before));
-  for (int64_t i = 0; i < n; i += N) {
-    const __m256i cur = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + t + i));
-    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(prev), cur, 1);
-    __m512 a = bias;
-    for (int q = 0; q < kPairs; ++q)
-      a = _mm512_dpbf16_ps(a, reinterpret_cast<__m512bh>(_mm512_permutexvar_epi16(pick[q], both)),
-                           taps[q]);
-    Vec<float> out(a);
-    if (silu) out = silu_vec<c10::BFloat16>(out);
-    IO::store1(dst + i, out, N);
-    prev = cur;
-  }
-}
-#endif
-
 // Outputs t0 .. t0+n-1 of row (b, d). buf: kRowBlock + kMaxWidthCpu + S elements.
 template <int WC, typename X>
 void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_t<X>* buf) {
@@ -420,15 +377,7 @@ void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_
         }
         before = zero_before;
       }
-      bool pairs = false;  // bf16 taps on bf16 x: row_slide_bf16_pairs
-#if defined(CAUSAL_CONV1D_AVX512_BF16)
-      if constexpr (std::is_same_v<X, c10::BFloat16> && (WC == 2 || WC == 4)) {
-        pairs = p.weight_dtype == DType::BFloat16;
-        if (pairs && m > 0)
-          row_slide_bf16_pairs<WC>(tp, p.silu, xr, before, orow + t0 + head, t0 + head, m);
-      }
-#endif
-      if (!pairs && m > 0) row_slide<WC, X>(tp, p.silu, xr, before, orow + t0 + head, t0 + head, m);
+      if (m > 0) row_slide<WC, X>(tp, p.silu, xr, before, orow + t0 + head, t0 + head, m);
       if (head + m < n) staged(t0 + head + m, n - head - m);
       return;
     }

@@ -1,7 +1,8 @@
 // The avx512_bf16 tier (x86-64): the avx512 tier's kernels plus AVX512_BF16,
 // whose one-instruction fp32 -> bf16 rounding (common.h narrow) replaces
-// about eight instructions per vector in every bf16 store, and whose
-// VDPBF16PS serves bf16 rows of width 2 and 4 (fwd.h row_slide_bf16_pairs).
+// about eight instructions per vector in every bf16 store. Its VDPBF16PS
+// is not used: in the forward's rows it needs a VPERMW per pair of taps
+// and was slower than widening x to fp32 for row_slide's VALIGND windows.
 // Target selected in the source as in tier_avx512.cpp. Empty elsewhere.
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")

@@ -5,9 +5,9 @@
 // add/shift/select emulation, which is every bf16 store of a result (common.h
 // narrow). BFDOT/BFMMLA are not used yet: they sum the products of
 // neighbouring bf16 lanes, i.e. two taps of one channel, so the depthwise
-// window needs a lane permutation per pair of taps (what the avx512_bf16
-// tier does with VPERMW + VDPBF16PS); worth writing once it can be timed on
-// Arm hardware. Empty on other architectures.
+// window needs a lane permutation per pair of taps, which on AVX-512
+// (VPERMW + VDPBF16PS) was slower than widening to fp32. Empty on other
+// architectures.
 #if defined(__aarch64__)
 #pragma GCC target("arch=armv8.2-a+sve+bf16")
 // The feature macros the pragma leaves undefined (isa_macros.h says why).
