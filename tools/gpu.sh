@@ -118,8 +118,8 @@ check() {
       wait "$peers_pid"
       peer_env=(env "PYTHONPATH=$out/peers-site${PYTHONPATH:+:$PYTHONPATH}")
     fi
-    run_step "benchmarks/bench_gpu.py${peers_pid:+ (with peers)}" "$(limit 240)" "$out/bench.log" \
-      "${peer_env[@]}" "$py" benchmarks/bench_gpu.py --budget-s 170 --json "$out/bench.json"
+    run_step "benchmarks/bench.py gpu${peers_pid:+ (with peers)}" "$(limit 240)" "$out/bench.log" \
+      "${peer_env[@]}" "$py" benchmarks/bench.py gpu --budget-s 170 --json "$out/bench.json"
 
     # -- compute-sanitizer -------------------------------------------------------
     local sanitizer

@@ -47,8 +47,8 @@ def run() -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from bench_gpu import W, make_x
-    from harness import load_kernel
+    from suites.gpu import W, make_x
+    from suites.harness import load_kernel
 
     if not torch.cuda.is_available():
         print("gpu_profile: no GPU (torch.cuda.is_available() is False)", file=sys.stderr)

@@ -113,6 +113,6 @@ case "${1:-}" in
     trap 'rm -rf "$dir" "$dir.wheels"' EXIT
     py="${PYTHON:-$cache/venv-cu130-torch$torch_v-py312/bin/python}"
     PYTHON="$py" "$0" install "$dir"
-    PYTHONPATH="$dir" "$py" "$repo/benchmarks/peers.py" ;;
+    PYTHONPATH="$dir" "$py" "$repo/benchmarks/suites/peers.py" ;;
   *) sed -n '2,25p' "$0"; exit 2 ;;
 esac

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """CPU decode and serving benchmark: causal_conv1d_update and
 causal_conv1d_packed_fwd against what callers do without a kernel.
 
@@ -45,8 +44,8 @@ import time
 
 import torch
 
-import harness
-from harness import (
+from . import harness
+from .harness import (
     DTYPES, WIDTH, cpu_arguments, cpu_setting, load_kernel, packed_inputs, packed_ref,
     parse_cpu_arguments, update_ref,
 )
@@ -222,7 +221,3 @@ def main() -> int:
     for m in misses:
         print(f"MISS {m}")
     return 1 if misses else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """GPU benchmark: our CUDA kernels side by side with the kernels a user could
 pick instead (benchmarks/peers.py: upstream causal-conv1d, flash-linear-
 attention's Triton kernels, PyTorch's conv1d), on the same tensors in the same
@@ -49,9 +48,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402
-from harness import load_kernel  # noqa: E402
+from . import peers
+from .harness import load_kernel
 
 W = 4  # the width the earlier tables and benchmarks/profile_gpu.py use
 WIDTHS = (4, 8)
@@ -352,7 +350,3 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(dict(device=device, torch=torch.__version__,
                                                    missing=missing, rows=rows), indent=2) + "\n")
     return 0 if all(r["results"]["ours"].get("status") == "ok" for r in rows) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

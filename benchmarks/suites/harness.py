@@ -21,7 +21,7 @@ from benchmark import (  # noqa: F401  (re-exported for the bench_*.py scripts)
     conv_silu_ref, make_inputs, packed_inputs, packed_ref, update_ref,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # What the CPU targets are stated in (issues 2-4): W = 4, fp32 and bf16, and
 # for the forward and backward these (B, D, L); QUICK_SHAPES for smoke runs.
