@@ -5,7 +5,7 @@
 #   tools/gpu.sh check     build the CUDA and CPU variants side by side; the
 #                          test suite on both backends (pytest -m "not slow":
 #                          CUDA against the float64 reference and against
-#                          the CPU variant); benchmarks/bench_gpu.py with
+#                          the CPU variant); `benchmarks/bench.py gpu` with
 #                          the peers tools/peers.sh staged in .peers/; the
 #                          `sanitizer` tests under compute-sanitizer memcheck,
 #                          then racecheck if time is left. A short table and

@@ -4,7 +4,7 @@ hardware counters: the next step when a kernel misses its bandwidth target
 and the reason is not clear from timings (`tools/gpu.sh profile` runs it).
 
     python tools/gpu_profile.py run
-        one call of each op of benchmarks/bench_gpu.py (same shapes, W = 4,
+        one call of each op of `benchmarks/bench.py gpu` (same shapes, W = 4,
         bias, silu, bf16 and fp32: forward and backward in both layouts,
         decode), for a profiler to watch.
     python tools/gpu_profile.py summarize ncu.csv

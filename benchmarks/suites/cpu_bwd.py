@@ -16,10 +16,10 @@ checked against the reference's. Prints times (median over repeats, after
 warmup; the minimum too, since other processes share the machine) and
 speedup = ref / kernel.
 
-    python benchmarks/bench_cpu_bwd.py                  # full table
-    python benchmarks/bench_cpu_bwd.py --quick          # CI smoke run: tiny shapes
-    python benchmarks/bench_cpu_bwd.py --channel-last   # x as (B, L, D).transpose(1, 2)
-    python benchmarks/bench_cpu_bwd.py --layout-ratio   # channel-last / rows, same values
+    python benchmarks/bench.py bwd                      # full table
+    python benchmarks/bench.py bwd --quick              # CI smoke run: tiny shapes
+    python benchmarks/bench.py bwd --channel-last       # x as (B, L, D).transpose(1, 2)
+    python benchmarks/bench.py bwd --layout-ratio       # channel-last / rows, same values
 
 --layout-ratio times ops.bwd itself (dx, dweight, dbias with silu) for x
 and dout channel-last (the layout autograd hands back for a channel-last

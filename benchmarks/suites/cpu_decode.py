@@ -33,9 +33,9 @@ long the scheduler kept the process off the CPU. --clock cpu measures the
 process's CPU time instead (all its threads summed): with --threads 1 that
 is the cost of one call, unaffected by time slicing.
 
-    python benchmarks/bench_cpu_decode.py                        # full table
-    python benchmarks/bench_cpu_decode.py --quick                # CI smoke run: tiny shapes
-    python benchmarks/bench_cpu_decode.py --threads 1 --clock cpu  # on a busy machine
+    python benchmarks/bench.py decode                            # full table
+    python benchmarks/bench.py decode --quick                    # CI smoke run: tiny shapes
+    python benchmarks/bench.py decode --threads 1 --clock cpu    # on a busy machine
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ repository's layers causal_conv1d_fn / causal_conv1d_update ("kernel"):
 
 Times are medians of --repeats runs, candidates alternating.
 
-    python benchmarks/bench_cpu_e2e.py                 # the README table
-    python benchmarks/bench_cpu_e2e.py --models mamba-130m --quick
+    python benchmarks/bench.py e2e                     # the README table
+    python benchmarks/bench.py e2e --models mamba-130m --quick
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ thread loses its core); the minimum then shows the uncontended cost. The
 output_memory.cpp); the reference's time depends on whether glibc hands it
 recycled heap memory or fresh pages, whose faults can dominate it.
 
-    python benchmarks/bench_cpu_fwd.py                  # full table
-    python benchmarks/bench_cpu_fwd.py --quick          # CI smoke run: tiny shapes
-    python benchmarks/bench_cpu_fwd.py --channel-last   # x as (B, L, D).transpose(1, 2)
-    python benchmarks/bench_cpu_fwd.py --layout-ratio   # channel-last / rows, same values
+    python benchmarks/bench.py fwd                      # full table
+    python benchmarks/bench.py fwd --quick              # CI smoke run: tiny shapes
+    python benchmarks/bench.py fwd --channel-last       # x as (B, L, D).transpose(1, 2)
+    python benchmarks/bench.py fwd --layout-ratio       # channel-last / rows, same values
 
 --layout-ratio times fwd_out with silu into a preallocated out of x's
 layout, for x channel-last and x contiguous along L holding the same

@@ -27,9 +27,9 @@ Times are per call in microseconds: the median over repeats of samples of
 about 5 ms each (the minimum in parentheses), candidates round-robin; the
 ratio is the median's to torch.add's of the same batch.
 
-    python benchmarks/bench_cpu_host_overhead.py            # 25 repeats
-    python benchmarks/bench_cpu_host_overhead.py --floor    # and the floor
-    python benchmarks/bench_cpu_host_overhead.py --quick    # CI smoke run
+    python benchmarks/bench.py host                         # 25 repeats
+    python benchmarks/bench.py host --floor                 # and the floor
+    python benchmarks/bench.py host --quick                 # CI smoke run
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What every benchmark here shares: loading the built kernel, timing, inputs.
 
-Not a benchmark itself (tools/dev.sh runs benchmarks/bench_*.py). The
+Not a suite itself (benchmarks/bench.py runs the suites beside it). The
 inputs and the PyTorch baselines come from benchmark.py (the `kernels
 benchmark` workloads), which must stay self-contained for the Hub.
 """
@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from benchmark import (  # noqa: F401  (re-exported for the bench_*.py scripts)
+from benchmark import (  # noqa: F401  (re-exported for the suites)
     conv_silu_ref, make_inputs, packed_inputs, packed_ref, update_ref,
 )
 
