@@ -8,7 +8,7 @@ get_kernel for a repo id), runs each Benchmark subclass's workloads
 (`setup_X`, `benchmark_X`), then checks the result against `verify_X`,
 which computes the same thing with plain PyTorch the way callers do
 without the kernel, and times it as the reference (Ref, Speedup columns;
-one call, so a rough figure: benchmarks/bench_cpu_*.py measure the same
+one call, so a rough figure: benchmarks/bench.py's suites measure the same
 baselines carefully). Each op has a small and a large workload, in fp32:
 the runner's comparison (allclose, atol 1e-2, rtol 1e-5) is for results of
 fp32 accuracy. Before that, the first verify_X call checks the kernel's

@@ -1,11 +1,11 @@
-"""benchmarks/peers.py on CPU: the GPU benchmark's peer detection and the
-verify step each candidate passes before it is timed (benchmarks/bench_gpu.py).
+"""benchmarks/suites/peers.py on CPU: the GPU suite's peer detection and
+the verify step each candidate passes before it is timed (suites/gpu.py).
 
 - detection says "not installed" for a peer that does not import, and why
   vLLM is not a peer;
 - verify() accepts our kernel (on every backend under test: the CPU build,
   and the CUDA kernels under the emulator in CI's emulator step) on the
-  inputs bench_gpu.make_case builds, for every op, width 4 and 8, bf16 and fp32;
+  inputs gpu.make_case builds, for every op, width 4 and 8, bf16 and fp32;
 - verify() rejects adapters with a realistic bug in each op;
 - the upstream adapter, through upstream's own Python layer with its CUDA
   extension replaced by our kernels (the emulator's on CPU), passes: this
@@ -33,13 +33,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench_gpu
-import peers
+from suites import gpu, peers
 
 ROOT = Path(__file__).resolve().parent.parent
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-# (op, layout): the rows bench_gpu.plan times
+# (op, layout): the rows gpu.plan times
 OPS = [("fwd", "contiguous"), ("fwd", "channel_last"), ("bwd", "contiguous"),
        ("bwd", "channel_last"), ("decode", "-"), ("varlen", "channel_last")]
 SHAPE = dict(B=2, D=24, L=37)  # L not a multiple of any tile; D of 8 channels x3
@@ -49,8 +48,8 @@ def case_and_reference(cc, op, layout, dtype, width, B=None):
     s = dict(SHAPE, B=B or SHAPE["B"])
     if op == "varlen":
         s.update(B=1, L=3 * SHAPE["L"])
-    case = bench_gpu.make_case(op, dtype, layout, s["B"], s["D"], s["L"], width, device="cpu",
-                               n_seqs=4)
+    case = gpu.make_case(op, dtype, layout, s["B"], s["D"], s["L"], width, device="cpu",
+                         n_seqs=4)
     want = peers.reference(cc, op, case["x"], case["w"], case["b"], dout=case.get("dout"),
                            state=case.get("state"), seq_idx=case.get("seq_idx"))
     return case, want
@@ -84,8 +83,8 @@ def test_supports_names_the_reason():
 
 
 def test_varlen_case_is_consistent():
-    case = bench_gpu.make_case("varlen", torch.float32, "channel_last", 1, 8, 100, 4,
-                               device="cpu", n_seqs=5)
+    case = gpu.make_case("varlen", torch.float32, "channel_last", 1, 8, 100, 4,
+                         device="cpu", n_seqs=5)
     cu, seq = case["cu_seqlens"].tolist(), case["seq_idx"][0]
     assert cu[0] == 0 and cu[-1] == 100 and len(cu) == 6 and all(a < b for a, b in zip(cu, cu[1:]))
     for i in range(5):
@@ -247,16 +246,16 @@ def test_verify_fla_adapter(fla_results, op, layout, dtype, width):
 @pytest.mark.parametrize("op,layout", [("fwd", "channel_last"), ("bwd", "contiguous"),
                                        ("decode", "-"), ("varlen", "channel_last")])
 def test_bench_row_on_cpu(kernel, monkeypatch, op, layout):
-    """bench_gpu.measure with wall-clock timing: ours verified and timed, a
+    """gpu.measure with wall-clock timing: ours verified and timed, a
     wrong peer reported WRONG and left untimed, a width a peer lacks named."""
-    monkeypatch.setattr(bench_gpu, "DEVICE", "cpu")
-    monkeypatch.setattr(bench_gpu, "_copy_cache", {})
+    monkeypatch.setattr(gpu, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu, "_copy_cache", {})
     impls = {"ours": peers.Ours(kernel), "torch": peers.Torch(), "buggy": _Buggy(kernel)}
     narrow = type("Narrow", (peers.Ours,), {"widths": (2, 3, 4)})(kernel)
     impls["narrow"] = narrow
     L = 3 * SHAPE["L"] if op == "varlen" else SHAPE["L"]
-    row = bench_gpu.measure(kernel, impls, op, torch.float32, layout, 1 if op == "varlen" else 2,
-                            SHAPE["D"], L, 8, repeats=2, warmup=1, deadline=float("inf"))
+    row = gpu.measure(kernel, impls, op, torch.float32, layout, 1 if op == "varlen" else 2,
+                      SHAPE["D"], L, 8, repeats=2, warmup=1, deadline=float("inf"))
     res = row["results"]
     assert res["ours"]["status"] == "ok" and res["ours"]["us"] > 0, res["ours"]
     assert res["buggy"]["status"].startswith("WRONG") and "us" not in res["buggy"]
@@ -266,7 +265,7 @@ def test_bench_row_on_cpu(kernel, monkeypatch, op, layout):
     else:
         assert res["torch"]["status"] == "ok" and res["torch"]["ratio"] > 0
     assert row["of_copy"] > 0 and row["width"] == 8
-    text = bench_gpu.table([row], list(impls))
+    text = gpu.table([row], list(impls))
     assert "WRONG" in text and text.count("\n") == 2
 
 

@@ -2,7 +2,7 @@
 //
 // A fresh CPU output of a few MiB is first touched by the kernel that fills
 // it, and with 4 KiB pages those page faults cost more than the kernel
-// (benchmarks/bench_cpu_fwd.py shows it: several times the forward's own
+// (`benchmarks/bench.py fwd` shows it: several times the forward's own
 // time for a 16 MiB output). glibc reuses freed heap memory below
 // its mmap threshold (at most 32 MiB), but trims the heap as soon as its
 // free top passes twice that threshold, which a model's other allocations

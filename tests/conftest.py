@@ -6,7 +6,7 @@ this is the top-level conftest and does."""
 import sys
 
 # KERNEL_ROOT, ROOT and load_kernel stay importable from here for scripts
-# written against the older conftest (benchmarks/harness.py).
+# written against the older conftest (benchmarks/suites/harness.py).
 from helpers import KERNEL_ROOT, ROOT, load_kernel  # noqa: F401
 
 if "plugin" not in sys.modules:

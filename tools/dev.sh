@@ -89,8 +89,8 @@ case "${1:-}" in
     step "AddressSanitizer + UndefinedBehaviorSanitizer"
     cached bash tools/sanitize.sh
     step "benchmark smoke runs"
-    for bench in benchmarks/bench_cpu_*.py; do
-      python "$bench" --quick
+    for suite in fwd bwd decode host e2e; do
+      python benchmarks/bench.py "$suite" --quick
     done
     step "kernels benchmark: benchmarks/benchmark.py on build/, each workload verified (smoke run)"
     kernels benchmark . --iterations 2 --warmup 1

@@ -5,7 +5,7 @@
 #   tools/gpu.sh check     build the CUDA and CPU variants side by side; the
 #                          test suite on both backends (pytest -m "not slow":
 #                          CUDA against the float64 reference and against
-#                          the CPU variant); benchmarks/bench_gpu.py with
+#                          the CPU variant); `benchmarks/bench.py gpu` with
 #                          the peers tools/peers.sh staged in .peers/; the
 #                          `sanitizer` tests under compute-sanitizer memcheck,
 #                          then racecheck if time is left. A short table and
@@ -118,8 +118,8 @@ check() {
       wait "$peers_pid"
       peer_env=(env "PYTHONPATH=$out/peers-site${PYTHONPATH:+:$PYTHONPATH}")
     fi
-    run_step "benchmarks/bench_gpu.py${peers_pid:+ (with peers)}" "$(limit 240)" "$out/bench.log" \
-      "${peer_env[@]}" "$py" benchmarks/bench_gpu.py --budget-s 170 --json "$out/bench.json"
+    run_step "benchmarks/bench.py gpu${peers_pid:+ (with peers)}" "$(limit 240)" "$out/bench.log" \
+      "${peer_env[@]}" "$py" benchmarks/bench.py gpu --budget-s 170 --json "$out/bench.json"
 
     # -- compute-sanitizer -------------------------------------------------------
     local sanitizer

@@ -4,7 +4,7 @@ hardware counters: the next step when a kernel misses its bandwidth target
 and the reason is not clear from timings (`tools/gpu.sh profile` runs it).
 
     python tools/gpu_profile.py run
-        one call of each op of benchmarks/bench_gpu.py (same shapes, W = 4,
+        one call of each op of `benchmarks/bench.py gpu` (same shapes, W = 4,
         bias, silu, bf16 and fp32: forward and backward in both layouts,
         decode), for a profiler to watch.
     python tools/gpu_profile.py summarize ncu.csv
@@ -47,8 +47,8 @@ def run() -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from bench_gpu import W, make_x
-    from harness import load_kernel
+    from suites.gpu import W, make_x
+    from suites.harness import load_kernel
 
     if not torch.cuda.is_available():
         print("gpu_profile: no GPU (torch.cuda.is_available() is False)", file=sys.stderr)

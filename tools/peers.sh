@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The peers benchmarks/bench_gpu.py times ours against, as wheels the GPU
+# The peers `benchmarks/bench.py gpu` times ours against, as wheels the GPU
 # machine (no network) can install: upstream causal-conv1d 1.7 built from its
 # PyPI sdist for sm_90 only, and flash-linear-attention's Triton kernels
 # (fla-core, pure Python). None of their code enters this repository.
@@ -113,6 +113,6 @@ case "${1:-}" in
     trap 'rm -rf "$dir" "$dir.wheels"' EXIT
     py="${PYTHON:-$cache/venv-cu130-torch$torch_v-py312/bin/python}"
     PYTHON="$py" "$0" install "$dir"
-    PYTHONPATH="$dir" "$py" "$repo/benchmarks/peers.py" ;;
+    PYTHONPATH="$dir" "$py" "$repo/benchmarks/suites/peers.py" ;;
   *) sed -n '2,25p' "$0"; exit 2 ;;
 esac

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Whole transformers models on CPU: this kernel against transformers' own
 PyTorch fallback, in the same run, on the same random weights.
 
@@ -18,8 +17,8 @@ repository's layers causal_conv1d_fn / causal_conv1d_update ("kernel"):
 
 Times are medians of --repeats runs, candidates alternating.
 
-    python benchmarks/bench_cpu_e2e.py                 # the README table
-    python benchmarks/bench_cpu_e2e.py --models mamba-130m --quick
+    python benchmarks/bench.py e2e                     # the README table
+    python benchmarks/bench.py e2e --models mamba-130m --quick
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from harness import ROOT, load_kernel  # noqa: F401  (load_kernel: the same build the tests use)
+from .harness import ROOT, load_kernel  # noqa: F401  (load_kernel: the same build the tests use)
 
 LAYERS = ("causal_conv1d_fn", "causal_conv1d_update")
 # The build kernelize maps to: the one harness.load_kernel loads.
@@ -197,7 +196,3 @@ def main() -> int:
             continue
         run_model(name, cls, config, args)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

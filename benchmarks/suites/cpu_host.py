@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Host overhead per call: our operators on tiny CPU tensors against torch's
 own ops on the same tensors.
 
@@ -28,9 +27,9 @@ Times are per call in microseconds: the median over repeats of samples of
 about 5 ms each (the minimum in parentheses), candidates round-robin; the
 ratio is the median's to torch.add's of the same batch.
 
-    python benchmarks/bench_cpu_host_overhead.py            # 25 repeats
-    python benchmarks/bench_cpu_host_overhead.py --floor    # and the floor
-    python benchmarks/bench_cpu_host_overhead.py --quick    # CI smoke run
+    python benchmarks/bench.py host                         # 25 repeats
+    python benchmarks/bench.py host --floor                 # and the floor
+    python benchmarks/bench.py host --quick                 # CI smoke run
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness import WIDTH, cpu_arguments, cpu_setting, load_kernel, measure, parse_cpu_arguments
+from .harness import WIDTH, cpu_arguments, cpu_setting, load_kernel, measure, parse_cpu_arguments
 
 D, L = 8, 4
 BATCHES = (1, 4)
@@ -120,7 +119,3 @@ def main():
         floor = times[f"{batch} torch.add(x, x)"][0]
         print(f"  {name:<28} {median * 1e6:7.2f} us  ({best * 1e6:.2f})  "
               f"{median / floor:5.2f}x torch.add")
-
-
-if __name__ == "__main__":
-    main()

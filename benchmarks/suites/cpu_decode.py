@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """CPU decode and serving benchmark: causal_conv1d_update and
 causal_conv1d_packed_fwd against what callers do without a kernel.
 
@@ -34,9 +33,9 @@ long the scheduler kept the process off the CPU. --clock cpu measures the
 process's CPU time instead (all its threads summed): with --threads 1 that
 is the cost of one call, unaffected by time slicing.
 
-    python benchmarks/bench_cpu_decode.py                        # full table
-    python benchmarks/bench_cpu_decode.py --quick                # CI smoke run: tiny shapes
-    python benchmarks/bench_cpu_decode.py --threads 1 --clock cpu  # on a busy machine
+    python benchmarks/bench.py decode                            # full table
+    python benchmarks/bench.py decode --quick                    # CI smoke run: tiny shapes
+    python benchmarks/bench.py decode --threads 1 --clock cpu    # on a busy machine
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ import time
 
 import torch
 
-import harness
-from harness import (
+from . import harness
+from .harness import (
     DTYPES, WIDTH, cpu_arguments, cpu_setting, load_kernel, packed_inputs, packed_ref,
     parse_cpu_arguments, update_ref,
 )
@@ -222,7 +221,3 @@ def main() -> int:
     for m in misses:
         print(f"MISS {m}")
     return 1 if misses else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,5 @@
 """The kernels a user could pick instead of ours, behind one interface, for
-benchmarks/bench_gpu.py. None of their code is in this repository: each peer
+the GPU suite (gpu.py). None of their code is in this repository: each peer
 is imported when installed (tools/peers.sh builds and stages the wheels) and
 reported as "not installed" otherwise.
 
@@ -21,7 +21,7 @@ timing of the callable measures only the peer's call. An op a peer lacks is
 None; `widths` says which W it accepts. verify() compares one op with our
 float64 reference.
 
-    python benchmarks/peers.py     # which peers import here, and why not
+    python benchmarks/suites/peers.py     # which peers import here, and why not
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-#!/usr/bin/env python3
 """GPU benchmark: our CUDA kernels side by side with the kernels a user could
-pick instead (benchmarks/peers.py: upstream causal-conv1d, flash-linear-
+pick instead (suites/peers.py: upstream causal-conv1d, flash-linear-
 attention's Triton kernels, PyTorch's conv1d), on the same tensors in the same
 run, and against a device-to-device copy of the same bytes.
 
@@ -27,11 +26,11 @@ Targets (issue 20, H200 and H100 alike): at least as fast as the fastest
 peer on every row; forward >= 90 % of copy (bf16 and fp32); backward >= 75 %
 of copy in bf16; decode within 5 % of the copy of its bytes, in a CUDA graph.
 
-    python benchmarks/bench_gpu.py                     # table
-    python benchmarks/bench_gpu.py --json out.json     # also write the numbers
-    python benchmarks/bench_gpu.py --quick             # small shapes, smoke test
-    python benchmarks/bench_gpu.py --peers none        # ours and the copy only
-    python benchmarks/bench_gpu.py --budget-s 200      # peers not started after 200 s are skipped
+    python benchmarks/bench.py gpu                     # table
+    python benchmarks/bench.py gpu --json out.json     # also write the numbers
+    python benchmarks/bench.py gpu --quick             # small shapes, smoke test
+    python benchmarks/bench.py gpu --peers none        # ours and the copy only
+    python benchmarks/bench.py gpu --budget-s 200      # peers not started after 200 s are skipped
 
 Peers are found by import (tools/peers.sh builds and stages their wheels);
 the first line says which are missing and why. Triton peers compile and
@@ -49,11 +48,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402
-from harness import load_kernel  # noqa: E402
+from . import peers
+from .harness import load_kernel
 
-W = 4  # the width the earlier tables and benchmarks/profile_gpu.py use
+W = 4  # the width the earlier tables and tools/gpu_profile.py use
 WIDTHS = (4, 8)
 TARGET_FWD_COPY, TARGET_BWD_COPY_BF16, TARGET_DECODE_GRAPH_COPY = 0.90, 0.75, 0.95
 DEVICE = "cuda"  # "cpu" with --cpu-smoke: the whole flow on CPU (emulator), wall-clock timed
@@ -319,7 +317,7 @@ def main() -> int:
     if args.cpu_smoke:
         DEVICE = "cpu"
     elif not torch.cuda.is_available():
-        print("bench_gpu: no GPU (torch.cuda.is_available() is False)", file=sys.stderr)
+        print("bench.py gpu: no GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 1
     # fp32 rows compare fp32 arithmetic: cuDNN may otherwise run PyTorch's
     # fp32 conv1d in TF32, which fails the fp32 tolerance before being timed.
@@ -352,7 +350,3 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(dict(device=device, torch=torch.__version__,
                                                    missing=missing, rows=rows), indent=2) + "\n")
     return 0 if all(r["results"]["ours"].get("status") == "ok" for r in rows) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

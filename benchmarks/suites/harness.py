@@ -1,6 +1,6 @@
 """What every benchmark here shares: loading the built kernel, timing, inputs.
 
-Not a benchmark itself (tools/dev.sh runs benchmarks/bench_*.py). The
+Not a suite itself (benchmarks/bench.py runs the suites beside it). The
 inputs and the PyTorch baselines come from benchmark.py (the `kernels
 benchmark` workloads), which must stay self-contained for the Hub.
 """
@@ -17,11 +17,11 @@ from typing import Callable
 
 import torch
 
-from benchmark import (  # noqa: F401  (re-exported for the bench_*.py scripts)
+from benchmark import (  # noqa: F401  (re-exported for the suites)
     conv_silu_ref, make_inputs, packed_inputs, packed_ref, update_ref,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # What the CPU targets are stated in (issues 2-4): W = 4, fp32 and bf16, and
 # for the forward and backward these (B, D, L); QUICK_SHAPES for smoke runs.

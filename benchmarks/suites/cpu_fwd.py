@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """CPU forward benchmark: causal_conv1d_fn against PyTorch, and against a copy.
 
 Loads the built kernel the way users do (kernels.get_local_kernel on
@@ -22,10 +21,10 @@ thread loses its core); the minimum then shows the uncontended cost. The
 output_memory.cpp); the reference's time depends on whether glibc hands it
 recycled heap memory or fresh pages, whose faults can dominate it.
 
-    python benchmarks/bench_cpu_fwd.py                  # full table
-    python benchmarks/bench_cpu_fwd.py --quick          # CI smoke run: tiny shapes
-    python benchmarks/bench_cpu_fwd.py --channel-last   # x as (B, L, D).transpose(1, 2)
-    python benchmarks/bench_cpu_fwd.py --layout-ratio   # channel-last / rows, same values
+    python benchmarks/bench.py fwd                      # full table
+    python benchmarks/bench.py fwd --quick              # CI smoke run: tiny shapes
+    python benchmarks/bench.py fwd --channel-last       # x as (B, L, D).transpose(1, 2)
+    python benchmarks/bench.py fwd --layout-ratio       # channel-last / rows, same values
 
 --layout-ratio times fwd_out with silu into a preallocated out of x's
 layout, for x channel-last and x contiguous along L holding the same
@@ -36,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from harness import (
+from .harness import (
     DTYPES, QUICK_SHAPES, SHAPES, WIDTH, conv_silu_ref, cpu_arguments, cpu_setting, load_kernel,
     LAYOUT_QUICK_SHAPES, LAYOUT_SHAPES, add_layout_ratio_argument, layout_pair,
     layout_clock, layout_ratio_table, make_inputs, measure, parse_cpu_arguments,
@@ -134,7 +133,3 @@ def main() -> int:
               "fwd_out <= 1.15x copy (fp32)")
         print("all met" if not misses else "missed:\n  " + "\n  ".join(misses))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

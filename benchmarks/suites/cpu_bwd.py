@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """CPU backward benchmark: gradients of causal_conv1d_fn against PyTorch autograd.
 
 Loads the built kernel the way users do (kernels.get_local_kernel on
@@ -17,10 +16,10 @@ checked against the reference's. Prints times (median over repeats, after
 warmup; the minimum too, since other processes share the machine) and
 speedup = ref / kernel.
 
-    python benchmarks/bench_cpu_bwd.py                  # full table
-    python benchmarks/bench_cpu_bwd.py --quick          # CI smoke run: tiny shapes
-    python benchmarks/bench_cpu_bwd.py --channel-last   # x as (B, L, D).transpose(1, 2)
-    python benchmarks/bench_cpu_bwd.py --layout-ratio   # channel-last / rows, same values
+    python benchmarks/bench.py bwd                      # full table
+    python benchmarks/bench.py bwd --quick              # CI smoke run: tiny shapes
+    python benchmarks/bench.py bwd --channel-last       # x as (B, L, D).transpose(1, 2)
+    python benchmarks/bench.py bwd --layout-ratio       # channel-last / rows, same values
 
 --layout-ratio times ops.bwd itself (dx, dweight, dbias with silu) for x
 and dout channel-last (the layout autograd hands back for a channel-last
@@ -32,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from harness import (
+from .harness import (
     DTYPES, QUICK_SHAPES, SHAPES, WIDTH, conv_silu_ref, cpu_arguments, cpu_setting, load_kernel,
     LAYOUT_QUICK_SHAPES, LAYOUT_SHAPES, add_layout_ratio_argument, layout_pair,
     layout_clock, layout_ratio_table, make_inputs, measure, parse_cpu_arguments,
@@ -125,7 +124,3 @@ def main() -> int:
         print(f"target (medians): speedup >= {TARGET_SPEEDUP:g}x in every row")
         print("all met" if not misses else "missed:\n  " + "\n  ".join(misses))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
