@@ -1,6 +1,6 @@
 """The aarch64 CPU tiers (neon, sve, sve_bf16), and every width 1..32.
 
-tools/ci_aarch64.sh runs this file, with a subset of the other files, under
+tools/ci/aarch64.sh runs this file, with a subset of the other files, under
 qemu-user once per tier: on a CPU model without SVE (neon), one with SVE
 but no BF16 (sve) and one with both (sve_bf16), and with
 CAUSAL_CONV1D_CPU_TIER asking for a lower tier. The tier tests skip on other

@@ -1,4 +1,4 @@
-"""The built CUDA variant, checked without a GPU (CI: tools/ci_cuda.sh).
+"""The built CUDA variant, checked without a GPU (CI: tools/ci/cuda.sh).
 
 Run with a CUDA build of torch and CAUSAL_CONV1D_KERNEL_ROOT pointing at a
 folder whose build/ holds the CUDA variant: the kernel must load through the

@@ -8,7 +8,7 @@ derandomized (the same examples on every run, so CI failures reproduce) and
 print_blob=True prints the @reproduce_failure blob of a failing example.
 
 Budget: EXAMPLES below (>= 2,000 in total); CAUSAL_CONV1D_HYPOTHESIS_SCALE
-scales it (tools/sanitize.sh runs a fraction under the sanitizers).
+scales it (tools/ci/sanitize.sh runs a fraction under the sanitizers).
 """
 
 from __future__ import annotations

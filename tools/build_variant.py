@@ -19,7 +19,7 @@ ninja. Usage:
     python tools/build_variant.py --cuda-capabilities 9.0 --check-abi
     python tools/build_variant.py --arch aarch64 --torch-dir T --python-include P
                                     # cross-build the aarch64-linux CPU variant
-                                    # (tools/ci_aarch64.sh fetches T and P)
+                                    # (tools/ci/aarch64.sh fetches T and P)
     python tools/build_variant.py --backend cuda-emu --out /tmp/emu/build
 
 `--backend cuda-emu` is for tests only: build.toml's CUDA sources compiled
@@ -374,7 +374,7 @@ def main() -> int:
                          "objects go to <out>/../.local-build")
     ap.add_argument("--sanitize", action="store_true",
                     help="AddressSanitizer + UndefinedBehaviorSanitizer (CPU; output is for tests "
-                         "only: load it with libasan preloaded, see tools/sanitize.sh)")
+                         "only: load it with libasan preloaded, see tools/ci/sanitize.sh)")
     ap.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--check-abi", action="store_true", help="run kernel-abi-check on the result")
     host_arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")

@@ -68,7 +68,7 @@ case "${1:-}" in
     cd "$ROOT"
     # pytest-xdist: JOBS workers, each running torch on one thread
     # (tests/conftest.py). The CUDA variant's build/load test runs in
-    # tools/ci_cuda.sh with a CUDA torch; tests on a GPU run where one is
+    # tools/ci/cuda.sh with a CUDA torch; tests on a GPU run where one is
     # (tools/gpu.sh check).
     pytest=(python -m pytest -q -p no:cacheprovider --ignore=tests/test_cuda_variant.py)
     xdist=(-n "${JOBS:-2}" --dist loadgroup)
@@ -76,10 +76,10 @@ case "${1:-}" in
     "${pytest[@]}" "${xdist[@]}" tests benchmarks tools -m "not slow and not serial"
     step "tests that need a process to themselves: threads (serial), tensors past 2^31 elements (slow)"
     "${pytest[@]}" tests benchmarks tools -m "slow or serial"
-    step "kernel-builder's ci-test: the Nix source set, pytest -m kernels_ci (tools/kernels_ci.sh)"
-    bash tools/kernels_ci.sh
+    step "kernel-builder's ci-test: the Nix source set, pytest -m kernels_ci (tools/ci/kernels_ci.sh)"
+    bash tools/ci/kernels_ci.sh
     step "CUDA variant: build, link, ABI, load without a GPU"
-    bash tools/ci_cuda.sh
+    bash tools/ci/cuda.sh
     step "the CUDA kernels on the CPU emulator (tests/cuda_emu): every op's tests as backend cuda-emu"
     cached python tools/build_variant.py --backend cuda-emu --quiet  # into build-cuda-emu/
     # (the emulator runs a launch on one thread: its serial tests, if any,
@@ -87,7 +87,7 @@ case "${1:-}" in
     CAUSAL_CONV1D_TEST_BACKENDS="cuda-emu=$ROOT/build-cuda-emu" "${pytest[@]}" "${xdist[@]}" \
       tests benchmarks tools -m "not slow"
     step "AddressSanitizer + UndefinedBehaviorSanitizer"
-    cached bash tools/sanitize.sh
+    cached bash tools/ci/sanitize.sh
     step "benchmark smoke runs"
     for suite in fwd bwd decode host e2e; do
       python benchmarks/bench.py "$suite" --quick
@@ -95,7 +95,7 @@ case "${1:-}" in
     step "kernels benchmark: benchmarks/benchmark.py on build/, each workload verified (smoke run)"
     kernels benchmark . --iterations 2 --warmup 1
     step "aarch64-linux CPU variant: cross-built, tested under qemu-user on every tier"
-    cached bash tools/ci_aarch64.sh
+    cached bash tools/ci/aarch64.sh
     step "done"
     ;;
   *)

@@ -4,7 +4,7 @@
 # then check that it loads through `kernels` and registers every op for CUDA only
 # (tests/test_cuda_variant.py). GPU tests are tools/gpu.sh check.
 #
-#   tools/ci_cuda.sh            # venv and build dir are cached between runs
+#   tools/ci/cuda.sh            # venv and build dir are cached between runs
 #
 # Environment: CAUSAL_CONV1D_CUDA_VENV (default ~/.cache/causal-conv1d/
 # venv-cu130-torch2.14.1, created when missing), CAUSAL_CONV1D_CI_BUILD (build
@@ -12,7 +12,7 @@
 # build/, objects to its .local-build/), JOBS (default 2).
 set -euo pipefail
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="${CAUSAL_CONV1D_CUDA_VENV:-$HOME/.cache/causal-conv1d/venv-cu130-torch2.14.1}"
 root="${CAUSAL_CONV1D_CI_BUILD:-${TMPDIR:-/tmp}/causal-conv1d-ci-cuda}"
 jobs="${JOBS:-2}"

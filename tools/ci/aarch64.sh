@@ -17,7 +17,7 @@
 # and the venv of tools/dev.sh (pip, kernel-abi-check) first on PATH.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${CAUSAL_CONV1D_CACHE:-$HOME/.cache/causal-conv1d}"
 pin() { sed -n "s/^$1==\([^ ]*\).*/\1/p" "$ROOT/requirements-dev.txt"; }
 TORCH_VERSION="$(pin torch)"
@@ -76,7 +76,7 @@ if [ ! -e "$A64/.complete" ]; then
     "pytest==$(pin pytest)" "hypothesis==$(pin hypothesis)" filelock typing-extensions sympy \
     networkx jinja2 fsspec
   pip install "${plat[@]}" --no-deps --no-index --target "$tmp/site" "$tmp"/wheels/*.whl
-  python "$ROOT/tools/aarch64_torch_stubs.py" "$tmp/site/torch" "$tmp/sysroot"
+  python "$ROOT/tools/ci/aarch64_torch_stubs.py" "$tmp/site/torch" "$tmp/sysroot"
   rm -rf "$tmp/wheels" "$tmp/debs" "$tmp/apt-cache" "$tmp/apt-lists"
   rm -rf "$A64" && mv "$tmp" "$A64" && touch "$A64/.complete"
 fi

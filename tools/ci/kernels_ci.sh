@@ -14,7 +14,7 @@
 # counts as a failure here: the subset must exist.
 set -euo pipefail
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="$(realpath "${CAUSAL_CONV1D_BUILD:-$repo/build}")"
 python="${PYTHON:-python}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/causal-conv1d-kernels-ci.XXXXXX")"

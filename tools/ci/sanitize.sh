@@ -12,8 +12,8 @@
 # test failure and on any sanitizer report (reports also go to log files, so
 # one raised in a worker thread or swallowed by a crash still counts).
 #
-#   tools/sanitize.sh                         # build + run (CI runs this)
-#   tools/sanitize.sh tests/test_fwd.py -k silu   # other pytest arguments
+#   tools/ci/sanitize.sh                         # build + run (CI runs this)
+#   tools/ci/sanitize.sh tests/test_fwd.py -k silu   # other pytest arguments
 #
 # Environment: SANITIZE_ROOT (default build-sanitize), SANITIZE_SCALE (share
 # of the hypothesis budget, default 0.25), JOBS (build jobs and
@@ -21,7 +21,7 @@
 # PYTHON (default python), CXX (default g++; its runtimes are preloaded).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python}"
 CXX="${CXX:-g++}"

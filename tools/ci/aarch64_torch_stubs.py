@@ -4,7 +4,7 @@
 PyPI's torch for linux-aarch64 is a CUDA build: libtorch_cpu.so itself links
 libcudart and libcupti, and libtorch_python.so links libtorch_cuda.so and
 through it cuDNN, NCCL, cuBLAS... (gigabytes of wheels). The aarch64 test run
-under qemu (tools/ci_aarch64.sh) needs only the CPU part, so this script
+under qemu (tools/ci/aarch64.sh) needs only the CPU part, so this script
 replaces libtorch_cuda.so and libc10_cuda.so, and stands in for each CUDA
 library the remaining ones link, with a small stub library of the same name
 that defines every symbol the remaining libraries import from it (with its
@@ -14,7 +14,7 @@ is zeroed. Nothing CUDA ever runs: the stubbed c10::cuda::device_count()
 answers 0, so torch reports no GPU, and the kernel is loaded with backend
 "cpu".
 
-    python tools/aarch64_torch_stubs.py SITE/torch SYSROOT
+    python tools/ci/aarch64_torch_stubs.py SITE/torch SYSROOT
 
 SYSROOT holds the aarch64 system libraries (glibc, libstdc++): symbols they
 define are not stubbed. Needs binutils' readelf (any architecture) and
