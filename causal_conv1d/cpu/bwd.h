@@ -51,55 +51,6 @@ constexpr int64_t kBlockC = 32;    // lanes per cl_block call, a multiple of eve
 // prefetchers do not follow.
 constexpr int64_t kAheadC = 8;
 
-template <typename T>
-constexpr bool is_reduced_v = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
-
-// ---------------------------------------------------------------------------
-// conversions between a strided row of X and a dense buffer of A
-
-template <typename X, typename A>
-inline void load_row(const X* src, int64_t stride, A* dst, int64_t n) {
-  if (stride == 1) {
-    if constexpr (std::is_same_v<X, A>) {
-      std::memcpy(dst, src, n * sizeof(A));
-      return;
-    } else if constexpr (is_reduced_v<X> && std::is_same_v<A, float>) {
-      using VX = Vectorized<X>;
-      using VA = Vectorized<float>;
-      int64_t i = 0;
-      for (; i + VX::size() <= n; i += VX::size()) {
-        auto [lo, hi] = at::vec::convert_to_float<X>(VX::loadu(src + i));
-        lo.store(dst + i);
-        hi.store(dst + i + VA::size());
-      }
-      for (; i < n; ++i) dst[i] = A(src[i]);
-      return;
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) dst[i] = A(src[i * stride]);
-}
-
-template <typename X, typename A>
-inline void store_row(const A* src, X* dst, int64_t stride, int64_t n) {
-  if (stride == 1) {
-    if constexpr (std::is_same_v<X, A>) {
-      std::memcpy(dst, src, n * sizeof(A));
-      return;
-    } else if constexpr (is_reduced_v<X> && std::is_same_v<A, float>) {
-      using VX = Vectorized<X>;
-      using VA = Vectorized<float>;
-      int64_t i = 0;
-      for (; i + VX::size() <= n; i += VX::size()) {
-        narrow<X>(VA::loadu(src + i), VA::loadu(src + i + VA::size()))
-            .store(dst + i);
-      }
-      for (; i < n; ++i) dst[i] = X(src[i]);
-      return;
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) dst[i * stride] = X(src[i]);
-}
-
 // Asks for the cache lines of n elements at p (contiguous rows only), so that
 // memory is read while the previous rows compute: a task's buffered loads and
 // stores alone leave the core nothing to overlap with them.
@@ -258,6 +209,8 @@ void build_masks(const Span& s, int64_t W, TimeBufs<A>& bufs) {
 template <typename X, typename A, bool kMasked>
 void time_channel(const Job<A>& job, const Span& s, int64_t d, TimeBufs<A>& bufs) {
   using Vec = Vectorized<A>;
+  using IO = VecIO<X>;
+  static_assert(std::is_same_v<typename IO::A, A>);
   constexpr int64_t V = Vec::size();
   const ConvParams& p = *job.p;
   const int64_t W = job.W, H = job.H, L = job.L, b = s.b;
@@ -282,16 +235,16 @@ void time_channel(const Job<A>& job, const Span& s, int64_t d, TimeBufs<A>& bufs
       if (p.initial_states.given()) {
         const X* ir =
             ptr<X>(p.initial_states) + b * p.initial_states.s0 + d * p.initial_states.s1;
-        load_row(ir + (H - lead) * p.initial_states.s2, p.initial_states.s2, xb, lead);
+        IO::load_row(ir + (H - lead) * p.initial_states.s2, p.initial_states.s2, xb, lead);
       } else {
         std::fill(xb, xb + lead, A(0));
       }
     }
-    load_row(xr + (s.t0 - H + lead) * p.x.s2, p.x.s2, xb + lead, nx - lead);
+    IO::load_row(xr + (s.t0 - H + lead) * p.x.s2, p.x.s2, xb + lead, nx - lead);
     std::fill(xb + nx, xb + len, A(0));
 
     const X* dyr = ptr<X>(p.dout) + b * p.dout.s0 + d * p.dout.s1;
-    load_row(dyr + s.t0 * p.dout.s2, p.dout.s2, dy, ng);
+    IO::load_row(dyr + s.t0 * p.dout.s2, p.dout.s2, dy, ng);
     std::fill(dy + ng, dy + len, A(0));
     const int64_t ngv = (ng + V - 1) / V * V;
     if (p.silu) {
@@ -370,10 +323,10 @@ void time_channel(const Job<A>& job, const Span& s, int64_t d, TimeBufs<A>& bufs
   }
   if (s.ilo < 0) {
     X* di = ptr<X>(p.dinitial_states) + b * p.dinitial_states.s0 + d * p.dinitial_states.s1;
-    store_row(dxb, di, p.dinitial_states.s2, H);
+    IO::store_row(dxb, di, p.dinitial_states.s2, H);
   }
   X* dxr = ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1;
-  store_row(dxb - s.ilo, dxr + s.t0 * p.dx.s2, p.dx.s2, n);
+  IO::store_row(dxb - s.ilo, dxr + s.t0 * p.dx.s2, p.dx.s2, n);
 
   // Partial dweight / dbias over the tokens [t0, t1) of this task.
   const int64_t r = b * job.n_chunks + s.c;
@@ -517,6 +470,8 @@ struct ClBlockBufs {
 template <typename X, typename A>
 void cl_block(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, ClBlockBufs<A>& bf) {
   using Vec = Vectorized<A>;
+  using IO = VecIO<X>;
+  static_assert(std::is_same_v<typename IO::A, A>);
   constexpr int64_t V = Vec::size();
   constexpr int64_t C = kBlockC;
   constexpr int64_t NV = C / V;
@@ -562,11 +517,11 @@ void cl_block(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, ClBlockB
       }
       if (pos >= 0) {
         const X* src = ptr<X>(p.x) + b * p.x.s0 + pos * p.x.s2 + d0 * p.x.s1;
-        load_row(src, p.x.s1, dst, nd);
+        IO::load_row(src, p.x.s1, dst, nd);
       } else if (p.initial_states.given()) {
         const X* src = ptr<X>(p.initial_states) + b * p.initial_states.s0 +
                        d0 * p.initial_states.s1 + (H + pos) * p.initial_states.s2;
-        load_row(src, p.initial_states.s1, dst, nd);
+        IO::load_row(src, p.initial_states.s1, dst, nd);
       } else {
         std::fill(dst, dst + nd, A(0));
       }
@@ -576,7 +531,7 @@ void cl_block(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, ClBlockB
       const int64_t t = s.t0 + j;
       if (s.masked && id[j + H] < 0) continue;  // padding token: g = 0
       const X* src = ptr<X>(p.dout) + b * p.dout.s0 + t * p.dout.s2 + d0 * p.dout.s1;
-      load_row(src, p.dout.s1, row.data(), nd);
+      IO::load_row(src, p.dout.s1, row.data(), nd);
       std::fill(row.begin() + nd, row.end(), A(0));
       A* g = gb.data() + (H + j) * C;
       if (!p.silu) {
@@ -621,11 +576,11 @@ void cl_block(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, ClBlockB
     }
     if (pos >= 0) {
       X* dst = ptr<X>(p.dx) + b * p.dx.s0 + pos * p.dx.s2 + d0 * p.dx.s1;
-      store_row(row.data(), dst, p.dx.s1, nd);
+      IO::store_row(row.data(), dst, p.dx.s1, nd);
     } else {
       X* dst = ptr<X>(p.dinitial_states) + b * p.dinitial_states.s0 +
                d0 * p.dinitial_states.s1 + (H + pos) * p.dinitial_states.s2;
-      store_row(row.data(), dst, p.dinitial_states.s1, nd);
+      IO::store_row(row.data(), dst, p.dinitial_states.s1, nd);
     }
   }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -188,6 +189,11 @@ inline Vec<X> narrow(const Vec<float>& lo, const Vec<float>& hi) {
   return at::vec::convert_from_float<X>(lo, hi);
 }
 
+// Every move of values between memory of type X (the x dtype, or a buffer
+// already of the accumulator type) and accumulators: loads widen fp16/bf16
+// to fp32, stores round back through narrow<X>; fp32/fp64 move as they are.
+// Each function reads and writes exactly the n elements it is given, never
+// memory past them (a partial vector holds zeros past n).
 template <typename X>
 struct VecIO {
   using A = acc_t<X>;
@@ -237,12 +243,15 @@ struct VecIO {
   }
   // The first n (0 <= n <= 2N) elements from p; the other lanes are zero.
   static void load2(const X* p, int64_t n, V& a, V& b) {
-    if (n == 2 * N) return load2(p, a, b);
     if constexpr (kWide) {
+      if (n == 2 * N) return load2(p, a, b);
       a = V::loadu(p, std::min(n, N));
-      b = V::loadu(p + N, std::max<int64_t>(n - N, 0));
+      b = n > N ? V::loadu(p + N, n - N) : V(A(0));
     } else {
-      std::tie(a, b) = at::vec::convert_to_float<X>(Vec<X>::loadu(p, n));
+      // One conversion for whole and partial vectors: half the code where
+      // this is inlined (ChannelBlock's loads).
+      std::tie(a, b) =
+          at::vec::convert_to_float<X>(n == 2 * N ? Vec<X>::loadu(p) : Vec<X>::loadu(p, n));
     }
   }
   static void store2(X* p, const V& a, const V& b) {
@@ -261,6 +270,46 @@ struct VecIO {
       if (n > N) b.store(p + N, n - N);
     } else {
       narrow<X>(a, b).store(p, n);
+    }
+  }
+
+  // A strided row of X to a dense buffer of A: dst[i] = src[i * stride]
+  // for i < n. Contiguous rows are a plain copy when X is A; otherwise they
+  // go by vector pairs (one Vec<X> of fp16/bf16), their last n % 2N
+  // elements by single vectors, the last one partial, so the tail is
+  // converted like the body.
+  static void load_row(const X* src, int64_t stride, A* dst, int64_t n) {
+    if (stride != 1) {
+      for (int64_t i = 0; i < n; ++i) dst[i] = A(src[i * stride]);
+    } else if constexpr (kWide) {
+      std::memcpy(dst, src, n * sizeof(A));
+    } else {
+      int64_t i = 0;
+      for (; i + 2 * N <= n; i += 2 * N) {
+        V a, b;
+        load2(src + i, a, b);
+        a.store(dst + i);
+        b.store(dst + i + N);
+      }
+      for (; i < n; i += N) {
+        const int64_t m = std::min(N, n - i);
+        load1(src + i, m).store(dst + i, m);
+      }
+    }
+  }
+  // And back: dst[i * stride] = src[i] for i < n, rounded to X.
+  static void store_row(const A* src, X* dst, int64_t stride, int64_t n) {
+    if (stride != 1) {
+      for (int64_t i = 0; i < n; ++i) dst[i * stride] = X(src[i]);
+    } else if constexpr (kWide) {
+      std::memcpy(dst, src, n * sizeof(A));
+    } else {
+      int64_t i = 0;
+      for (; i + 2 * N <= n; i += 2 * N) store2(dst + i, V::loadu(src + i), V::loadu(src + i + N));
+      for (; i < n; i += N) {
+        const int64_t m = std::min(N, n - i);
+        store1(dst + i, V::loadu(src + i, m), m);
+      }
     }
   }
 };

@@ -178,22 +178,11 @@ template <typename X>
 void stage_row(acc_t<X>* buf, const X* xr, const X* init, int64_t init_s2, int64_t W,
                int64_t pos0, int64_t count) {
   using A = acc_t<X>;
-  using IO = VecIO<X>;
-  constexpr int64_t N = Ctx<X>::N, S = Ctx<X>::S;
+  constexpr int64_t S = Ctx<X>::S;
   int64_t i = 0;
   for (; i < count && pos0 + i < 0; ++i)
     buf[i] = init ? A(init[(W - 1 + pos0 + i) * init_s2]) : A(0);
-  const X* src = xr + pos0 + i;
-  A* dst = buf + i;
-  const int64_t m = count - i;
-  int64_t j = 0;
-  for (; j + S <= m; j += S) {
-    Vec<A> a, b;
-    IO::load2(src + j, a, b);
-    a.store(dst + j);
-    b.store(dst + j + N);
-  }
-  for (; j < m; ++j) dst[j] = A(src[j]);
+  VecIO<X>::load_row(xr + pos0 + i, 1, buf + i, count - i);
   std::fill(buf + count, buf + count + S, A(0));
 }
 
@@ -439,11 +428,11 @@ void fill_hist_row(const Ctx<X>& c, acc_t<X>* row, int64_t b, int64_t pos, int64
   const ConvParams& p = c.p;
   if (pos >= 0) {
     const X* xr = ptr<X>(p.x) + b * p.x.s0 + pos * p.x.s2 + d0;
-    for (int64_t j = 0; j < nd; ++j) row[j] = A(xr[j]);
+    VecIO<X>::load_row(xr, 1, row, nd);
   } else if (p.initial_states.given()) {
     const X* ir = ptr<X>(p.initial_states) + b * p.initial_states.s0 +
                   (c.W - 1 + pos) * p.initial_states.s2 + d0 * p.initial_states.s1;
-    for (int64_t j = 0; j < nd; ++j) row[j] = A(ir[j * p.initial_states.s1]);
+    VecIO<X>::load_row(ir, p.initial_states.s1, row, nd);
   } else {
     std::fill(row, row + nd, A(0));
   }

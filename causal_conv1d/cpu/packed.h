@@ -55,69 +55,38 @@ inline void varlen_states(const ConvParams& p) {
 // ---------------------------------------------------------------------------
 // fwd_packed: prefill of packed sequences with a pool of states.
 
-// n <= Vectorized<A>::size() values of Src widened to a vector of A (lanes
-// past n are zero), and back.
-template <typename A, typename Src>
-inline at::vec::Vectorized<A> load_widened(const Src* p, int64_t n) {
-  using V = at::vec::Vectorized<A>;
-  constexpr int64_t N = V::size();
-  if constexpr (std::is_same_v<Src, A>) {
-    return n == N ? V::loadu(p) : V::loadu(p, n);
-  } else {
-    V v;
-    if (n == N) {
-      at::vec::load_to_float<Src>(p, v);
-    } else {
-      Src tmp[N] = {};
-      std::copy(p, p + n, tmp);
-      at::vec::load_to_float<Src>(tmp, v);
-    }
-    return v;
-  }
-}
-
-template <typename X, typename A>
-inline void store_narrowed(X* p, const at::vec::Vectorized<A>& v, int64_t n) {
-  if constexpr (std::is_same_v<X, A>) {
-    v.store(p, n);
-  } else {
-    narrow<X>(v, v).store(p, n);
-  }
-}
-
 // One output row: out[d] = act(bias[d] + sum_k tap_k[d] * rows[k][d]), rows[k]
-// being the input row at position t - (W-1) + k. Two vectors per step, so
-// fp16/bf16 outputs narrow and store whole vectors.
+// being the input row at position t - (W-1) + k, in x (Src = X) or in a
+// buffer already widened (Src = A). Two vectors per step, so fp16/bf16
+// outputs narrow and store whole vectors.
 template <typename X, typename Src, typename A>
 void conv_row(const Src* const* rows, const TapRows<A>& taps, int64_t D, bool silu, X* out) {
   using V = at::vec::Vectorized<A>;
+  using In = VecIO<Src>;
+  using Out = VecIO<X>;
+  static_assert(std::is_same_v<typename In::A, A> && std::is_same_v<typename Out::A, A>);
   constexpr int64_t N = V::size();
   const int64_t W = taps.width;
   int64_t d = 0;
   for (; d + 2 * N <= D; d += 2 * N) {
     V acc0 = V::loadu(taps.bias(d)), acc1 = V::loadu(taps.bias(d + N));
     for (int64_t k = 0; k < W; ++k) {
-      acc0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), load_widened<A>(rows[k] + d, N), acc0);
-      acc1 = at::vec::fmadd(V::loadu(taps.tap(k, d + N)), load_widened<A>(rows[k] + d + N, N), acc1);
+      acc0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), In::load1(rows[k] + d, N), acc0);
+      acc1 = at::vec::fmadd(V::loadu(taps.tap(k, d + N)), In::load1(rows[k] + d + N, N), acc1);
     }
     if (silu) {
       acc0 = silu_vec<X>(acc0);
       acc1 = silu_vec<X>(acc1);
     }
-    if constexpr (std::is_same_v<X, A>) {
-      acc0.store(out + d);
-      acc1.store(out + d + N);
-    } else {
-      narrow<X>(acc0, acc1).store(out + d);
-    }
+    Out::store2(out + d, acc0, acc1);
   }
   for (; d < D; d += N) {  // rows are padded to whole blocks, so taps and bias load fully
     const int64_t n = std::min(N, D - d);
     V acc = V::loadu(taps.bias(d));
     for (int64_t k = 0; k < W; ++k)
-      acc = at::vec::fmadd(V::loadu(taps.tap(k, d)), load_widened<A>(rows[k] + d, n), acc);
+      acc = at::vec::fmadd(V::loadu(taps.tap(k, d)), In::load1(rows[k] + d, n), acc);
     if (silu) acc = silu_vec<X>(acc);
-    store_narrowed(out + d, acc, n);
+    Out::store1(out + d, acc, n);
   }
 }
 
@@ -173,14 +142,15 @@ void fwd_packed_rows(const ConvParams& p) {
         for (int64_t r = 0; r + 1 < W; ++r) {
           A* h = head + r * hs;
           const int64_t col = S - (W - 1) + r;
-          for (int64_t d = 0; d < D; ++d)
-            h[d] = init ? A(st[d * p.conv_state.s1 + col * p.conv_state.s2]) : A(0);
+          if (init) {
+            VecIO<X>::load_row(st + col * p.conv_state.s2, p.conv_state.s1, h, D);
+          } else {
+            std::fill(h, h + D, A(0));
+          }
         }
         const int64_t n_tok = std::min<int64_t>(cu[b + 1] - start, W - 1);
-        for (int64_t i = 0; i < n_tok; ++i) {
-          A* h = head + (W - 1 + i) * hs;
-          for (int64_t d = 0; d < D; ++d) h[d] = A(x0[(start + i) * xs + d]);
-        }
+        for (int64_t i = 0; i < n_tok; ++i)
+          VecIO<X>::load_row(x0 + (start + i) * xs, 1, head + (W - 1 + i) * hs, D);
         for (; t < head_end; ++t) {
           for (int64_t k = 0; k < W; ++k) rows_a[k] = head + (t - start + k) * hs;
           conv_row<X>(rows_a, taps, D, p.silu, out0 + t * os);

@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <cstring>
 #include <array>
-#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -100,10 +99,8 @@ struct ChannelBlock {
       return;
     }
     for (int64_t k = 0; k + 1 < width; ++k) {
-      const X* src = st + col[k] * s_col;
-      A* row = buf[k];
-      for (int64_t j = 0; j < lanes; ++j) row[j] = A(src[j * s_ch]);
-      std::fill(row + lanes, row + kLanes, A(0));
+      VecIO<X>::load_row(st + col[k] * s_col, s_ch, buf[k], lanes);
+      std::fill(buf[k] + lanes, buf[k] + kLanes, A(0));
     }
   }
 
@@ -197,36 +194,13 @@ struct ChannelBlock {
   void load_lanes(const X* src, A* dst) const { load_lanes(src, dst, lanes); }
   static void load_lanes(const X* src, A* dst, int64_t n) {
     V a, b;
-    if constexpr (kSameAsAcc) {
-      if (n == kLanes) {
-        a = V::loadu(src);
-        b = V::loadu(src + N);
-      } else {
-        a = V::loadu(src, std::min(n, N));
-        b = n > N ? V::loadu(src + N, n - N) : V(A(0));
-      }
-    } else {
-      using XV = at::vec::Vectorized<X>;
-      static_assert(XV::size() == kLanes);
-      std::tie(a, b) = at::vec::convert_to_float<X>(n == kLanes ? XV::loadu(src) : XV::loadu(src, n));
-    }
+    VecIO<X>::load2(src, n, a, b);
     a.store(dst);
     b.store(dst + N);
   }
 
   void store_lanes(const A* src, X* dst) const {
-    const V a = V::loadu(src), b = V::loadu(src + N);
-    if constexpr (kSameAsAcc) {
-      if (lanes == kLanes) {
-        a.store(dst);
-        b.store(dst + N);
-      } else {
-        a.store(dst, std::min(lanes, N));
-        if (lanes > N) b.store(dst + N, lanes - N);
-      }
-    } else {
-      narrow<X>(a, b).store(dst, lanes);
-    }
+    VecIO<X>::store2(dst, V::loadu(src), V::loadu(src + N), lanes);
   }
 };
 

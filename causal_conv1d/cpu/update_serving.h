@@ -6,7 +6,8 @@
 // into rows of kBlock accumulators, so the arithmetic is whole vectors
 // across channels whatever the strides (a token tree only changes which rows
 // a token reads), then copies its state row as X values, untouched by
-// arithmetic. Only gather_row / scatter_row / copy_row look at the layout.
+// arithmetic. Only the row moves (VecIO's load_row / store_row, copy_row)
+// look at the layout.
 #pragma once
 
 #include <algorithm>
@@ -28,17 +29,6 @@ struct Rows {
   // Channels per task: whole vectors on every tier (4 to 16 lanes).
   static constexpr int64_t kBlock = 64;
 
-  // dst[d] = base[d * stride] for d < n, widened; lanes n.. are left as they are.
-  static void gather_row(const X* base, int64_t stride, int64_t n, A* dst) {
-    if (stride == 1) {
-      int64_t d = 0;
-      for (; d + N <= n; d += N) VecIO<X>::load1(base + d, N).store(dst + d);
-      if (d < n) VecIO<X>::load1(base + d, n - d).store(dst + d, n - d);
-    } else {
-      for (int64_t d = 0; d < n; ++d) dst[d] = A(base[d * stride]);
-    }
-  }
-
   // dst[d * dst_stride] = src[d * src_stride] for d < n, as X.
   static void copy_row(const X* src, int64_t src_stride, int64_t n, X* dst, int64_t dst_stride) {
     if (src_stride == 1 && dst_stride == 1) {
@@ -47,22 +37,12 @@ struct Rows {
       for (int64_t d = 0; d < n; ++d) dst[d * dst_stride] = src[d * src_stride];
     }
   }
-
-  // base[d * stride] = src[d] for d < n, rounded to X.
-  static void scatter_row(const A* src, int64_t n, X* base, int64_t stride) {
-    if (stride == 1) {
-      int64_t d = 0;
-      for (; d + N <= n; d += N) VecIO<X>::store1(base + d, V::loadu(src + d), N);
-      if (d < n) VecIO<X>::store1(base + d, V::loadu(src + d, n - d), n - d);
-    } else {
-      for (int64_t d = 0; d < n; ++d) base[d * stride] = X(src[d]);
-    }
-  }
 };
 
 template <typename X>
 void run(const ConvParams& p) {
   using R = Rows<X>;
+  using IO = VecIO<X>;
   using A = typename R::A;
   using V = typename R::V;
   constexpr int64_t N = R::N, K = R::kBlock;
@@ -87,7 +67,7 @@ void run(const ConvParams& p) {
       X* out = ptr<X>(p.out) + b * p.out.s0 + d0 * p.out.s1 + s.first * p.out.s2;
       if (s.read_row < 0) {
         std::fill(acc, acc + K, A(0));
-        for (int64_t j = 0; j < s.len; ++j) R::scatter_row(acc, nd, out + j * p.out.s2, p.out.s1);
+        for (int64_t j = 0; j < s.len; ++j) IO::store_row(acc, out + j * p.out.s2, p.out.s1, nd);
         continue;
       }
       const size_t need = static_cast<size_t>((W - 1 + s.len) * K);
@@ -100,11 +80,11 @@ void run(const ConvParams& p) {
         if (s.zero_history) {
           std::fill(rows + c * K, rows + (c + 1) * K, A(0));
         } else {
-          R::gather_row(read + (first_col + c) * p.conv_state.s2, p.conv_state.s1, nd, rows + c * K);
+          IO::load_row(read + (first_col + c) * p.conv_state.s2, p.conv_state.s1, rows + c * K, nd);
         }
       }
       for (int64_t t = 0; t < s.len; ++t)
-        R::gather_row(x + t * p.x.s2, p.x.s1, nd, rows + (W - 1 + t) * K);
+        IO::load_row(x + t * p.x.s2, p.x.s1, rows + (W - 1 + t) * K, nd);
       for (int64_t j = 0; j < s.len; ++j) {
         // Token j's input rows, tap 0 (the oldest) first: the order of the
         // plain update, so both round alike.
@@ -121,12 +101,12 @@ void run(const ConvParams& p) {
           if (p.silu) a = silu_vec<X>(a);
           a.store(acc + d);
         }
-        R::scatter_row(acc, nd, out + j * p.out.s2, p.out.s1);
+        IO::store_row(acc, out + j * p.out.s2, p.out.s1, nd);
         if (s.window_row >= 0) {
           X* win = static_cast<X*>(p.windows.data) + s.window_row * p.windows.s0 +
                    j * p.windows.s1 + d0 * p.windows.s2;
           for (int64_t c = 0; c < W - 1; ++c)
-            R::scatter_row(in[c + 1], nd, win + c * p.windows.s3, p.windows.s2);
+            IO::store_row(in[c + 1], win + c * p.windows.s3, p.windows.s2, nd);
         }
       }
       // Written rows receive stream columns [from, from + count) as X
