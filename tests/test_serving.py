@@ -196,10 +196,12 @@ def test_tree_with_windows(kernel, seeded, W, spec, dtype):
 @pytest.mark.parametrize("W", [1, 2, 4, 8])
 @pytest.mark.parametrize("spec", [False, True])
 @pytest.mark.parametrize("L", [1, 3])
-def test_prefix_cached_decode(kernel, seeded, W, spec, L):
+@pytest.mark.parametrize("layout", ["channel_last", "contiguous"])
+def test_prefix_cached_decode(kernel, seeded, W, spec, L, layout):
     """A (B, blocks) table: read the row at initial_state_idx, write the row
     at block_idx_last_scheduled_token (a different block, or the same), a
-    padding sequence; unread, unwritten rows stay as they were."""
+    padding sequence; unread, unwritten rows stay as they were. Pool and x
+    in vLLM's layout and contiguous (per-channel runs)."""
     B, blocks, N = 4, 5, 30
     S = W - 2 + L if spec else max(W - 1, 1) + 1
     S = max(S, W - 1)
@@ -210,14 +212,14 @@ def test_prefix_cached_decode(kernel, seeded, W, spec, L):
     table[2] = PAD
     read_col = torch.tensor([0, 2, 1, 3], dtype=torch.int32)
     write_col = torch.tensor([1, 2, 4, 4], dtype=torch.int32)  # sequence 1 writes in place
-    pool = make_pool(N, D, S, dtype, "channel_last")
+    pool = make_pool(N, D, S, dtype, layout)
     acc = torch.randint(1, min(S - W + 2, L) + 1, (B,), dtype=torch.int32) if spec else None
     before = pool.clone()
-    x = make_tokens(B, D, L, dtype, "channel_last")
+    x = make_tokens(B, D, L, dtype, layout)
     res = run_both(kernel, x, pool, weight, bias, "silu", conv_state_indices=table,
                    initial_state_idx=read_col, block_idx_last_scheduled_token=write_col,
                    num_accepted_tokens=acc)
-    msg = f"seed={seeded} W={W} spec={spec} L={L} table={table.tolist()}"
+    msg = f"seed={seeded} W={W} spec={spec} L={L} {layout} table={table.tolist()}"
     check(res, (dtype, dtype), msg)
     written = {int(table[b, write_col[b]]) for b in range(B) if b != 2}
     others = [r for r in range(N) if r not in written]
@@ -497,22 +499,24 @@ def test_serving_refusals(kernel, case):
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("W", [2, 4, 7])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_engine_loop_matches_plain_updates(kernel, seeded, W, dtype):
+@pytest.mark.parametrize("layout", ["channel_last", "contiguous"])
+def test_engine_loop_matches_plain_updates(kernel, seeded, W, dtype, layout):
     """50 steps of draft / verify / accept a random prefix with
     num_accepted_tokens against plain single-token updates of the accepted
     tokens: identical outputs, and the state's live window identical to the
-    plain state. Pool rows with padding, channel-last state like vLLM's."""
+    plain state. Pool rows with padding; state and x in vLLM's layout or
+    contiguous."""
     B, k, N = 6, 3, 9
     S = W - 1 + k
     weight = torch.randn(D, W, dtype=dtype)
     bias = torch.randn(D, dtype=dtype)
     idx = torch.randperm(N)[:B].to(torch.int32)
-    spec_pool = make_pool(N, D, S, dtype, "channel_last")
+    spec_pool = make_pool(N, D, S, dtype, layout)
     plain_pool = torch.zeros(N, D, W - 1, dtype=dtype)
     spec_pool[idx.long(), :, : W - 1] = 0  # both start from a zero history
     accepted = torch.ones(B, dtype=torch.int32)  # step 0: one "accepted" token, the prompt's last
     for step in range(50):
-        x = make_tokens(B, D, 1 + k, dtype, "channel_last")
+        x = make_tokens(B, D, 1 + k, dtype, layout)
         out = kernel.causal_conv1d_update(x, spec_pool, weight, bias, "silu",
                                           conv_state_indices=idx, num_accepted_tokens=accepted)
         accepted = torch.randint(1, k + 2, (B,), dtype=torch.int32)

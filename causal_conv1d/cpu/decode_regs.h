@@ -1,5 +1,7 @@
-// The one-token decode of update.h in registers (AVX-512, AVX2): the
-// per-ISA intrinsics of the decode path, beside at::vec's.
+// The decode paths' per-ISA intrinsics (AVX-512, AVX2), beside at::vec's:
+// Regs (registers of raw x-dtype values), Runs (per-channel runs of values
+// <-> columns, shared with update_serving.h's RegisterServing) and the
+// one-token decode of update.h in registers.
 #pragma once
 
 #include <cstdint>
@@ -50,12 +52,19 @@ struct Regs {  // c10::Half, c10::BFloat16
   static R permute_into(R src, Mask k, Idx i, R a) {
     return _mm256_mask_permutexvar_epi16(src, k, i, a);
   }
+  static R zero() { return _mm256_setzero_si256(); }
   static __m512 widen(R a) {
     if constexpr (std::is_same_v<X, c10::BFloat16>) {
       return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(a), 16));
     } else {
       return _mm512_cvtph_ps(a);
     }
+  }
+  // Two registers of results, rounded as every other store rounds.
+  static void narrow2(__m512 a, __m512 b, R& ra, R& rb) {
+    const __m512i v = narrow<X>(a, b);
+    ra = _mm512_castsi512_si256(v);
+    rb = _mm512_extracti64x4_epi64(v, 1);
   }
 };
 
@@ -76,7 +85,9 @@ struct Regs<float> {
   static R permute_into(R src, Mask k, Idx i, R a) {
     return _mm512_mask_permutexvar_ps(src, k, i, a);
   }
+  static R zero() { return _mm512_setzero_ps(); }
   static __m512 widen(R a) { return a; }
+  static void narrow2(__m512 a, __m512 b, R& ra, R& rb) { ra = a, rb = b; }
 };
 #else  // AVX2
 template <typename X>
@@ -101,12 +112,18 @@ struct Regs {  // c10::Half, c10::BFloat16: bits zero-extended to 32-bit lanes
   static R permute(Idx i, R a) { return _mm256_permutevar8x32_epi32(a, i); }
   static R blend(Mask k, R a, R b) { return _mm256_blendv_epi8(a, b, k); }
   static R permute_into(R src, Mask k, Idx i, R a) { return blend(k, src, permute(i, a)); }
+  static R zero() { return _mm256_setzero_si256(); }
   static __m256 widen(R a) {
     if constexpr (std::is_same_v<X, c10::BFloat16>) {
       return _mm256_castsi256_ps(_mm256_slli_epi32(a, 16));
     } else {
       return _mm256_cvtph_ps(narrow(a));
     }
+  }
+  static void narrow2(__m256 a, __m256 b, R& ra, R& rb) {
+    const __m256i v = causal_conv1d::cpu::CPU_CAPABILITY::narrow<X>(a, b);
+    ra = _mm256_cvtepu16_epi32(_mm256_castsi256_si128(v));
+    rb = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(v, 1));
   }
 };
 
@@ -124,33 +141,106 @@ struct Regs<float> {
   static R permute(Idx i, R a) { return _mm256_permutevar8x32_ps(a, i); }
   static R blend(Mask k, R a, R b) { return _mm256_blendv_ps(a, b, k); }
   static R permute_into(R src, Mask k, Idx i, R a) { return blend(k, src, permute(i, a)); }
+  static R zero() { return _mm256_setzero_ps(); }
   static __m256 widen(R a) { return a; }
+  static void narrow2(__m256 a, __m256 b, R& ra, R& rb) { ra = a, rb = b; }
 };
 #endif
 
+// R channels whose values lie in runs of n (1..kMaxRun) per channel: the
+// run block is n registers, value q of it (channel q / n, column q % n) in
+// register q / R, lane q % R. The index tables that turn those registers
+// into columns (lane l = channel l) and columns back into registers, by
+// permutes and blends only, so values move as raw bits. They depend only on
+// n, so a call builds them once.
+template <typename X>
+struct Runs {
+  static constexpr int64_t kMaxRun = 8;
+  using Rg = Regs<X>;
+  static constexpr int64_t kR = Rg::kLanes;
+  static constexpr int64_t kG = Rg::kGroup;  // registers one permute reads from
+  using R = typename Rg::R;
+  using Idx = typename Rg::Idx;
+  using Mask = typename Rg::Mask;
+
+  int64_t n = 0;
+  // Column c: lane l reads value (l*n + c) % (G*R) of register group
+  // (l*n + c) / (G*R); col_group[c][g] marks the lanes served by group g >= 1.
+  Idx col_index[kMaxRun];
+  Mask col_group[kMaxRun][kMaxRun];
+  // Register m, value e holds channel (R*m + e) / n, column (R*m + e) % n:
+  // lane spread_index[m][e] of column register c for the values in
+  // spread_mask[c][m]. With n <= R every register holds every column.
+  Idx spread_index[kMaxRun];
+  Mask spread_mask[kMaxRun][kMaxRun];
+  static_assert(kMaxRun <= kR);
+
+  explicit Runs(int64_t run) : n(run) {
+    alignas(64) int32_t idx[kR];
+    for (int64_t c = 0; c < n; ++c) {
+      uint32_t group_bits[kMaxRun] = {};
+      for (int64_t l = 0; l < kR; ++l) {
+        const int64_t pos = l * n + c;
+        idx[l] = static_cast<int32_t>(pos % (kG * kR));
+        group_bits[pos / (kG * kR)] |= 1u << l;
+      }
+      col_index[c] = Rg::index(idx);
+      for (int64_t g = 0; g < kMaxRun; ++g) col_group[c][g] = Rg::mask(group_bits[g]);
+    }
+    uint32_t spread_bits[kMaxRun][kMaxRun] = {};
+    for (int64_t m = 0; m < n; ++m) {
+      for (int64_t e = 0; e < kR; ++e) {
+        const int64_t q = kR * m + e;
+        idx[e] = static_cast<int32_t>(q / n);
+        spread_bits[q % n][m] |= 1u << e;
+      }
+      spread_index[m] = Rg::index(idx);
+    }
+    for (int64_t c = 0; c < n; ++c)
+      for (int64_t m = 0; m < n; ++m) spread_mask[c][m] = Rg::mask(spread_bits[c][m]);
+  }
+
+  // Column c of the n registers regs (kN: n as a constant, or 0 when only
+  // known at run time).
+  template <int kN = 0>
+  R column(const R* regs, int64_t c) const {
+    const int64_t runs = kN > 0 ? kN : n;
+    auto group = [&](int64_t g) {
+      if constexpr (kG == 2) {
+        return kG * g + 1 < runs ? Rg::permute2(regs[kG * g], col_index[c], regs[kG * g + 1])
+                                 : Rg::permute(col_index[c], regs[kG * g]);  // index < R there
+      } else {
+        return Rg::permute(col_index[c], regs[g]);
+      }
+    };
+    R v = group(0);
+    for (int64_t g = 1; kG * g < runs; ++g) v = Rg::blend(col_group[c][g], v, group(g));
+    return v;
+  }
+
+  // Register m of the run block whose column c is cols[c] (kN as above).
+  template <int kN = 0>
+  R spread(const R* cols, int64_t m) const {
+    const int64_t runs = kN > 0 ? kN : n;
+    R v = Rg::permute(spread_index[m], cols[0]);
+    for (int64_t c = 1; c < runs; ++c) v = Rg::permute_into(v, spread_mask[c][m], spread_index[m], cols[c]);
+    return v;
+  }
+};
+
 template <typename X>
 struct RegisterDecode {
-  static constexpr int64_t kMaxS = 8;  // states up to 8 columns (W <= 9)
+  static constexpr int64_t kMaxS = Runs<X>::kMaxRun;  // states up to 8 columns (W <= 9)
   using Rg = Regs<X>;
   static constexpr int64_t kR = Rg::kLanes;  // channels per register
   using R = typename Rg::R;
   using Idx = typename Rg::Idx;
-  using Mask = typename Rg::Mask;
   using V = at::vec::Vectorized<float>;
   static_assert(V::size() == kR);
 
   int64_t S = 0, W = 0;
-  // Column c: lane l reads value (l*S + c) % (G*R) of register group
-  // (l*S + c) / (G*R), G = Regs::kGroup registers per permute;
-  // col_group[c][g] marks the lanes served by group g >= 1.
-  static constexpr int64_t kG = Rg::kGroup;
-  Idx col_index[kMaxS];
-  Mask col_group[kMaxS][kMaxS];
+  Runs<X> runs;    // the state's runs of S columns
   Idx last_shift;  // e -> e + 1, the last lane kept (a token replaces it)
-  // Register m, value e holds channel (R*m + e) / S, column (R*m + e) % S.
-  Idx token_index[kMaxS];
-  Mask token_mask[kMaxS][kMaxS];  // [c][m]: values of register m in column c
-  bool token_any[kMaxS][kMaxS];
 
   // The fast path's conditions: one token, fp16/bf16/fp32, a state with
   // per-channel runs of exactly S <= 8 values, x and out channel-contiguous.
@@ -160,34 +250,10 @@ struct RegisterDecode {
            p.conv_state.s1 == p.state_len && p.x.s1 == 1 && p.out.s1 == 1;
   }
 
-  explicit RegisterDecode(const ConvParams& p) : S(p.state_len), W(p.width) {
+  explicit RegisterDecode(const ConvParams& p) : S(p.state_len), W(p.width), runs(p.state_len) {
     alignas(64) int32_t idx[kR];
-    for (int64_t c = 0; c < S; ++c) {
-      uint32_t group_bits[kMaxS] = {};
-      for (int64_t l = 0; l < kR; ++l) {
-        const int64_t pos = l * S + c;
-        idx[l] = static_cast<int32_t>(pos % (kG * kR));
-        group_bits[pos / (kG * kR)] |= 1u << l;
-      }
-      col_index[c] = Rg::index(idx);
-      for (int64_t g = 0; g < kMaxS; ++g) col_group[c][g] = Rg::mask(group_bits[g]);
-    }
     for (int64_t e = 0; e < kR; ++e) idx[e] = static_cast<int32_t>(std::min<int64_t>(e + 1, kR - 1));
     last_shift = Rg::index(idx);
-    uint32_t token_bits[kMaxS][kMaxS] = {};
-    for (int64_t m = 0; m < S; ++m) {
-      for (int64_t e = 0; e < kR; ++e) {
-        const int64_t q = kR * m + e;
-        idx[e] = static_cast<int32_t>(q / S);
-        token_bits[q % S][m] |= 1u << e;
-      }
-      token_index[m] = Rg::index(idx);
-    }
-    for (int64_t c = 0; c < S; ++c)
-      for (int64_t m = 0; m < S; ++m) {
-        token_mask[c][m] = Rg::mask(token_bits[c][m]);
-        token_any[c][m] = token_bits[c][m] != 0;
-      }
   }
 
   // Tasks [begin, end) of update_impl (batch row b = task / nblk, block of
@@ -211,21 +277,6 @@ struct RegisterDecode {
   }
 
  private:
-  template <int kS>
-  R column(const R* regs, int64_t c) const {
-    auto group = [&](int g) {
-      if constexpr (kG == 2) {
-        return kG * g + 1 < kS ? Rg::permute2(regs[kG * g], col_index[c], regs[kG * g + 1])
-                               : Rg::permute(col_index[c], regs[kG * g]);  // index < R there
-      } else {
-        return Rg::permute(col_index[c], regs[g]);
-      }
-    };
-    R v = group(0);
-    for (int g = 1; kG * g < kS; ++g) v = Rg::blend(col_group[c][g], v, group(g));
-    return v;
-  }
-
   template <int kS, typename Other>
   void run_s(const ConvParams& p, const TapRows<float>& taps, int64_t nblk, int64_t begin,
              int64_t end, Other& other) const {
@@ -281,17 +332,17 @@ struct RegisterDecode {
     const int64_t first = next < 0 ? kS - (W - 1) : next - (W - 1) + kS;  // column of tap 0
     for (int64_t k = 0; k + 1 < W; ++k) {
       const int64_t c = next < 0 ? first + k : (first + k) % kS;
-      acc = at::vec::fmadd(V::loadu(taps + k * tap_stride), V(Rg::widen(column<kS>(regs, c))), acc);
+      acc = at::vec::fmadd(V::loadu(taps + k * tap_stride), V(Rg::widen(runs.template column<kS>(regs, c))), acc);
     }
     acc = at::vec::fmadd(V::loadu(taps + (W - 1) * tap_stride), V(Rg::widen(token)), acc);
     if (next < 0) {
       for (int m = 0; m < kS; ++m)
         Rg::store(st + kR * m,
-                  Rg::permute_into(shifted[m], token_mask[kS - 1][m], token_index[m], token));
+                  Rg::permute_into(shifted[m], runs.spread_mask[kS - 1][m], runs.spread_index[m], token));
     } else {
       for (int m = 0; m < kS; ++m) {
-        if (!token_any[next][m]) continue;
-        Rg::store(st + kR * m, Rg::permute_into(regs[m], token_mask[next][m], token_index[m], token));
+        Rg::store(st + kR * m,
+                  Rg::permute_into(regs[m], runs.spread_mask[next][m], runs.spread_index[m], token));
       }
     }
     return acc;

@@ -8,6 +8,13 @@
 // a token reads), then copies its state row as X values, untouched by
 // arithmetic. Only the row moves (VecIO's load_row / store_row, copy_row)
 // look at the layout.
+//
+// The default layout of a speculative step, x (B, D, L) and the state
+// (N, D, S) both contiguous, keeps each channel's tokens and columns in a
+// short run: a row of channels is then a strided gather, element by element.
+// On AVX-512 and AVX2 such tasks go through RegisterServing instead, which
+// loads the runs of a block of channels as whole registers and turns them
+// into columns (and back) with decode_regs.h's permutes.
 #pragma once
 
 #include <algorithm>
@@ -16,6 +23,7 @@
 
 #include "../serving.h"
 #include "common.h"
+#include "decode_regs.h"
 #include "update.h"
 
 namespace causal_conv1d::cpu::CPU_CAPABILITY {
@@ -39,8 +47,132 @@ struct Rows {
   }
 };
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// One task of run() when x, out and the state hold per-channel runs (of L
+// tokens, of S columns): 2R channels at a time, the runs loaded as registers
+// (Runs), the stream's rows widened from their columns, the outputs and the
+// new state spread back into runs. Values the state keeps are permuted, never
+// converted, so it stays bit-exact; the arithmetic is run()'s, in its order.
 template <typename X>
-void run(const ConvParams& p) {
+struct RegisterServing {
+  using Rg = Regs<X>;
+  using R = typename Rg::R;
+  using V = at::vec::Vectorized<float>;
+  static constexpr int64_t kR = Rg::kLanes;
+  static constexpr int64_t kMaxRun = Runs<X>::kMaxRun;
+
+  const ConvParams& p;
+  Runs<X> state_runs, token_runs;
+
+  // The call's conditions; a task also needs a whole block of channels and
+  // either a write to its read row or a write of every column.
+  static bool applies(const ConvParams& p) {
+    const int64_t S = p.state_len, L = p.seqlen;
+    return S >= 1 && S <= kMaxRun && L >= 1 && L <= kMaxRun && p.conv_state.s2 == 1 &&
+           p.conv_state.s1 == S && p.x.s2 == 1 && p.x.s1 == L && p.out.s2 == 1 &&
+           p.out.s1 == L && p.query_start_loc.data == nullptr && !p.windows.given() &&
+           p.block_size == 0;
+  }
+  static bool takes(const ConvParams& p, const SeqPlan& s) {
+    return s.len == p.seqlen && s.read_row >= 0 &&
+           (s.write_row == s.read_row || s.count == p.state_len);
+  }
+
+  explicit RegisterServing(const ConvParams& params)
+      : p(params), state_runs(params.state_len), token_runs(params.seqlen) {}
+
+  // Channels [d0, d0 + n) of sequence b, n a multiple of 2R.
+  void task(int64_t b, const SeqPlan& s, int64_t d0, int64_t n, const TapRows<float>& taps) const {
+    // S and L as constants unroll the permutes, for the shapes engines use
+    // most: W = 4 (the Mamba2 family) decoding one token or verifying 1 to
+    // 5 drafts, S = W - 2 + L.
+    if (p.state_len == p.seqlen + 2) {
+      switch (p.seqlen) {
+        case 1: return task_n<3, 1>(b, s, d0, n, taps);
+        case 2: return task_n<4, 2>(b, s, d0, n, taps);
+        case 3: return task_n<5, 3>(b, s, d0, n, taps);
+        case 4: return task_n<6, 4>(b, s, d0, n, taps);
+        case 5: return task_n<7, 5>(b, s, d0, n, taps);
+        case 6: return task_n<8, 6>(b, s, d0, n, taps);
+      }
+    }
+    return task_n<0, 0>(b, s, d0, n, taps);
+  }
+
+  template <int kS, int kL>
+  void task_n(int64_t b, const SeqPlan& s, int64_t d0, int64_t n, const TapRows<float>& taps) const {
+    const int64_t W = p.width, S = kS ? kS : p.state_len, L = kL ? kL : p.seqlen;
+    const int64_t first_col = s.hist_len - (W - 1);
+    // in_row[j][k]: the stream row of token j's tap k (rows 0..W-2 the
+    // window, W-1+t token t), the same for every channel.
+    int64_t in_row[kMaxRun][kMaxRun + 1];
+    for (int64_t j = 0; j < L; ++j) {
+      int64_t walk = j;
+      for (int64_t i = 0; i < W; ++i) {
+        const int64_t src = step_back(p, b, s, i, &walk);
+        in_row[j][W - 1 - i] = src >= 0 ? W - 1 + src : -1 - src - first_col;
+      }
+    }
+    const X* x = ptr<const X>(p.x) + b * p.x.s0;
+    X* out = ptr<X>(p.out) + b * p.out.s0;
+    X* pool = ptr<X>(p.conv_state);
+    const X* read = pool + s.read_row * p.conv_state.s0;
+    X* write = pool + s.write_row * p.conv_state.s0;
+    for (int64_t d = d0; d < d0 + n; d += 2 * kR) {
+      R st[2][kMaxRun], tok[2][kMaxRun], tcol[2][kMaxRun], wcol[2][kMaxRun + 1];
+      V rows[2][2 * kMaxRun];
+      for (int h = 0; h < 2; ++h) {
+        const int64_t dh = d + h * kR;
+        for (int64_t m = 0; m < S; ++m) st[h][m] = Rg::load(read + dh * S + m * kR);
+        for (int64_t m = 0; m < L; ++m) tok[h][m] = Rg::load(x + dh * L + m * kR);
+        for (int64_t c = 0; c + 1 < W; ++c) {
+          wcol[h][c] = s.zero_history ? Rg::zero() : state_runs.template column<kS>(st[h], first_col + c);
+          rows[h][c] = V(Rg::widen(wcol[h][c]));
+        }
+        for (int64_t t = 0; t < L; ++t) {
+          tcol[h][t] = token_runs.template column<kL>(tok[h], t);
+          rows[h][W - 1 + t] = V(Rg::widen(tcol[h][t]));
+        }
+      }
+      R res[2][kMaxRun];
+      for (int64_t j = 0; j < L; ++j) {
+        V a0 = V::loadu(taps.bias(d)), a1 = V::loadu(taps.bias(d + kR));
+        for (int64_t k = 0; k < W; ++k) {
+          a0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), rows[0][in_row[j][k]], a0);
+          a1 = at::vec::fmadd(V::loadu(taps.tap(k, d + kR)), rows[1][in_row[j][k]], a1);
+        }
+        if (p.silu) {
+          a0 = silu_vec<X>(a0);
+          a1 = silu_vec<X>(a1);
+        }
+        Rg::narrow2(a0, a1, res[0][j], res[1][j]);
+      }
+      for (int h = 0; h < 2; ++h) {
+        const int64_t dh = d + h * kR;
+        for (int64_t m = 0; m < L; ++m) Rg::store(out + dh * L + m * kR, token_runs.template spread<kL>(res[h], m));
+        // New column c = stream column shift + c (c < count), else the old one.
+        R cols[kMaxRun];
+        for (int64_t c = 0; c < S; ++c) {
+          const int64_t src = c < s.count ? s.shift + c : c;
+          if (c < s.count && src >= s.hist_len) {
+            cols[c] = tcol[h][src - s.hist_len];
+          } else if (c < s.count && src >= first_col) {
+            cols[c] = wcol[h][src - first_col];
+          } else {
+            cols[c] = c < s.count && s.zero_history ? Rg::zero() : state_runs.template column<kS>(st[h], src);
+          }
+        }
+        for (int64_t m = 0; m < S; ++m) Rg::store(write + dh * S + m * kR, state_runs.template spread<kS>(cols, m));
+      }
+    }
+  }
+};
+#endif
+
+// fast(b, s, d0, taps) runs a whole block of channels another way, or
+// returns false.
+template <typename X, typename Fast>
+void run_tasks(const ConvParams& p, Fast&& fast) {
   using R = Rows<X>;
   using IO = VecIO<X>;
   using A = typename R::A;
@@ -70,6 +202,7 @@ void run(const ConvParams& p) {
         for (int64_t j = 0; j < s.len; ++j) IO::store_row(acc, out + j * p.out.s2, p.out.s1, nd);
         continue;
       }
+      if (nd == K && fast(b, s, d0, taps)) continue;
       const size_t need = static_cast<size_t>((W - 1 + s.len) * K);
       if (stream_rows.size() < need) stream_rows.resize(need);
       A* rows = stream_rows.data();
@@ -153,6 +286,25 @@ void run(const ConvParams& p) {
       }
     }
   });
+}
+
+template <typename X>
+void run(const ConvParams& p) {
+  using Taps = TapRows<acc_t<X>>;
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if constexpr (!std::is_same_v<X, double>) {
+    if (RegisterServing<X>::applies(p)) {
+      const RegisterServing<X> regs(p);
+      run_tasks<X>(p, [&](int64_t b, const SeqPlan& s, int64_t d0, const Taps& taps) {
+        if (!RegisterServing<X>::takes(p, s)) return false;
+        regs.task(b, s, d0, Rows<X>::kBlock, taps);
+        return true;
+      });
+      return;
+    }
+  }
+#endif
+  run_tasks<X>(p, [](int64_t, const SeqPlan&, int64_t, const Taps&) { return false; });
 }
 
 }  // namespace serving
