@@ -102,6 +102,27 @@ def test_spec_decode(kernel, seeded, dtypes, W):
         check(res, dtypes, f"seed={seeded} W={W} k={k} S={S} pool={pool_rows} acc={acc.tolist()}")
 
 
+@pytest.mark.parametrize("W", [3, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_spec_decode_runs(kernel, seeded, W, dtype):
+    """x (B, D, 1 + k) and the pool (N, D, S) contiguous, so every channel's
+    tokens and columns are a short run (the CPU's register path on AVX-512
+    and AVX2): k = 0..6 drafts, several whole channel blocks and a partial
+    one, a padding row."""
+    D2 = 3 * 64 + 13
+    weight = torch.randn(D2, W, dtype=dtype)
+    bias = torch.randn(D2, dtype=dtype)
+    for k in range(7):
+        B, L, S = 3, 1 + k, W - 1 + k
+        pool = make_pool(5, D2, S, dtype, "contiguous")
+        idx = torch.tensor([3, PAD, 0], dtype=torch.int32)
+        acc = torch.randint(1, L + 1, (B,), dtype=torch.int32)
+        x = make_tokens(B, D2, L, dtype, "contiguous")
+        res = run_both(kernel, x, pool, weight, bias, "silu", conv_state_indices=idx,
+                       num_accepted_tokens=acc)
+        check(res, (dtype, dtype), f"seed={seeded} W={W} k={k} acc={acc.tolist()}")
+
+
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("x_layout", ["contiguous", "channel_last"])
 @pytest.mark.parametrize("pool_layout", ["contiguous", "channel_last", "slice"])

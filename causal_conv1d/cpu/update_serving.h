@@ -49,7 +49,8 @@ struct Rows {
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // One task of run() when x, out and the state hold per-channel runs (of L
-// tokens, of S columns): 2R channels at a time, the runs loaded as registers
+// tokens, of S columns) and each token follows the one before it (no token
+// tree): 2R channels at a time, the runs loaded as registers
 // (Runs), the stream's rows widened from their columns, the outputs and the
 // new state spread back into runs. Values the state keeps are permuted, never
 // converted, so it stays bit-exact; the arithmetic is run()'s, in its order.
@@ -71,7 +72,7 @@ struct RegisterServing {
     return S >= 1 && S <= kMaxRun && L >= 1 && L <= kMaxRun && p.conv_state.s2 == 1 &&
            p.conv_state.s1 == S && p.x.s2 == 1 && p.x.s1 == L && p.out.s2 == 1 &&
            p.out.s1 == L && p.query_start_loc.data == nullptr && !p.windows.given() &&
-           p.block_size == 0;
+           !p.parents.given() && p.block_size == 0;
   }
   static bool takes(const ConvParams& p, const SeqPlan& s) {
     return s.len == p.seqlen && s.read_row >= 0 &&
@@ -83,36 +84,30 @@ struct RegisterServing {
 
   // Channels [d0, d0 + n) of sequence b, n a multiple of 2R.
   void task(int64_t b, const SeqPlan& s, int64_t d0, int64_t n, const TapRows<float>& taps) const {
-    // S and L as constants unroll the permutes, for the shapes engines use
-    // most: W = 4 (the Mamba2 family) decoding one token or verifying 1 to
-    // 5 drafts, S = W - 2 + L.
-    if (p.state_len == p.seqlen + 2) {
+    // W, S and L as constants keep the columns in registers and unroll the
+    // permutes, for the shapes engines use most: W = 4 (the Mamba2 family)
+    // decoding one token or verifying 1 to 5 drafts, S = W - 2 + L.
+    if (p.width == 4 && p.state_len == p.seqlen + 2) {
       switch (p.seqlen) {
-        case 1: return task_n<3, 1>(b, s, d0, n, taps);
+        case 1: return task_n<4, 1>(b, s, d0, n, taps);
         case 2: return task_n<4, 2>(b, s, d0, n, taps);
-        case 3: return task_n<5, 3>(b, s, d0, n, taps);
-        case 4: return task_n<6, 4>(b, s, d0, n, taps);
-        case 5: return task_n<7, 5>(b, s, d0, n, taps);
-        case 6: return task_n<8, 6>(b, s, d0, n, taps);
+        case 3: return task_n<4, 3>(b, s, d0, n, taps);
+        case 4: return task_n<4, 4>(b, s, d0, n, taps);
+        case 5: return task_n<4, 5>(b, s, d0, n, taps);
+        case 6: return task_n<4, 6>(b, s, d0, n, taps);
       }
     }
     return task_n<0, 0>(b, s, d0, n, taps);
   }
 
-  template <int kS, int kL>
+  // kW, kL: W and L as constants (S = W - 2 + L), or 0, 0: all at run time.
+  template <int kW, int kL>
   void task_n(int64_t b, const SeqPlan& s, int64_t d0, int64_t n, const TapRows<float>& taps) const {
-    const int64_t W = p.width, S = kS ? kS : p.state_len, L = kL ? kL : p.seqlen;
+    constexpr int kS = kW > 0 ? kW - 2 + kL : 0;
+    const int64_t W = kW ? kW : p.width, S = kS ? kS : p.state_len, L = kL ? kL : p.seqlen;
+    // Token j's tap k reads stream row j + k: rows 0..W-2 the window (state
+    // columns first_col...), row W-1+t token t.
     const int64_t first_col = s.hist_len - (W - 1);
-    // in_row[j][k]: the stream row of token j's tap k (rows 0..W-2 the
-    // window, W-1+t token t), the same for every channel.
-    int64_t in_row[kMaxRun][kMaxRun + 1];
-    for (int64_t j = 0; j < L; ++j) {
-      int64_t walk = j;
-      for (int64_t i = 0; i < W; ++i) {
-        const int64_t src = step_back(p, b, s, i, &walk);
-        in_row[j][W - 1 - i] = src >= 0 ? W - 1 + src : -1 - src - first_col;
-      }
-    }
     const X* x = ptr<const X>(p.x) + b * p.x.s0;
     X* out = ptr<X>(p.out) + b * p.out.s0;
     X* pool = ptr<X>(p.conv_state);
@@ -138,8 +133,8 @@ struct RegisterServing {
       for (int64_t j = 0; j < L; ++j) {
         V a0 = V::loadu(taps.bias(d)), a1 = V::loadu(taps.bias(d + kR));
         for (int64_t k = 0; k < W; ++k) {
-          a0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), rows[0][in_row[j][k]], a0);
-          a1 = at::vec::fmadd(V::loadu(taps.tap(k, d + kR)), rows[1][in_row[j][k]], a1);
+          a0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), rows[0][j + k], a0);
+          a1 = at::vec::fmadd(V::loadu(taps.tap(k, d + kR)), rows[1][j + k], a1);
         }
         if (p.silu) {
           a0 = silu_vec<X>(a0);
