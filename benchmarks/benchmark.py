@@ -1,4 +1,5 @@
-"""`kernels benchmark` workloads: forward, backward, decode and packed prefill.
+"""`kernels benchmark` workloads: forward, backward, decode, speculative
+decode and packed prefill.
 
     kernels benchmark .                                    # this checkout's build/<variant>/
     kernels benchmark kernels-community/causal-conv1d@v1   # a published version
@@ -35,10 +36,13 @@ STATE_LEN = WIDTH - 1
 # Tolerances of the ratio tables: kernel result against the baseline in x's dtype.
 TOL = {torch.float32: dict(rtol=3e-4, atol=1e-3), torch.bfloat16: dict(rtol=1e-2, atol=5e-2)}
 
-# (B, D, L) of the forward and backward; (B, D) of a decode step; packed
-# prefill as (sequences, tokens, D).
+# (B, D, L) of the forward and backward; (B, D) of a decode step and of a
+# speculative step with SPEC_DRAFTS drafts; packed prefill as (sequences,
+# tokens, D).
 CONV_SIZES = {"small": (2, 64, 256), "large": (2, 2048, 2048)}
 DECODE_SIZES = {"small": (8, 256), "large": (256, 8192)}
+SPEC_SIZES = {"small": (8, 256), "large": (64, 8192)}
+SPEC_DRAFTS = 3
 PACKED_SIZES = {"small": (4, 256, 128), "large": (16, 8192, 4096)}
 
 
@@ -72,6 +76,22 @@ def update_ref(x, conv_state, weight, bias):
     stream = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # (B, D, S + 1)
     y = F.conv1d(stream[..., -weight.shape[1]:], weight.unsqueeze(1), bias, groups=x.shape[1])[..., -1]
     conv_state.copy_(stream[..., 1:])
+    return F.silu(y)
+
+
+def spec_update_ref(x, conv_state, weight, bias, num_accepted):
+    """A speculative step without the kernel: gather each sequence's window
+    (state columns n - 1 .. n + W - 3, n its accepted count), conv over the
+    window and the 1 + k tokens, silu; the state becomes that stream from
+    its second column on (the W - 2 inputs before the window's end, then the
+    tokens)."""
+    B, D, L = x.shape
+    W = weight.shape[1]
+    cols = (num_accepted.long() - 1)[:, None] + torch.arange(W - 1, device=x.device)
+    window = conv_state.gather(2, cols[:, None, :].expand(B, D, W - 1))
+    stream = torch.cat([window, x], dim=-1)  # (B, D, W - 1 + L)
+    y = F.conv1d(stream, weight.unsqueeze(1), bias, groups=D)
+    conv_state[..., : W - 2 + L].copy_(stream[..., 1:])
     return F.silu(y)
 
 
@@ -244,6 +264,39 @@ class Decode(_SmallAndLarge, Benchmark):
         _close("decode", self.out, want)
         if not torch.equal(self.state, self.state_ref):  # the kernel ran once before verify
             raise RuntimeError("decode: the updated conv_state differs from PyTorch's")
+
+
+class SpecDecode(_SmallAndLarge, Benchmark):
+    """causal_conv1d_update verifying k = 3 drafts: x (B, D, 4), conv_state
+    (B, D, 6) in the default layout, num_accepted_tokens in 1..4 per
+    sequence. Like Decode, the reference restores the state first."""
+
+    seed = 0
+
+    def _setup(self, size):
+        B, D = SPEC_SIZES[size]
+        dev, k = self.device, SPEC_DRAFTS
+        self.x = torch.randn(B, D, 1 + k, device=dev)
+        self.weight = torch.randn(D, WIDTH, device=dev) / WIDTH
+        self.bias = torch.randn(D, device=dev)
+        self.state = torch.randn(B, D, STATE_LEN + k, device=dev)
+        self.accepted = torch.randint(1, k + 2, (B,), dtype=torch.int32, device=dev)
+        self.state0 = self.state.clone()
+        self.state_ref = self.state.clone()
+
+    def _run(self):
+        self.out = self.kernel.causal_conv1d_update(self.x, self.state, self.weight, self.bias,
+                                                    activation="silu",
+                                                    num_accepted_tokens=self.accepted)
+
+    def _reference(self):
+        self.state_ref.copy_(self.state0)
+        return spec_update_ref(self.x, self.state_ref, self.weight, self.bias, self.accepted)
+
+    def _check(self, want):
+        _close("speculative decode", self.out, want)
+        if not torch.equal(self.state, self.state_ref):  # the kernel ran once before verify
+            raise RuntimeError("speculative decode: the updated conv_state differs from PyTorch's")
 
 
 class PackedPrefill(_SmallAndLarge, Benchmark):

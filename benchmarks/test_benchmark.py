@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-WORKLOADS = ["Forward", "Backward", "Decode", "PackedPrefill"]
+WORKLOADS = ["Forward", "Backward", "Decode", "SpecDecode", "PackedPrefill"]
 
 
 @pytest.fixture(scope="module")
