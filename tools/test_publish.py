@@ -677,8 +677,8 @@ def test_kernels_benchmark_runs_the_published_benchmarks(host_build, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr[-6000:]
     results = json.loads(out.read_text())
     names = sorted(w["workload"] for w in results["results"])
-    assert names == sorted(f"{op}.{size}" for op in ("Forward", "Backward", "Decode", "PackedPrefill")
-                           for size in ("small", "large"))
+    ops = ("Forward", "Backward", "Decode", "SpecDecode", "PackedPrefill")
+    assert names == sorted(f"{op}.{size}" for op in ops for size in ("small", "large"))
     assert all(w["verified"] is True for w in results["results"])
     published = hashlib.sha256((ROOT / "benchmarks" / "benchmark.py").read_bytes()).hexdigest()
     assert results["benchmarkScriptSha"] == published
