@@ -64,6 +64,14 @@ struct RegisterServing {
 
   const ConvParams& p;
   Runs<X> state_runs, token_runs;
+  // With permutes that read two registers (AVX-512) the constant shapes
+  // write the new state without going through columns: register m is the
+  // old one moved `shift` values on (columns < W - 2, the kept history)
+  // with the tokens permuted in from x's runs registers token_reg[m] and
+  // token_reg[m] + 1 (columns >= W - 2, the lanes of token_mask[m]).
+  typename Rg::Idx token_index[kMaxRun];
+  typename Rg::Mask token_mask[kMaxRun];
+  int64_t token_reg[kMaxRun] = {};
 
   // The call's conditions; a task also needs a whole block of channels and
   // either a write to its read row or a write of every column.
@@ -80,7 +88,26 @@ struct RegisterServing {
   }
 
   explicit RegisterServing(const ConvParams& params)
-      : p(params), state_runs(params.state_len), token_runs(params.seqlen) {}
+      : p(params), state_runs(params.state_len), token_runs(params.seqlen) {
+    const int64_t S = p.state_len, L = p.seqlen, keep = p.width - 2;
+    if (Rg::kGroup != 2 || keep < 0 || S != keep + L) return;
+    alignas(64) int32_t idx[kR];
+    for (int64_t m = 0; m < S; ++m) {
+      // A register of S-runs spans at most R / S + 1 channels, whose tokens
+      // lie within R values of x's runs: two registers from token_reg[m].
+      token_reg[m] = (kR * m / S) * L / kR;
+      uint32_t bits = 0;
+      for (int64_t e = 0; e < kR; ++e) {
+        const int64_t q = kR * m + e, c = q % S;
+        idx[e] = 0;
+        if (c < keep) continue;
+        idx[e] = static_cast<int32_t>((q / S) * L + c - keep - token_reg[m] * kR);
+        bits |= 1u << e;
+      }
+      token_index[m] = Rg::index(idx);
+      token_mask[m] = Rg::mask(bits);
+    }
+  }
 
   // Channels [d0, d0 + n) of sequence b, n a multiple of 2R.
   void task(int64_t b, const SeqPlan& s, int64_t d0, int64_t n, const TapRows<float>& taps) const {
@@ -108,6 +135,12 @@ struct RegisterServing {
     // Token j's tap k reads stream row j + k: rows 0..W-2 the window (state
     // columns first_col...), row W-1+t token t.
     const int64_t first_col = s.hist_len - (W - 1);
+    typename Rg::Idx shift_index{};  // lane e: value e + shift of two registers
+    if constexpr (kW > 0 && Rg::kGroup == 2) {
+      alignas(64) int32_t idx[kR];
+      for (int64_t e = 0; e < kR; ++e) idx[e] = static_cast<int32_t>(e + s.shift);
+      shift_index = Rg::index(idx);
+    }
     const X* x = ptr<const X>(p.x) + b * p.x.s0;
     X* out = ptr<X>(p.out) + b * p.out.s0;
     X* pool = ptr<X>(p.conv_state);
@@ -145,6 +178,16 @@ struct RegisterServing {
       for (int h = 0; h < 2; ++h) {
         const int64_t dh = d + h * kR;
         for (int64_t m = 0; m < L; ++m) Rg::store(out + dh * L + m * kR, token_runs.template spread<kL>(res[h], m));
+        if constexpr (kW > 0 && Rg::kGroup == 2) {
+          for (int64_t m = 0; m < kS; ++m) {
+            const R kept = s.zero_history ? Rg::zero()
+                                          : Rg::permute2(st[h][m], shift_index, st[h][std::min<int64_t>(m + 1, kS - 1)]);
+            const int64_t g = token_reg[m];
+            const R tokens = Rg::permute2(tok[h][g], token_index[m], tok[h][std::min<int64_t>(g + 1, kL - 1)]);
+            Rg::store(write + dh * S + m * kR, Rg::blend(token_mask[m], kept, tokens));
+          }
+          continue;
+        }
         // New column c = stream column shift + c (c < count), else the old one.
         R cols[kMaxRun];
         for (int64_t c = 0; c < S; ++c) {
