@@ -110,6 +110,11 @@ struct Regs {  // c10::Half, c10::BFloat16: bits zero-extended to 32-bit lanes
     return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits), lane_bit), lane_bit);
   }
   static R permute(Idx i, R a) { return _mm256_permutevar8x32_epi32(a, i); }
+  // indices 0..15: bit 3 picks b (two permutes and a blend)
+  static R permute2(R a, Idx i, R b) {
+    const __m256i from_b = _mm256_cmpgt_epi32(i, _mm256_set1_epi32(7));
+    return _mm256_blendv_epi8(permute(i, a), permute(i, b), from_b);
+  }
   static R blend(Mask k, R a, R b) { return _mm256_blendv_epi8(a, b, k); }
   static R permute_into(R src, Mask k, Idx i, R a) { return blend(k, src, permute(i, a)); }
   static R zero() { return _mm256_setzero_si256(); }
@@ -139,6 +144,10 @@ struct Regs<float> {
   static Idx index(const int32_t* v) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)); }
   static Mask mask(uint32_t bits) { return _mm256_castsi256_ps(Regs<c10::BFloat16>::mask(bits)); }
   static R permute(Idx i, R a) { return _mm256_permutevar8x32_ps(a, i); }
+  static R permute2(R a, Idx i, R b) {
+    const __m256 from_b = _mm256_castsi256_ps(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(7)));
+    return _mm256_blendv_ps(permute(i, a), permute(i, b), from_b);
+  }
   static R blend(Mask k, R a, R b) { return _mm256_blendv_ps(a, b, k); }
   static R permute_into(R src, Mask k, Idx i, R a) { return blend(k, src, permute(i, a)); }
   static R zero() { return _mm256_setzero_ps(); }

@@ -64,14 +64,16 @@ struct RegisterServing {
 
   const ConvParams& p;
   Runs<X> state_runs, token_runs;
-  // With permutes that read two registers (AVX-512) the constant shapes
-  // write the new state without going through columns: register m is the
-  // old one moved `shift` values on (columns < W - 2, the kept history)
-  // with the tokens permuted in from x's runs registers token_reg[m] and
-  // token_reg[m] + 1 (columns >= W - 2, the lanes of token_mask[m]).
+  // The constant shapes write the new state without going through
+  // columns (restride): register m is the old one moved `shift` values on
+  // (columns < W - 2, the kept history) with the tokens permuted in from
+  // x's runs registers token_reg[m] and token_reg[m] + 1 (columns >= W - 2,
+  // the lanes of token_mask[m]); when those two registers cannot hold them
+  // (some AVX2 shapes), the columns are spread instead.
   typename Rg::Idx token_index[kMaxRun];
   typename Rg::Mask token_mask[kMaxRun];
   int64_t token_reg[kMaxRun] = {};
+  bool restride = false;
 
   // The call's conditions; a task also needs a whole block of channels and
   // either a write to its read row or a write of every column.
@@ -90,18 +92,21 @@ struct RegisterServing {
   explicit RegisterServing(const ConvParams& params)
       : p(params), state_runs(params.state_len), token_runs(params.seqlen) {
     const int64_t S = p.state_len, L = p.seqlen, keep = p.width - 2;
-    if (Rg::kGroup != 2 || keep < 0 || S != keep + L) return;
+    if (keep < 0 || S != keep + L) return;
     alignas(64) int32_t idx[kR];
+    restride = true;
     for (int64_t m = 0; m < S; ++m) {
-      // A register of S-runs spans at most R / S + 1 channels, whose tokens
-      // lie within R values of x's runs: two registers from token_reg[m].
+      // The tokens of the channels register m touches, from the x register
+      // holding the first of them.
       token_reg[m] = (kR * m / S) * L / kR;
       uint32_t bits = 0;
       for (int64_t e = 0; e < kR; ++e) {
         const int64_t q = kR * m + e, c = q % S;
         idx[e] = 0;
         if (c < keep) continue;
-        idx[e] = static_cast<int32_t>((q / S) * L + c - keep - token_reg[m] * kR);
+        const int64_t at = (q / S) * L + c - keep - token_reg[m] * kR;
+        restride = restride && at < 2 * kR;
+        idx[e] = static_cast<int32_t>(at);
         bits |= 1u << e;
       }
       token_index[m] = Rg::index(idx);
@@ -136,7 +141,7 @@ struct RegisterServing {
     // columns first_col...), row W-1+t token t.
     const int64_t first_col = s.hist_len - (W - 1);
     typename Rg::Idx shift_index{};  // lane e: value e + shift of two registers
-    if constexpr (kW > 0 && Rg::kGroup == 2) {
+    if constexpr (kW > 0) {
       alignas(64) int32_t idx[kR];
       for (int64_t e = 0; e < kR; ++e) idx[e] = static_cast<int32_t>(e + s.shift);
       shift_index = Rg::index(idx);
@@ -177,16 +182,19 @@ struct RegisterServing {
       }
       for (int h = 0; h < 2; ++h) {
         const int64_t dh = d + h * kR;
-        for (int64_t m = 0; m < L; ++m) Rg::store(out + dh * L + m * kR, token_runs.template spread<kL>(res[h], m));
-        if constexpr (kW > 0 && Rg::kGroup == 2) {
-          for (int64_t m = 0; m < kS; ++m) {
-            const R kept = s.zero_history ? Rg::zero()
-                                          : Rg::permute2(st[h][m], shift_index, st[h][std::min<int64_t>(m + 1, kS - 1)]);
-            const int64_t g = token_reg[m];
-            const R tokens = Rg::permute2(tok[h][g], token_index[m], tok[h][std::min<int64_t>(g + 1, kL - 1)]);
-            Rg::store(write + dh * S + m * kR, Rg::blend(token_mask[m], kept, tokens));
+        for (int64_t m = 0; m < L; ++m)
+          Rg::store(out + dh * L + m * kR, token_runs.template spread<kL>(res[h], m));
+        if constexpr (kW > 0) {
+          if (restride) {
+            for (int64_t m = 0; m < kS; ++m) {
+              const R next = st[h][std::min<int64_t>(m + 1, kS - 1)];
+              const R kept = s.zero_history ? Rg::zero() : Rg::permute2(st[h][m], shift_index, next);
+              const int64_t g = token_reg[m], g1 = std::min<int64_t>(g + 1, kL - 1);
+              const R tokens = Rg::permute2(tok[h][g], token_index[m], tok[h][g1]);
+              Rg::store(write + dh * S + m * kR, Rg::blend(token_mask[m], kept, tokens));
+            }
+            continue;
           }
-          continue;
         }
         // New column c = stream column shift + c (c < count), else the old one.
         R cols[kMaxRun];
