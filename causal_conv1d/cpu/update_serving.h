@@ -50,10 +50,12 @@ struct Rows {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // One task of run() when x, out and the state hold per-channel runs (of L
 // tokens, of S columns) and each token follows the one before it (no token
-// tree): 2R channels at a time, the runs loaded as registers
-// (Runs), the stream's rows widened from their columns, the outputs and the
-// new state spread back into runs. Values the state keeps are permuted, never
-// converted, so it stays bit-exact; the arithmetic is run()'s, in its order.
+// tree): 2R channels at a time, the runs loaded as registers, the stream's
+// rows widened from their columns (Runs), the outputs spread back into runs
+// and the new state either spread from its columns or, in the constant
+// shapes, permuted straight from the old state's and x's runs (restride).
+// Values the state keeps are permuted, never converted, so it stays
+// bit-exact; the arithmetic is run()'s, in its order.
 template <typename X>
 struct RegisterServing {
   using Rg = Regs<X>;
