@@ -136,7 +136,8 @@ struct RegisterServing {
 
   // kW, kL: W and L as constants (S = W - 2 + L), or 0, 0: all at run time.
   template <int kW, int kL>
-  void task_n(int64_t b, const SeqPlan& s, int64_t d0, int64_t n, const TapRows<float>& taps) const {
+  void task_n(int64_t b, const SeqPlan& s, int64_t d0, int64_t n,
+              const TapRows<float>& taps) const {
     constexpr int kS = kW > 0 ? kW - 2 + kL : 0;
     const int64_t W = kW ? kW : p.width, S = kS ? kS : p.state_len, L = kL ? kL : p.seqlen;
     // Token j's tap k reads stream row j + k: rows 0..W-2 the window (state
@@ -161,7 +162,8 @@ struct RegisterServing {
         for (int64_t m = 0; m < S; ++m) st[h][m] = Rg::load(read + dh * S + m * kR);
         for (int64_t m = 0; m < L; ++m) tok[h][m] = Rg::load(x + dh * L + m * kR);
         for (int64_t c = 0; c + 1 < W; ++c) {
-          wcol[h][c] = s.zero_history ? Rg::zero() : state_runs.template column<kS>(st[h], first_col + c);
+          wcol[h][c] = s.zero_history ? Rg::zero()
+                                      : state_runs.template column<kS>(st[h], first_col + c);
           rows[h][c] = V(Rg::widen(wcol[h][c]));
         }
         for (int64_t t = 0; t < L; ++t) {
@@ -190,7 +192,8 @@ struct RegisterServing {
           if (restride) {
             for (int64_t m = 0; m < kS; ++m) {
               const R next = st[h][std::min<int64_t>(m + 1, kS - 1)];
-              const R kept = s.zero_history ? Rg::zero() : Rg::permute2(st[h][m], shift_index, next);
+              const R kept =
+                  s.zero_history ? Rg::zero() : Rg::permute2(st[h][m], shift_index, next);
               const int64_t g = token_reg[m], g1 = std::min<int64_t>(g + 1, kL - 1);
               const R tokens = Rg::permute2(tok[h][g], token_index[m], tok[h][g1]);
               Rg::store(write + dh * S + m * kR, Rg::blend(token_mask[m], kept, tokens));
@@ -207,10 +210,12 @@ struct RegisterServing {
           } else if (c < s.count && src >= first_col) {
             cols[c] = wcol[h][src - first_col];
           } else {
-            cols[c] = c < s.count && s.zero_history ? Rg::zero() : state_runs.template column<kS>(st[h], src);
+            cols[c] = c < s.count && s.zero_history ? Rg::zero()
+                                                    : state_runs.template column<kS>(st[h], src);
           }
         }
-        for (int64_t m = 0; m < S; ++m) Rg::store(write + dh * S + m * kR, state_runs.template spread<kS>(cols, m));
+        for (int64_t m = 0; m < S; ++m)
+          Rg::store(write + dh * S + m * kR, state_runs.template spread<kS>(cols, m));
       }
     }
   }
