@@ -246,6 +246,55 @@ void shift_state(X* st, int64_t s_ch, int64_t s_col, int64_t S, int64_t n, const
 }
 
 
+// One token of n (<= 2 kLanes<A>) channels whose state columns are rows of
+// channels (stride 1 between channels, s_col >= n between columns: vLLM's
+// layout), straight from memory to registers and back: window column k is
+// col[k]; write_col < 0 shifts the state one column left with the token
+// last, else the token goes to column write_col. The arithmetic is
+// ChannelBlock's, in its order; the state moves as raw values.
+template <typename X>
+void decode_channel_rows(const ConvParams& p, const TapRows<acc_t<X>>& taps, int64_t d0,
+                         int64_t n, const X* x, X* out, X* st, const int64_t* col,
+                         int64_t write_col) {
+  using A = acc_t<X>;
+  using V = Vec<A>;
+  using IO = VecIO<X>;
+  constexpr int64_t N = kLanes<A>;
+  const int64_t W = p.width, S = p.state_len, sc = p.conv_state.s2;
+  V a0 = V::loadu(taps.bias(d0)), a1 = V::loadu(taps.bias(d0) + N);
+  auto tap = [&](int64_t k, const V& v0, const V& v1) {
+    a0 = at::vec::fmadd(V::loadu(taps.tap(k, d0)), v0, a0);
+    a1 = at::vec::fmadd(V::loadu(taps.tap(k, d0) + N), v1, a1);
+  };
+  V v0, v1;
+  for (int64_t k = 0; k + 1 < W; ++k) {
+    IO::load2(st + col[k] * sc, n, v0, v1);
+    tap(k, v0, v1);
+  }
+  IO::load2(x, n, v0, v1);
+  tap(W - 1, v0, v1);
+  if (p.silu) {
+    a0 = silu_vec<X>(a0);
+    a1 = silu_vec<X>(a1);
+  }
+  IO::store2(out, a0, a1, n);
+  // Raw copies, whole Vec<X> at a time (a Vec<X> of 16-bit values holds
+  // all 2N).
+  auto copy = [&](const X* src, X* dst) {
+    using XV = Vec<X>;
+    for (int64_t j = 0; j < n; j += XV::size()) {
+      const int64_t m = std::min<int64_t>(XV::size(), n - j);
+      XV::loadu(src + j, m).store(dst + j, m);
+    }
+  };
+  if (write_col >= 0) {
+    copy(x, st + write_col * sc);
+    return;
+  }
+  for (int64_t i = 0; i + 1 < S; ++i) copy(st + (i + 1) * sc, st + i * sc);
+  copy(x, st + (S - 1) * sc);
+}
+
 // Tasks of about this many channel-token steps share a thread; below it a
 // call stays on the calling thread (waking the pool costs more).
 constexpr int64_t kTaskGrainSteps = int64_t(1) << 17;
@@ -269,6 +318,10 @@ void update_impl(const ConvParams& p) {
                                               one_row ? (end - 1) % nblk + 1 : nblk);
     Block blk(p);
     int64_t col[kMaxWidthCpu];
+    // One token with state columns that are rows of channels (vLLM's
+    // layout): no transposed buffer needed.
+    const bool channel_rows = L == 1 && S >= 1 && s_ch == 1 && s_col >= D && p.x.s1 == 1 &&
+                              p.out.s1 == 1;
     // One task in the engine: any layout, any token count.
     auto task = [&](int64_t b, int64_t c) {
       const int64_t d0 = c * kLanes, n = std::min(kLanes, D - d0);
@@ -281,6 +334,18 @@ void update_impl(const ConvParams& p) {
         return;
       }
       X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * s_ch;
+      if (channel_rows) {
+        int64_t write_col = -1;
+        if (seqlens) {
+          const int64_t next = seqlens[b * p.cache_seqlens.s0];
+          for (int64_t k = 0; k + 1 < W; ++k) col[k] = wrap_index(next - (W - 1) + k, S);
+          write_col = wrap_index(next, S);
+        } else {
+          for (int64_t k = 0; k + 1 < W; ++k) col[k] = S - (W - 1) + k;
+        }
+        decode_channel_rows<X>(p, taps, d0, n, x, out, st, col, write_col);
+        return;
+      }
       blk.bind(taps, d0, n);
       if (seqlens) {
         // circular buffer: the next write goes to column seqlens[b] % S and
