@@ -70,12 +70,10 @@ struct RegisterServing {
   // columns (restride): register m is the old one moved `shift` values on
   // (columns < W - 2, the kept history) with the tokens permuted in from
   // x's runs registers token_reg[m] and token_reg[m] + 1 (columns >= W - 2,
-  // the lanes of token_mask[m]); when those two registers cannot hold them
-  // (some AVX2 shapes), the columns are spread instead.
+  // the lanes of token_mask[m]).
   typename Rg::Idx token_index[kMaxRun];
   typename Rg::Mask token_mask[kMaxRun];
   int64_t token_reg[kMaxRun] = {};
-  bool restride = false;
 
   // The call's conditions; a task also needs a whole block of channels and
   // either a write to its read row or a write of every column.
@@ -91,12 +89,18 @@ struct RegisterServing {
            (s.write_row == s.read_row || s.count == p.state_len);
   }
 
+  // W, S and L as constants keep the columns in registers and unroll the
+  // permutes, for the shapes engines use most: W = 4 (the Mamba2 family)
+  // decoding one token or verifying 1 to 5 drafts, S = W - 2 + L.
+  static bool constant_shape(const ConvParams& p) {
+    return p.width == 4 && p.state_len == p.seqlen + 2 && p.seqlen <= 6;
+  }
+
   explicit RegisterServing(const ConvParams& params)
       : p(params), state_runs(params.state_len), token_runs(params.seqlen) {
+    if (!constant_shape(p)) return;
     const int64_t S = p.state_len, L = p.seqlen, keep = p.width - 2;
-    if (keep < 0 || S != keep + L) return;
     alignas(64) int32_t idx[kR];
-    restride = true;
     for (int64_t m = 0; m < S; ++m) {
       // The tokens of the channels register m touches, from the x register
       // holding the first of them.
@@ -107,7 +111,9 @@ struct RegisterServing {
         idx[e] = 0;
         if (c < keep) continue;
         const int64_t at = (q / S) * L + c - keep - token_reg[m] * kR;
-        restride = restride && at < 2 * kR;
+        // A register spans at most R / S + 1 channels: in every constant
+        // shape their tokens fit in the two registers one permute reads.
+        TORCH_INTERNAL_ASSERT(at < 2 * kR);
         idx[e] = static_cast<int32_t>(at);
         bits |= 1u << e;
       }
@@ -118,10 +124,7 @@ struct RegisterServing {
 
   // Channels [d0, d0 + n) of sequence b, n a multiple of 2R.
   void task(int64_t b, const SeqPlan& s, int64_t d0, int64_t n, const TapRows<float>& taps) const {
-    // W, S and L as constants keep the columns in registers and unroll the
-    // permutes, for the shapes engines use most: W = 4 (the Mamba2 family)
-    // decoding one token or verifying 1 to 5 drafts, S = W - 2 + L.
-    if (p.width == 4 && p.state_len == p.seqlen + 2) {
+    if (constant_shape(p)) {
       switch (p.seqlen) {
         case 1: return task_n<4, 1>(b, s, d0, n, taps);
         case 2: return task_n<4, 2>(b, s, d0, n, taps);
@@ -189,17 +192,15 @@ struct RegisterServing {
         for (int64_t m = 0; m < L; ++m)
           Rg::store(out + dh * L + m * kR, token_runs.template spread<kL>(res[h], m));
         if constexpr (kW > 0) {
-          if (restride) {
-            for (int64_t m = 0; m < kS; ++m) {
-              const R next = st[h][std::min<int64_t>(m + 1, kS - 1)];
-              const R kept =
-                  s.zero_history ? Rg::zero() : Rg::permute2(st[h][m], shift_index, next);
-              const int64_t g = token_reg[m], g1 = std::min<int64_t>(g + 1, kL - 1);
-              const R tokens = Rg::permute2(tok[h][g], token_index[m], tok[h][g1]);
-              Rg::store(write + dh * S + m * kR, Rg::blend(token_mask[m], kept, tokens));
-            }
-            continue;
+          for (int64_t m = 0; m < kS; ++m) {
+            const R next = st[h][std::min<int64_t>(m + 1, kS - 1)];
+            const R kept =
+                s.zero_history ? Rg::zero() : Rg::permute2(st[h][m], shift_index, next);
+            const int64_t g = token_reg[m], g1 = std::min<int64_t>(g + 1, kL - 1);
+            const R tokens = Rg::permute2(tok[h][g], token_index[m], tok[h][g1]);
+            Rg::store(write + dh * S + m * kR, Rg::blend(token_mask[m], kept, tokens));
           }
+          continue;
         }
         // New column c = stream column shift + c (c < count), else the old one.
         R cols[kMaxRun];
