@@ -278,21 +278,12 @@ void decode_channel_rows(const ConvParams& p, const TapRows<acc_t<X>>& taps, int
     a1 = silu_vec<X>(a1);
   }
   IO::store2(out, a0, a1, n);
-  // Raw copies, whole Vec<X> at a time (a Vec<X> of 16-bit values holds
-  // all 2N).
-  auto copy = [&](const X* src, X* dst) {
-    using XV = Vec<X>;
-    for (int64_t j = 0; j < n; j += XV::size()) {
-      const int64_t m = std::min<int64_t>(XV::size(), n - j);
-      XV::loadu(src + j, m).store(dst + j, m);
-    }
-  };
   if (write_col >= 0) {
-    copy(x, st + write_col * sc);
+    copy_channels(x, 1, st + write_col * sc, 1, n);
     return;
   }
-  for (int64_t i = 0; i + 1 < S; ++i) copy(st + (i + 1) * sc, st + i * sc);
-  copy(x, st + (S - 1) * sc);
+  for (int64_t i = 0; i + 1 < S; ++i) copy_channels(st + (i + 1) * sc, 1, st + i * sc, 1, n);
+  copy_channels(x, 1, st + (S - 1) * sc, 1, n);
 }
 
 // Tasks of about this many channel-token steps share a thread; below it a
