@@ -325,32 +325,23 @@ void update_impl(const ConvParams& p) {
         return;
       }
       X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * s_ch;
+      // Circular buffer: the next write goes to column seqlens[b] % S and the
+      // W-1 columns before it (circularly) are the window. Linear: the last
+      // W-1 columns are.
+      const int64_t next = seqlens ? seqlens[b * p.cache_seqlens.s0] : 0;
+      for (int64_t k = 0; k + 1 < W; ++k)
+        col[k] = seqlens ? wrap_index(next - (W - 1) + k, S) : S - (W - 1) + k;
       if (channel_rows) {
-        int64_t write_col = -1;
-        if (seqlens) {
-          const int64_t next = seqlens[b * p.cache_seqlens.s0];
-          for (int64_t k = 0; k + 1 < W; ++k) col[k] = wrap_index(next - (W - 1) + k, S);
-          write_col = wrap_index(next, S);
-        } else {
-          for (int64_t k = 0; k + 1 < W; ++k) col[k] = S - (W - 1) + k;
-        }
-        decode_channel_rows<X>(p, taps, d0, n, x, out, st, col, write_col);
+        decode_channel_rows<X>(p, taps, d0, n, x, out, st, col, seqlens ? wrap_index(next, S) : -1);
         return;
       }
       blk.bind(taps, d0, n);
+      blk.load_window(st, s_ch, s_col, col);
+      blk.run(x, p.x.s1, p.x.s2, L, out, p.out.s1, p.out.s2);
       if (seqlens) {
-        // circular buffer: the next write goes to column seqlens[b] % S and
-        // the W-1 columns before it (circularly) are the window
-        const int64_t next = seqlens[b * p.cache_seqlens.s0];
-        for (int64_t k = 0; k + 1 < W; ++k) col[k] = wrap_index(next - (W - 1) + k, S);
-        blk.load_window(st, s_ch, s_col, col);
-        blk.run(x, p.x.s1, p.x.s2, L, out, p.out.s1, p.out.s2);
         for (int64_t i = std::max<int64_t>(L - S, 0); i < L; ++i)  // later tokens win
           copy_channels(x + i * p.x.s2, p.x.s1, st + wrap_index(next + i, S) * s_col, s_ch, n);
       } else {
-        for (int64_t k = 0; k + 1 < W; ++k) col[k] = S - (W - 1) + k;
-        blk.load_window(st, s_ch, s_col, col);
-        blk.run(x, p.x.s1, p.x.s2, L, out, p.out.s1, p.out.s2);
         shift_state(st, s_ch, s_col, S, n, x, p.x.s1, p.x.s2, L, /*keep_old=*/true);
       }
     };
