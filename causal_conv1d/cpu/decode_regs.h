@@ -232,7 +232,8 @@ struct Runs {
   R spread(const R* cols, int64_t m) const {
     const int64_t runs = kN > 0 ? kN : n;
     R v = Rg::permute(spread_index[m], cols[0]);
-    for (int64_t c = 1; c < runs; ++c) v = Rg::permute_into(v, spread_mask[c][m], spread_index[m], cols[c]);
+    for (int64_t c = 1; c < runs; ++c)
+      v = Rg::permute_into(v, spread_mask[c][m], spread_index[m], cols[c]);
     return v;
   }
 };
@@ -259,7 +260,8 @@ struct RegisterDecode {
            p.conv_state.s1 == p.state_len && p.x.s1 == 1 && p.out.s1 == 1;
   }
 
-  explicit RegisterDecode(const ConvParams& p) : S(p.state_len), W(p.width), runs(p.state_len) {
+  explicit RegisterDecode(const ConvParams& p)
+      : S(p.state_len), W(p.width), runs(p.state_len) {
     alignas(64) int32_t idx[kR];
     for (int64_t e = 0; e < kR; ++e) idx[e] = static_cast<int32_t>(std::min<int64_t>(e + 1, kR - 1));
     last_shift = Rg::index(idx);
@@ -341,17 +343,18 @@ struct RegisterDecode {
     const int64_t first = next < 0 ? kS - (W - 1) : next - (W - 1) + kS;  // column of tap 0
     for (int64_t k = 0; k + 1 < W; ++k) {
       const int64_t c = next < 0 ? first + k : (first + k) % kS;
-      acc = at::vec::fmadd(V::loadu(taps + k * tap_stride), V(Rg::widen(runs.template column<kS>(regs, c))), acc);
+      const V column(Rg::widen(runs.template column<kS>(regs, c)));
+      acc = at::vec::fmadd(V::loadu(taps + k * tap_stride), column, acc);
     }
     acc = at::vec::fmadd(V::loadu(taps + (W - 1) * tap_stride), V(Rg::widen(token)), acc);
     if (next < 0) {
       for (int m = 0; m < kS; ++m)
-        Rg::store(st + kR * m,
-                  Rg::permute_into(shifted[m], runs.spread_mask[kS - 1][m], runs.spread_index[m], token));
+        Rg::store(st + kR * m, Rg::permute_into(shifted[m], runs.spread_mask[kS - 1][m],
+                                                runs.spread_index[m], token));
     } else {
       for (int m = 0; m < kS; ++m) {
-        Rg::store(st + kR * m,
-                  Rg::permute_into(regs[m], runs.spread_mask[next][m], runs.spread_index[m], token));
+        Rg::store(st + kR * m, Rg::permute_into(regs[m], runs.spread_mask[next][m],
+                                                runs.spread_index[m], token));
       }
     }
     return acc;
