@@ -414,11 +414,14 @@ void fwd_rows(const Ctx<X>& c) {
 // in order, and a span's taps and history stay in cache). The tile is walked
 // kChanGroup tokens at a time; for each group, the channels are swept one
 // vector at a time with the group's inputs and the W-1 before them in
-// registers, so taps are loaded once per group and each input once. The W-1
-// inputs before a group pass to the next group through `hist`: (W-1) rows of
-// `span` channels, row i holding position (group start) - (W-1) + i. Groups
-// of 4 measured best: fewer reload taps and history too often, more stream
-// too many rows of memory at once.
+// registers, so taps are loaded once per group. The W-1 inputs before a
+// group are read again from x, where the previous group just loaded them
+// (still in cache), except those before the tile's first token: `hist` holds
+// those, (W-1) rows of `span` channels, row i the input at t0 - (W-1) + i,
+// primed once per tile (a scratch buffer carried from group to group would
+// cost a store per input and a store-to-load dependency per group). Groups
+// of 4 measured best: fewer reload taps too often, more stream too many rows
+// of memory at once.
 
 // hist row for position pos, from x, the initial state or zeros: primes a tile.
 template <typename X>
@@ -444,10 +447,11 @@ struct ChanTile {
   const X* x;       // channel j at position t: x[t * xs + j]
   X* out;           // likewise with os
   int64_t xs, os;
+  int64_t t0;       // the tile's first token
   int64_t nd;       // channels in the tile
   const acc_t<X>* w;     // tap k of channel j: w[k * Dpad + j]
   const acc_t<X>* bias;  // bias[j]
-  acc_t<X>* hist;        // (W-1, span)
+  const acc_t<X>* hist;  // (W-1, span): the inputs at t0 - (W-1) .. t0 - 1
   int64_t span;
 };
 
@@ -469,7 +473,11 @@ void chan_group(const Ctx<X>& c, const ChanTile<X>& g, int64_t tg, int64_t end,
   for (int64_t j = 0; j < g.nd; j += N) {
     const int64_t cnt = std::min(N, g.nd - j);
     V h[RK + T];  // h[i]: the input at tg - (W-1) + i
-    for (int64_t i = 0; i < R; ++i) h[i] = V::loadu(g.hist + i * g.span + j);
+    for (int64_t i = 0; i < R; ++i) {
+      const int64_t pos = tg - R + i;
+      h[i] = pos >= g.t0 ? IO::load1(g.x + pos * g.xs + j, cnt)
+                         : V::loadu(g.hist + (pos - g.t0 + R) * g.span + j);
+    }
     for (int64_t i = 0; i < T; ++i) h[R + i] = IO::load1(g.x + (tg + i) * g.xs + j, cnt);
     V w[RK + 1];
     for (int64_t k = 0; k < W; ++k) w[k] = V::loadu(g.w + k * c.Dpad + j);
@@ -484,7 +492,6 @@ void chan_group(const Ctx<X>& c, const ChanTile<X>& g, int64_t tg, int64_t end,
       if (Masked && pad[i]) a = V(0);
       IO::store1(g.out + (tg + i) * g.os + j, a, cnt);
     }
-    for (int64_t i = 0; i < R; ++i) h[T + i].store(g.hist + i * g.span + j);  // for the next group
   }
 }
 
@@ -497,7 +504,7 @@ void chan_task(const Ctx<X>& c, int64_t b, int64_t t0, int64_t n, int64_t d0, in
   const int64_t W = WC > 0 ? WC : c.W;
   const int64_t R = W - 1;
   const ChanTile<X> g{ptr<X>(p.x) + b * p.x.s0 + d0, ptr<X>(p.out) + b * p.out.s0 + d0,
-                      p.x.s2, p.out.s2, nd, c.w.data() + d0, c.bias.data() + d0, hist, span};
+                      p.x.s2, p.out.s2, t0, nd, c.w.data() + d0, c.bias.data() + d0, hist, span};
   for (int64_t i = 0; i < R; ++i) fill_hist_row(c, hist + i * span, b, t0 - R + i, d0, nd);
   const int32_t* sr = c.seq_row(b);
   const uint8_t* run = sr ? c.run.data() + b * c.L : nullptr;
