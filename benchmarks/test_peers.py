@@ -40,7 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # (op, layout): the rows gpu.plan times
 OPS = [("fwd", "contiguous"), ("fwd", "channel_last"), ("bwd", "contiguous"),
-       ("bwd", "channel_last"), ("decode", "-"), ("varlen", "channel_last")]
+       ("bwd", "channel_last"), ("decode", "-"), ("spec", "default"), ("spec", "vllm"),
+       ("varlen", "channel_last")]
+PEER_OPS = [o for o in OPS if o[0] != "spec"]  # no peer has a speculative step
 SHAPE = dict(B=2, D=24, L=37)  # L not a multiple of any tile; D of 8 channels x3
 
 
@@ -48,17 +50,20 @@ def case_and_reference(cc, op, layout, dtype, width, B=None):
     s = dict(SHAPE, B=B or SHAPE["B"])
     if op == "varlen":
         s.update(B=1, L=3 * SHAPE["L"])
+    if op == "spec":
+        s.update(L=1 + gpu.SPEC_DRAFTS)
     case = gpu.make_case(op, dtype, layout, s["B"], s["D"], s["L"], width, device="cpu",
                          n_seqs=4)
     want = peers.reference(cc, op, case["x"], case["w"], case["b"], dout=case.get("dout"),
-                           state=case.get("state"), seq_idx=case.get("seq_idx"))
+                           state=case.get("state"), seq_idx=case.get("seq_idx"),
+                           accepted=case.get("accepted"))
     return case, want
 
 
 def run_verify(adapter, op, case, want):
     return peers.verify(adapter, op, want, case["x"], case["w"], case["b"], dout=case.get("dout"),
                         state=case.get("state"), cu_seqlens=case.get("cu_seqlens"),
-                        seq_idx=case.get("seq_idx"))
+                        seq_idx=case.get("seq_idx"), accepted=case.get("accepted"))
 
 
 # -- detection ---------------------------------------------------------------------
@@ -79,6 +84,7 @@ def test_supports_names_the_reason():
     assert peers.supports(peers.Upstream.__new__(peers.Upstream), "fwd", 4) is None
     assert peers.supports(peers.Upstream.__new__(peers.Upstream), "fwd", 8) == "width 8 unsupported"
     assert peers.supports(peers.Torch(), "varlen", 4) == "no varlen"
+    assert peers.supports(peers.Torch(), "spec", 4) == "no spec"
     assert peers.supports(peers.Fla.__new__(peers.Fla), "bwd", 8) is None
 
 
@@ -90,6 +96,17 @@ def test_varlen_case_is_consistent():
     for i in range(5):
         assert (seq[cu[i]:cu[i + 1]] == i).all()
     assert case["x"].shape == (1, 8, 100) and case["x"].stride(1) == 1  # channel-last
+
+
+@pytest.mark.parametrize("layout", ["default", "vllm"])
+def test_spec_case_is_consistent(layout):
+    case = gpu.make_case("spec", torch.float32, layout, 5, 16, 4, 4, device="cpu")
+    x, state, n = case["x"], case["state"], case["accepted"]
+    assert x.shape == (5, 16, 4) and state.shape == (5, 16, 6)  # S = W - 1 + k, k = 3
+    assert (x.stride(1), state.stride(1)) == ((1, 1) if layout == "vllm" else (4, 6))
+    assert n.dtype == torch.int32 and n.shape == (5,) and n.min() >= 1 and n.max() <= 4
+    # read: x and the W-1 window columns; written: y and all S state columns
+    assert gpu.op_bytes("spec", case) == 4 * (2 * 5 * 16 * 4 + 5 * 16 * (3 + 6))
 
 
 # -- verify on our kernel, and on wrong adapters ------------------------------------
@@ -118,6 +135,10 @@ class _Buggy(peers.Ours):
     def decode(self, x, state, w, b):  # the state is not the one the step updated
         step, _ = super().decode(x, state, w, b)
         return step, (lambda: state)
+
+    def spec(self, x, state, w, b, accepted):  # the accepted counts are ignored
+        st = state.clone()
+        return (lambda: self.cc.causal_conv1d_update(x, st, w, b, "silu")), (lambda: st)
 
     def varlen(self, x, w, b, cu_seqlens, seq_idx):  # sequences leak into each other
         return super().fwd(x, w, b)
@@ -188,7 +209,7 @@ def upstream(kernel, tmp_path_factory):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=list(DTYPES))
-@pytest.mark.parametrize("op,layout", OPS)
+@pytest.mark.parametrize("op,layout", PEER_OPS)
 def test_verify_upstream_adapter(kernel, upstream, op, layout, dtype):
     case, want = case_and_reference(kernel, op, layout, DTYPES[dtype], 4)
     ok, detail = run_verify(upstream, op, case, want)
@@ -211,7 +232,7 @@ def _fla_cases() -> dict:
                                   backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
     fla = peers.Fla()
     out = {}
-    for op, layout in OPS:
+    for op, layout in PEER_OPS:
         for dtype in DTYPES:
             for width in (4, 8):
                 case, want = case_and_reference(cc, op, layout, DTYPES[dtype], width)
@@ -235,7 +256,7 @@ def fla_results():
 
 @pytest.mark.parametrize("width", [4, 8])
 @pytest.mark.parametrize("dtype", DTYPES, ids=list(DTYPES))
-@pytest.mark.parametrize("op,layout", OPS)
+@pytest.mark.parametrize("op,layout", PEER_OPS)
 def test_verify_fla_adapter(fla_results, op, layout, dtype, width):
     ok, detail = fla_results[f"{op}-{layout}-{dtype}-{width}"]
     assert ok, detail
@@ -244,7 +265,8 @@ def test_verify_fla_adapter(fla_results, op, layout, dtype, width):
 # -- the benchmark's rows, on CPU ----------------------------------------------------------
 
 @pytest.mark.parametrize("op,layout", [("fwd", "channel_last"), ("bwd", "contiguous"),
-                                       ("decode", "-"), ("varlen", "channel_last")])
+                                       ("decode", "-"), ("spec", "vllm"),
+                                       ("varlen", "channel_last")])
 def test_bench_row_on_cpu(kernel, monkeypatch, op, layout):
     """gpu.measure with wall-clock timing: ours verified and timed, a
     wrong peer reported WRONG and left untimed, a width a peer lacks named."""
@@ -253,15 +275,15 @@ def test_bench_row_on_cpu(kernel, monkeypatch, op, layout):
     impls = {"ours": peers.Ours(kernel), "torch": peers.Torch(), "buggy": _Buggy(kernel)}
     narrow = type("Narrow", (peers.Ours,), {"widths": (2, 3, 4)})(kernel)
     impls["narrow"] = narrow
-    L = 3 * SHAPE["L"] if op == "varlen" else SHAPE["L"]
+    L = {"varlen": 3 * SHAPE["L"], "spec": 1 + gpu.SPEC_DRAFTS}.get(op, SHAPE["L"])
     row = gpu.measure(kernel, impls, op, torch.float32, layout, 1 if op == "varlen" else 2,
                       SHAPE["D"], L, 8, repeats=2, warmup=1, deadline=float("inf"))
     res = row["results"]
     assert res["ours"]["status"] == "ok" and res["ours"]["us"] > 0, res["ours"]
     assert res["buggy"]["status"].startswith("WRONG") and "us" not in res["buggy"]
     assert res["narrow"]["status"] == "width 8 unsupported"
-    if op == "varlen":
-        assert res["torch"]["status"] == "no varlen"
+    if op in ("varlen", "spec"):
+        assert res["torch"]["status"] == f"no {op}"
     else:
         assert res["torch"]["status"] == "ok" and res["torch"]["ratio"] > 0
     assert row["of_copy"] > 0 and row["width"] == 8

@@ -11,6 +11,10 @@ bf16 and fp32:
             (ours also in deterministic mode)
   decode    B = 1, 64, 256, D=8192, one token against a (B, D, W-1) state;
             eager and replayed from a CUDA graph (no host cost per call)
+  spec      a speculative-decoding step, B = 64, D = 8192, k = 3 drafts:
+            x (B, D, 4) against a (B, D, W-1+3) state and random accepted
+            counts, the state in our default layout and in vLLM's (stride
+            1 along D, x then (B, 4, D) transposed); eager and in a graph
   varlen    8 packed sequences of random lengths, T=16384 tokens, D=4096,
             x channel-last (the layout packed prefill comes in)
 
@@ -18,13 +22,15 @@ Before a candidate is timed, its result on those tensors is compared with our
 float64 reference (torch-ext/causal_conv1d/reference.py); one that differs is
 reported WRONG and not timed. Times are CUDA-event medians. Bandwidth counts
 the bytes an op must move (forward: read x, write y; backward: read x and
-dout, write dx; decode: read and write the state, read x, write y) against
+dout, write dx; decode: read and write the state, read x, write y; spec:
+read x and the W-1 window columns, write y and the W-2+1+k state columns) against
 `dst.copy_(src)` moving as many bytes (half read, half written). A peer
 column shows its time and peer/ours (above 1x: ours is faster).
 
 Targets (issue 20, H200 and H100 alike): at least as fast as the fastest
 peer on every row; forward >= 90 % of copy (bf16 and fp32); backward >= 75 %
-of copy in bf16; decode within 5 % of the copy of its bytes, in a CUDA graph.
+of copy in bf16; decode within 5 % of the copy of its bytes, in a CUDA graph;
+spec (issue 17) >= 90 % of the copy of its bytes, in a CUDA graph.
 
     python benchmarks/bench.py gpu                     # table
     python benchmarks/bench.py gpu --json out.json     # also write the numbers
@@ -54,6 +60,8 @@ from .harness import load_kernel
 W = 4  # the width the earlier tables and tools/gpu_profile.py use
 WIDTHS = (4, 8)
 TARGET_FWD_COPY, TARGET_BWD_COPY_BF16, TARGET_DECODE_GRAPH_COPY = 0.90, 0.75, 0.95
+TARGET_SPEC_GRAPH_COPY = 0.90
+SPEC_DRAFTS = 3
 DEVICE = "cuda"  # "cpu" with --cpu-smoke: the whole flow on CPU (emulator), wall-clock timed
 
 
@@ -142,6 +150,16 @@ def make_case(op, dtype, layout, B, D, L, width, device=None, n_seqs=8):
     elif op == "decode":
         case["x"] = torch.randn(B, D, **g)
         case["state"] = torch.randn(B, D, width - 1, **g)
+    elif op == "spec":  # L = 1 + k tokens per sequence
+        S = width - 2 + L
+        if layout == "vllm":  # stride 1 along D, as vLLM allocates x and its states
+            case["x"] = torch.randn(B, L, D, **g).transpose(1, 2)
+            case["state"] = torch.randn(B, S, D, **g).transpose(1, 2)
+        else:
+            case["x"] = torch.randn(B, D, L, **g)
+            case["state"] = torch.randn(B, D, S, **g)
+        # every count from 1 to 1 + k as evenly as B allows, in random order
+        case["accepted"] = (torch.randperm(B) % L + 1).to(device, torch.int32)
     elif op == "varlen":
         T = L
         cuts = torch.sort(torch.randperm(T - 1)[: n_seqs - 1] + 1).values.tolist()
@@ -162,6 +180,10 @@ def op_bytes(op, case) -> int:
         return 3 * n
     if op == "decode":
         return 2 * case["state"].numel() * x.element_size() + 2 * n
+    if op == "spec":
+        B, D, S = case["state"].shape
+        window = B * D * (case["w"].shape[1] - 1)
+        return (window + B * D * S) * x.element_size() + 2 * n
     return 2 * n
 
 
@@ -173,6 +195,8 @@ def candidate(adapter, op, case):
         return adapter.bwd(case["x"], case["w"], case["b"], case["dout"])
     if op == "decode":
         return adapter.decode(case["x"], case["state"], case["w"], case["b"])[0]
+    if op == "spec":
+        return adapter.spec(case["x"], case["state"], case["w"], case["b"], case["accepted"])[0]
     return adapter.varlen(case["x"], case["w"], case["b"], case["cu_seqlens"], case["seq_idx"])
 
 
@@ -180,7 +204,8 @@ def measure(cc, impls, op, dtype, layout, B, D, L, width, repeats, warmup, deadl
     """One row: every implementation verified, then timed."""
     case = make_case(op, dtype, layout, B, D, L, width)
     want = peers.reference(cc, op, case["x"], case["w"], case["b"], dout=case.get("dout"),
-                           state=case.get("state"), seq_idx=case.get("seq_idx"))
+                           state=case.get("state"), seq_idx=case.get("seq_idx"),
+                           accepted=case.get("accepted"))
     nbytes = op_bytes(op, case)
     res = {}
     for name, adapter in impls.items():
@@ -193,13 +218,14 @@ def measure(cc, impls, op, dtype, layout, B, D, L, width, repeats, warmup, deadl
         try:
             ok, detail = peers.verify(adapter, op, want, case["x"], case["w"], case["b"],
                                       dout=case.get("dout"), state=case.get("state"),
-                                      cu_seqlens=case.get("cu_seqlens"), seq_idx=case.get("seq_idx"))
+                                      cu_seqlens=case.get("cu_seqlens"), seq_idx=case.get("seq_idx"),
+                                      accepted=case.get("accepted"))
             if not ok:
                 res[name] = dict(status=f"WRONG ({detail})")
                 continue
             fn = candidate(adapter, op, case)
             r = dict(status="ok", us=cuda_time(fn, repeats, warmup) * 1e6)
-            if op == "decode":
+            if op in ("decode", "spec"):
                 gt = graph_time(candidate(adapter, op, case), repeats)
                 if gt is not None:
                     r["graph_us"] = gt * 1e6
@@ -212,6 +238,7 @@ def measure(cc, impls, op, dtype, layout, B, D, L, width, repeats, warmup, deadl
             res[name]["det_us"] = cuda_time(det.bwd(case["x"], case["w"], case["b"], case["dout"]),
                                             repeats, warmup) * 1e6
     shape = (f"B={B} D={D} S={width - 1}" if op == "decode"
+             else f"B={B} D={D} k={L - 1} S={case['state'].shape[-1]}" if op == "spec"
              else f"T={L} D={D} ({len(case['cu_seqlens']) - 1} seqs)" if op == "varlen"
              else f"B={B} D={D} L={L}")
     row = dict(op={"fwd": "forward", "bwd": "backward"}.get(op, op), dtype=str(dtype)[6:],
@@ -234,15 +261,16 @@ def measure(cc, impls, op, dtype, layout, B, D, L, width, repeats, warmup, deadl
         else:
             row["target"] = "fastest"
     else:
+        target = TARGET_DECODE_GRAPH_COPY if op == "decode" else TARGET_SPEC_GRAPH_COPY
         gcopy = copy_time(nbytes, repeats, warmup, graph=True)
         row["graph_copy_us"] = gcopy * 1e6
         if "graph_us" in ours:
             key = "graph_us"
             row["graph_of_copy"] = gcopy * 1e6 / ours["graph_us"]
-            checks.append(("graph_of_copy", row["graph_of_copy"] >= TARGET_DECODE_GRAPH_COPY))
+            checks.append(("graph_of_copy", row["graph_of_copy"] >= target))
         else:
             checks.append(("graph", False))
-        row["target"] = f"graph >= {TARGET_DECODE_GRAPH_COPY:.0%} of copy, fastest"
+        row["target"] = f"graph >= {target:.0%} of copy, fastest"
     for name, r in res.items():
         if name != "ours" and r.get("status") == "ok":
             # like for like: graph vs graph where both captured, else eager vs eager
@@ -271,7 +299,7 @@ def table(rows, names) -> str:
            [f"{n} (us, vs ours)" for n in names if n != "ours"] + ["target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        dec = r["op"] == "decode"
+        dec = r["op"] in ("decode", "spec")
         pct = (f"{r['of_copy']:.0%}" + (f" (graph {r['graph_of_copy']:.0%})" if "graph_of_copy" in r else "")
                if "of_copy" in r else "-")
         cols = [r["op"], r["dtype"], r["layout"], str(r["width"]), r["shape"],
@@ -297,6 +325,9 @@ def plan(quick: bool):
                 rows.append(("bwd", dtype, layout, B, D, L, width))
             for Bd in Bds:
                 rows.append(("decode", dtype, "-", Bd, Dd, 1, width))
+            for layout in ("default", "vllm"):
+                rows.append(("spec", dtype, layout, Bds[-1] if quick else 64, Dd, 1 + SPEC_DRAFTS,
+                             width))
             rows.append(("varlen", dtype, "channel_last", 1, D, T, width))
     return rows
 

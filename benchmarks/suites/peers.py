@@ -11,6 +11,9 @@ Every adapter takes our conventions and calls the peer the way its users do:
                             step() runs one token and returns y (B, D), updating
                             the adapter's own copy of the state; state_now()
                             returns that copy as (B, D, W-1)
+  spec(x, state, w, b, n)   a speculative step: x (B, D, 1+k), state
+                            (B, D, W-1+k), n (B,) int32 accepted tokens of
+                            the previous step -> (step, state_now) as decode
   varlen(x, w, b, cu, seq)  x (1, D, T) channel-last view of packed sequences,
                             cu_seqlens (N+1,) int32 and the same cut as
                             seq_idx (1, T) int32 -> callable giving y (1, D, T)
@@ -62,6 +65,11 @@ class Ours:
     def decode(self, x, state, w, b):
         st = state.clone()
         return (lambda: self.cc.causal_conv1d_update(x, st, w, b, "silu")), (lambda: st)
+
+    def spec(self, x, state, w, b, accepted):
+        st = state.clone()  # clone keeps the strides: vLLM's layout stays vLLM's
+        return (lambda: self.cc.causal_conv1d_update(x, st, w, b, "silu",
+                                                     num_accepted_tokens=accepted)), (lambda: st)
 
     def varlen(self, x, w, b, cu_seqlens, seq_idx):
         return lambda: self.cc.causal_conv1d_fn(x, w, b, seq_idx=seq_idx, activation="silu")
@@ -211,7 +219,7 @@ def mismatch(got: torch.Tensor, want: torch.Tensor, tol, scaled: bool = False) -
     return err.max().item() if err.numel() else 0.0
 
 
-def reference(cc, op: str, x, w, b, dout=None, state=None, seq_idx=None):
+def reference(cc, op: str, x, w, b, dout=None, state=None, seq_idx=None, accepted=None):
     """The float64 results op must reproduce, from our reference.py."""
     d = lambda t: None if t is None else t.double()  # noqa: E731
     if op == "fwd":
@@ -226,11 +234,18 @@ def reference(cc, op: str, x, w, b, dout=None, state=None, seq_idx=None):
         y = cc.causal_conv1d_ref(d(x).unsqueeze(-1), d(w), d(b), initial_states=d(state),
                                  activation="silu")[..., 0]
         return y, torch.cat([state, x.unsqueeze(-1)], dim=-1)[..., 1:]
+    if op == "spec":  # on the CPU: the reference reads the counts one by one
+        c = lambda t: t.double().cpu()  # noqa: E731
+        st = c(state)
+        y = cc.causal_conv1d_update_ref(c(x), st, c(w), c(b), "silu",
+                                        num_accepted_tokens=accepted.cpu())
+        # the state only moves inputs: exact in any dtype
+        return y.to(x.device), st.to(state.device, state.dtype)
     raise ValueError(op)
 
 
 def verify(adapter, op: str, want, x, w, b, dout=None, state=None, cu_seqlens=None,
-           seq_idx=None) -> tuple[bool, str]:
+           seq_idx=None, accepted=None) -> tuple[bool, str]:
     """Runs adapter's op once on these inputs and compares with want (from
     reference()). Returns (ok, detail); detail names the worst output."""
     tol = TOL[x.dtype]
@@ -242,8 +257,9 @@ def verify(adapter, op: str, want, x, w, b, dout=None, state=None, cu_seqlens=No
         got = adapter.bwd(x, w, b, dout)()
         ptol = PARAM_TOL[w.dtype]
         checks = [("dx", tol, False), ("dweight", ptol, True), ("dbias", ptol, True)]
-    elif op == "decode":
-        step, state_now = adapter.decode(x, state, w, b)
+    elif op in ("decode", "spec"):
+        step, state_now = (adapter.decode(x, state, w, b) if op == "decode"
+                           else adapter.spec(x, state, w, b, accepted))
         y = step()
         # the state only moves inputs: bit-exact
         got, checks = (y, state_now()), [("y", tol, False), ("state", (0.0, 0.0), False)]
