@@ -77,9 +77,11 @@ def check(res, dtypes, msg):
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("W", WIDTHS)
 @pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=pair_id)
-def test_spec_decode(kernel, seeded, dtypes, W):
+@pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
+def test_spec_decode(kernel, seeded, dtypes, W, layout):
     """num_accepted_tokens over every dtype pair and width, k = 0..3 drafts,
-    pools with padding rows, x (B, D) and (B, D, 1 + k)."""
+    pools with padding rows, x (B, D) and (B, D, 1 + k); pool and x
+    contiguous (per-channel runs) and in vLLM's layout (stride 1 along D)."""
     xdt, wdt = dtypes
     weight = torch.randn(D, W, dtype=wdt)
     bias = torch.randn(D, dtype=wdt)
@@ -87,19 +89,20 @@ def test_spec_decode(kernel, seeded, dtypes, W):
         B, L = 5, 1 + k
         S = W - 1 + k if W >= 2 else max(k, 1) + 1  # W = 1 keeps no history
         S = max(S, W - 2 + L)
-        pool = make_pool(pool_rows or B, D, S, xdt, "contiguous")
+        pool = make_pool(pool_rows or B, D, S, xdt, layout)
         idx = None
         if pool_rows:
             idx = torch.randperm(pool_rows)[:B].to(torch.int32)
             idx[1] = PAD
         n_max = S - W + 2
         acc = torch.randint(1, min(n_max, L) + 1, (B,), dtype=torch.int32)
-        x = make_tokens(B, D, L, xdt, "contiguous")
+        x = make_tokens(B, D, L, xdt, layout)
         if L == 1 and k == 0:
             x = x[..., 0]
         res = run_both(kernel, x, pool, weight, bias, act, conv_state_indices=idx,
                        num_accepted_tokens=acc)
-        check(res, dtypes, f"seed={seeded} W={W} k={k} S={S} pool={pool_rows} acc={acc.tolist()}")
+        check(res, dtypes,
+              f"seed={seeded} W={W} k={k} S={S} pool={pool_rows} {layout} acc={acc.tolist()}")
 
 
 @pytest.mark.parametrize("W", [3, 4])

@@ -9,6 +9,10 @@
 // arithmetic. Only the row moves (VecIO's load_row / store_row, copy_row)
 // look at the layout.
 //
+// vLLM's layout, x, out and the state's columns with stride 1 along D,
+// needs no staging: ChannelServing runs its tasks (without a token tree,
+// windows or block states) from memory to registers and back.
+//
 // The default layout of a speculative step, x (B, D, L) and the state
 // (N, D, S) both contiguous, keeps each channel's tokens and columns in a
 // short run: a row of channels is then a strided gather, element by element.
@@ -19,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../serving.h"
@@ -43,6 +48,101 @@ struct Rows {
       std::copy(src, src + n, dst);  // dst is never inside [src, src + n)
     } else {
       for (int64_t d = 0; d < n; ++d) dst[d * dst_stride] = src[d * src_stride];
+    }
+  }
+};
+
+// One task of run() when x, out and the state's columns are rows of
+// channels (stride 1 between channels: vLLM's layout) and each token follows
+// the one before it (no token tree, no windows, no block states): straight
+// from memory to registers and back, 2N channels at a time, the taps loaded
+// once for all the tokens and the window slid along them. Nothing is staged,
+// which in this layout is most of what run_tasks' rows cost. The arithmetic
+// is run_tasks', in its order; the state moves as raw values.
+template <typename X>
+struct ChannelServing {
+  using IO = VecIO<X>;
+  using A = acc_t<X>;
+  using V = Vec<A>;
+  static constexpr int64_t N = kLanes<A>;
+  static_assert(Rows<X>::kBlock % (2 * N) == 0);
+
+  static bool applies(const ConvParams& p) {
+    return p.x.s1 == 1 && p.out.s1 == 1 && p.conv_state.s1 == 1 && !p.windows.given() &&
+           !p.parents.given() && p.block_size == 0;
+  }
+
+  // Channels [d0, d0 + Rows<X>::kBlock) of sequence b (s.len >= 1, s.read_row >= 0).
+  static void task(const ConvParams& p, int64_t b, const SeqPlan& s, int64_t d0,
+                   const TapRows<A>& taps) {
+    switch (p.width) {
+      case 2: return task_w<2>(p, b, s, d0, taps);
+      case 3: return task_w<3>(p, b, s, d0, taps);
+      case 4: return task_w<4>(p, b, s, d0, taps);
+      default: return task_w<0>(p, b, s, d0, taps);
+    }
+  }
+
+  // kW: the width as a constant (the window then stays in registers), or 0.
+  template <int kW>
+  static void task_w(const ConvParams& p, int64_t b, const SeqPlan& s, int64_t d0,
+                     const TapRows<A>& taps) {
+    constexpr int64_t RK = kW > 0 ? kW : kMaxWidthCpu;
+    const int64_t W = kW > 0 ? kW : p.width;
+    const int64_t xs = p.x.s2, os = p.out.s2, sc = p.conv_state.s2;
+    const X* x = ptr<const X>(p.x) + b * p.x.s0 + d0 + s.first * xs;
+    X* out = ptr<X>(p.out) + b * p.out.s0 + d0 + s.first * os;
+    X* pool = ptr<X>(p.conv_state) + d0;
+    const X* read = pool + s.read_row * p.conv_state.s0;
+    const int64_t first_col = s.hist_len - (W - 1);
+    for (int64_t d = 0; d < Rows<X>::kBlock; d += 2 * N) {
+      V tap0[RK], tap1[RK], h0[RK], h1[RK];  // h[k]: tap k's input for the next token
+      for (int64_t k = 0; k < W; ++k) {
+        tap0[k] = V::loadu(taps.tap(k, d0) + d);
+        tap1[k] = V::loadu(taps.tap(k, d0) + d + N);
+      }
+      const V bias0 = V::loadu(taps.bias(d0) + d), bias1 = V::loadu(taps.bias(d0) + d + N);
+      for (int64_t c = 0; c + 1 < W; ++c) {
+        if (s.zero_history) {
+          h0[c] = h1[c] = V(A(0));
+        } else {
+          IO::load2(read + (first_col + c) * sc + d, h0[c], h1[c]);
+        }
+      }
+      for (int64_t j = 0; j < s.len; ++j) {
+        IO::load2(x + j * xs + d, h0[W - 1], h1[W - 1]);
+        V a0 = bias0, a1 = bias1;
+        for (int64_t k = 0; k < W; ++k) {
+          a0 = at::vec::fmadd(tap0[k], h0[k], a0);
+          a1 = at::vec::fmadd(tap1[k], h1[k], a1);
+        }
+        if (p.silu) {
+          a0 = silu_vec<X>(a0);
+          a1 = silu_vec<X>(a1);
+        }
+        IO::store2(out + j * os + d, a0, a1);
+        for (int64_t k = 0; k + 1 < W; ++k) {
+          h0[k] = h0[k + 1];
+          h1[k] = h1[k + 1];
+        }
+      }
+      // New column c = stream column shift + c: a history column (or zero)
+      // or a token. In place, column c reads column shift + c >= c, which
+      // no earlier copy of these channels has overwritten (memmove: the
+      // two are the same columns when shift is 0).
+      if (s.write_row < 0) continue;
+      X* write = pool + s.write_row * p.conv_state.s0 + d;
+      for (int64_t c = 0; c < s.count; ++c) {
+        const int64_t src = s.shift + c;
+        X* dst = write + c * sc;
+        if (src >= s.hist_len) {
+          std::memcpy(dst, x + (src - s.hist_len) * xs + d, sizeof(X) * 2 * N);
+        } else if (s.zero_history) {
+          std::fill(dst, dst + 2 * N, X(0));
+        } else {
+          std::memmove(dst, read + src * sc + d, sizeof(X) * 2 * N);
+        }
+      }
     }
   }
 };
@@ -345,6 +445,13 @@ void run_tasks(const ConvParams& p, Fast&& fast) {
 template <typename X>
 void run(const ConvParams& p) {
   using Taps = TapRows<acc_t<X>>;
+  if (ChannelServing<X>::applies(p)) {
+    run_tasks<X>(p, [&](int64_t b, const SeqPlan& s, int64_t d0, const Taps& taps) {
+      ChannelServing<X>::task(p, b, s, d0, taps);
+      return true;
+    });
+    return;
+  }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if constexpr (!std::is_same_v<X, double>) {
     if (RegisterServing<X>::applies(p)) {
