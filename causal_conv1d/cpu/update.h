@@ -278,12 +278,21 @@ void decode_channel_rows(const ConvParams& p, const TapRows<acc_t<X>>& taps, int
     a1 = silu_vec<X>(a1);
   }
   IO::store2(out, a0, a1, n);
+  // A whole block is a copy of constant size, which the compiler inlines as
+  // vector moves (a library call per column costs as much as the arithmetic).
+  auto move = [n](const X* src, X* dst) {
+    if (n == 2 * N) {
+      std::memcpy(dst, src, sizeof(X) * 2 * N);
+    } else {
+      copy_channels(src, 1, dst, 1, n);
+    }
+  };
   if (write_col >= 0) {
-    copy_channels(x, 1, st + write_col * sc, 1, n);
+    move(x, st + write_col * sc);
     return;
   }
-  for (int64_t i = 0; i + 1 < S; ++i) copy_channels(st + (i + 1) * sc, 1, st + i * sc, 1, n);
-  copy_channels(x, 1, st + (S - 1) * sc, 1, n);
+  for (int64_t i = 0; i + 1 < S; ++i) move(st + (i + 1) * sc, st + i * sc);
+  move(x, st + (S - 1) * sc);
 }
 
 // Tasks of about this many channel-token steps share a thread; below it a
