@@ -52,6 +52,19 @@ void dispatch_dtypes(DType x, DType w, F&& f) {
   });
 }
 
+// Widths with an unrolled kernel (WC = W) and the rest (WC = 0, the
+// any-width kernel): calls f.template operator()<WC>().
+template <typename F>
+void dispatch_width(int64_t W, F&& f) {
+  switch (W) {
+    case 1: return f.template operator()<1>();
+    case 2: return f.template operator()<2>();
+    case 3: return f.template operator()<3>();
+    case 4: return f.template operator()<4>();
+    default: return f.template operator()<0>();
+  }
+}
+
 template <typename T> inline T* ptr(const Strided& v) { return static_cast<T*>(v.data); }
 
 template <typename A> inline A silu(A v) { return v / (A(1) + std::exp(-v)); }

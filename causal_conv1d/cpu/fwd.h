@@ -564,18 +564,6 @@ void fwd_channels(const Ctx<X>& c) {
   });
 }
 
-// Widths with an unrolled kernel; others run the any-width one (WC = 0).
-template <typename F>
-void dispatch_width(int64_t W, F&& f) {
-  switch (W) {
-    case 1: return f.template operator()<1>();
-    case 2: return f.template operator()<2>();
-    case 3: return f.template operator()<3>();
-    case 4: return f.template operator()<4>();
-    default: return f.template operator()<0>();
-  }
-}
-
 }  // namespace fwd_fast
 
 template <typename X, typename Wt>
@@ -588,7 +576,7 @@ void fwd_typed(const ConvParams& p) {
   fwd_fast::Ctx<X> c(p);
   fwd_fast::load_taps<X, Wt>(c);
   if (p.seq_idx.given()) fwd_fast::find_runs(c);
-  fwd_fast::dispatch_width(p.width, [&]<int WC>() {
+  dispatch_width(p.width, [&]<int WC>() {
     if (rows) {
       fwd_fast::fwd_rows<WC, X>(c);
     } else {

@@ -75,12 +75,7 @@ struct ChannelServing {
   // Channels [d0, d0 + Rows<X>::kBlock) of sequence b (s.len >= 1, s.read_row >= 0).
   static void task(const ConvParams& p, int64_t b, const SeqPlan& s, int64_t d0,
                    const TapRows<A>& taps) {
-    switch (p.width) {
-      case 2: return task_w<2>(p, b, s, d0, taps);
-      case 3: return task_w<3>(p, b, s, d0, taps);
-      case 4: return task_w<4>(p, b, s, d0, taps);
-      default: return task_w<0>(p, b, s, d0, taps);
-    }
+    dispatch_width(p.width, [&]<int kW>() { task_w<kW>(p, b, s, d0, taps); });
   }
 
   // kW: the width as a constant (the window then stays in registers), or 0.
