@@ -315,6 +315,7 @@ def plan(quick: bool):
     budget the peers drop out of the width-8 rows before the width-4 ones."""
     B, D, L = (2, 256, 512) if quick else (4, 4096, 4096)
     Dd, Bds = (512, (1, 16)) if quick else (8192, (1, 64, 256))
+    Bs = 16 if quick else 64  # the speculative step's batch (issue 17's shape)
     T = 512 if quick else 16384
     rows = []
     for width in WIDTHS:
@@ -326,8 +327,7 @@ def plan(quick: bool):
             for Bd in Bds:
                 rows.append(("decode", dtype, "-", Bd, Dd, 1, width))
             for layout in ("default", "vllm"):
-                rows.append(("spec", dtype, layout, Bds[-1] if quick else 64, Dd, 1 + SPEC_DRAFTS,
-                             width))
+                rows.append(("spec", dtype, layout, Bs, Dd, 1 + SPEC_DRAFTS, width))
             rows.append(("varlen", dtype, "channel_last", 1, D, T, width))
     return rows
 
