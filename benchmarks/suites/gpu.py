@@ -23,8 +23,8 @@ float64 reference (torch-ext/causal_conv1d/reference.py); one that differs is
 reported WRONG and not timed. Times are CUDA-event medians. Bandwidth counts
 the bytes an op must move (forward: read x, write y; backward: read x and
 dout, write dx; decode: read and write the state, read x, write y; spec:
-read x and the W-1 window columns, write y and the W-2+1+k state columns) against
-`dst.copy_(src)` moving as many bytes (half read, half written). A peer
+read x and the W-1 window columns, write y and the W-2+1+k state columns)
+against `dst.copy_(src)` moving as many bytes (half read, half written). A peer
 column shows its time and peer/ours (above 1x: ours is faster).
 
 Targets (issue 20, H200 and H100 alike): at least as fast as the fastest
