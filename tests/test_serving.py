@@ -587,11 +587,30 @@ def test_engine_tree_loop_matches_plain_updates(kernel, seeded, W):
             exact(pool[b], plain[b], f"committed window: seed={seeded} step={step} b={b}")
 
 
+@pytest.mark.sanitizer
+@pytest.mark.backends("cuda")
+def test_sanitizer_serving(kernel):
+    """One small case through each serving path for tools/gpu.sh check's
+    compute-sanitizer run: speculative steps in both layouts, varlen in both
+    packings, trees with and without windows, prefix-cached decode and
+    prefill, and the refusals the device-side index guards back up."""
+    torch.manual_seed(2)
+    pair = (torch.bfloat16, torch.float32)
+    for layout in ("contiguous", "channel_last"):
+        test_spec_decode(kernel, 0, pair, 4, layout)
+        test_prefix_cached_decode(kernel, 0, 4, True, 3, layout)
+    for channels_first in (False, True):
+        test_varlen_decode(kernel, 0, 4, channels_first, True)
+    test_tree_with_windows(kernel, 0, 4, True, torch.float32)
+    test_prefix_cached_prefill(kernel, 0, 4, 3, False, torch.bfloat16)
+    for case in BAD_SERVING[:8]:
+        test_serving_refusals(kernel, case)
+
+
 # ---------------------------------------------------------------------------
 # compile, fake kernels, opcheck
 
 
-@pytest.mark.backends("cpu")
 def test_update_serving_opcheck(kernel):
     """torch.library.opcheck on the serving op: schema (what it writes),
     fake kernel, autograd registration. (Not in kernels_ci: opcheck needs
@@ -622,7 +641,6 @@ def test_update_serving_opcheck(kernel):
         torch.library.opcheck(op, args)
 
 
-@pytest.mark.backends("cpu")
 def test_update_serving_compiles(kernel, seeded):
     """torch.compile(fullgraph) through the serving path gives the eager result."""
     W, k, B = 4, 3, 4
