@@ -101,12 +101,16 @@ check() {
   export CAUSAL_CONV1D_KERNEL_ROOT="$root" CAUSAL_CONV1D_CPU_KERNEL_ROOT="$root"
   local pytest_args=(-q -p no:cacheprovider -rfEs --maxfail=50)
   local ops=(tests/test_fwd.py tests/test_bwd.py tests/test_update.py tests/test_packed.py
-             tests/test_opcheck.py tests/test_device.py)
+             tests/test_serving.py tests/test_upstream_parity.py tests/test_opcheck.py
+             tests/test_device.py)
+  # xdist workers share the one GPU; each runs torch on one thread (plugin.py)
+  local workers=$(( jobs > 12 ? 12 : jobs ))
 
   if [[ $cuda_rc -eq 0 ]]; then
     # -- tests ------------------------------------------------------------------
     run_step "tests (CUDA and CPU backends)" "$(limit 240)" "$out/tests.log" \
-      "$py" -m pytest "${ops[@]}" "${pytest_args[@]}" -m "not slow" --junitxml="$out/tests.xml"
+      "$py" -m pytest "${ops[@]}" "${pytest_args[@]}" -m "not slow and not serial" -n "$workers" \
+      --junitxml="$out/tests.xml"
     if ! grep -qE '[0-9]+ passed' "$out/tests.log"; then
       results[${#results[@]}-1]="FAIL (nothing ran: is a GPU visible?)"
     fi
