@@ -1,6 +1,6 @@
 // Decode step (backend.h run_update) on CUDA. Two kernels:
 //
-//   fast     the usual decode step (Mamba, vLLM): one token, width 2..4 with
+//   fast     the usual decode step (Mamba, vLLM): one token, width 2..8 with
 //            state_len W - 1 (both compile-time), a linear state (no
 //            cache_seqlens) whose columns are contiguous, pooled or not. A
 //            thread takes one channel of kRows batch rows: all loads first,
@@ -22,7 +22,7 @@ namespace causal_conv1d::cuda {
 namespace {
 
 // ---------------------------------------------------------------------------
-// fast: L == 1, W in 2..4, S == W - 1, no cache_seqlens, conv_state.s2 == 1
+// fast: L == 1, W in 2..8, S == W - 1, no cache_seqlens, conv_state.s2 == 1
 // (or S == 1)
 
 // Batch rows per thread of the fast kernel. The thread reads its channel's
@@ -118,8 +118,24 @@ __global__ void __launch_bounds__(kThreads) update_fast_kernel(ConvParams p) {
   }
 }
 
+// The fast kernel's widths, each compiled exactly: the general kernel's
+// 64-bit loops bounded at run time cost several times the bandwidth at
+// widths past 4 too.
+template <typename F>
+void dispatch_fast_width(int64_t w, F&& f) {
+  switch (w) {
+    case 2: return f(WidthTag<2, true>{});
+    case 3: return f(WidthTag<3, true>{});
+    case 4: return f(WidthTag<4, true>{});
+    case 5: return f(WidthTag<5, true>{});
+    case 6: return f(WidthTag<6, true>{});
+    case 7: return f(WidthTag<7, true>{});
+    default: return f(WidthTag<8, true>{});
+  }
+}
+
 bool fast_update_applies(const ConvParams& p) {
-  return p.seqlen == 1 && p.width >= 2 && p.width <= 4 && p.state_len == p.width - 1 &&
+  return p.seqlen == 1 && p.width >= 2 && p.width <= 8 && p.state_len == p.width - 1 &&
          !p.cache_seqlens.given() && (p.conv_state.s2 == 1 || p.state_len == 1);
 }
 
@@ -211,7 +227,7 @@ void launch_update(const ConvParams& p, cudaStream_t stream) {
     }
     const int64_t work = (p.batch + kRows - 1) / kRows * p.dim;
     const bool narrow = fast_update_fits_int32(p, work);
-    dispatch_exact_width(p.width, [&](auto wt) {
+    dispatch_fast_width(p.width, [&](auto wt) {
       constexpr int kW = decltype(wt)::kW;
       if (narrow) {
         launch(update_fast_kernel<X, kW, int32_t>, grid_for(work), stream, p);
