@@ -23,6 +23,11 @@ def to_double(t):
     return None if t is None else t.double()
 
 
+def on_backend(v):
+    """A tensor made at import (on the CPU) moved to the backend's device."""
+    return v.to(torch.get_default_device()) if isinstance(v, torch.Tensor) else v
+
+
 def make_pool(n, d, s, dtype, layout):
     if layout == "contiguous":
         return torch.randn(n, d, s, dtype=dtype)
@@ -382,7 +387,7 @@ def test_prefix_cached_prefill_refusals(kernel, case):
     _, change, needle = case
     kw, pool = prefix_case([10, 3], [0, 0], 4, 3)
     for k, v in change.items():
-        kw[k] = torch.tensor(v, dtype=torch.int32) if isinstance(v, list) else v
+        kw[k] = torch.tensor(v, dtype=torch.int32) if isinstance(v, list) else on_backend(v)
     kw["cache_indices"] = kw["cache_indices"][:, :5]
     before = pool.clone()
     qsl, table, has_init = kw.pop("cu_seqlens"), kw.pop("cache_indices"), kw.pop("has_initial_state")
@@ -497,6 +502,8 @@ BAD_SERVING = [
 def test_serving_refusals(kernel, case):
     _, change, needle = case
     args = _serving_args()
+    if isinstance(change, dict):  # the table's tensors are made on the CPU at import
+        change = {k: on_backend(v) for k, v in change.items()}
     if change == "overlap":  # windows and pool in one buffer, sharing a pool row
         shared = torch.randn(5 * D * 5 + 3 * 3 * D * 3)
         change = dict(conv_state=shared[: 5 * D * 5].view(5, D, 5),

@@ -24,6 +24,7 @@
 # default 9.0+PTX: an H100 or H200),
 # OUT (default build/gpu-<command>), BUDGET_S (check's time budget, default
 # 470 s: every step has a timeout so the summary always comes out),
+# BENCH_ARGS (more options for bench.py gpu, e.g. "--ops spec --peers none"),
 # CHECK_COMMIT (names the commit where the machine's .git may be stale),
 # KERNEL_ROOT (profile: the build to profile, default check's).
 set -uo pipefail
@@ -94,11 +95,14 @@ check() {
   wait $cpu_pid; cpu_rc=$?
   record "build CUDA variant ($caps)" "$([[ $cuda_rc -eq 0 ]] && echo pass || echo "FAIL (see build-cuda.log)")" $((SECONDS - t0))
   record "build CPU variant" "$([[ $cpu_rc -eq 0 ]] && echo pass || echo "FAIL (see build-cpu.log)")" $((SECONDS - t0))
-  tail -n 2 "$out/build-cuda.log" "$out/build-cpu.log"
+  tail -n 2 "$out/build-cuda.log"
+  if [[ $cpu_rc -eq 0 ]]; then tail -n 2 "$out/build-cpu.log"; else grep -m 12 -B 2 -A 6 -E 'error|FAILED' "$out/build-cpu.log"; fi
 
   # The host's kernel is the CUDA variant; the backend fixture adds the CPU
-  # variant of the same root, so every op's grid runs on both.
+  # variant of the same root, so every op's grid runs on both. Without a CPU
+  # variant the CUDA backend runs alone rather than every CPU case erroring.
   export CAUSAL_CONV1D_KERNEL_ROOT="$root" CAUSAL_CONV1D_CPU_KERNEL_ROOT="$root"
+  [[ $cpu_rc -eq 0 ]] || export CAUSAL_CONV1D_TEST_BACKENDS="cuda=$root"
   local pytest_args=(-q -p no:cacheprovider -rfEs --maxfail=50)
   local ops=(tests/test_fwd.py tests/test_bwd.py tests/test_update.py tests/test_packed.py
              tests/test_serving.py tests/test_upstream_parity.py tests/test_opcheck.py
@@ -123,7 +127,8 @@ check() {
       peer_env=(env "PYTHONPATH=$out/peers-site${PYTHONPATH:+:$PYTHONPATH}")
     fi
     run_step "benchmarks/bench.py gpu${peers_pid:+ (with peers)}" "$(limit 240)" "$out/bench.log" \
-      "${peer_env[@]}" "$py" benchmarks/bench.py gpu --budget-s 170 --json "$out/bench.json"
+      "${peer_env[@]}" "$py" benchmarks/bench.py gpu --budget-s 170 --json "$out/bench.json" \
+      ${BENCH_ARGS:-}
 
     # -- compute-sanitizer -------------------------------------------------------
     local sanitizer

@@ -37,6 +37,7 @@ spec (issue 17) >= 90 % of the copy of its bytes, in a CUDA graph.
     python benchmarks/bench.py gpu --quick             # small shapes, smoke test
     python benchmarks/bench.py gpu --peers none        # ours and the copy only
     python benchmarks/bench.py gpu --budget-s 200      # peers not started after 200 s are skipped
+    python benchmarks/bench.py gpu --ops spec,decode   # those rows only
 
 Peers are found by import (tools/peers.sh builds and stages their wheels);
 the first line says which are missing and why. Triton peers compile and
@@ -338,6 +339,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--peers", default="all", help="all, none, or a comma list of: torch,upstream,fla")
+    ap.add_argument("--ops", default="all",
+                    help="all, or a comma list of: fwd,bwd,decode,spec,varlen (the rows to run)")
     ap.add_argument("--budget-s", type=float, default=0,
                     help="no peer is started after this many seconds (0: no limit)")
     ap.add_argument("--cpu-smoke", action="store_true",
@@ -363,8 +366,14 @@ def main() -> int:
         impls = {n: a for n, a in impls.items() if n == "ours" or n in wanted}
     names = list(impls) + [n for n in missing if wanted is None or n in wanted]
     repeats, warmup = (5, 2) if args.quick else (args.repeats, 5)
+    ops = None if args.ops == "all" else set(args.ops.split(","))
+    unknown = (ops or set()) - {r[0] for r in plan(True)}
+    if unknown:
+        ap.error(f"--ops: unknown {', '.join(sorted(unknown))}")
     rows = []
     for op, dtype, layout, B, D, L, width in plan(args.quick):
+        if ops is not None and op not in ops:
+            continue
         row = measure(cc, impls, op, dtype, layout, B, D, L, width, repeats, warmup, deadline)
         for n in missing:
             row["results"][n] = dict(status="not installed" if n != "vllm" else "not installable standalone")
