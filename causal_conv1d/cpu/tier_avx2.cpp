@@ -5,6 +5,7 @@
 // of per-architecture flags). CPU_CAPABILITY_AVX2 selects at::vec's AVX2
 // Vectorized<T>. Empty on other architectures.
 #if defined(__x86_64__)
+#include "std_first.h"  // before the pragma: std_first.h says why
 #pragma GCC target("avx2,fma,f16c")
 // The feature macros the pragma leaves undefined (isa_macros.h says why).
 #define CAUSAL_CONV1D_ISA_AVX2

@@ -4,6 +4,7 @@
 // for this target, as command-line -m flags would; CPU_CAPABILITY_AVX512
 // selects at::vec's 512-bit Vectorized<T>. Empty on other architectures.
 #if defined(__x86_64__)
+#include "std_first.h"  // before the pragma: std_first.h says why
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 // The feature macros the pragma leaves undefined (isa_macros.h says why).
 #define CAUSAL_CONV1D_ISA_AVX512

@@ -5,6 +5,7 @@
 // and was slower than widening x to fp32 for row_slide's VALIGND windows.
 // Target selected in the source as in tier_avx512.cpp. Empty elsewhere.
 #if defined(__x86_64__)
+#include "std_first.h"  // before the pragma: std_first.h says why
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
 // The feature macros the pragma leaves undefined (isa_macros.h says why).
 #define CAUSAL_CONV1D_ISA_AVX512_BF16

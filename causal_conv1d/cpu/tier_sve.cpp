@@ -9,6 +9,7 @@
 // bookkeeping), several hundred instructions in all. Empty on other
 // architectures.
 #if defined(__aarch64__)
+#include "std_first.h"  // before the pragma: std_first.h says why
 #pragma GCC target("arch=armv8.2-a+sve")
 // The feature macros the pragma leaves undefined (isa_macros.h says why).
 #define CAUSAL_CONV1D_ISA_SVE
