@@ -304,8 +304,15 @@ def test_update_silu_extremes(kernel, dtype, L):
     newest = x if L is None else x[..., -1]
     got = out if L is None else out[..., -1]
     want = F.silu(newest.double())
-    torch.testing.assert_close(got.double(), want, equal_nan=True,
-                               rtol=3e-4 if dtype != torch.bfloat16 else 1e-2, atol=1e-6)
+    # 16-bit outputs: common.cuh's silu_out is within 2.5e-4 * |v| (a
+    # sixteenth of a bf16 ulp of v), so far out on the negative side, where
+    # silu is below that, a GPU may return 0
+    slack = 2.5e-4 * newest.double().abs().nan_to_num(posinf=0) if dtype == torch.bfloat16 else 0
+    err = (got.double() - want).abs()
+    bound = (3e-4 if dtype != torch.bfloat16 else 1e-2) * want.abs() + 1e-6 + slack
+    finite = want.isfinite()
+    assert (err[finite] <= bound[finite]).all(), (err - bound).max()
+    torch.testing.assert_close(got.double()[~finite], want[~finite], equal_nan=True)
 
 
 @pytest.mark.parametrize("x_layout", ["contiguous", "channel_last", "strided"])

@@ -419,9 +419,9 @@ def varlen_ref(cc, dev):
     x, cu = varlen_case("cpu", I64)
     states = cc.causal_conv1d_varlen_states_ref(x, cu, 2)
     torch.testing.assert_close(states[0], x[3:5].t(), rtol=0, atol=0)  # the last 2 of sequence 0
-    assert torch.equal(states[1], torch.zeros(D, 2))  # the empty sequence
+    assert torch.equal(states[1], states.new_zeros(D, 2))  # the empty sequence
     torch.testing.assert_close(states[2, :, 1], x[5], rtol=0, atol=0)
-    assert torch.equal(states[2, :, 0], torch.zeros(D))
+    assert torch.equal(states[2, :, 0], states.new_zeros(D))
 
 
 # ---- cpp_functions (mamba_ssm's entry points) -----------------------------------
