@@ -57,6 +57,9 @@ check() {
   local out="${OUT:-$repo/build/gpu-check}" root="$check_root"
   mkdir -p "$out"
   echo "CUDA_HOME=${CUDA_HOME:-unset}"
+  # The machine's image has its own g++ (seen: /opt/gcc with GCC 13 headers),
+  # whose build differs from kernel-builder's: say which one built this.
+  echo "g++: $(command -v g++) ($(g++ --version 2>/dev/null | head -n 1))"
   local start=$SECONDS
   declare -a names=() results=() times=()
   record() { names+=("$1"); results+=("$2"); times+=("$3"); }
@@ -188,6 +191,7 @@ check() {
     echo "- commit: $commit"
     echo "- torch: $("$py" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>/dev/null)"
     echo "- nvcc: $("${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version 2>/dev/null | tail -n 1)"
+    echo "- g++: $(command -v g++) ($(g++ --version 2>/dev/null | head -n 1))"
     echo
     echo "## Steps"
     echo
