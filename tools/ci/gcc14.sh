@@ -4,10 +4,11 @@
 # Debian 12 has GCC 12. GCC 13 and later refuse code that GCC 12 takes (the
 # tiers' target pragmas with std::vector, cpu/std_first.h), so every C++
 # source of this host's build and of the aarch64 build is compiled again
-# with Debian 13's g++ 14 and aarch64-linux-gnu-g++ 14, down to assembly:
-# what the builder compiles, short of linking.
+# with Debian 13's g++ 14 and aarch64-linux-gnu-g++ 14, down to assembly,
+# and the CUDA variant's sources with g++ 14 as nvcc's host compiler: what
+# the builder compiles, short of linking.
 #
-#   tools/ci/gcc14.sh    # after tools/dev.sh's build and tools/ci/aarch64.sh
+#   tools/ci/gcc14.sh    # after tools/dev.sh's build, tools/ci/cuda.sh and aarch64.sh
 #
 # The compilers come from Debian 13's archive with apt-get download (no
 # install: the system stays Debian 12), unpacked into a cache outside the
@@ -51,35 +52,62 @@ if [[ ! -x "$x86_gxx" || ! -x "$arm_gxx" || ! -f "$root/.complete" ]]; then
 fi
 "$x86_gxx" --version | head -n 1
 
-# Every `cxx` edge of a build.ninja, compiled with GXX to assembly.
-python - "$repo" "$x86_gxx" "$arm_gxx" <<'PY'
+# Every C++ edge of the CPU builds' build.ninja (.local-build/) and of the
+# CUDA variant's (tools/ci/cuda.sh's build root), compiled with GCC 14: the
+# cxx edges to assembly, the nvcc edges with GCC 14 as nvcc's host compiler
+# (kernel-builder's for its CUDA 13 variants), two at a time.
+python - "$repo" "$x86_gxx" "$arm_gxx" "${CAUSAL_CONV1D_CI_BUILD:-${TMPDIR:-/tmp}/causal-conv1d-ci-cuda}" <<'PY'
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-repo, x86, arm = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+repo, x86, arm, cuda_root = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 builds = sorted((repo / ".local-build").glob("torch*-cpu-*-linux/build.ninja"))
-failed, done = [], 0
-for ninja in builds:
+builds += sorted((cuda_root / ".local-build").glob("torch*-cu*-linux/build.ninja"))
+if not any("-cpu-" in b.parent.name for b in builds):
+    sys.exit("[gcc14] no CPU build.ninja under .local-build/: build first")
+out_dir = Path(tempfile.mkdtemp())
+
+
+def commands(ninja: Path):
     gxx = arm if "aarch64" in ninja.parent.name else x86
     lines = ninja.read_text().splitlines()
+    nvcc = next((l.split("=", 1)[1].strip() for l in lines if l.startswith("nvcc =")), None)
     for i, line in enumerate(lines):
-        m = re.match(r"build (\S+\.o): cxx (\S+)", line)
+        m = re.match(r"build (\S+\.o): (cxx|nvcc) (\S+)", line)
         if not m:
             continue
         flags = shlex.split(lines[i + 1].split("flags = ", 1)[1])
-        src = m.group(2)
-        r = subprocess.run([gxx, *flags, "-S", src, "-o", "/dev/null"], capture_output=True, text=True)
-        done += 1
-        if r.returncode != 0:
-            failed.append(f"{ninja.parent.name}: {src}")
-            print("\n".join(r.stderr.splitlines()[-15:]))
-    print(f"[gcc14] {ninja.parent.name}: compiled with {Path(gxx).name}")
-if not builds:
-    sys.exit("[gcc14] no CPU build.ninja under .local-build/: build first")
-print(f"[gcc14] {done} translation units, {len(failed)} failed")
+        src = m.group(3)
+        if m.group(2) == "cxx":
+            yield ninja.parent.name, src, [gxx, *flags, "-S", src, "-o", "/dev/null"]
+        else:
+            obj = out_dir / (Path(src).stem + ".o")
+            yield ninja.parent.name, src, [nvcc, "-ccbin", gxx, *flags, "-c", src, "-o", str(obj)]
+
+
+def run(job):
+    build, src, cmd = job
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return build, src, r.returncode, r.stderr
+
+
+jobs = [job for ninja in builds for job in commands(ninja)]
+failed = []
+with ThreadPoolExecutor(max_workers=2) as pool:
+    for build, src, rc, err in pool.map(run, jobs):
+        if rc != 0:
+            failed.append(f"{build}: {src}")
+            print("\n".join(err.splitlines()[-15:]))
+shutil.rmtree(out_dir)
+for ninja in builds:
+    print(f"[gcc14] {ninja.parent.name}: {sum(j[0] == ninja.parent.name for j in jobs)} units")
+print(f"[gcc14] {len(jobs)} translation units, {len(failed)} failed")
 for f in failed:
     print("  FAILED", f)
 sys.exit(1 if failed else 0)
