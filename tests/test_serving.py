@@ -131,6 +131,19 @@ def test_spec_decode_runs(kernel, seeded, W, dtype):
         check(res, (dtype, dtype), f"seed={seeded} W={W} k={k} acc={acc.tolist()}")
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
+def test_spec_decode_without_tokens(kernel, seeded, layout):
+    """x (B, D, 0) with num_accepted_tokens: no output columns, and the
+    state stays as it was (nothing to shift in)."""
+    W, S, B = 4, 6, 3
+    pool = make_pool(B, D, S, torch.float32, layout)
+    x = make_tokens(B, D, 0, torch.float32, layout)
+    acc = torch.tensor([1, 2, 3], dtype=torch.int32)
+    res = run_both(kernel, x, pool, torch.randn(D, W), torch.randn(D), "silu",
+                   num_accepted_tokens=acc)
+    check(res, (torch.float32, torch.float32), f"seed={seeded} {layout}")
+
+
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("x_layout", ["contiguous", "channel_last"])
 @pytest.mark.parametrize("pool_layout", ["contiguous", "channel_last", "slice"])

@@ -93,7 +93,8 @@ __global__ void __launch_bounds__(kThreads) spec_step_kernel(ConvParams p) {
 bool spec_step_applies(const ConvParams& p) {
   return p.num_accepted.data != nullptr && p.query_start_loc.data == nullptr &&
          !p.read_block.given() && !p.parents.given() && !p.windows.given() &&
-         p.block_size == 0 && !p.has_initial_state.given() && p.width >= 2 && p.width <= 8;
+         p.block_size == 0 && !p.has_initial_state.given() && p.width >= 2 && p.width <= 8 &&
+         p.seqlen >= 1;  // without tokens nothing moves (the general kernel skips)
 }
 
 // ---------------------------------------------------------------------------
