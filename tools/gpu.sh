@@ -26,7 +26,8 @@
 # 470 s: every step has a timeout so the summary always comes out),
 # BENCH_ARGS (more options for bench.py gpu, e.g. "--ops spec --peers none"),
 # CHECK_COMMIT (names the commit where the machine's .git may be stale),
-# KERNEL_ROOT (profile: the build to profile, default check's).
+# KERNEL_ROOT (profile: the build to profile, default check's), PROFILE_ARGS
+# (profile: options for gpu_profile.py run, e.g. "--ops spec").
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -228,7 +229,7 @@ profile() {
     CAUSAL_CONV1D_KERNEL_ROOT="$root" timeout --kill-after=10 "${PROFILE_TIMEOUT_S:-240}" \
       "$ncu" --clock-control none --kernel-name-base mangled --kernel-name regex:causal_conv1d4cuda \
       --print-kernel-base demangled "$@" --csv --page raw --print-units base \
-      "$py" tools/gpu_profile.py run >"$out/profile.csv" 2>>"$out/ncu.log"
+      "$py" tools/gpu_profile.py run ${PROFILE_ARGS:-} >"$out/profile.csv" 2>>"$out/ncu.log"
   }
   : >"$out/ncu.log"
   echo "== ncu on tools/gpu_profile.py run ($ncu)"

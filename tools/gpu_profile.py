@@ -3,10 +3,11 @@
 hardware counters: the next step when a kernel misses its bandwidth target
 and the reason is not clear from timings (`tools/gpu.sh profile` runs it).
 
-    python tools/gpu_profile.py run
+    python tools/gpu_profile.py run [--ops spec,decode]
         one call of each op of `benchmarks/bench.py gpu` (same shapes, W = 4,
         bias, silu, bf16 and fp32: forward and backward in both layouts,
-        decode), for a profiler to watch.
+        decode, the speculative step in both state layouts), for a profiler
+        to watch.
     python tools/gpu_profile.py summarize ncu.csv
         the table of `ncu --csv --page raw --print-units base --metrics
         $(python tools/gpu_profile.py metrics)` output: per
@@ -43,11 +44,14 @@ COLUMNS = {  # column title: counter
 METRICS = list(COLUMNS.values()) + [STALL_PREFIX + s + STALL_SUFFIX for s in STALLS]
 
 
-def run() -> int:
+OPS = ("fwd", "bwd", "decode", "spec")
+
+
+def run(ops=OPS) -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from suites.gpu import W, make_x
+    from suites.gpu import SPEC_DRAFTS, W, make_case, make_x
     from suites.harness import load_kernel
 
     if not torch.cuda.is_available():
@@ -60,12 +64,20 @@ def run() -> int:
         b = torch.randn(D, dtype=dtype, device="cuda")
         for layout in ("contiguous", "channel_last"):
             x = make_x(B, D, L, dtype, layout)
-            cc.causal_conv1d_fn(x, w, b, activation="silu")
-            cc.ops.bwd(x, w, b, None, None, make_x(B, D, L, dtype, layout), None, True, False)
-        wd = torch.randn(8192, W, dtype=dtype, device="cuda") / W
-        state = torch.randn(256, 8192, W - 1, dtype=dtype, device="cuda")
-        cc.causal_conv1d_update(torch.randn(256, 8192, dtype=dtype, device="cuda"), state, wd,
-                                None, "silu")
+            if "fwd" in ops:
+                cc.causal_conv1d_fn(x, w, b, activation="silu")
+            if "bwd" in ops:
+                cc.ops.bwd(x, w, b, None, None, make_x(B, D, L, dtype, layout), None, True, False)
+        if "decode" in ops:
+            wd = torch.randn(8192, W, dtype=dtype, device="cuda") / W
+            state = torch.randn(256, 8192, W - 1, dtype=dtype, device="cuda")
+            cc.causal_conv1d_update(torch.randn(256, 8192, dtype=dtype, device="cuda"), state, wd,
+                                    None, "silu")
+        if "spec" in ops:  # the benchmark's speculative step, both state layouts
+            for layout in ("default", "vllm"):
+                c = make_case("spec", dtype, layout, 64, 8192, 1 + SPEC_DRAFTS, W, device="cuda")
+                cc.causal_conv1d_update(c["x"], c["state"], c["w"], c["b"], "silu",
+                                        num_accepted_tokens=c["accepted"])
     torch.cuda.synchronize()
     return 0
 
@@ -123,13 +135,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("run", help="one call of each benchmark op (run it under ncu)")
+    r = sub.add_parser("run", help="one call of each benchmark op (run it under ncu)")
+    r.add_argument("--ops", default=",".join(OPS),
+                   help=f"comma list of: {','.join(OPS)} (default: all)")
     s = sub.add_parser("summarize", help="table of ncu's --csv --page raw output")
     s.add_argument("csv", help="the CSV file ('-' for standard input)")
     sub.add_parser("metrics", help="print the --metrics list ncu needs")
     args = ap.parse_args()
     if args.cmd == "run":
-        return run()
+        ops = args.ops.split(",")
+        if set(ops) - set(OPS):
+            ap.error(f"--ops: unknown {', '.join(sorted(set(ops) - set(OPS)))}")
+        return run(ops)
     if args.cmd == "metrics":
         print(",".join(METRICS))
         return 0
