@@ -110,17 +110,18 @@ def test_spec_decode(kernel, seeded, dtypes, W, layout):
               f"seed={seeded} W={W} k={k} S={S} pool={pool_rows} {layout} acc={acc.tolist()}")
 
 
-@pytest.mark.parametrize("W", [3, 4])
+@pytest.mark.parametrize("W", [2, 3, 4, 5, 7, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_spec_decode_runs(kernel, seeded, W, dtype):
     """x (B, D, 1 + k) and the pool (N, D, S) contiguous, so every channel's
     tokens and columns are a short run (the CPU's register path on AVX-512
-    and AVX2): k = 0..6 drafts, several whole channel blocks and a partial
-    one, a padding row."""
+    and AVX2): k = 0..9 drafts (the CUDA spec kernel keeps up to 8 tokens in
+    registers, the general kernel takes more), every width of that kernel,
+    several whole channel blocks and a partial one, a padding row."""
     D2 = 3 * 64 + 13
     weight = torch.randn(D2, W, dtype=dtype)
     bias = torch.randn(D2, dtype=dtype)
-    for k in range(7):
+    for k in range(10):
         B, L, S = 3, 1 + k, W - 1 + k
         pool = make_pool(5, D2, S, dtype, "contiguous")
         idx = torch.tensor([3, PAD, 0], dtype=torch.int32)

@@ -359,6 +359,22 @@ inline void dispatch_exact_width(int64_t w, F&& f) {
   return f(WidthTag<4, true>{});
 }
 
+// Every width 2..8 compiled exactly (the decode kernels': a loop bounded at
+// run time costs them several times their bandwidth past width 4 too; the
+// caller has checked w): calls f(WidthTag<w, true>{}).
+template <typename F>
+inline void dispatch_exact_width_2_to_8(int64_t w, F&& f) {
+  switch (w) {
+    case 2: return f(WidthTag<2, true>{});
+    case 3: return f(WidthTag<3, true>{});
+    case 4: return f(WidthTag<4, true>{});
+    case 5: return f(WidthTag<5, true>{});
+    case 6: return f(WidthTag<6, true>{});
+    case 7: return f(WidthTag<7, true>{});
+    default: return f(WidthTag<8, true>{});
+  }
+}
+
 // f(std::bool_constant<a>{}, std::bool_constant<b>{}): a kernel's
 // compile-time switches picked from runtime flags at launch.
 template <typename F>
@@ -372,4 +388,26 @@ template <typename T> __device__ __forceinline__ T* ptr(const Strided& v) {
   return static_cast<T*>(v.data);
 }
 
+// weight[d, 0..kW-1] and bias[d] (0 without bias) as float, with one switch
+// on their dtype for all of them. (Calling weight_at per tap converts each
+// value inside its own branch of the switch, which waits for that load
+// before the next one is issued.)
+template <typename Wt, int kW>
+__device__ __forceinline__ void load_taps_as(const ConvParams& p, int64_t d, float (&w)[kW],
+                                             float& bias) {
+  const Wt* wd = ptr<const Wt>(p.weight) + d * p.weight.s0;
+#pragma unroll
+  for (int k = 0; k < kW; ++k) w[k] = to_f(wd[k * p.weight.s1]);
+  bias = p.bias.data ? to_f(ptr<const Wt>(p.bias)[d * p.bias.s0]) : 0.f;
+}
+
+template <int kW>
+__device__ __forceinline__ void load_taps(const ConvParams& p, int64_t d, float (&w)[kW],
+                                          float& bias) {
+  switch (p.weight_dtype) {
+    case DType::Float16: return load_taps_as<__half>(p, d, w, bias);
+    case DType::BFloat16: return load_taps_as<__nv_bfloat16>(p, d, w, bias);
+    default: return load_taps_as<float>(p, d, w, bias);
+  }
+}
 }  // namespace causal_conv1d::cuda

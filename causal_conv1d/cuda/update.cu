@@ -31,29 +31,6 @@ namespace {
 // cover the memory latency at full occupancy.
 constexpr int kRows = 4;
 
-// weight[d, 0..kW-1] and bias[d] (0 without bias) as float, with one switch
-// on their dtype for all of them. (Calling weight_at per tap converts each
-// value inside its own branch of the switch, which waits for that load
-// before the next one is issued.)
-template <typename Wt, int kW>
-__device__ __forceinline__ void load_taps_as(const ConvParams& p, int64_t d, float (&w)[kW],
-                                             float& bias) {
-  const Wt* wd = ptr<const Wt>(p.weight) + d * p.weight.s0;
-#pragma unroll
-  for (int k = 0; k < kW; ++k) w[k] = to_f(wd[k * p.weight.s1]);
-  bias = p.bias.data ? to_f(ptr<const Wt>(p.bias)[d * p.bias.s0]) : 0.f;
-}
-
-template <int kW>
-__device__ __forceinline__ void load_taps(const ConvParams& p, int64_t d, float (&w)[kW],
-                                          float& bias) {
-  switch (p.weight_dtype) {
-    case DType::Float16: return load_taps_as<__half>(p, d, w, bias);
-    case DType::BFloat16: return load_taps_as<__nv_bfloat16>(p, d, w, bias);
-    default: return load_taps_as<float>(p, d, w, bias);
-  }
-}
-
 // A thread takes channel d of batch rows b0 .. b0 + kRows - 1 and works in
 // three phases: every load (pool indices, tokens, state rows), then the
 // outputs, then the stores. Loads and stores of a row never interleave, so
@@ -115,22 +92,6 @@ __global__ void __launch_bounds__(kThreads) update_fast_kernel(ConvParams p) {
       for (int j = 0; j + 1 < kS; ++j) state[st[r] + j] = hist[r][j + 1];
       state[st[r] + kS - 1] = tok[r];
     }
-  }
-}
-
-// The fast kernel's widths, each compiled exactly: the general kernel's
-// 64-bit loops bounded at run time cost several times the bandwidth at
-// widths past 4 too.
-template <typename F>
-void dispatch_fast_width(int64_t w, F&& f) {
-  switch (w) {
-    case 2: return f(WidthTag<2, true>{});
-    case 3: return f(WidthTag<3, true>{});
-    case 4: return f(WidthTag<4, true>{});
-    case 5: return f(WidthTag<5, true>{});
-    case 6: return f(WidthTag<6, true>{});
-    case 7: return f(WidthTag<7, true>{});
-    default: return f(WidthTag<8, true>{});
   }
 }
 
@@ -227,7 +188,7 @@ void launch_update(const ConvParams& p, cudaStream_t stream) {
     }
     const int64_t work = (p.batch + kRows - 1) / kRows * p.dim;
     const bool narrow = fast_update_fits_int32(p, work);
-    dispatch_fast_width(p.width, [&](auto wt) {
+    dispatch_exact_width_2_to_8(p.width, [&](auto wt) {
       constexpr int kW = decltype(wt)::kW;
       if (narrow) {
         launch(update_fast_kernel<X, kW, int32_t>, grid_for(work), stream, p);

@@ -18,74 +18,72 @@ namespace {
 
 // ---------------------------------------------------------------------------
 // spec step: what a serving engine's speculative decode sends every step
-// (num_accepted_tokens, x (B, D, 1 + k), a pool indexed per sequence or
-// not; no varlen, tree, windows, block table or block states), W in 2..8.
-// The general kernel below walks serving.h's plan per tap, in 64-bit
-// arithmetic with divisions, which made this step instruction-bound at a
-// fraction of the bandwidth. Here a block takes kThreads channels of one
-// sequence, so the sequence's indices are one broadcast load, and a thread
-// keeps its last W inputs in registers, newest at win[kW - 1]: every array
-// index is a compile-time constant once the loops unroll, also when the
-// width is a run-time value below kW.
+// (num_accepted_tokens, x (B, D, 1 + k) with k < kSpecMaxTokens drafts, a
+// pool indexed per sequence or not; no varlen, tree, windows, block table
+// or block states), W in 2..8, each width compiled exactly. The general
+// kernel below walks serving.h's plan per tap, in 64-bit arithmetic with
+// divisions, which made this step instruction-bound at a fraction of the
+// bandwidth. Here a block takes kThreads channels of one sequence, so the
+// sequence's indices are one broadcast load, and a thread works in three
+// phases like the plain decode kernel: every load (tokens, indices, taps,
+// then its W - 1 history columns), the outputs, the stores. Nothing is
+// loaded after a store, so no load waits for an earlier store to memory the
+// compiler must assume aliased, and the step costs one memory round trip.
 
-template <typename X, int kW, bool kExact>
+// Tokens per step a thread keeps in registers (the last accepted token and
+// up to 7 drafts); longer steps take the general kernel.
+constexpr int kSpecMaxTokens = 8;
+
+template <typename X, int kW>
 __global__ void __launch_bounds__(kThreads) spec_step_kernel(ConvParams p) {
-  const int64_t W = kExact ? kW : p.width, S = p.state_len, L = p.seqlen;
+  constexpr int kH = kW - 1;  // history columns before the first token
+  const int64_t S = p.state_len, L = p.seqlen, cs = p.conv_state.s2;
   const int64_t per_seq = (p.dim + kThreads - 1) / kThreads;  // blocks per sequence
   const int64_t blocks = p.batch * per_seq;
   for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
     const int64_t b = blk / per_seq;
     const int64_t d = (blk - b * per_seq) * kThreads + threadIdx.x;
     if (d >= p.dim) continue;
+    // seq: the inputs in stream order, history columns n - 1 .. n + W - 3
+    // in seq[0 .. kH), then the tokens; token j reads seq[j .. j + kW).
+    X seq[kH + kSpecMaxTokens];
     const X* x = ptr<const X>(p.x) + b * p.x.s0 + d * p.x.s1;
-    X* out = ptr<X>(p.out) + b * p.out.s0 + d * p.out.s1;
+#pragma unroll
+    for (int j = 0; j < kSpecMaxTokens; ++j) {
+      if (j < L) seq[kH + j] = x[j * p.x.s2];
+    }
     const int64_t row = live_row(p, p.state_indices.given() ? int32_at(p.state_indices, b) : b);
+    const int64_t n = clamp_index(p.num_accepted[b], 1, S - kW + 2);
+    float w[kW], bias;
+    load_taps(p, d, w, bias);
+    X* out = ptr<X>(p.out) + b * p.out.s0 + d * p.out.s1;
     if (row < 0) {
-      for (int64_t j = 0; j < L; ++j) out[j * p.out.s2] = from_f<X>(0.f);
+#pragma unroll
+      for (int j = 0; j < kSpecMaxTokens; ++j) {
+        if (j < L) out[j * p.out.s2] = from_f<X>(0.f);
+      }
       continue;
     }
     X* state = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d * p.conv_state.s1;
-    const int64_t cs = p.conv_state.s2;
-    // the window before token 0 is state columns [n - 1, n + W - 2)
-    const int64_t n = clamp_index(p.num_accepted[b], 1, S - W + 2);
-    float win[kW];  // win[kW - 1 - q]: the input q + 1 steps before the next token
 #pragma unroll
-    for (int q = 0; q < kW; ++q) {
-      win[kW - 1 - q] = q < W - 1 ? to_f(state[(n + W - 3 - q) * cs]) : 0.f;
-    }
-    float tap[kW];  // tap[i]: the weight of the input i steps back (weight[d, W - 1 - i])
-    float bias = 0.f;
-    auto load_taps = [&](auto tag) {
-      using Wt = typename decltype(tag)::type;
-      const Wt* wd = ptr<const Wt>(p.weight) + d * p.weight.s0;
+    for (int c = 0; c < kH; ++c) seq[c] = state[(n - 1 + c) * cs];
+
 #pragma unroll
-      for (int i = 0; i < kW; ++i) tap[i] = i < W ? to_f(wd[(W - 1 - i) * p.weight.s1]) : 0.f;
-      if (p.bias.data) bias = to_f(ptr<const Wt>(p.bias)[d * p.bias.s0]);
-    };
-    switch (p.weight_dtype) {
-      case DType::Float16: load_taps(TypeTag<__half>{}); break;
-      case DType::BFloat16: load_taps(TypeTag<__nv_bfloat16>{}); break;
-      default: load_taps(TypeTag<float>{}); break;
-    }
-    for (int64_t j = 0; j < L; ++j) {
-#pragma unroll
-      for (int q = 0; q + 1 < kW; ++q) win[q] = win[q + 1];
-      win[kW - 1] = to_f(x[j * p.x.s2]);
+    for (int j = 0; j < kSpecMaxTokens; ++j) {
+      if (j >= L) break;
       // bias, then tap 0 (the oldest input) first: the plain update's order,
       // so that a speculative step and single-token steps round alike
       float acc = bias;
 #pragma unroll
-      for (int i = kW - 1; i >= 0; --i) {
-        if (i < W) acc += tap[i] * win[kW - 1 - i];
-      }
+      for (int k = 0; k < kW; ++k) acc += w[k] * to_f(seq[j + k]);
       out[j * p.out.s2] = from_f<X>(p.silu ? silu_out<X>(acc) : acc);
     }
-    // New column c is stream column n + c: history columns n .. n + W - 3,
-    // then the tokens; later columns stay. Ascending and in place: column
-    // n + c > c is read before anything overwrites it.
-    const int64_t count = clamp_index(W - 2 + L, 0, S);
-    for (int64_t c = 0; c < count; ++c) {
-      state[c * cs] = c < W - 2 ? state[(n + c) * cs] : x[(c - (W - 2)) * p.x.s2];
+    // New column c is stream column n + c, seq[1 + c]: the history after
+    // column n - 1, then the tokens; columns from W - 2 + L on stay.
+    const int64_t count = clamp_index(kW - 2 + L, 0, S);
+#pragma unroll
+    for (int c = 0; c + 1 < kH + kSpecMaxTokens; ++c) {
+      if (c < count) state[c * cs] = seq[1 + c];
     }
   }
 }
@@ -94,7 +92,8 @@ bool spec_step_applies(const ConvParams& p) {
   return p.num_accepted.data != nullptr && p.query_start_loc.data == nullptr &&
          !p.read_block.given() && !p.parents.given() && !p.windows.given() &&
          p.block_size == 0 && !p.has_initial_state.given() && p.width >= 2 && p.width <= 8 &&
-         p.seqlen >= 1;  // without tokens nothing moves (the general kernel skips)
+         p.seqlen >= 1 &&  // without tokens nothing moves (the general kernel skips)
+         p.seqlen <= kSpecMaxTokens;
 }
 
 // ---------------------------------------------------------------------------
@@ -199,9 +198,8 @@ void launch_update_serving(const ConvParams& p, cudaStream_t stream) {
     using X = typename decltype(xt)::type;
     if (spec_step_applies(p)) {
       const int64_t threads = p.batch * ((p.dim + kThreads - 1) / kThreads) * kThreads;
-      dispatch_width<8>(p.width, [&](auto wt) {
-        using Wd = decltype(wt);
-        launch(spec_step_kernel<X, Wd::kW, Wd::kExact>, grid_for(threads), stream, p);
+      dispatch_exact_width_2_to_8(p.width, [&](auto wt) {
+        launch(spec_step_kernel<X, decltype(wt)::kW>, grid_for(threads), stream, p);
       });
       return;
     }
