@@ -132,6 +132,30 @@ def test_spec_decode_runs(kernel, seeded, W, dtype):
         check(res, (dtype, dtype), f"seed={seeded} W={W} k={k} acc={acc.tolist()}")
 
 
+@pytest.mark.parametrize("W", [2, 4, 5, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_spec_decode_vllm_layout(kernel, seeded, W, dtype, aligned):
+    """vLLM's layout (x, out and the pool with stride 1 along D) with D a
+    multiple of 8 over more than one 1024-channel block and a partial one:
+    the CUDA spec kernel's 16-byte accesses across channels. Unaligned, the
+    pool starts one element into its storage (element accesses). k = 0, 3, 7
+    drafts and 8 (past the registers: the general kernel); a padding row."""
+    D2 = 1024 + 200
+    weight = torch.randn(D2, W, dtype=dtype)
+    bias = torch.randn(D2, dtype=dtype)
+    for k in (0, 3, 7, 8):
+        B, L, S = 3, 1 + k, W - 1 + k
+        pool = torch.randn(5 * S * D2 + 1, dtype=dtype)[(0 if aligned else 1):][: 5 * S * D2]
+        pool = pool.view(5, S, D2).transpose(1, 2)
+        idx = torch.tensor([3, PAD, 0], dtype=torch.int32)
+        acc = torch.randint(1, L + 1, (B,), dtype=torch.int32)
+        x = make_tokens(B, D2, L, dtype, "channel_last")
+        res = run_both(kernel, x, pool, weight, bias, "silu", conv_state_indices=idx,
+                       num_accepted_tokens=acc)
+        check(res, (dtype, dtype), f"seed={seeded} W={W} k={k} acc={acc.tolist()}")
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
 def test_spec_decode_without_tokens(kernel, seeded, layout):
     """x (B, D, 0) with num_accepted_tokens: no output columns, and the

@@ -23,69 +23,113 @@ namespace {
 // or block states), W in 2..8, each width compiled exactly. The general
 // kernel below walks serving.h's plan per tap, in 64-bit arithmetic with
 // divisions, which made this step instruction-bound at a fraction of the
-// bandwidth. Here a block takes kThreads channels of one sequence, so the
-// sequence's indices are one broadcast load, and a thread works in three
-// phases like the plain decode kernel: every load (tokens, indices, taps,
-// then its W - 1 history columns), the outputs, the stores. Nothing is
-// loaded after a store, so no load waits for an earlier store to memory the
-// compiler must assume aliased, and the step costs one memory round trip.
+// bandwidth. Here a block takes kThreads * kVec channels of one sequence, so
+// the sequence's indices are one broadcast load, and a thread works in
+// three phases like the plain decode kernel: every load (tokens, indices,
+// taps, then its W - 1 history columns), the outputs, the stores. Nothing
+// is loaded after a store, so no load waits for an earlier store to memory
+// the compiler must assume aliased, and the step costs one memory round
+// trip. In vLLM's layout (x, out and the pool with stride 1 along D) a
+// thread takes kSpecChannels neighbouring channels, one access for all of
+// them: even in registers the step stayed bound by its per-channel
+// instructions (addresses, predicates, the sequence's indices) at one
+// channel a thread.
 
 // Tokens per step a thread keeps in registers (the last accepted token and
 // up to 7 drafts); longer steps take the general kernel.
 constexpr int kSpecMaxTokens = 8;
 
-template <typename X, int kW>
+// Channels per thread in vLLM's layout: 16-byte accesses in fp32, 8-byte in
+// 16-bit types. (Eight 16-bit channels, 16 bytes, take about twice the
+// registers, near ptxas's limit at W = 8, and leave few warps per SM.)
+constexpr int kSpecChannels = 4;
+
+// kVec neighbouring elements stored as one access where the pack is a whole
+// word (store_pack), element by element where it is narrower.
+template <typename X, int kVec>
+__device__ __forceinline__ void store_channels(X* dst, const Pack<X, kVec>& v) {
+  if constexpr (kVec * sizeof(X) >= 4) {
+    store_pack<X, kVec>(dst, v);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) dst[i] = v.v[i];
+  }
+}
+
+template <typename X, int kW, int kVec>
 __global__ void __launch_bounds__(kThreads) spec_step_kernel(ConvParams p) {
   constexpr int kH = kW - 1;  // history columns before the first token
+  using V = Pack<X, kVec>;
   const int64_t S = p.state_len, L = p.seqlen, cs = p.conv_state.s2;
-  const int64_t per_seq = (p.dim + kThreads - 1) / kThreads;  // blocks per sequence
+  const int64_t per_seq = (p.dim + kThreads * kVec - 1) / (kThreads * kVec);  // blocks per sequence
   const int64_t blocks = p.batch * per_seq;
   for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
     const int64_t b = blk / per_seq;
-    const int64_t d = (blk - b * per_seq) * kThreads + threadIdx.x;
+    const int64_t d = ((blk - b * per_seq) * kThreads + threadIdx.x) * kVec;  // first channel
     if (d >= p.dim) continue;
     // seq: the inputs in stream order, history columns n - 1 .. n + W - 3
     // in seq[0 .. kH), then the tokens; token j reads seq[j .. j + kW).
-    X seq[kH + kSpecMaxTokens];
+    V seq[kH + kSpecMaxTokens];
     const X* x = ptr<const X>(p.x) + b * p.x.s0 + d * p.x.s1;
 #pragma unroll
     for (int j = 0; j < kSpecMaxTokens; ++j) {
-      if (j < L) seq[kH + j] = x[j * p.x.s2];
+      if (j < L) seq[kH + j] = load_pack<X, kVec>(x + j * p.x.s2);
     }
     const int64_t row = live_row(p, p.state_indices.given() ? int32_at(p.state_indices, b) : b);
     const int64_t n = clamp_index(p.num_accepted[b], 1, S - kW + 2);
-    float w[kW], bias;
-    load_taps(p, d, w, bias);
+    float w[kVec][kW], bias[kVec];
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) load_taps(p, d + v, w[v], bias[v]);
     X* out = ptr<X>(p.out) + b * p.out.s0 + d * p.out.s1;
     if (row < 0) {
+      V zero;
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) zero.v[v] = from_f<X>(0.f);
 #pragma unroll
       for (int j = 0; j < kSpecMaxTokens; ++j) {
-        if (j < L) out[j * p.out.s2] = from_f<X>(0.f);
+        if (j < L) store_channels(out + j * p.out.s2, zero);
       }
       continue;
     }
     X* state = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d * p.conv_state.s1;
 #pragma unroll
-    for (int c = 0; c < kH; ++c) seq[c] = state[(n - 1 + c) * cs];
+    for (int c = 0; c < kH; ++c) seq[c] = load_pack<X, kVec>(state + (n - 1 + c) * cs);
 
 #pragma unroll
     for (int j = 0; j < kSpecMaxTokens; ++j) {
       if (j >= L) break;
-      // bias, then tap 0 (the oldest input) first: the plain update's order,
-      // so that a speculative step and single-token steps round alike
-      float acc = bias;
+      V y;
 #pragma unroll
-      for (int k = 0; k < kW; ++k) acc += w[k] * to_f(seq[j + k]);
-      out[j * p.out.s2] = from_f<X>(p.silu ? silu_out<X>(acc) : acc);
+      for (int v = 0; v < kVec; ++v) {
+        // bias, then tap 0 (the oldest input) first: the plain update's
+        // order, so that a speculative step and single-token steps round alike
+        float acc = bias[v];
+#pragma unroll
+        for (int k = 0; k < kW; ++k) acc += w[v][k] * to_f(seq[j + k].v[v]);
+        y.v[v] = from_f<X>(p.silu ? silu_out<X>(acc) : acc);
+      }
+      store_channels(out + j * p.out.s2, y);
     }
     // New column c is stream column n + c, seq[1 + c]: the history after
     // column n - 1, then the tokens; columns from W - 2 + L on stay.
     const int64_t count = clamp_index(kW - 2 + L, 0, S);
 #pragma unroll
     for (int c = 0; c + 1 < kH + kSpecMaxTokens; ++c) {
-      if (c < count) state[c * cs] = seq[1 + c];
+      if (c < count) store_channels(state + c * cs, seq[1 + c]);
     }
   }
+}
+
+// Whether the spec kernel may take kSpecChannels channels per thread: x,
+// out and the pool with stride 1 along D (vLLM's layout), and every address
+// it forms a multiple of kSpecChannels elements.
+bool spec_step_vectorizes(const ConvParams& p, int64_t elem_bytes) {
+  constexpr int64_t e = kSpecChannels;
+  return p.x.s1 == 1 && p.out.s1 == 1 && p.conv_state.s1 == 1 && p.dim % e == 0 &&
+         vector_aligned(p.x.data, elem_bytes, e, p.x.s0, p.batch, p.x.s2, p.seqlen) &&
+         vector_aligned(p.out.data, elem_bytes, e, p.out.s0, p.batch, p.out.s2, p.seqlen) &&
+         vector_aligned(p.conv_state.data, elem_bytes, e, p.conv_state.s0, p.num_states,
+                        p.conv_state.s2, p.state_len);
 }
 
 bool spec_step_applies(const ConvParams& p) {
@@ -197,9 +241,13 @@ void launch_update_serving(const ConvParams& p, cudaStream_t stream) {
   dispatch_x(p.x_dtype, [&](auto xt) {
     using X = typename decltype(xt)::type;
     if (spec_step_applies(p)) {
-      const int64_t threads = p.batch * ((p.dim + kThreads - 1) / kThreads) * kThreads;
+      const bool vec = spec_step_vectorizes(p, sizeof(X));
+      const int64_t per_block = kThreads * (vec ? kSpecChannels : 1);
+      const int64_t threads = p.batch * ((p.dim + per_block - 1) / per_block) * kThreads;
       dispatch_exact_width_2_to_8(p.width, [&](auto wt) {
-        launch(spec_step_kernel<X, decltype(wt)::kW>, grid_for(threads), stream, p);
+        constexpr int kW = decltype(wt)::kW;
+        launch(vec ? spec_step_kernel<X, kW, kSpecChannels> : spec_step_kernel<X, kW, 1>,
+               grid_for(threads), stream, p);
       });
       return;
     }
