@@ -42,7 +42,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 OPS = [("fwd", "contiguous"), ("fwd", "channel_last"), ("bwd", "contiguous"),
        ("bwd", "channel_last"), ("decode", "-"), ("spec", "default"), ("spec", "vllm"),
        ("varlen", "channel_last")]
-PEER_OPS = [o for o in OPS if o[0] != "spec"]  # no peer has a speculative step
+PEER_OPS = [o for o in OPS if o[0] != "spec"]  # only torch has a speculative step
 SHAPE = dict(B=2, D=24, L=37)  # L not a multiple of any tile; D of 8 channels x3
 
 
@@ -84,7 +84,8 @@ def test_supports_names_the_reason():
     assert peers.supports(peers.Upstream.__new__(peers.Upstream), "fwd", 4) is None
     assert peers.supports(peers.Upstream.__new__(peers.Upstream), "fwd", 8) == "width 8 unsupported"
     assert peers.supports(peers.Torch(), "varlen", 4) == "no varlen"
-    assert peers.supports(peers.Torch(), "spec", 4) == "no spec"
+    assert peers.supports(peers.Torch(), "spec", 4) is None
+    assert peers.supports(peers.Upstream.__new__(peers.Upstream), "spec", 4) == "no spec"
     assert peers.supports(peers.Fla.__new__(peers.Fla), "bwd", 8) is None
 
 
@@ -121,6 +122,18 @@ def test_verify_accepts_ours(kernel, op, layout, dtype, width):
     if op == "bwd":
         ok, detail = run_verify(peers.Ours(kernel, deterministic=True), op, case, want)
         assert ok, detail
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize("dtype", DTYPES, ids=list(DTYPES))
+@pytest.mark.parametrize("op,layout", [o for o in OPS if o[0] != "varlen"])
+def test_verify_accepts_torch(kernel, op, layout, dtype, width):
+    """The PyTorch baseline computes what ours does, the spec step's gather
+    and state write included, in both state layouts (B = 5: accepted counts
+    1 to 4 all occur)."""
+    case, want = case_and_reference(kernel, op, layout, DTYPES[dtype], width, B=5)
+    ok, detail = run_verify(peers.Torch(), op, case, want)
+    assert ok, detail
 
 
 class _Buggy(peers.Ours):

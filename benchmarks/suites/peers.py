@@ -109,6 +109,27 @@ class Torch:
 
         return step, (lambda: st)
 
+    def spec(self, x, state, w, b, accepted):
+        """The step in tensor ops a user could write without a kernel (no
+        host sync, so it replays in a CUDA graph): gather each sequence's
+        window from column n - 1, convolve it with the tokens, write the
+        window's last W - 2 columns and the tokens back from column 0."""
+        st = state.clone()
+        B, D, S = st.shape
+        W, L = w.shape[1], x.shape[-1]
+        n = accepted.long().clamp(1, S - W + 2)
+        cols = (n[:, None] - 1 + torch.arange(W - 1, device=n.device)).unsqueeze(1)
+        cols = cols.expand(B, D, W - 1)
+
+        def step():
+            xs = torch.cat([torch.gather(st, 2, cols), x], dim=-1)  # (B, D, W - 1 + L)
+            y = torch.nn.functional.silu(
+                torch.nn.functional.conv1d(xs, w.unsqueeze(1), b, groups=D))
+            st[..., : W - 2 + L].copy_(xs[..., 1:])
+            return y
+
+        return step, (lambda: st)
+
 
 class Upstream:
     """Dao-AILab causal-conv1d 1.7 (CUDA, pybind11 module causal_conv1d_cuda):
