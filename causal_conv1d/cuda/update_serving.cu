@@ -120,6 +120,85 @@ __global__ void __launch_bounds__(kThreads) spec_step_kernel(ConvParams p) {
   }
 }
 
+// The spec step in our default layout (x and out (B, D, L) with each
+// channel's tokens contiguous, the pool (N, D, S) with each channel's
+// columns contiguous): a block's 128 channels of one sequence are one
+// contiguous run of tokens and one of state values, which the block copies
+// through shared memory with neighbouring threads on neighbouring elements.
+// Per thread, as above, those runs are strided by L and S elements, so each
+// warp access touched many sectors for a few bytes of each. The state rows
+// go back whole (columns past the step's count rewritten with their own
+// values), so no thread needs a column's index.
+template <typename X, int kW>
+__global__ void __launch_bounds__(kThreads) spec_step_staged_kernel(ConvParams p) {
+  constexpr int kH = kW - 1;
+  constexpr int kMaxS = kW - 2 + kSpecMaxTokens;  // spec_step_stages' bound on S
+  __shared__ X cols[kThreads * kMaxS];            // the block's state rows
+  __shared__ X toks[kThreads * kSpecMaxTokens];   // its tokens, then its outputs
+  const int S = static_cast<int>(p.state_len), L = static_cast<int>(p.seqlen);
+  const int t = threadIdx.x;
+  const int64_t per_seq = (p.dim + kThreads - 1) / kThreads;  // blocks per sequence
+  const int64_t blocks = p.batch * per_seq;
+  for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
+    const int64_t b = blk / per_seq;
+    const int64_t d0 = (blk - b * per_seq) * kThreads;
+    const int nch = p.dim - d0 < kThreads ? static_cast<int>(p.dim - d0) : kThreads;
+    const int nt = nch * L, ns = nch * S;
+    // row and n are the block's own (one sequence): every branch on them
+    // below is taken by all its threads alike, barriers included
+    const int64_t row = live_row(p, p.state_indices.given() ? int32_at(p.state_indices, b) : b);
+    const int n = static_cast<int>(clamp_index(p.num_accepted[b], 1, S - kW + 2));
+    const X* x = ptr<const X>(p.x) + b * p.x.s0 + d0 * L;
+    X* out = ptr<X>(p.out) + b * p.out.s0 + d0 * L;
+    X* state = ptr<X>(p.conv_state) + (row >= 0 ? row : 0) * p.conv_state.s0 + d0 * S;
+    float w[kW], bias = 0.f;
+    if (t < nch) load_taps(p, d0 + t, w, bias);
+    for (int i = t; i < nt; i += kThreads) toks[i] = x[i];
+    if (row >= 0) {
+      for (int i = t; i < ns; i += kThreads) cols[i] = state[i];
+    }
+    __syncthreads();
+    if (row >= 0 && t < nch) {
+      X seq[kH + kSpecMaxTokens];  // as in spec_step_kernel
+#pragma unroll
+      for (int c = 0; c < kH; ++c) seq[c] = cols[t * S + n - 1 + c];
+#pragma unroll
+      for (int j = 0; j < kSpecMaxTokens; ++j) {
+        if (j < L) seq[kH + j] = toks[t * L + j];
+      }
+#pragma unroll
+      for (int j = 0; j < kSpecMaxTokens; ++j) {
+        if (j >= L) break;
+        float acc = bias;  // the plain update's order, as above
+#pragma unroll
+        for (int k = 0; k < kW; ++k) acc += w[k] * to_f(seq[j + k]);
+        toks[t * L + j] = from_f<X>(p.silu ? silu_out<X>(acc) : acc);
+      }
+      const int count = kW - 2 + L < S ? kW - 2 + L : S;
+#pragma unroll
+      for (int c = 0; c + 1 < kH + kSpecMaxTokens; ++c) {
+        if (c < count) cols[t * S + c] = seq[1 + c];
+      }
+    }
+    __syncthreads();
+    const X zero = from_f<X>(0.f);
+    for (int i = t; i < nt; i += kThreads) out[i] = row >= 0 ? toks[i] : zero;
+    if (row >= 0) {
+      for (int i = t; i < ns; i += kThreads) state[i] = cols[i];
+    }
+    __syncthreads();  // the next block's copies overwrite cols and toks
+  }
+}
+
+// Whether the default-layout spec step goes through shared memory: x, out
+// and the pool with each channel's values contiguous and consecutive
+// channels adjacent, and state rows of at most W - 2 + kSpecMaxTokens.
+bool spec_step_stages(const ConvParams& p) {
+  return p.x.s2 == 1 && p.x.s1 == p.seqlen && p.out.s2 == 1 && p.out.s1 == p.seqlen &&
+         p.conv_state.s2 == 1 && p.conv_state.s1 == p.state_len &&
+         p.state_len <= p.width - 2 + kSpecMaxTokens;
+}
+
 // Whether the spec kernel may take kSpecChannels channels per thread: x,
 // out and the pool with stride 1 along D (vLLM's layout), and every address
 // it forms a multiple of kSpecChannels elements.
@@ -246,8 +325,13 @@ void launch_update_serving(const ConvParams& p, cudaStream_t stream) {
       const int64_t threads = p.batch * ((p.dim + per_block - 1) / per_block) * kThreads;
       dispatch_exact_width_2_to_8(p.width, [&](auto wt) {
         constexpr int kW = decltype(wt)::kW;
-        launch(vec ? spec_step_kernel<X, kW, kSpecChannels> : spec_step_kernel<X, kW, 1>,
-               grid_for(threads), stream, p);
+        if (vec) {
+          launch(spec_step_kernel<X, kW, kSpecChannels>, grid_for(threads), stream, p);
+        } else if (spec_step_stages(p)) {
+          launch(spec_step_staged_kernel<X, kW>, grid_for(threads), stream, p);
+        } else {
+          launch(spec_step_kernel<X, kW, 1>, grid_for(threads), stream, p);
+        }
       });
       return;
     }
