@@ -110,26 +110,35 @@ def test_spec_decode(kernel, seeded, dtypes, W, layout):
               f"seed={seeded} W={W} k={k} S={S} pool={pool_rows} {layout} acc={acc.tolist()}")
 
 
+def spec_steps(kernel, seeded, W, dtype, dim, drafts, pool_for, x_layout):
+    """One speculative step for each k in drafts against the reference: B = 3
+    sequences (the second a padding row) with random accepted counts, x made
+    in x_layout, the pool of 5 rows of S = W - 1 + k columns from
+    pool_for(S)."""
+    weight = torch.randn(dim, W, dtype=dtype)
+    bias = torch.randn(dim, dtype=dtype)
+    for k in drafts:
+        B, L, S = 3, 1 + k, W - 1 + k
+        idx = torch.tensor([3, PAD, 0], dtype=torch.int32)
+        acc = torch.randint(1, L + 1, (B,), dtype=torch.int32)
+        x = make_tokens(B, dim, L, dtype, x_layout)
+        res = run_both(kernel, x, pool_for(S), weight, bias, "silu", conv_state_indices=idx,
+                       num_accepted_tokens=acc)
+        check(res, (dtype, dtype), f"seed={seeded} W={W} k={k} acc={acc.tolist()}")
+
+
 @pytest.mark.parametrize("W", [2, 3, 4, 5, 7, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_spec_decode_runs(kernel, seeded, W, dtype):
     """x (B, D, 1 + k) and the pool (N, D, S) contiguous, so every channel's
     tokens and columns are a short run (the CPU's register path on AVX-512
-    and AVX2): k = 0..9 drafts (the CUDA spec kernel keeps up to 8 tokens in
-    registers, the general kernel takes more), every width of that kernel,
-    several whole channel blocks and a partial one, a padding row."""
+    and AVX2, the CUDA spec kernel's shared-memory copies): k = 0..9 drafts
+    (the CUDA spec kernels keep up to 8 tokens in registers, the general
+    kernel takes more), every width of those kernels, several whole channel
+    blocks and a partial one, a padding row."""
     D2 = 3 * 64 + 13
-    weight = torch.randn(D2, W, dtype=dtype)
-    bias = torch.randn(D2, dtype=dtype)
-    for k in range(10):
-        B, L, S = 3, 1 + k, W - 1 + k
-        pool = make_pool(5, D2, S, dtype, "contiguous")
-        idx = torch.tensor([3, PAD, 0], dtype=torch.int32)
-        acc = torch.randint(1, L + 1, (B,), dtype=torch.int32)
-        x = make_tokens(B, D2, L, dtype, "contiguous")
-        res = run_both(kernel, x, pool, weight, bias, "silu", conv_state_indices=idx,
-                       num_accepted_tokens=acc)
-        check(res, (dtype, dtype), f"seed={seeded} W={W} k={k} acc={acc.tolist()}")
+    spec_steps(kernel, seeded, W, dtype, D2, range(10),
+               lambda S: make_pool(5, D2, S, dtype, "contiguous"), "contiguous")
 
 
 @pytest.mark.parametrize("W", [2, 4, 5, 8])
@@ -137,23 +146,17 @@ def test_spec_decode_runs(kernel, seeded, W, dtype):
 @pytest.mark.parametrize("aligned", [True, False])
 def test_spec_decode_vllm_layout(kernel, seeded, W, dtype, aligned):
     """vLLM's layout (x, out and the pool with stride 1 along D) with D a
-    multiple of 8 over more than one 1024-channel block and a partial one:
-    the CUDA spec kernel's 16-byte accesses across channels. Unaligned, the
-    pool starts one element into its storage (element accesses). k = 0, 3, 7
+    multiple of 8 over two whole CUDA blocks of 128 threads of 4 channels
+    and a partial one: the CUDA spec kernel's accesses of 4 channels. Unaligned, the pool
+    starts one element into its storage (one channel a thread). k = 0, 3, 7
     drafts and 8 (past the registers: the general kernel); a padding row."""
     D2 = 1024 + 200
-    weight = torch.randn(D2, W, dtype=dtype)
-    bias = torch.randn(D2, dtype=dtype)
-    for k in (0, 3, 7, 8):
-        B, L, S = 3, 1 + k, W - 1 + k
-        pool = torch.randn(5 * S * D2 + 1, dtype=dtype)[(0 if aligned else 1):][: 5 * S * D2]
-        pool = pool.view(5, S, D2).transpose(1, 2)
-        idx = torch.tensor([3, PAD, 0], dtype=torch.int32)
-        acc = torch.randint(1, L + 1, (B,), dtype=torch.int32)
-        x = make_tokens(B, D2, L, dtype, "channel_last")
-        res = run_both(kernel, x, pool, weight, bias, "silu", conv_state_indices=idx,
-                       num_accepted_tokens=acc)
-        check(res, (dtype, dtype), f"seed={seeded} W={W} k={k} acc={acc.tolist()}")
+
+    def pool_for(S):
+        flat = torch.randn(5 * S * D2 + 1, dtype=dtype)[(0 if aligned else 1):][: 5 * S * D2]
+        return flat.view(5, S, D2).transpose(1, 2)
+
+    spec_steps(kernel, seeded, W, dtype, D2, (0, 3, 7, 8), pool_for, "channel_last")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
