@@ -94,9 +94,9 @@ check() {
   local t0=$SECONDS cuda_pid="" cpu_pid="" cuda_rc cpu_rc
   if [[ -n "${PREBUILT:-}" ]]; then
     echo "PREBUILT: the variants in $root/build: $(ls "$root/build" 2>/dev/null | tr '\n' ' ')"
-    # a stand-in for each build's log and exit status: whether its variant is there
-    compgen -G "$root/build/*-cu[0-9]*" >"$out/build-cuda.log" & cuda_pid=$!
-    compgen -G "$root/build/*-cpu-*" >"$out/build-cpu.log" & cpu_pid=$!
+    # each build's log and exit status stand for whether its variant is there
+    compgen -G "$root/build/*-cu[0-9]*" >"$out/build-cuda.log"; cuda_rc=$?
+    compgen -G "$root/build/*-cpu-*" >"$out/build-cpu.log"; cpu_rc=$?
   else
     build_into "$root" cuda -lineinfo >"$out/build-cuda.log" 2>&1 & cuda_pid=$!
     build_into "$root" cpu >"$out/build-cpu.log" 2>&1 & cpu_pid=$!
@@ -108,8 +108,10 @@ check() {
     PYTHON="$py" timeout 400 tools/peers.sh install "$out/peers-site" >"$out/peers-install.log" 2>&1 &
     peers_pid=$!
   fi
-  wait $cuda_pid; cuda_rc=$?
-  wait $cpu_pid; cpu_rc=$?
+  if [[ -n "$cuda_pid" ]]; then
+    wait $cuda_pid; cuda_rc=$?
+    wait $cpu_pid; cpu_rc=$?
+  fi
   if [[ -n "${PREBUILT:-}" ]]; then
     record "CUDA variant (prebuilt)" "$([[ $cuda_rc -eq 0 ]] && echo pass || echo "ABSENT")" 0
     record "CPU variant (prebuilt)" "$([[ $cpu_rc -eq 0 ]] && echo pass || echo "ABSENT")" 0
