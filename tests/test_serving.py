@@ -132,7 +132,8 @@ def spec_steps(kernel, seeded, W, dtype, dim, drafts, pool_for, x_layout):
 def test_spec_decode_runs(kernel, seeded, W, dtype):
     """x (B, D, 1 + k) and the pool (N, D, S) contiguous, so every channel's
     tokens and columns are a short run (the CPU's register path on AVX-512
-    and AVX2, the CUDA spec kernel's shared-memory copies): k = 0..9 drafts
+    and AVX2, and its pairs path for 16-bit values at W = 4 and odd k; the
+    CUDA spec kernel's shared-memory copies): k = 0..9 drafts
     (the CUDA spec kernels keep up to 8 tokens in registers, the general
     kernel takes more), every width of those kernels, several whole channel
     blocks and a partial one, a padding row."""

@@ -18,7 +18,9 @@
 // short run: a row of channels is then a strided gather, element by element.
 // On AVX-512 and AVX2 such tasks go through RegisterServing instead, which
 // loads the runs of a block of channels as whole registers and turns them
-// into columns (and back) with decode_regs.h's permutes.
+// into columns (and back) with decode_regs.h's permutes; for fp16/bf16 on
+// AVX-512 at W = 4 with an odd number of drafts, PairServing
+// (serving_pairs.h) permutes pairs of columns instead.
 #pragma once
 
 #include <algorithm>
@@ -29,6 +31,7 @@
 #include "../serving.h"
 #include "common.h"
 #include "decode_regs.h"
+#include "serving_pairs.h"
 #include "update.h"
 
 namespace causal_conv1d::cpu::CPU_CAPABILITY {
@@ -450,6 +453,19 @@ void run(const ConvParams& p) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if constexpr (!std::is_same_v<X, double>) {
     if (RegisterServing<X>::applies(p)) {
+#if defined(CPU_CAPABILITY_AVX512)
+      if constexpr (sizeof(X) == 2) {
+        if (PairServing<X>::applies(p)) {
+          const PairServing<X> pairs(p);
+          run_tasks<X>(p, [&](int64_t b, const SeqPlan& s, int64_t d0, const Taps& taps) {
+            if (!RegisterServing<X>::takes(p, s)) return false;
+            pairs.task(p, b, s, d0, Rows<X>::kBlock, taps);
+            return true;
+          });
+          return;
+        }
+      }
+#endif
       const RegisterServing<X> regs(p);
       run_tasks<X>(p, [&](int64_t b, const SeqPlan& s, int64_t d0, const Taps& taps) {
         if (!RegisterServing<X>::takes(p, s)) return false;
