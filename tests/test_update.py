@@ -422,6 +422,46 @@ def test_update_decode_layouts(kernel, seeded, W, state_layout, x_layout, act):
                 wdt=torch.bfloat16)
 
 
+def weight_view(D: int, W: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
+    """A (D, W) weight: contiguous, or a view with other strides."""
+    if layout == "contiguous":
+        return torch.randn(D, W, dtype=dtype)
+    if layout == "transposed":  # stride 1 along D
+        return torch.randn(W, D, dtype=dtype).t()
+    if layout == "slice":  # taps of a wider row, every other channel
+        return torch.randn(2 * D, W + 3, dtype=dtype)[::2, 1 : 1 + W]
+    raise ValueError(layout)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "slice"])
+@pytest.mark.parametrize("W", [2, 3, 4, 5])
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32),
+                                    (torch.bfloat16, torch.bfloat16),
+                                    (torch.bfloat16, torch.float32)], ids=pair_id)
+def test_weight_and_bias_views(kernel, seeded, dtypes, W, layout):
+    """weight and bias of any strides (a bias of stride 2 with every weight
+    view but the contiguous one): one-token decode at B = 1 and B = 3, and a
+    speculative step of k = 3 drafts."""
+    xdt, wdt = dtypes
+    Dw = 3 * 64 + 5  # several whole channel blocks on every tier and a partial one
+    weight = weight_view(Dw, W, wdt, layout)
+    bias = torch.randn(Dw, dtype=wdt) if layout == "contiguous" else torch.randn(2 * Dw, dtype=wdt)[::2]
+    for B in (1, 3):
+        state = torch.randn(B, Dw, W - 1, dtype=xdt)
+        x = torch.randn(B, Dw, dtype=xdt)
+        out, out_ref, state, state_ref = run_update(kernel, x, state, weight, bias, "silu")
+        check(out, out_ref, state, state_ref, xdt, wdt, f"seed={seeded} B={B} decode")
+    k = 3
+    pool = torch.randn(2, Dw, W - 1 + k, dtype=xdt)
+    pool_ref = pool.double()
+    x = torch.randn(2, Dw, 1 + k, dtype=xdt)
+    acc = torch.tensor([1, 3], dtype=torch.int32)
+    out_ref = kernel.causal_conv1d_update_ref(x.double(), pool_ref, weight.double(), bias.double(),
+                                              "silu", num_accepted_tokens=acc)
+    out = kernel.causal_conv1d_update(x, pool, weight, bias, "silu", num_accepted_tokens=acc)
+    check(out, out_ref, pool, pool_ref, xdt, wdt, f"seed={seeded} spec step")
+
+
 @pytest.mark.backends("cuda")  # races between a GPU's blocks (the emulator: a smoke run)
 @pytest.mark.parametrize("circular", [False, True])
 def test_update_race_pool(kernel, backend, seeded, circular):
