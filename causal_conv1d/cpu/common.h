@@ -356,24 +356,37 @@ TapRows<A> transpose_taps(const ConvParams& p, int64_t lanes, int64_t c_lo, int6
   // on their dtype: the kernels are instantiated per x dtype only.
   dispatch_dtype(p.weight_dtype, [&]<typename Wt>() {
     const Wt* w = ptr<Wt>(p.weight);
-    if constexpr (sizeof(Wt) >= sizeof(A)) {
-      // One pass over weight in memory order (a channel's taps are usually
-      // adjacent), writing W rows at once: faster for fp32 weights, whose
-      // reads then stream; 16-bit ones go row by row below, where their
-      // conversion vectorizes.
-      for (int64_t d = d_lo; d < d_hi; ++d) {
-        const Wt* wd = w + d * p.weight.s0;
-        for (int64_t k = 0; k < W; ++k) rows[k * stride + d] = A(wd[k * p.weight.s1]);
+    // A contiguous (D, W) weight of a constant width is one pass over it in
+    // memory order with a fixed stride, which the compiler turns into whole
+    // vector loads, conversions and permutes: at B = 1 the general passes
+    // below cost more than the convolution itself.
+    dispatch_width(p.weight.s1 == 1 && p.weight.s0 == W ? W : 0, [&]<int kW>() {
+      if constexpr (kW > 0) {
+        for (int64_t d = d_lo; d < d_hi; ++d)
+          for (int64_t k = 0; k < kW; ++k) rows[k * stride + d] = A(w[d * kW + k]);
+      } else if constexpr (sizeof(Wt) >= sizeof(A)) {
+        // One pass over weight in memory order (a channel's taps are usually
+        // adjacent), writing W rows at once: faster for fp32 weights, whose
+        // reads then stream; 16-bit ones go row by row below, where their
+        // conversion vectorizes.
+        for (int64_t d = d_lo; d < d_hi; ++d) {
+          const Wt* wd = w + d * p.weight.s0;
+          for (int64_t k = 0; k < W; ++k) rows[k * stride + d] = A(wd[k * p.weight.s1]);
+        }
+      } else {
+        for (int64_t k = 0; k < W; ++k)
+          for (int64_t d = d_lo; d < d_hi; ++d) rows[k * stride + d] = A(w[d * p.weight.s0 + k * p.weight.s1]);
       }
-    } else {
-      for (int64_t k = 0; k < W; ++k)
-        for (int64_t d = d_lo; d < d_hi; ++d) rows[k * stride + d] = A(w[d * p.weight.s0 + k * p.weight.s1]);
-    }
+    });
     for (int64_t k = 0; k < W; ++k) std::fill(rows + k * stride + d_hi, rows + k * stride + pad_hi, A(0));
     A* r = rows + W * stride;
     if (p.bias.given()) {
       const Wt* bi = ptr<Wt>(p.bias);
-      for (int64_t d = d_lo; d < d_hi; ++d) r[d] = A(bi[d * p.bias.s0]);
+      if (p.bias.s0 == 1) {  // vectorizes
+        for (int64_t d = d_lo; d < d_hi; ++d) r[d] = A(bi[d]);
+      } else {
+        for (int64_t d = d_lo; d < d_hi; ++d) r[d] = A(bi[d * p.bias.s0]);
+      }
     } else {
       std::fill(r + d_lo, r + d_hi, A(0));
     }
