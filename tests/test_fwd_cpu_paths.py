@@ -2,7 +2,9 @@
 
 The forward picks a path from the strides of x and out:
 
-  rows      contiguous along L: SIMD along t, in blocks of 4096 tokens
+  rows      contiguous along L: SIMD along t, in blocks of 4096 tokens; rows
+            of up to 16 tokens (without seq_idx) copied through tiles of 64
+            channels into the channels path instead
   channels  contiguous along D (y.transpose(1, 2), slices of a projection):
             SIMD across channels, 4 tokens per register pass
   generic   anything else (scalar)
@@ -168,6 +170,24 @@ def grid_rows_first_vector(ck: Checker):
                     x, w, b, _, i = inputs(2, 5, L, W, "contiguous", xdt, wdt, init=True)
                     ck.run(f"rows first vector W={W} L={L}", x, w, b, None, i, silu=L % 2 == 0)
                     ck.run(f"rows first vector W={W} L={L} zeros", x, w, None, silu=L % 2 == 1)
+
+
+def grid_short_rows(ck: Checker):
+    """Rows of up to 16 tokens, which go through channels tiles of 64: two
+    whole tiles and a ragged one, rows that are slices of longer ones (x's
+    channel stride above L), lengths around the cut at 16, initial and
+    final states, unrolled and runtime widths, every 16-bit x dtype."""
+    n = 0
+    for W in (2, 4, 7):
+        for L in (1, 4, 5, 16, 17):
+            for sliced in (False, True):
+                n += 1
+                xdt = [F32, BF16, F16][n % 3]
+                x, w, b, _, i = inputs(2, 2 * 64 + 7, L, W, "contiguous", xdt, F32, init=n % 2 == 0)
+                if sliced:
+                    x = torch.randn(2, 2 * 64 + 7, L + 3).to(xdt)[:, :, 2 : 2 + L]
+                ck.run(f"short rows W={W} L={L} sliced={sliced}", x, w, b, None, i, final=True,
+                       silu=n % 2 == 1)
 
 
 def grid_segments(ck: Checker):
@@ -362,7 +382,8 @@ def worker(seed: int) -> dict:
     cc = kernels.get_local_kernel(root, backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
     torch.manual_seed(seed)
     ck = Checker(cc)
-    for grid in (grid_pairings, grid_widths, grid_rows_first_vector, grid_segments, grid_generic,
+    for grid in (grid_pairings, grid_widths, grid_rows_first_vector, grid_short_rows,
+                 grid_segments, grid_generic,
                  grid_silu_extremes, grid_threads, grid_bwd_channel_last, grid_bwd_threads):
         grid(ck)
     return {"tier": cc.kernel_tier(), "cases": ck.cases, "failures": ck.failures}

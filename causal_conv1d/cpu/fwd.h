@@ -97,6 +97,8 @@ namespace fwd_fast {
 
 constexpr int64_t kRowBlock = 4096;  // tokens per rows task (fp32 staging: 16 KiB)
 constexpr int64_t kChanBlock = 128;  // tokens per channels task
+constexpr int64_t kShortRow = 16;    // rows up to this long go through a channels tile
+constexpr int64_t kShortSpan = 64;   // channels per short-rows tile
 constexpr int64_t kChanGroup = 4;    // tokens per register pass in a channels task
 constexpr int64_t kChanTasks = 16;   // channels tasks to aim for before splitting D
 constexpr int64_t kTaskWork = 16384; // outputs per task that make a thread worth waking
@@ -564,6 +566,55 @@ void fwd_channels(const Ctx<X>& c) {
   });
 }
 
+// ---- short rows: x and out contiguous along L, few tokens ----------------------
+//
+// A rows task pays a fixed cost per row (its taps, its first window, whole
+// vectors for a few outputs) that a short row cannot amortize. Short rows
+// are instead copied, kShortSpan channels at a time, into a tile laid out
+// as the channels path reads it (token t of channel j at t * kShortSpan + j,
+// raw X values), run through chan_group, and their outputs copied back: a
+// few scalar moves per value in place of that fixed cost per row.
+template <int WC, typename X>
+void fwd_short_rows(const Ctx<X>& c) {
+  using A = acc_t<X>;
+  constexpr int64_t K = kShortSpan, G = kChanGroup;
+  const ConvParams& p = c.p;
+  const int64_t W = WC > 0 ? WC : c.W, R = W - 1;
+  const int64_t nblk = ceil_div(c.D, K);
+  const int64_t grain = std::max<int64_t>(1, kTaskWork / (K * c.L));
+  at::parallel_for(0, c.B * nblk, grain, [&](int64_t u0, int64_t u1) {
+    std::vector<X> tile_x(c.L * K), tile_out(c.L * K);
+    std::vector<A> hist(std::max<int64_t>(R, 1) * K);
+    bool use[G][kMaxWidthCpu];  // unread: no seq_idx here
+    bool pad[G];
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / nblk, d0 = (u % nblk) * K, nd = std::min(K, c.D - d0);
+      for (int64_t j = 0; j < nd; ++j) {
+        const X* xr = ptr<X>(p.x) + b * p.x.s0 + (d0 + j) * p.x.s1;
+        for (int64_t t = 0; t < c.L; ++t) tile_x[t * K + j] = xr[t];
+        const X* init = c.init_row(b, d0 + j);
+        for (int64_t i = 0; i < R; ++i) hist[i * K + j] = init ? A(init[i * p.initial_states.s2]) : A(0);
+      }
+      const ChanTile<X> g{tile_x.data(), tile_out.data(), K, K, 0, nd,
+                          c.w.data() + d0, c.bias.data() + d0, hist.data(), K};
+      for (int64_t tg = 0; tg < c.L;) {
+        if (c.L - tg >= G) {
+          chan_group<WC, G, false, X>(c, g, tg, c.L, use, pad);
+          tg += G;
+        } else {
+          chan_group<WC, 1, false, X>(c, g, tg, c.L, use, pad);
+          tg += 1;
+        }
+      }
+      for (int64_t j = 0; j < nd; ++j) {
+        X* orow = ptr<X>(p.out) + b * p.out.s0 + (d0 + j) * p.out.s1;
+        for (int64_t t = 0; t < c.L; ++t) orow[t] = tile_out[t * K + j];
+        if (p.final_states.given()) write_final_state<X>(p, b, d0 + j);
+      }
+    }
+  });
+}
+
 }  // namespace fwd_fast
 
 template <typename X, typename Wt>
@@ -577,7 +628,9 @@ void fwd_typed(const ConvParams& p) {
   fwd_fast::load_taps<X, Wt>(c);
   if (p.seq_idx.given()) fwd_fast::find_runs(c);
   dispatch_width(p.width, [&]<int WC>() {
-    if (rows) {
+    if (rows && p.seqlen <= fwd_fast::kShortRow && !p.seq_idx.given()) {
+      fwd_fast::fwd_short_rows<WC, X>(c);
+    } else if (rows) {
       fwd_fast::fwd_rows<WC, X>(c);
     } else {
       fwd_fast::fwd_channels<WC, X>(c);
