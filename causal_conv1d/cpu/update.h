@@ -367,8 +367,4 @@ void update_impl(const ConvParams& p) {
   });
 }
 
-inline void update(const ConvParams& p) {
-  dispatch_dtype(p.x_dtype, [&]<typename X>() { update_impl<X>(p); });
-}
-
 }  // namespace causal_conv1d::cpu::CPU_CAPABILITY

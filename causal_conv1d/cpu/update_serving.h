@@ -485,4 +485,25 @@ inline void update_serving(const ConvParams& p) {
   dispatch_dtype(p.x_dtype, [&]<typename X>() { serving::run<X>(p); });
 }
 
+// The upstream update (backend.h run_update). With several tokens and a
+// linear state it is a serving step without the serving arguments:
+// serving.h's plan gives it the same reads and writes (the last S inputs
+// kept, padding rows written as zeros). Where one of serving::run's
+// register paths takes the whole call, it runs there, several times faster
+// than update_impl's general engine; one token, circular buffers and the
+// other layouts stay in update_impl.
+inline void update(const ConvParams& p) {
+  dispatch_dtype(p.x_dtype, [&]<typename X>() {
+    bool serving_path = p.seqlen > 1 && !p.cache_seqlens.given() &&
+                        serving::ChannelServing<X>::applies(p);
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+    if constexpr (!std::is_same_v<X, double>)
+      serving_path = serving_path || (p.seqlen > 1 && !p.cache_seqlens.given() &&
+                                      serving::RegisterServing<X>::applies(p));
+#endif
+    if (serving_path) return serving::run<X>(p);
+    update_impl<X>(p);
+  });
+}
+
 }  // namespace causal_conv1d::cpu::CPU_CAPABILITY
