@@ -35,6 +35,7 @@ struct PairServing {
   static constexpr int64_t kR = 16;  // channels per pass: one register of fp32 columns
   static constexpr int kW = 4;
 
+  const ConvParams& p;
   Pairs state_pairs, token_pairs;  // runs of S / 2 and L / 2 pairs
   __m512i interleave;              // word 2l <- word l, word 2l + 1 <- word 16 + l
 
@@ -44,8 +45,8 @@ struct PairServing {
     return p.width == kW && L % 2 == 0 && L >= 2 && L <= 6 && p.state_len == kW - 2 + L;
   }
 
-  explicit PairServing(const ConvParams& p)
-      : state_pairs(p.state_len / 2), token_pairs(p.seqlen / 2) {
+  explicit PairServing(const ConvParams& params)
+      : p(params), state_pairs(params.state_len / 2), token_pairs(params.seqlen / 2) {
     alignas(64) int16_t idx[2 * kR];
     for (int l = 0; l < kR; ++l) {
       idx[2 * l] = static_cast<int16_t>(l);
@@ -76,18 +77,16 @@ struct PairServing {
   }
 
   // Channels [d0, d0 + n) of sequence b, n a multiple of 16 (RegisterServing::takes holds).
-  void task(const ConvParams& p, int64_t b, const SeqPlan& s, int64_t d0, int64_t n,
-            const TapRows<float>& taps) const {
+  void task(int64_t b, const SeqPlan& s, int64_t d0, int64_t n, const TapRows<float>& taps) const {
     switch (p.seqlen) {
-      case 2: return task_l<2>(p, b, s, d0, n, taps);
-      case 4: return task_l<4>(p, b, s, d0, n, taps);
-      default: return task_l<6>(p, b, s, d0, n, taps);
+      case 2: return task_l<2>(b, s, d0, n, taps);
+      case 4: return task_l<4>(b, s, d0, n, taps);
+      default: return task_l<6>(b, s, d0, n, taps);
     }
   }
 
   template <int kL>
-  void task_l(const ConvParams& p, int64_t b, const SeqPlan& s, int64_t d0, int64_t n,
-              const TapRows<float>& taps) const {
+  void task_l(int64_t b, const SeqPlan& s, int64_t d0, int64_t n, const TapRows<float>& taps) const {
     constexpr int kS = kW - 2 + kL, kSP = kS / 2, kLP = kL / 2;
     // Stream columns: the window is state columns first .. first + 2 (in
     // pairs p0 and p0 + 1), the kept history state columns first + 1 and

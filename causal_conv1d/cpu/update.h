@@ -14,7 +14,9 @@
 //    whole registers; window columns, the shifted state and the token's place
 //    in it are in-register permutes.
 //  - ChannelBlock, everything else (any strides, L > 1, wide states, fp64,
-//    the portable tier): the W-1 inputs before the next token are gathered
+//    the portable tier; but update_serving.h's update sends L > 1 on a
+//    linear state to the serving paths where one of them takes the whole
+//    call): the W-1 inputs before the next token are gathered
 //    into a transposed buffer (lanes = channels), after which every token is
 //    W vector FMAs over that buffer. Only the gathers into the buffer and the
 //    state update (shift_state) look at the layout.

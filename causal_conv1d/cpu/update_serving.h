@@ -453,26 +453,21 @@ void run(const ConvParams& p) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if constexpr (!std::is_same_v<X, double>) {
     if (RegisterServing<X>::applies(p)) {
+      // A register path (RegisterServing or PairServing) for the sequences
+      // it takes, run_tasks' rows for the others.
+      auto run_registers = [&](const auto& path) {
+        run_tasks<X>(p, [&](int64_t b, const SeqPlan& s, int64_t d0, const Taps& taps) {
+          if (!RegisterServing<X>::takes(p, s)) return false;
+          path.task(b, s, d0, Rows<X>::kBlock, taps);
+          return true;
+        });
+      };
 #if defined(CPU_CAPABILITY_AVX512)
       if constexpr (sizeof(X) == 2) {
-        if (PairServing<X>::applies(p)) {
-          const PairServing<X> pairs(p);
-          run_tasks<X>(p, [&](int64_t b, const SeqPlan& s, int64_t d0, const Taps& taps) {
-            if (!RegisterServing<X>::takes(p, s)) return false;
-            pairs.task(p, b, s, d0, Rows<X>::kBlock, taps);
-            return true;
-          });
-          return;
-        }
+        if (PairServing<X>::applies(p)) return run_registers(PairServing<X>(p));
       }
 #endif
-      const RegisterServing<X> regs(p);
-      run_tasks<X>(p, [&](int64_t b, const SeqPlan& s, int64_t d0, const Taps& taps) {
-        if (!RegisterServing<X>::takes(p, s)) return false;
-        regs.task(b, s, d0, Rows<X>::kBlock, taps);
-        return true;
-      });
-      return;
+      return run_registers(RegisterServing<X>(p));
     }
   }
 #endif
@@ -488,20 +483,19 @@ inline void update_serving(const ConvParams& p) {
 // The upstream update (backend.h run_update). With several tokens and a
 // linear state it is a serving step without the serving arguments:
 // serving.h's plan gives it the same reads and writes (the last S inputs
-// kept, padding rows written as zeros). Where one of serving::run's
-// register paths takes the whole call, it runs there, several times faster
-// than update_impl's general engine; one token, circular buffers and the
-// other layouts stay in update_impl.
+// kept, padding rows written as zeros). Where serving::run's channel or
+// register path takes the whole call, it runs there: those keep a block
+// of channels in registers from load to store, where update_impl's
+// ChannelBlock gathers the inputs into a transposed buffer. One token and
+// circular buffers have their own paths in update_impl.
 inline void update(const ConvParams& p) {
   dispatch_dtype(p.x_dtype, [&]<typename X>() {
-    bool serving_path = p.seqlen > 1 && !p.cache_seqlens.given() &&
-                        serving::ChannelServing<X>::applies(p);
+    bool serving_path = serving::ChannelServing<X>::applies(p);
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
     if constexpr (!std::is_same_v<X, double>)
-      serving_path = serving_path || (p.seqlen > 1 && !p.cache_seqlens.given() &&
-                                      serving::RegisterServing<X>::applies(p));
+      serving_path = serving_path || serving::RegisterServing<X>::applies(p);
 #endif
-    if (serving_path) return serving::run<X>(p);
+    if (p.seqlen > 1 && !p.cache_seqlens.given() && serving_path) return serving::run<X>(p);
     update_impl<X>(p);
   });
 }
