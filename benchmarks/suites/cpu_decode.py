@@ -9,6 +9,8 @@ with silu, for fp32 and bf16:
            ref:    torch.cat([conv_state, x[..., None]], -1), depthwise
                    F.conv1d, silu, conv_state.copy_(the last 3 columns)
            kernel: causal_conv1d_update(x, conv_state, weight, bias, "silu")
+           copy:   a copy of the bytes the update must move: x and the state
+                   read, the state and y written, as (B, D, 4) into (B, D, 4)
   spec     a speculative-decoding step, k = 3 drafts (x (B, D, 4), conv_state
            (B, D, 6), num_accepted_tokens in 1..4), against a plain one-token
            update of the same batch (x (B, D), conv_state (B, D, 3)), both
@@ -16,7 +18,11 @@ with silu, for fp32 and bf16:
            target: spec / plain <= 1.5 at B = 64, D = 8192 (issue 17).
            Also against a plain update of the step's own pool, conv_state
            (B, D, 6): what an engine that allocated its states for k drafts
-           pays for a step without drafts (spec / pool6, no target)
+           pays for a step without drafts (spec / pool6, no target).
+           torch:  the step in tensor ops (peers.Torch.spec: gather each
+                   window, conv1d, write the state back)
+           copy:   the step's bytes, x (B, D, 4) and the state (B, D, 6) read,
+                   both written back: (B, D, 10) into (B, D, 10)
   packed   prefill of 16 packed sequences of mixed lengths (8192 tokens in
            all, x (T, D) with D = 4096) into a pool of states, half of them
            starting from the pool's state
@@ -47,7 +53,7 @@ import time
 
 import torch
 
-from . import harness
+from . import harness, peers
 from .harness import (
     DTYPES, WIDTH, cpu_arguments, cpu_setting, load_kernel, packed_inputs, packed_ref,
     parse_cpu_arguments, update_ref,
@@ -75,6 +81,13 @@ def measure(fns: dict, repeats: int, warmup: int) -> dict:
     return harness.measure(fns, repeats, warmup, min_sample_s=2e-3, clock=clock)
 
 
+def copy_pair(B, D, columns, dtype):
+    """Source and destination of a copy moving what an update moves: it
+    reads x and the state and writes the state and y, `columns` values per
+    channel each way."""
+    return torch.randn(B, D, columns, dtype=dtype), torch.empty(B, D, columns, dtype=dtype)
+
+
 # ---------------------------------------------------------------------------
 # decode
 
@@ -90,9 +103,11 @@ def bench_decode(cc, B, D, dtype, repeats, warmup):
     got = cc.causal_conv1d_update(x, state_ker, weight, bias, activation="silu")
     torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
     assert torch.equal(state_ker, state_ref)
+    src, dst = copy_pair(B, D, 1 + STATE_LEN, dtype)
     fns = {
         "ref": lambda: update_ref(x, state_ref, weight, bias),
         "kernel": lambda: cc.causal_conv1d_update(x, state_ker, weight, bias, activation="silu"),
+        "copy": lambda: dst.copy_(src),
     }
     return measure(fns, repeats, warmup)
 
@@ -125,11 +140,22 @@ def bench_spec(cc, B, D, k, dtype, layout, repeats, warmup):
                                   num_accepted_tokens=accepted)
     torch.testing.assert_close(got.double(), want, **TOL[dtype])
     assert torch.equal(spec_state.double(), ref_state)
+    # The PyTorch step must compute the same thing too.
+    torch_state = make_state(B, D, STATE_LEN + k, dtype, layout)
+    ok, detail = peers.verify(peers.Torch(), "spec",
+                              peers.reference(cc, "spec", xk, weight, bias, state=torch_state,
+                                              accepted=accepted),
+                              xk, weight, bias, state=torch_state, accepted=accepted)
+    assert ok, f"PyTorch spec step: {detail}"
+    torch_step, _ = peers.Torch().spec(xk, torch_state, weight, bias, accepted)
+    src, dst = copy_pair(B, D, 1 + k + STATE_LEN + k, dtype)
     fns = {
         "plain": lambda: cc.causal_conv1d_update(x1, plain_state, weight, bias, "silu"),
         "pool": lambda: cc.causal_conv1d_update(x1, pool_state, weight, bias, "silu"),
         "spec": lambda: cc.causal_conv1d_update(xk, spec_state, weight, bias, "silu",
                                                 num_accepted_tokens=accepted),
+        "torch": torch_step,
+        "copy": lambda: dst.copy_(src),
     }
     return measure(fns, repeats, warmup)
 
@@ -175,24 +201,27 @@ def main() -> int:
           f"{args.clock} clock, {repeats} samples, median (min)")
     misses = []
     if args.only in (None, "decode"):
-        head = f"{'decode':6} {'dtype':5} {'B':>4} {'D':>5} | {'ref us':>17} {'kernel us':>17} | {'speedup':>13}"
+        head = (f"{'decode':6} {'dtype':5} {'B':>4} {'D':>5} | {'ref us':>17} {'kernel us':>17} "
+                f"{'copy us':>17} | {'speedup':>13} {'/copy':>6}")
         print(head)
         print("-" * len(head))
         for name in dtypes:
             for D in Ds:
                 for B in Bs:
                     r = bench_decode(cc, B, D, DTYPES[name], repeats, args.warmup)
-                    (rm, rn), (km, kn) = r["ref"], r["kernel"]
+                    (rm, rn), (km, kn), (cm, cn) = r["ref"], r["kernel"], r["copy"]
                     speed = rm / km
                     print(f"{'':6} {name:5} {B:>4} {D:>5} | {rm * 1e6:8.1f} ({rn * 1e6:6.1f}) "
-                          f"{km * 1e6:8.1f} ({kn * 1e6:6.1f}) | {speed:6.1f}x ({rn / kn:4.1f}x)")
+                          f"{km * 1e6:8.1f} ({kn * 1e6:6.1f}) {cm * 1e6:8.1f} ({cn * 1e6:6.1f}) | "
+                          f"{speed:6.1f}x ({rn / kn:4.1f}x) {km / cm:5.2f}x")
                     if not args.quick and B >= TARGET_DECODE_MIN_B and speed < TARGET_DECODE:
                         misses.append(f"decode {name} B={B} D={D}: {speed:.1f}x < {TARGET_DECODE}x")
     if args.only in (None, "spec"):
         spec = QUICK_SPEC if args.quick else SPEC
         head = (f"{'spec':6} {'dtype':5} {'state':6} {'B':>4} {'D':>5} | {'plain us':>17} "
-                f"{'pool6 us':>17} {'spec k=' + str(spec['drafts']) + ' us':>17} | "
-                f"{'spec/plain':>10} {'spec/pool6':>10}")
+                f"{'pool6 us':>17} {'spec k=' + str(spec['drafts']) + ' us':>17} "
+                f"{'torch us':>17} {'copy us':>17} | "
+                f"{'spec/plain':>10} {'spec/pool6':>10} {'torch/spec':>10} {'spec/copy':>9}")
         print(head)
         print("-" * len(head))
         for name in dtypes:
@@ -201,11 +230,12 @@ def main() -> int:
                     for B in spec["B"]:
                         r = bench_spec(cc, B, D, spec["drafts"], DTYPES[name], layout, repeats,
                                        args.warmup)
-                        (pm, pn), (qm, qn), (sm, sn) = r["plain"], r["pool"], r["spec"]
-                        print(f"{'':6} {name:5} {layout:6} {B:>4} {D:>5} | {pm * 1e6:8.1f} "
-                              f"({pn * 1e6:6.1f}) {qm * 1e6:8.1f} ({qn * 1e6:6.1f}) "
-                              f"{sm * 1e6:8.1f} ({sn * 1e6:6.1f}) | {sm / pm:9.2f}x "
-                              f"{sm / qm:9.2f}x")
+                        pm, qm, sm, tm, cm = (r[c][0] for c in ("plain", "pool", "spec",
+                                                                 "torch", "copy"))
+                        cells = " ".join(f"{r[c][0] * 1e6:8.1f} ({r[c][1] * 1e6:6.1f})"
+                                         for c in ("plain", "pool", "spec", "torch", "copy"))
+                        print(f"{'':6} {name:5} {layout:6} {B:>4} {D:>5} | {cells} | "
+                              f"{sm / pm:9.2f}x {sm / qm:9.2f}x {tm / sm:9.1f}x {sm / cm:8.2f}x")
                         if not args.quick and B == 64 and sm / pm > TARGET_SPEC:
                             misses.append(f"spec {name} {layout} B={B} D={D}: "
                                           f"{sm / pm:.2f}x > {TARGET_SPEC}x")
