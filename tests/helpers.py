@@ -13,6 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
+
+def kernels_variants():
+    """kernels' own variant-name parser and resolver (get_variants_local,
+    resolve_variant, parse_variant): the module kernels.variants up to
+    kernels 0.18, kernels._internals.variants from 0.19, whose public
+    get_kernel_variants reads Hub repositories only."""
+    try:
+        import kernels.variants as variants
+    except ModuleNotFoundError:
+        import kernels._internals.variants as variants
+    return variants
+
+
 # (rtol, atol) per dtype, from the spec (upstream's own tolerances).
 TOLERANCES = {
     torch.float64: (1e-9, 1e-9),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT
+from helpers import ROOT, kernels_variants
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,9 @@ def test_build_toml_parses_with_the_real_parser():
 
 
 def test_variant_is_the_one_the_loader_picks(variant_dir):
-    from kernels.variants import get_variants_local, resolve_variant
-
-    variants = get_variants_local(variant_dir.parent)
-    chosen, _ = resolve_variant(variants, backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
+    kv = kernels_variants()
+    variants = kv.get_variants_local(variant_dir.parent)
+    chosen, _ = kv.resolve_variant(variants, backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
     assert chosen is not None
     assert chosen.variant_str == variant_dir.name
 

@@ -162,12 +162,17 @@ def discover(build_dir: Path, only: list[str] | None, staging: Path) -> list[Var
 
 def variant_facts(variant: str) -> tuple[str, str | None]:
     """(backend, os) that the loader reads from a variant name."""
-    from kernels.variants import ArchVariant, parse_variant
+    try:  # a public module up to kernels 0.18, internal from 0.19
+        from kernels.variants import ArchVariant, parse_variant
+    except ModuleNotFoundError:
+        from kernels._internals.variants import ArchVariant, parse_variant
 
     parsed = parse_variant(variant)  # ValueError for names the loader cannot read
+    old = getattr(parsed, "arch", None)  # kernels <= 0.18 kept backend and os there
     if isinstance(parsed, ArchVariant):
-        return type(parsed.arch.backend).__name__.lower(), parsed.arch.os
-    return parsed.arch.backend_name.lower(), None
+        backend, os_name = (old.backend, old.os) if old else (parsed.backend, parsed.system.os)
+        return type(backend).__name__.lower(), os_name
+    return (old or parsed.backend).backend_name.lower(), None
 
 
 def validate_variant(v: Variant, kernel: Kernel) -> None:
