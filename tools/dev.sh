@@ -78,6 +78,8 @@ case "${1:-}" in
     "${pytest[@]}" tests benchmarks tools -m "slow or serial"
     step "kernel-builder's ci-test: the Nix source set, pytest -m kernels_ci (tools/ci/kernels_ci.sh)"
     bash tools/ci/kernels_ci.sh
+    step "the loader-facing tests under the newest kernels and transformers (tools/ci/kernels_latest.sh)"
+    bash tools/ci/kernels_latest.sh
     step "CUDA variant: build, link, ABI, load without a GPU"
     bash tools/ci/cuda.sh
     step "the CUDA kernels on the CPU emulator (tests/cuda_emu): every op's tests as backend cuda-emu"
