@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +73,29 @@ def test_abi(variant_dir):
     obj = ObjectFile(str(so))
     assert list(obj.check_manylinux("manylinux_2_28")) == []
     assert list(obj.check_python_abi("3.9")) == []
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("objdump") is None,
+                    reason="reads x86-64 code with binutils' objdump")
+def test_cpu_backward_prefetches_are_in_the_library(variant_dir):
+    """bwd.h asks for the cache lines of coming rows (prefetch_line). GCC
+    once deleted every such request without a word (a loop of
+    __builtin_prefetch behind an early return), so the library is read back:
+    each x86-64 tier's backward must contain its prefetches."""
+    (so,) = variant_dir.glob("*.abi3.so")
+    if "_cpu_" not in so.name:
+        pytest.skip("a CUDA variant: its backward is not bwd.h")
+    listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", str(so)],
+                             capture_output=True, text=True, check=True).stdout
+    found = {}
+    for block in listing.split("\n\n"):
+        head = block.lstrip().split("\n", 1)[0]
+        if "bwd_impl::prefetch_channel" not in head:
+            continue
+        tier = head.split("causal_conv1d::cpu::")[1].split("::")[0]
+        found[tier] = found.get(tier, 0) + block.count("prefetcht0") + block.count("prefetchw")
+    assert set(found) == {"DEFAULT", "AVX2", "AVX512", "AVX512_BF16"}, found
+    assert all(n > 0 for n in found.values()), found
 
 
 def test_ops_registered_for_own_backend_only(cc):
