@@ -5,9 +5,11 @@ functions decorated with ``use_kernel_func_from_hub_with_fallback(
 "causal_conv1d_fn" | "causal_conv1d_update", ...)``; ``kernels.kernelize``
 with a mapping for those two names swaps in ``layers.causal_conv1d_fn`` /
 ``layers.causal_conv1d_update`` from the built variant. Tiny random models
-(no download) of Mamba, Mamba2 and the hybrid Bamba (Mamba2 + attention)
-must then give transformers' own fallback's logits, the same greedy tokens
-and the same training gradients, with our operators provably running.
+(no download) of Mamba, Mamba2 and the hybrids Bamba and Falcon-H1 (Mamba2
++ attention), Qwen3-Next (gated DeltaNet + attention, MoE) and LFM2 (short
+convolutions + attention) must then give transformers' own fallback's
+logits, the same greedy tokens and the same training gradients, with our
+operators provably running.
 """
 
 from __future__ import annotations
@@ -54,6 +56,25 @@ def tiny_model(family: str):
                             mamba_d_conv=4, mamba_expand=2, attn_layer_indices=[1],
                             mamba_chunk_size=16, **common)
         return t.BambaForCausalLM(cfg)
+    if family == "falcon_h1":  # Mamba2 mixers beside attention in every layer
+        cfg = t.FalconH1Config(intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                               head_dim=16, mamba_d_ssm=64, mamba_n_heads=8, mamba_d_head=8,
+                               mamba_n_groups=1, mamba_d_state=16, mamba_d_conv=4, mamba_expand=1,
+                               mamba_chunk_size=16, **common)
+        return t.FalconH1ForCausalLM(cfg)
+    if family == "qwen3_next":  # gated DeltaNet layers (their conv is ours) and attention, MoE
+        cfg = t.Qwen3NextConfig(intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                                head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=16,
+                                linear_value_head_dim=16, linear_num_key_heads=2,
+                                linear_num_value_heads=4, moe_intermediate_size=32,
+                                shared_expert_intermediate_size=32, num_experts_per_tok=2,
+                                num_experts=4, layer_types=["linear_attention", "full_attention"],
+                                **common)
+        return t.Qwen3NextForCausalLM(cfg)
+    if family == "lfm2":  # gated short convolutions (W = conv_L_cache = 3) and attention
+        cfg = t.Lfm2Config(intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                           conv_L_cache=3, layer_types=["conv", "full_attention"], **common)
+        return t.Lfm2ForCausalLM(cfg)
     raise ValueError(family)
 
 
@@ -100,7 +121,7 @@ def kernelized(model, mode: Mode):
             f.__dict__.pop("forward", None)
 
 
-FAMILIES = ["mamba", "mamba2", "bamba"]
+FAMILIES = ["mamba", "mamba2", "bamba", "falcon_h1", "qwen3_next", "lfm2"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
