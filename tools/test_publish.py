@@ -629,7 +629,7 @@ def test_layers_kernelize_and_compile(host_build):
     with use_kernel_mapping(mapping):
         kernelize(conv, mode=Mode.TRAINING | Mode.TORCH_COMPILE, device="cpu", use_fallback=False)
         kernelize(step, mode=Mode.INFERENCE | Mode.TORCH_COMPILE, device="cpu", use_fallback=False)
-        # kernels <= 0.18: "does not support mode", 0.19: "does not support backward"
+        # kernels 0.17: "does not support mode", 0.19: "does not support backward"
         with pytest.raises(ValueError, match="does not support (mode|backward)"):
             kernelize(example.ShortConvStep(conv), mode=Mode.TRAINING, device="cpu", use_fallback=False)
     assert conv.forward.__func__ is layers.CausalConv1d.forward

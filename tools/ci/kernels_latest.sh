@@ -23,8 +23,10 @@ if [ ! -x "$venv/bin/python" ]; then
   python -m venv "$venv"
   site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   echo "$base_site" >"$site/zz-main-venv.pth"  # after the layer's own packages
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${NEWEST[@]}"
 fi
+# Every run: a no-op once installed, and it completes a layer that an
+# interrupted run left half-installed.
+"$venv/bin/pip" install --quiet --disable-pip-version-check "${NEWEST[@]}"
 "$venv/bin/python" - "${NEWEST[@]}" <<'PY'
 import importlib.metadata as md, sys
 for pin in sys.argv[1:]:
