@@ -16,8 +16,9 @@ NEWEST=(kernels==0.19.1 transformers==5.25.0)
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cache="${CAUSAL_CONV1D_CACHE:-$HOME/.cache/causal-conv1d}"
+base_prefix="$(python -c 'import sys; print(sys.prefix)')"
 base_site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-venv="$cache/layer-$(printf '%s-' "${NEWEST[@]}" | sed 's/==//g')on-$(basename "$(dirname "$(dirname "$(dirname "$base_site")")")")"
+venv="$cache/layer-$(printf '%s-' "${NEWEST[@]}" | sed 's/==//g')on-$(basename "$base_prefix")"
 
 if [ ! -x "$venv/bin/python" ]; then
   python -m venv "$venv"
