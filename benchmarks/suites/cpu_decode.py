@@ -230,10 +230,10 @@ def main() -> int:
                     for B in spec["B"]:
                         r = bench_spec(cc, B, D, spec["drafts"], DTYPES[name], layout, repeats,
                                        args.warmup)
-                        pm, qm, sm, tm, cm = (r[c][0] for c in ("plain", "pool", "spec",
-                                                                 "torch", "copy"))
+                        columns = ("plain", "pool", "spec", "torch", "copy")
+                        pm, qm, sm, tm, cm = (r[c][0] for c in columns)
                         cells = " ".join(f"{r[c][0] * 1e6:8.1f} ({r[c][1] * 1e6:6.1f})"
-                                         for c in ("plain", "pool", "spec", "torch", "copy"))
+                                         for c in columns)
                         print(f"{'':6} {name:5} {layout:6} {B:>4} {D:>5} | {cells} | "
                               f"{sm / pm:9.2f}x {sm / qm:9.2f}x {tm / sm:9.1f}x {sm / cm:8.2f}x")
                         if not args.quick and B == 64 and sm / pm > TARGET_SPEC:
