@@ -359,14 +359,20 @@ void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_
       const int64_t head = t0 > 0 && t0 < N ? std::min(n, N - t0) : 0;
       if (head > 0) staged(t0, head);
       const int64_t m = (n - head) / N * N;
-      X zero_before[N];
+      // Without an initial state the look-back is constant zeros: a vector
+      // load of a buffer just written value by value would wait for those
+      // stores to retire (they cannot be forwarded to it), once per row.
+      alignas(64) static const X kZeros[N] = {};
+      X init_before[N];
       const X* before = xr + t0 + head - N;
-      if (t0 == 0) {
+      if (t0 == 0 && !init) {
+        before = kZeros;
+      } else if (t0 == 0) {
         for (int64_t j = 0; j < N; ++j) {
           const int64_t pos = j - N;  // -N .. -1; the window reaches back W-1
-          zero_before[j] = init && pos >= -(W - 1) ? init[(W - 1 + pos) * p.initial_states.s2] : X(0);
+          init_before[j] = pos >= -(W - 1) ? init[(W - 1 + pos) * p.initial_states.s2] : X(0);
         }
-        before = zero_before;
+        before = init_before;
       }
       if (m > 0) row_slide<WC, X>(tp, p.silu, xr, before, orow + t0 + head, t0 + head, m);
       if (head + m < n) staged(t0 + head + m, n - head - m);
