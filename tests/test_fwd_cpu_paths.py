@@ -160,11 +160,13 @@ def segment_patterns(L):
 
 def grid_rows_first_vector(ck: Checker):
     """The rows path's first vector of a row, which looks back into the
-    initial state (or zeros) without staging: widths 1-4 (the in-place
-    kernels), lengths around one and two vectors, every x dtype with taps of
-    its own dtype (bf16 pairs in the avx512_bf16 tier) and fp32."""
+    initial state (or zeros) without staging, and its last, a masked partial
+    vector: widths 1-4 (the in-place kernels), lengths around one and two
+    vectors and with every tail length of an 8-lane vector, every x dtype
+    with taps of its own dtype (bf16 pairs in the avx512_bf16 tier) and
+    fp32."""
     for W in (1, 2, 3, 4):
-        for L in (15, 16, 17, 32, 33, 64):
+        for L in (15, 16, 17, 18, 19, 20, 21, 22, 23, 32, 33, 47, 64):
             for xdt in (F32, BF16, F16):
                 for wdt in {xdt, F32}:
                     x, w, b, _, i = inputs(2, 5, L, W, "contiguous", xdt, wdt, init=True)

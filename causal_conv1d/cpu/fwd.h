@@ -259,10 +259,11 @@ constexpr bool kSlides = WC >= 1 && WC <= 4 && std::is_same_v<acc_t<X>, float>;
 
 #if defined(CPU_CAPABILITY_AVX512)
 
-// dst[i] = act(bias + sum_k w[k] * x[t + i - (W-1) + k]) for i < n, n a
-// multiple of 16, reading the row's inputs xr in place (before: the 16
-// inputs at t - 16 .. t - 1, in x or, for t = 0, a copy of the initial
-// state or zeros in its last W-1 elements): each
+// dst[i] = act(bias + sum_k w[k] * x[t + i - (W-1) + k]) for i < n,
+// reading the row's inputs xr in place (before: the N = 16 inputs at t - N
+// .. t - 1, in x or, for t = 0, a copy of the initial state or zeros in its
+// last W-1 elements); a last partial vector reads and writes only its
+// n % N elements (masked), so a row's tail needs no staging. Each
 // step loads the next 16 inputs once and builds the W-1 earlier windows
 // from them and the previous 16 with VALIGND, instead of the W unaligned
 // loads (all but one crossing a cache line) of row_span. The load ports were
@@ -283,18 +284,22 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before
     return _mm512_castsi512_ps(
         _mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), N - kBack));
   };
-  __m512 prev = IO::load1(before, N);
-  for (int64_t i = 0; i < n; i += N) {
-    const __m512 cur = IO::load1(xr + t + i, N);
+  auto outputs = [&](__m512 prev, __m512 cur) {
     __m512 a = _mm512_fmadd_ps(w[WC - 1], cur, bias);
     if constexpr (WC >= 2) a = _mm512_fmadd_ps(w[WC - 2], window(prev, cur, std::integral_constant<int, 1>{}), a);
     if constexpr (WC >= 3) a = _mm512_fmadd_ps(w[WC - 3], window(prev, cur, std::integral_constant<int, 2>{}), a);
     if constexpr (WC >= 4) a = _mm512_fmadd_ps(w[WC - 4], window(prev, cur, std::integral_constant<int, 3>{}), a);
     Vec<float> out(a);
-    if (silu) out = silu_vec<X>(out);
-    IO::store1(dst + i, out, N);
+    return silu ? silu_vec<X>(out) : out;
+  };
+  __m512 prev = IO::load1(before, N);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const __m512 cur = IO::load1(xr + t + i, N);
+    IO::store1(dst + i, outputs(prev, cur), N);
     prev = cur;
   }
+  if (i < n) IO::store1(dst + i, outputs(prev, IO::load1(xr + t + i, n - i)), n - i);
 }
 #elif defined(__aarch64__)
 // row_slide with NEON (every aarch64 tier: at::vec is 128-bit NEON there):
@@ -310,19 +315,23 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before
   float32x4_t w[WC];
   for (int k = 0; k < WC; ++k) w[k] = vdupq_n_f32(tp.w[k]);
   const float32x4_t bias = vdupq_n_f32(tp.bias);
-  float32x4_t prev = IO::load1(before, N);
-  for (int64_t i = 0; i < n; i += N) {
-    const float32x4_t cur = IO::load1(xr + t + i, N);
+  auto outputs = [&](float32x4_t prev, float32x4_t cur) {
     // Tap W-1-k reads k positions back: lanes N-k.. of prev, then cur.
     float32x4_t a = vfmaq_f32(bias, w[WC - 1], cur);
     if constexpr (WC >= 2) a = vfmaq_f32(a, w[WC - 2], vextq_f32(prev, cur, N - 1));
     if constexpr (WC >= 3) a = vfmaq_f32(a, w[WC - 3], vextq_f32(prev, cur, N - 2));
     if constexpr (WC >= 4) a = vfmaq_f32(a, w[WC - 4], vextq_f32(prev, cur, N - 3));
     Vec<float> out(a);
-    if (silu) out = silu_vec<X>(out);
-    IO::store1(dst + i, out, N);
+    return silu ? silu_vec<X>(out) : out;
+  };
+  float32x4_t prev = IO::load1(before, N);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const float32x4_t cur = IO::load1(xr + t + i, N);
+    IO::store1(dst + i, outputs(prev, cur), N);
     prev = cur;
   }
+  if (i < n) IO::store1(dst + i, outputs(prev, IO::load1(xr + t + i, n - i)), n - i);
 }
 #endif
 
@@ -350,15 +359,15 @@ void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_
 #if defined(CPU_CAPABILITY_AVX512) || defined(__aarch64__)
   if constexpr (kSlides<WC, X>) {
     if (!sr) {
-      // In place, whole vectors; the tail (under a vector) staged. A row's
-      // first vector looks back into a small copy of the initial state (or
-      // zeros) instead of going through the staging buffer, whose setup
-      // per row weighed on short rows. (t0 is 0 or a multiple of
-      // kRowBlock, so the staged head serves other block sizes only.)
+      // In place, the tail too. A row's first vector looks back into a
+      // small copy of the initial state (or zeros) instead of going through
+      // the staging buffer, whose setup per row weighed on short rows. (t0
+      // is 0 or a multiple of kRowBlock, so the staged head serves other
+      // block sizes only.)
       constexpr int64_t N = kLanes<float>;
       const int64_t head = t0 > 0 && t0 < N ? std::min(n, N - t0) : 0;
       if (head > 0) staged(t0, head);
-      const int64_t m = (n - head) / N * N;
+      const int64_t m = n - head;
       // Without an initial state the look-back is constant zeros: a vector
       // load of a buffer just written value by value would wait for those
       // stores to retire (they cannot be forwarded to it), once per row.
@@ -375,7 +384,6 @@ void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_
         before = init_before;
       }
       if (m > 0) row_slide<WC, X>(tp, p.silu, xr, before, orow + t0 + head, t0 + head, m);
-      if (head + m < n) staged(t0 + head + m, n - head - m);
       return;
     }
   }
