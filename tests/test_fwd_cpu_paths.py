@@ -2,9 +2,10 @@
 
 The forward picks a path from the strides of x and out:
 
-  rows      contiguous along L: SIMD along t, in blocks of 4096 tokens; rows
-            of up to 16 tokens (without seq_idx) copied through tiles of 64
-            channels into the channels path instead
+  rows      contiguous along L: SIMD along t, in blocks of 4096 tokens, a
+            row's last partial vector masked; short rows (without seq_idx;
+            up to 14 tokens where the row kernel slides, else up to 16)
+            copied through tiles of 64 channels into the channels path
   channels  contiguous along D (y.transpose(1, 2), slices of a projection):
             SIMD across channels, 4 tokens per register pass
   generic   anything else (scalar)
@@ -175,13 +176,14 @@ def grid_rows_first_vector(ck: Checker):
 
 
 def grid_short_rows(ck: Checker):
-    """Rows of up to 16 tokens, which go through channels tiles of 64: two
-    whole tiles and a ragged one, rows that are slices of longer ones (x's
-    channel stride above L), lengths around the cut at 16, initial and
-    final states, unrolled and runtime widths, every 16-bit x dtype."""
+    """Short rows, which go through channels tiles of 64: two whole tiles
+    and a ragged one, rows that are slices of longer ones (x's channel
+    stride above L), lengths around the cuts at 14 (widths 1-4, where the
+    row kernel slides) and 16, initial and final states, unrolled and
+    runtime widths, every 16-bit x dtype."""
     n = 0
     for W in (2, 4, 7):
-        for L in (1, 4, 5, 16, 17):
+        for L in (1, 4, 5, 14, 15, 16, 17):
             for sliced in (False, True):
                 n += 1
                 xdt = [F32, BF16, F16][n % 3]

@@ -98,6 +98,7 @@ namespace fwd_fast {
 constexpr int64_t kRowBlock = 4096;  // tokens per rows task (fp32 staging: 16 KiB)
 constexpr int64_t kChanBlock = 128;  // tokens per channels task
 constexpr int64_t kShortRow = 16;    // rows up to this long go through a channels tile
+constexpr int64_t kShortRowSliding = 14;  // the same where row_slide serves the rows
 constexpr int64_t kShortSpan = 64;   // channels per short-rows tile
 constexpr int64_t kChanGroup = 4;    // tokens per register pass in a channels task
 constexpr int64_t kChanTasks = 16;   // channels tasks to aim for before splitting D
@@ -251,10 +252,30 @@ void row_span(const Ctx<X>& c, const RowTaps<acc_t<X>>& tp, const acc_t<X>* src,
   }
 }
 
-#if defined(CPU_CAPABILITY_AVX512) || defined(__aarch64__)
 // Whether row_slide (below, one per instruction set) serves this width and dtype.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2) || defined(__aarch64__)
 template <int WC, typename X>
 constexpr bool kSlides = WC >= 1 && WC <= 4 && std::is_same_v<acc_t<X>, float>;
+#else
+template <int WC, typename X>
+constexpr bool kSlides = false;
+#endif
+
+// Rows up to this long go through a channels tile (fwd_short_rows): below
+// it, a row's fixed cost outweighs its few tokens. row_slide's is the
+// smaller (no staging, the tail a masked vector), so its cut is lower.
+template <int WC, typename X>
+constexpr int64_t kShortRowCut = kSlides<WC, X> ? kShortRowSliding : kShortRow;
+
+// The longest row row_slide takes. On AVX2, fp16/bf16 rows past 128 tokens
+// go through the staging buffer instead: converted to fp32 once, row_span's
+// unaligned loads from it outrun row_slide's lane-crossing shuffles there.
+#if defined(CPU_CAPABILITY_AVX2)
+template <typename X>
+constexpr int64_t kSlideRowMax = std::is_same_v<X, float> ? kRowBlock : 128;
+#else
+template <typename X>
+constexpr int64_t kSlideRowMax = kRowBlock;
 #endif
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -300,6 +321,82 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before
     prev = cur;
   }
   if (i < n) IO::store1(dst + i, outputs(prev, IO::load1(xr + t + i, n - i)), n - i);
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+// The last n (0 < n < 8) fp16/bf16 values of a row as fp32 lanes (the
+// others zero), and back. AVX2 has no 16-bit masked moves, and at::vec's
+// partial ones go through memcpy calls and a buffer: here the pairs are one
+// masked 32-bit move, an odd last value a blend or a scalar store.
+template <typename X>
+struct HalfTail {
+  static __m128i pairs(int64_t n) {
+    return _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(n / 2)), _mm_setr_epi32(0, 1, 2, 3));
+  }
+  static __m256 load(const X* p, int64_t n) {
+    __m128i v = _mm_maskload_epi32(reinterpret_cast<const int*>(p), pairs(n));
+    if (n % 2) {
+      const __m128i at = _mm_cmpeq_epi16(_mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7),
+                                         _mm_set1_epi16(static_cast<int16_t>(n - 1)));
+      v = _mm_blendv_epi8(v, _mm_set1_epi16(static_cast<int16_t>(p[n - 1].x)), at);
+    }
+    if constexpr (std::is_same_v<X, c10::BFloat16>) {
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+    } else {
+      return _mm256_cvtph_ps(v);
+    }
+  }
+  static void store(X* p, const Vec<float>& a, int64_t n) {
+    const __m128i v = _mm256_castsi256_si128(narrow<X>(a, a));  // rounded as every store
+    _mm_maskstore_epi32(reinterpret_cast<int*>(p), pairs(n), v);
+    if (n % 2) {
+      alignas(16) uint16_t bits[8];
+      _mm_store_si128(reinterpret_cast<__m128i*>(bits), v);
+      p[n - 1].x = bits[n - 1];
+    }
+  }
+};
+
+// row_slide with AVX2, N = 8. AVX2 has no shift across a whole register:
+// the window k positions back is the upper half of prev with the lower half
+// of cur (one VPERM2F128 per step), then VPALIGNR within each 128-bit lane.
+template <int WC, typename X>
+void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before, X* dst,
+               int64_t t, int64_t n) {
+  using IO = VecIO<X>;
+  constexpr int64_t N = 8;
+  static_assert(kLanes<float> == N);
+  __m256 w[WC];
+  for (int k = 0; k < WC; ++k) w[k] = _mm256_set1_ps(tp.w[k]);
+  const __m256 bias = _mm256_set1_ps(tp.bias);
+  auto window = [](__m256 mid, __m256 cur, auto back) {  // mid: prev's high half, cur's low
+    constexpr int kBack = decltype(back)::value;
+    return _mm256_castsi256_ps(
+        _mm256_alignr_epi8(_mm256_castps_si256(cur), _mm256_castps_si256(mid), 16 - 4 * kBack));
+  };
+  auto outputs = [&](__m256 prev, __m256 cur) {
+    __m256 a = _mm256_fmadd_ps(w[WC - 1], cur, bias);
+    if constexpr (WC >= 2) {
+      const __m256 mid = _mm256_permute2f128_ps(prev, cur, 0x21);
+      a = _mm256_fmadd_ps(w[WC - 2], window(mid, cur, std::integral_constant<int, 1>{}), a);
+      if constexpr (WC >= 3) a = _mm256_fmadd_ps(w[WC - 3], window(mid, cur, std::integral_constant<int, 2>{}), a);
+      if constexpr (WC >= 4) a = _mm256_fmadd_ps(w[WC - 4], window(mid, cur, std::integral_constant<int, 3>{}), a);
+    }
+    Vec<float> out(a);
+    return silu ? silu_vec<X>(out) : out;
+  };
+  __m256 prev = IO::load1(before, N);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const __m256 cur = IO::load1(xr + t + i, N);
+    IO::store1(dst + i, outputs(prev, cur), N);
+    prev = cur;
+  }
+  if (i == n) return;
+  if constexpr (IO::kWide) {
+    IO::store1(dst + i, outputs(prev, IO::load1(xr + t + i, n - i)), n - i);
+  } else {
+    HalfTail<X>::store(dst + i, outputs(prev, HalfTail<X>::load(xr + t + i, n - i)), n - i);
+  }
 }
 #elif defined(__aarch64__)
 // row_slide with NEON (every aarch64 tier: at::vec is 128-bit NEON there):
@@ -356,9 +453,8 @@ void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_
     stage_row<X>(buf, xr, init, p.initial_states.s2, W, t - (W - 1), m + W - 1);
     span(buf, t, m);
   };
-#if defined(CPU_CAPABILITY_AVX512) || defined(__aarch64__)
   if constexpr (kSlides<WC, X>) {
-    if (!sr) {
+    if (!sr && c.L <= kSlideRowMax<X>) {
       // In place, the tail too. A row's first vector looks back into a
       // small copy of the initial state (or zeros) instead of going through
       // the staging buffer, whose setup per row weighed on short rows. (t0
@@ -387,7 +483,6 @@ void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_
       return;
     }
   }
-#endif
   if constexpr (VecIO<X>::kWide) {
     // x already holds the compute type: read it in place, staging only the
     // head (positions < 0 come from the initial state) and the tail.
@@ -642,7 +737,7 @@ void fwd_typed(const ConvParams& p) {
   fwd_fast::load_taps<X, Wt>(c);
   if (p.seq_idx.given()) fwd_fast::find_runs(c);
   dispatch_width(p.width, [&]<int WC>() {
-    if (rows && p.seqlen <= fwd_fast::kShortRow && !p.seq_idx.given()) {
+    if (rows && p.seqlen <= fwd_fast::kShortRowCut<WC, X> && !p.seq_idx.given()) {
       fwd_fast::fwd_short_rows<WC, X>(c);
     } else if (rows) {
       fwd_fast::fwd_rows<WC, X>(c);
