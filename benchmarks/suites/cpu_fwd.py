@@ -22,7 +22,7 @@ output_memory.cpp); the reference's time depends on whether glibc hands it
 recycled heap memory or fresh pages, whose faults can dominate it.
 
     python benchmarks/bench.py fwd                      # full table
-    python benchmarks/bench.py fwd --short              # rows of 2 to 16 tokens (no targets)
+    python benchmarks/bench.py fwd --short              # rows of 2 to 128 tokens (no targets)
     python benchmarks/bench.py fwd --quick              # CI smoke run: tiny shapes
     python benchmarks/bench.py fwd --channel-last       # x as (B, L, D).transpose(1, 2)
     python benchmarks/bench.py fwd --layout-ratio       # channel-last / rows, same values
@@ -46,7 +46,7 @@ from .harness import (
 TARGET_SPEEDUP = {"fp32": 4.0, "bf16": 10.0}
 # Short prompts: a row's fixed cost against its few tokens (cpu/fwd.h's
 # short rows); the targets above are stated for the long shapes only.
-SHORT_SHAPES = [(1, 8192, 2), (1, 8192, 8), (4, 4096, 16)]
+SHORT_SHAPES = [(1, 8192, 2), (1, 8192, 8), (4, 4096, 16), (1, 8192, 17), (1, 8192, 32), (2, 4096, 128)]
 TARGET_VS_COPY = {"silu": 1.5, "none": 1.15}
 
 
