@@ -80,6 +80,8 @@ case "${1:-}" in
     bash tools/ci/kernels_ci.sh
     step "the loader-facing tests under the newest kernels and transformers (tools/ci/kernels_latest.sh)"
     bash tools/ci/kernels_latest.sh
+    step "the CPU variant built and tested against torch 2.12 and the newest torch (tools/ci/torch_versions.sh)"
+    cached bash tools/ci/torch_versions.sh
     step "CUDA variant: build, link, ABI, load without a GPU"
     bash tools/ci/cuda.sh
     step "the CUDA kernels on the CPU emulator (tests/cuda_emu): every op's tests as backend cuda-emu"
