@@ -13,6 +13,7 @@
 // task in a fixed order, so results do not depend on the number of threads.
 #pragma once
 
+#include <limits>
 #include <vector>
 
 #include "common.h"
@@ -270,12 +271,14 @@ constexpr int64_t kShortRowCut = kSlides<WC, X> ? kShortRowSliding : kShortRow;
 // The longest row row_slide takes. On AVX2, fp16/bf16 rows past 128 tokens
 // go through the staging buffer instead: converted to fp32 once, row_span's
 // unaligned loads from it outrun row_slide's lane-crossing shuffles there.
+// (No cap otherwise: a longer row slides block by block.)
+constexpr int64_t kNoCap = std::numeric_limits<int64_t>::max();
 #if defined(CPU_CAPABILITY_AVX2)
 template <typename X>
-constexpr int64_t kSlideRowMax = std::is_same_v<X, float> ? kRowBlock : 128;
+constexpr int64_t kSlideRowMax = std::is_same_v<X, float> ? kNoCap : 128;
 #else
 template <typename X>
-constexpr int64_t kSlideRowMax = kRowBlock;
+constexpr int64_t kSlideRowMax = kNoCap;
 #endif
 
 #if defined(CPU_CAPABILITY_AVX512)
