@@ -281,51 +281,47 @@ template <typename X>
 constexpr int64_t kSlideRowMax = kNoCap;
 #endif
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2) || defined(__aarch64__)
+// What row_slide needs of an instruction set: a register R of N fp32 lanes,
+// and the windows of inputs 1 .. 3 positions before the lanes of cur, cut
+// from cur and the previous N inputs (prev).
 #if defined(CPU_CAPABILITY_AVX512)
-
-// dst[i] = act(bias + sum_k w[k] * x[t + i - (W-1) + k]) for i < n,
-// reading the row's inputs xr in place (before: the N = 16 inputs at t - N
-// .. t - 1, in x or, for t = 0, a copy of the initial state or zeros in its
-// last W-1 elements); a last partial vector reads and writes only its
-// n % N elements (masked), so a row's tail needs no staging. Each
-// step loads the next 16 inputs once and builds the W-1 earlier windows
-// from them and the previous 16 with VALIGND, instead of the W unaligned
-// loads (all but one crossing a cache line) of row_span. The load ports were
-// what bounded row_span; the shuffles go to otherwise idle ones.
-template <int WC, typename X>
-void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before, X* dst,
-               int64_t t, int64_t n) {
-  using IO = VecIO<X>;
-  constexpr int64_t N = 16;
-  static_assert(kLanes<float> == N);
-  __m512 w[WC];
-  for (int k = 0; k < WC; ++k) w[k] = _mm512_set1_ps(tp.w[k]);
-  const __m512 bias = _mm512_set1_ps(tp.bias);
-  // Tap k reads the input W-1-k positions before the output: lanes of cur
-  // moved up by that many, the gap filled from the top of prev.
-  auto window = [](__m512 prev, __m512 cur, auto back) {
-    constexpr int kBack = decltype(back)::value;
-    return _mm512_castsi512_ps(
-        _mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), N - kBack));
+struct Slide {
+  using R = __m512;
+  static constexpr int64_t N = 16;
+  static R splat(float v) { return _mm512_set1_ps(v); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
+  // One VALIGND per window: the top kBack lanes of prev, then cur.
+  struct Windows {
+    R prev, cur;
+    template <int kBack>
+    R back() const {
+      return _mm512_castsi512_ps(
+          _mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), N - kBack));
+    }
   };
-  auto outputs = [&](__m512 prev, __m512 cur) {
-    __m512 a = _mm512_fmadd_ps(w[WC - 1], cur, bias);
-    if constexpr (WC >= 2) a = _mm512_fmadd_ps(w[WC - 2], window(prev, cur, std::integral_constant<int, 1>{}), a);
-    if constexpr (WC >= 3) a = _mm512_fmadd_ps(w[WC - 3], window(prev, cur, std::integral_constant<int, 2>{}), a);
-    if constexpr (WC >= 4) a = _mm512_fmadd_ps(w[WC - 4], window(prev, cur, std::integral_constant<int, 3>{}), a);
-    Vec<float> out(a);
-    return silu ? silu_vec<X>(out) : out;
-  };
-  __m512 prev = IO::load1(before, N);
-  int64_t i = 0;
-  for (; i + N <= n; i += N) {
-    const __m512 cur = IO::load1(xr + t + i, N);
-    IO::store1(dst + i, outputs(prev, cur), N);
-    prev = cur;
-  }
-  if (i < n) IO::store1(dst + i, outputs(prev, IO::load1(xr + t + i, n - i)), n - i);
-}
+  static Windows windows(R prev, R cur) { return {prev, cur}; }
+};
 #elif defined(CPU_CAPABILITY_AVX2)
+struct Slide {
+  using R = __m256;
+  static constexpr int64_t N = 8;
+  static R splat(float v) { return _mm256_set1_ps(v); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  // AVX2 has no shift across a whole register: mid is the upper half of
+  // prev with the lower half of cur (one VPERM2F128 for all windows), then
+  // a VPALIGNR within each 128-bit lane per window.
+  struct Windows {
+    R mid, cur;
+    template <int kBack>
+    R back() const {
+      return _mm256_castsi256_ps(
+          _mm256_alignr_epi8(_mm256_castps_si256(cur), _mm256_castps_si256(mid), 16 - 4 * kBack));
+    }
+  };
+  static Windows windows(R prev, R cur) { return {_mm256_permute2f128_ps(prev, cur, 0x21), cur}; }
+};
+
 // The last n (0 < n < 8) fp16/bf16 values of a row as fp32 lanes (the
 // others zero), and back. AVX2 has no 16-bit masked moves, and at::vec's
 // partial ones go through memcpy calls and a buffer: here the pairs are one
@@ -358,80 +354,74 @@ struct HalfTail {
     }
   }
 };
+#else  // aarch64: every tier's at::vec is 128-bit NEON
+struct Slide {
+  using R = float32x4_t;
+  static constexpr int64_t N = 4;
+  static R splat(float v) { return vdupq_n_f32(v); }
+  static R fmadd(R a, R b, R c) { return vfmaq_f32(c, a, b); }
+  struct Windows {  // one EXT per window
+    R prev, cur;
+    template <int kBack>
+    R back() const { return vextq_f32(prev, cur, N - kBack); }
+  };
+  static Windows windows(R prev, R cur) { return {prev, cur}; }
+};
+#endif
 
-// row_slide with AVX2, N = 8. AVX2 has no shift across a whole register:
-// the window k positions back is the upper half of prev with the lower half
-// of cur (one VPERM2F128 per step), then VPALIGNR within each 128-bit lane.
-template <int WC, typename X>
-void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before, X* dst,
-               int64_t t, int64_t n) {
-  using IO = VecIO<X>;
-  constexpr int64_t N = 8;
-  static_assert(kLanes<float> == N);
-  __m256 w[WC];
-  for (int k = 0; k < WC; ++k) w[k] = _mm256_set1_ps(tp.w[k]);
-  const __m256 bias = _mm256_set1_ps(tp.bias);
-  auto window = [](__m256 mid, __m256 cur, auto back) {  // mid: prev's high half, cur's low
-    constexpr int kBack = decltype(back)::value;
-    return _mm256_castsi256_ps(
-        _mm256_alignr_epi8(_mm256_castps_si256(cur), _mm256_castps_si256(mid), 16 - 4 * kBack));
-  };
-  auto outputs = [&](__m256 prev, __m256 cur) {
-    __m256 a = _mm256_fmadd_ps(w[WC - 1], cur, bias);
-    if constexpr (WC >= 2) {
-      const __m256 mid = _mm256_permute2f128_ps(prev, cur, 0x21);
-      a = _mm256_fmadd_ps(w[WC - 2], window(mid, cur, std::integral_constant<int, 1>{}), a);
-      if constexpr (WC >= 3) a = _mm256_fmadd_ps(w[WC - 3], window(mid, cur, std::integral_constant<int, 2>{}), a);
-      if constexpr (WC >= 4) a = _mm256_fmadd_ps(w[WC - 4], window(mid, cur, std::integral_constant<int, 3>{}), a);
-    }
-    Vec<float> out(a);
-    return silu ? silu_vec<X>(out) : out;
-  };
-  __m256 prev = IO::load1(before, N);
-  int64_t i = 0;
-  for (; i + N <= n; i += N) {
-    const __m256 cur = IO::load1(xr + t + i, N);
-    IO::store1(dst + i, outputs(prev, cur), N);
-    prev = cur;
-  }
-  if (i == n) return;
-  if constexpr (IO::kWide) {
-    IO::store1(dst + i, outputs(prev, IO::load1(xr + t + i, n - i)), n - i);
-  } else {
-    HalfTail<X>::store(dst + i, outputs(prev, HalfTail<X>::load(xr + t + i, n - i)), n - i);
-  }
+// A row's last n < N values as fp32 lanes (the others zero), and back.
+template <typename X>
+Vec<float> load_tail(const X* p, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (!VecIO<X>::kWide) return HalfTail<X>::load(p, n);
+#endif
+  return VecIO<X>::load1(p, n);
 }
-#elif defined(__aarch64__)
-// row_slide with NEON (every aarch64 tier: at::vec is 128-bit NEON there):
-// 4 outputs per step from one load of the next 4 inputs, the earlier
-// windows built with EXT from it and the previous 4, instead of row_span's
-// W loads per vector and its per-step bookkeeping for 8 outputs.
+template <typename X>
+void store_tail(X* p, const Vec<float>& a, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (!VecIO<X>::kWide) return HalfTail<X>::store(p, a, n);
+#endif
+  VecIO<X>::store1(p, a, n);
+}
+
+// dst[i] = act(bias + sum_k w[k] * x[t + i - (W-1) + k]) for i < n,
+// reading the row's inputs xr in place (before: the N inputs at t - N ..
+// t - 1, in x or, for t = 0, a copy of the initial state or zeros in its
+// last W-1 elements); a last partial vector reads and writes only its
+// n % N elements, so a row's tail needs no staging. Each step loads the
+// next N inputs once and cuts the W-1 earlier windows from them and the
+// previous N with shuffles, instead of the W unaligned loads (all but one
+// crossing a cache line) of row_span: the load ports were what bounded
+// row_span, and the shuffles go to otherwise idle ones.
 template <int WC, typename X>
 void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before, X* dst,
                int64_t t, int64_t n) {
   using IO = VecIO<X>;
-  constexpr int64_t N = 4;
+  using R = Slide::R;
+  constexpr int64_t N = Slide::N;
   static_assert(kLanes<float> == N);
-  float32x4_t w[WC];
-  for (int k = 0; k < WC; ++k) w[k] = vdupq_n_f32(tp.w[k]);
-  const float32x4_t bias = vdupq_n_f32(tp.bias);
-  auto outputs = [&](float32x4_t prev, float32x4_t cur) {
-    // Tap W-1-k reads k positions back: lanes N-k.. of prev, then cur.
-    float32x4_t a = vfmaq_f32(bias, w[WC - 1], cur);
-    if constexpr (WC >= 2) a = vfmaq_f32(a, w[WC - 2], vextq_f32(prev, cur, N - 1));
-    if constexpr (WC >= 3) a = vfmaq_f32(a, w[WC - 3], vextq_f32(prev, cur, N - 2));
-    if constexpr (WC >= 4) a = vfmaq_f32(a, w[WC - 4], vextq_f32(prev, cur, N - 3));
+  R w[WC];
+  for (int k = 0; k < WC; ++k) w[k] = Slide::splat(tp.w[k]);
+  const R bias = Slide::splat(tp.bias);
+  // Tap W-1-k reads the inputs k positions back.
+  auto outputs = [&](R prev, R cur) {
+    const Slide::Windows win = Slide::windows(prev, cur);
+    R a = Slide::fmadd(w[WC - 1], cur, bias);
+    if constexpr (WC >= 2) a = Slide::fmadd(w[WC - 2], win.template back<1>(), a);
+    if constexpr (WC >= 3) a = Slide::fmadd(w[WC - 3], win.template back<2>(), a);
+    if constexpr (WC >= 4) a = Slide::fmadd(w[WC - 4], win.template back<3>(), a);
     Vec<float> out(a);
     return silu ? silu_vec<X>(out) : out;
   };
-  float32x4_t prev = IO::load1(before, N);
+  R prev = IO::load1(before, N);
   int64_t i = 0;
   for (; i + N <= n; i += N) {
-    const float32x4_t cur = IO::load1(xr + t + i, N);
+    const R cur = IO::load1(xr + t + i, N);
     IO::store1(dst + i, outputs(prev, cur), N);
     prev = cur;
   }
-  if (i < n) IO::store1(dst + i, outputs(prev, IO::load1(xr + t + i, n - i)), n - i);
+  if (i < n) store_tail<X>(dst + i, outputs(prev, load_tail<X>(xr + t + i, n - i)), n - i);
 }
 #endif
 
