@@ -165,12 +165,15 @@ def grid_rows_first_vector(ck: Checker):
     vector: widths 1-4 (the in-place kernels), lengths around one and two
     vectors and with every tail length of an 8-lane vector, every x dtype
     with taps of its own dtype (bf16 pairs in the avx512_bf16 tier) and
-    fp32."""
+    fp32; initial states contiguous and, for odd L, a channel-last view
+    (its columns D apart)."""
     for W in (1, 2, 3, 4):
         for L in (15, 16, 17, 18, 19, 20, 21, 22, 23, 32, 33, 47, 64):
             for xdt in (F32, BF16, F16):
                 for wdt in {xdt, F32}:
                     x, w, b, _, i = inputs(2, 5, L, W, "contiguous", xdt, wdt, init=True)
+                    if L % 2:
+                        i = torch.randn(2, W - 1, 5).to(xdt).transpose(1, 2)
                     ck.run(f"rows first vector W={W} L={L}", x, w, b, None, i, silu=L % 2 == 0)
                     ck.run(f"rows first vector W={W} L={L} zeros", x, w, None, silu=L % 2 == 1)
 

@@ -301,6 +301,9 @@ struct Slide {
     }
   };
   static Windows windows(R prev, R cur) { return {prev, cur}; }
+  static R top4(float a, float b, float c, float d) {  // lanes N-4 .. N-1, the others zero
+    return _mm512_insertf32x4(_mm512_setzero_ps(), _mm_setr_ps(a, b, c, d), 3);
+  }
 };
 #elif defined(CPU_CAPABILITY_AVX2)
 struct Slide {
@@ -320,6 +323,9 @@ struct Slide {
     }
   };
   static Windows windows(R prev, R cur) { return {_mm256_permute2f128_ps(prev, cur, 0x21), cur}; }
+  static R top4(float a, float b, float c, float d) {
+    return _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_setr_ps(a, b, c, d), 1);
+  }
 };
 
 // The last n (0 < n < 8) fp16/bf16 values of a row as fp32 lanes (the
@@ -366,6 +372,9 @@ struct Slide {
     R back() const { return vextq_f32(prev, cur, N - kBack); }
   };
   static Windows windows(R prev, R cur) { return {prev, cur}; }
+  static R top4(float a, float b, float c, float d) {
+    return vsetq_lane_f32(d, vsetq_lane_f32(c, vsetq_lane_f32(b, vdupq_n_f32(a), 1), 2), 3);
+  }
 };
 #endif
 
@@ -386,17 +395,16 @@ void store_tail(X* p, const Vec<float>& a, int64_t n) {
 }
 
 // dst[i] = act(bias + sum_k w[k] * x[t + i - (W-1) + k]) for i < n,
-// reading the row's inputs xr in place (before: the N inputs at t - N ..
-// t - 1, in x or, for t = 0, a copy of the initial state or zeros in its
-// last W-1 elements); a last partial vector reads and writes only its
-// n % N elements, so a row's tail needs no staging. Each step loads the
+// reading the row's inputs xr in place (and for t = 0 the initial state
+// init, stride init_s2, or zeros); a last partial vector reads and writes
+// only its n % N elements, so a row's tail needs no staging. Each step loads the
 // next N inputs once and cuts the W-1 earlier windows from them and the
 // previous N with shuffles, instead of the W unaligned loads (all but one
 // crossing a cache line) of row_span: the load ports were what bounded
 // row_span, and the shuffles go to otherwise idle ones.
 template <int WC, typename X>
-void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before, X* dst,
-               int64_t t, int64_t n) {
+void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* init, int64_t init_s2,
+               X* dst, int64_t t, int64_t n) {
   using IO = VecIO<X>;
   using R = Slide::R;
   constexpr int64_t N = Slide::N;
@@ -414,7 +422,19 @@ void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* before
     Vec<float> out(a);
     return silu ? silu_vec<X>(out) : out;
   };
-  R prev = IO::load1(before, N);
+  // The N inputs before t. At t = 0 not from a buffer written value by
+  // value: a vector load of it would wait for those stores to retire (they
+  // cannot be forwarded to it), once per row.
+  R prev = Slide::splat(0.f);
+  if (t > 0) {
+    prev = IO::load1(xr + t - N, N);
+  } else if (init) {
+    static_assert(WC - 1 <= 4, "the look-back fits top4's lanes");
+    auto at = [&](int pos) {  // pos < 0: the initial state's column W-1+pos
+      return pos >= -(WC - 1) ? static_cast<float>(init[(WC - 1 + pos) * init_s2]) : 0.f;
+    };
+    prev = Slide::top4(at(-4), at(-3), at(-2), at(-1));
+  }
   int64_t i = 0;
   for (; i + N <= n; i += N) {
     const R cur = IO::load1(xr + t + i, N);
@@ -448,31 +468,17 @@ void row_task(const Ctx<X>& c, int64_t b, int64_t d, int64_t t0, int64_t n, acc_
   };
   if constexpr (kSlides<WC, X>) {
     if (!sr && c.L <= kSlideRowMax<X>) {
-      // In place, the tail too. A row's first vector looks back into a
-      // small copy of the initial state (or zeros) instead of going through
-      // the staging buffer, whose setup per row weighed on short rows. (t0
-      // is 0 or a multiple of kRowBlock, so the staged head serves other
-      // block sizes only.)
+      // In place, the tail too. A row's first vector looks back at the
+      // initial state (or zeros) in a register instead of going through the
+      // staging buffer, whose setup per row weighed on short rows. (t0 is 0
+      // or a multiple of kRowBlock, so the staged head serves other block
+      // sizes only.)
       constexpr int64_t N = kLanes<float>;
       const int64_t head = t0 > 0 && t0 < N ? std::min(n, N - t0) : 0;
       if (head > 0) staged(t0, head);
       const int64_t m = n - head;
-      // Without an initial state the look-back is constant zeros: a vector
-      // load of a buffer just written value by value would wait for those
-      // stores to retire (they cannot be forwarded to it), once per row.
-      alignas(64) static const X kZeros[N] = {};
-      X init_before[N];
-      const X* before = xr + t0 + head - N;
-      if (t0 == 0 && !init) {
-        before = kZeros;
-      } else if (t0 == 0) {
-        for (int64_t j = 0; j < N; ++j) {
-          const int64_t pos = j - N;  // -N .. -1; the window reaches back W-1
-          init_before[j] = pos >= -(W - 1) ? init[(W - 1 + pos) * p.initial_states.s2] : X(0);
-        }
-        before = init_before;
-      }
-      if (m > 0) row_slide<WC, X>(tp, p.silu, xr, before, orow + t0 + head, t0 + head, m);
+      if (m > 0)
+        row_slide<WC, X>(tp, p.silu, xr, init, p.initial_states.s2, orow + t0 + head, t0 + head, m);
       return;
     }
   }
