@@ -51,37 +51,6 @@ constexpr int64_t kBlockC = 32;    // lanes per cl_block call, a multiple of eve
 // prefetchers do not follow.
 constexpr int64_t kAheadC = 8;
 
-// Asks for the cache line holding p, to read or to write. Assembly rather
-// than __builtin_prefetch: GCC deletes a loop whose body is nothing but that
-// builtin in some shapes (prefetch_row's early return was enough), with no
-// warning, and a volatile asm statement is never deleted.
-inline void prefetch_line(const void* p, bool write) {
-  const char* c = static_cast<const char*>(p);
-#if defined(__x86_64__)
-  if (write)
-    asm volatile("prefetchw %0" : : "m"(*c));  // a no-op where the CPU lacks it
-  else
-    asm volatile("prefetcht0 %0" : : "m"(*c));
-#elif defined(__aarch64__)
-  if (write)
-    asm volatile("prfm pstl1keep, [%0]" : : "r"(c));
-  else
-    asm volatile("prfm pldl1keep, [%0]" : : "r"(c));
-#else
-  __builtin_prefetch(c, write ? 1 : 0);
-#endif
-}
-
-// Asks for the cache lines of n elements at p (contiguous rows only), so that
-// memory is read while the previous rows compute: a task's buffered loads and
-// stores alone leave the core nothing to overlap with them.
-template <typename T>
-inline void prefetch_row(const T* p, int64_t stride, int64_t n, bool write) {
-  if (stride != 1 || n <= 0) return;
-  const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) prefetch_line(c + off, write);
-}
-
 // ---------------------------------------------------------------------------
 // silu'
 

@@ -328,6 +328,76 @@ struct VecIO {
 };
 
 // ---------------------------------------------------------------------------
+// Prefetching.
+
+// Asks for the cache line holding p, to read or to write. Assembly rather
+// than __builtin_prefetch: GCC deletes a loop whose body is nothing but that
+// builtin in some shapes (prefetch_row's early return was enough), with no
+// warning, and a volatile asm statement is never deleted.
+inline void prefetch_line(const void* p, bool write) {
+  const char* c = static_cast<const char*>(p);
+#if defined(__x86_64__)
+  if (write)
+    asm volatile("prefetchw %0" : : "m"(*c));  // a no-op where the CPU lacks it
+  else
+    asm volatile("prefetcht0 %0" : : "m"(*c));
+#elif defined(__aarch64__)
+  if (write)
+    asm volatile("prfm pstl1keep, [%0]" : : "r"(c));
+  else
+    asm volatile("prfm pldl1keep, [%0]" : : "r"(c));
+#else
+  __builtin_prefetch(c, write ? 1 : 0);
+#endif
+}
+
+// Asks for the cache lines of n elements at p (contiguous rows only), so that
+// memory is read while the previous rows compute: a task's buffered loads and
+// stores alone leave the core nothing to overlap with them.
+template <typename T>
+inline void prefetch_row(const T* p, int64_t stride, int64_t n, bool write) {
+  if (stride != 1 || n <= 0) return;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63);
+  const uintptr_t last = reinterpret_cast<uintptr_t>(p + n) - 1;
+  for (uintptr_t line = first; line <= last; line += 64)
+    prefetch_line(reinterpret_cast<const void*>(line), write);
+}
+
+// A (n, m) block of X with strides (sn, sm): its cache lines, where one
+// of the strides is 1 (else nothing).
+template <typename X>
+void prefetch_block(const X* at, int64_t n, int64_t sn, int64_t m, int64_t sm, bool write) {
+  if (sn != 1) std::swap(n, m), std::swap(sn, sm);
+  if (sn != 1) return;
+  if (sm == n) return prefetch_row(at, 1, n * m, write);
+  for (int64_t j = 0; j < m; ++j) prefetch_row(at + j * sm, 1, n, write);
+}
+
+// How far ahead the decode loops ask for a task's memory: this many
+// channels on, a few KB of each stream, about the memory latency of a
+// few tasks.
+constexpr int64_t kPrefetchChannels = 256;
+inline int64_t prefetch_tasks(int64_t lanes) { return (kPrefetchChannels + lanes - 1) / lanes; }
+
+// Asks for the memory of the upstream update's task `task` (batch row b,
+// channels [d0, d0 + lanes)): x, out and the state row. A decode task does
+// little arithmetic per byte, its bytes are short runs of each stream and
+// the next batch row's state can be anywhere in the pool: the hardware
+// prefetchers start late and stay too close. Asked for a few tasks ahead,
+// the memory arrives while the tasks before compute.
+template <typename X>
+void prefetch_update_task(const ConvParams& p, int64_t task, int64_t nblk, int64_t lanes) {
+  const int64_t b = task / nblk, d0 = (task % nblk) * lanes, n = std::min(lanes, p.dim - d0);
+  const Strided &x = p.x, &out = p.out, &st = p.conv_state;
+  prefetch_block(ptr<const X>(x) + b * x.s0 + d0 * x.s1, n, x.s1, p.seqlen, x.s2, false);
+  prefetch_block(ptr<X>(out) + b * out.s0 + d0 * out.s1, n, out.s1, p.seqlen, out.s2, true);
+  const int32_t* indices = ptr<int32_t>(p.state_indices);
+  const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
+  if (row >= 0 && row < p.num_states)
+    prefetch_block(ptr<X>(st) + row * st.s0 + d0 * st.s1, n, st.s1, p.state_len, st.s2, true);
+}
+
+// ---------------------------------------------------------------------------
 // Taps: the one place weight and bias are widened to the accumulator type.
 
 // Weights and bias with channels along rows: row k < W holds tap k of every

@@ -365,7 +365,13 @@ void update_impl(const ConvParams& p) {
       }
     }
 #endif
-    for (int64_t t = begin; t < end; ++t) task(t / nblk, t % nblk);
+    // vLLM's layout needs no help: each state column is a long run of
+    // channels that the hardware prefetchers follow.
+    const int64_t ahead = channel_rows ? 0 : prefetch_tasks(kLanes);
+    for (int64_t t = begin; t < end; ++t) {
+      if (ahead > 0 && t + ahead < end) prefetch_update_task<X>(p, t + ahead, nblk, kLanes);
+      task(t / nblk, t % nblk);
+    }
   });
 }
 

@@ -321,6 +321,28 @@ struct RegisterServing {
 };
 #endif
 
+// Asks for the memory task `task` of run_tasks reads and writes: x, out
+// and its state rows. Asked for a few tasks ahead, it arrives while the
+// tasks before compute (see prefetch_update_task).
+template <typename X>
+void prefetch_task(const ConvParams& p, int64_t task, int64_t blocks) {
+  constexpr int64_t K = Rows<X>::kBlock;
+  const int64_t b = task / blocks, d0 = (task % blocks) * K, nd = std::min(K, p.dim - d0);
+  const SeqPlan s = plan_sequence(p, b);
+  if (s.len == 0) return;
+  const Strided &x = p.x, &out = p.out, &st = p.conv_state;
+  prefetch_block(ptr<const X>(x) + b * x.s0 + d0 * x.s1 + s.first * x.s2, nd, x.s1, s.len, x.s2,
+                 false);
+  prefetch_block(ptr<X>(out) + b * out.s0 + d0 * out.s1 + s.first * out.s2, nd, out.s1, s.len,
+                 out.s2, true);
+  const X* pool = ptr<X>(st) + d0 * st.s1;
+  if (s.read_row >= 0)
+    prefetch_block(pool + s.read_row * st.s0, nd, st.s1, p.state_len, st.s2,
+                   s.write_row == s.read_row);
+  if (s.write_row >= 0 && s.write_row != s.read_row)
+    prefetch_block(pool + s.write_row * st.s0, nd, st.s1, p.state_len, st.s2, true);
+}
+
 // fast(b, s, d0, taps) runs a whole block of channels another way, or
 // returns false.
 template <typename X, typename Fast>
@@ -343,7 +365,9 @@ void run_tasks(const ConvParams& p, Fast&& fast) {
     // row W-1+t token t; each input is widened once, whatever its layout.
     thread_local std::vector<A> stream_rows;
     alignas(64) A acc[K];
+    const int64_t ahead = prefetch_tasks(K);
     for (int64_t task = begin; task < end; ++task) {
+      if (task + ahead < end) prefetch_task<X>(p, task + ahead, blocks);
       const int64_t b = task / blocks, d0 = (task % blocks) * K, nd = std::min(K, D - d0);
       const SeqPlan s = plan_sequence(p, b);
       if (s.len == 0) continue;
