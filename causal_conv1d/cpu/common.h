@@ -375,9 +375,19 @@ void prefetch_block(const X* at, int64_t n, int64_t sn, int64_t m, int64_t sm, b
 
 // How far ahead the decode loops ask for a task's memory: this many
 // channels on, a few KB of each stream, about the memory latency of a
-// few tasks.
+// few tasks. Only for calls whose bytes (x, out and the state rows they
+// use) are too many to stay in a last-level cache between calls: where
+// they stay, the prefetch instructions cost more than the waits they
+// save. The bound is where calls back to back stopped finding their bytes
+// in a 32 MiB L3.
 constexpr int64_t kPrefetchChannels = 256;
-inline int64_t prefetch_tasks(int64_t lanes) { return (kPrefetchChannels + lanes - 1) / lanes; }
+constexpr int64_t kPrefetchMinBytes = int64_t(24) << 20;
+template <typename X>
+int64_t decode_prefetch_tasks(const ConvParams& p, int64_t lanes) {
+  const int64_t values = p.batch * p.dim * (2 * p.seqlen + p.state_len);
+  if (values * static_cast<int64_t>(sizeof(X)) < kPrefetchMinBytes) return 0;
+  return (kPrefetchChannels + lanes - 1) / lanes;
+}
 
 // Asks for the memory of the upstream update's task `task` (batch row b,
 // channels [d0, d0 + lanes)): x, out and the state row. A decode task does

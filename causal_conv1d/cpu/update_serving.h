@@ -365,9 +365,9 @@ void run_tasks(const ConvParams& p, Fast&& fast) {
     // row W-1+t token t; each input is widened once, whatever its layout.
     thread_local std::vector<A> stream_rows;
     alignas(64) A acc[K];
-    const int64_t ahead = prefetch_tasks(K);
+    const int64_t ahead = decode_prefetch_tasks<X>(p, K);
     for (int64_t task = begin; task < end; ++task) {
-      if (task + ahead < end) prefetch_task<X>(p, task + ahead, blocks);
+      if (ahead > 0 && task + ahead < end) prefetch_task<X>(p, task + ahead, blocks);
       const int64_t b = task / blocks, d0 = (task % blocks) * K, nd = std::min(K, D - d0);
       const SeqPlan s = plan_sequence(p, b);
       if (s.len == 0) continue;
