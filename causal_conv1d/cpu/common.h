@@ -373,39 +373,48 @@ void prefetch_block(const X* at, int64_t n, int64_t sn, int64_t m, int64_t sm, b
   for (int64_t j = 0; j < m; ++j) prefetch_row(at + j * sm, 1, n, write);
 }
 
-// How far ahead the decode loops ask for a task's memory: this many
-// channels on, a few KB of each stream, about the memory latency of a
-// few tasks. Only for calls whose bytes (x, out and the state rows they
-// use) are too many to stay in a last-level cache between calls: where
-// they stay, the prefetch instructions cost more than the waits they
-// save. The bound is where calls back to back stopped finding their bytes
-// in a 32 MiB L3.
+// How far ahead the decode loops ask for the state rows: this many
+// channels on, a few KB, about the memory latency of a few tasks.
 constexpr int64_t kPrefetchChannels = 256;
-constexpr int64_t kPrefetchMinBytes = int64_t(24) << 20;
+
+// Asks for the state rows of the upstream update's tasks [task, task +
+// count) (task t: batch row t / nblk, `lanes` channels from (t % nblk) *
+// lanes), as one run per batch row. A decode task does little arithmetic
+// per byte, and between two steps of a layer a model's other layers evict
+// its states: each batch row's state is a short run somewhere in the pool,
+// which the hardware prefetchers find late. x was just written by the
+// layer's projection and stays cached. Asked for a group of tasks at once
+// (fewer calls: in cache the calls were what cost), ahead of the tasks
+// that use them.
 template <typename X>
-int64_t decode_prefetch_tasks(const ConvParams& p, int64_t lanes) {
-  const int64_t values = p.batch * p.dim * (2 * p.seqlen + p.state_len);
-  if (values * static_cast<int64_t>(sizeof(X)) < kPrefetchMinBytes) return 0;
-  return (kPrefetchChannels + lanes - 1) / lanes;
+void prefetch_update_states(const ConvParams& p, int64_t task, int64_t count, int64_t nblk,
+                            int64_t lanes) {
+  const Strided& st = p.conv_state;
+  const int32_t* indices = ptr<int32_t>(p.state_indices);
+  while (count > 0 && task / nblk < p.batch) {
+    const int64_t b = task / nblk, c = task % nblk, k = std::min(count, nblk - c);
+    const int64_t d0 = c * lanes, n = std::min(k * lanes, p.dim - d0);
+    const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
+    if (row >= 0 && row < p.num_states)
+      prefetch_block(ptr<X>(st) + row * st.s0 + d0 * st.s1, n, st.s1, p.state_len, st.s2, true);
+    task += k;
+    count -= k;
+  }
 }
 
-// Asks for the memory of the upstream update's task `task` (batch row b,
-// channels [d0, d0 + lanes)): x, out and the state row. A decode task does
-// little arithmetic per byte, its bytes are short runs of each stream and
-// the next batch row's state can be anywhere in the pool: the hardware
-// prefetchers start late and stay too close. Asked for a few tasks ahead,
-// the memory arrives while the tasks before compute.
-template <typename X>
-void prefetch_update_task(const ConvParams& p, int64_t task, int64_t nblk, int64_t lanes) {
-  const int64_t b = task / nblk, d0 = (task % nblk) * lanes, n = std::min(lanes, p.dim - d0);
-  const Strided &x = p.x, &out = p.out, &st = p.conv_state;
-  prefetch_block(ptr<const X>(x) + b * x.s0 + d0 * x.s1, n, x.s1, p.seqlen, x.s2, false);
-  prefetch_block(ptr<X>(out) + b * out.s0 + d0 * out.s1, n, out.s1, p.seqlen, out.s2, true);
-  const int32_t* indices = ptr<int32_t>(p.state_indices);
-  const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
-  if (row >= 0 && row < p.num_states)
-    prefetch_block(ptr<X>(st) + row * st.s0 + d0 * st.s1, n, st.s1, p.state_len, st.s2, true);
-}
+// The upstream update's loops: every `group` tasks, the state rows of the
+// `group` tasks that start `group` tasks on.
+inline int64_t prefetch_group(int64_t lanes) { return (kPrefetchChannels + lanes - 1) / lanes; }
+struct UpdatePrefetch {
+  int64_t group = 0;  // 0: none
+  int64_t nblk = 1, lanes = 1, end = 0;
+  template <typename X>
+  void before(const ConvParams& p, int64_t task) const {
+    if (group == 0 || task % group != 0) return;
+    const int64_t from = task + group;
+    if (from < end) prefetch_update_states<X>(p, from, std::min(group, end - from), nblk, lanes);
+  }
+};
 
 // ---------------------------------------------------------------------------
 // Taps: the one place weight and bias are widened to the accumulator type.

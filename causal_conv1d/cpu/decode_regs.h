@@ -294,9 +294,9 @@ struct RegisterDecode {
     const int32_t* indices = ptr<int32_t>(p.state_indices);
     const int32_t* seqlens = ptr<int32_t>(p.cache_seqlens);
     int64_t b = begin / nblk, c = begin % nblk;
-    const int64_t ahead = decode_prefetch_tasks<X>(p, 2 * kR);
+    const UpdatePrefetch ahead{prefetch_group(2 * kR), nblk, 2 * kR, end};
     for (int64_t task = begin; task < end; ++task) {
-      if (ahead > 0 && task + ahead < end) prefetch_update_task<X>(p, task + ahead, nblk, 2 * kR);
+      ahead.before<X>(p, task);
       const int64_t d0 = c * 2 * kR;
       const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
       if (d0 + 2 * kR > p.dim || row < 0) {

@@ -367,9 +367,9 @@ void update_impl(const ConvParams& p) {
 #endif
     // vLLM's layout needs no help: each state column is a long run of
     // channels that the hardware prefetchers follow.
-    const int64_t ahead = channel_rows ? 0 : decode_prefetch_tasks<X>(p, kLanes);
+    const UpdatePrefetch ahead{channel_rows ? 0 : prefetch_group(kLanes), nblk, kLanes, end};
     for (int64_t t = begin; t < end; ++t) {
-      if (ahead > 0 && t + ahead < end) prefetch_update_task<X>(p, t + ahead, nblk, kLanes);
+      ahead.before<X>(p, t);
       task(t / nblk, t % nblk);
     }
   });

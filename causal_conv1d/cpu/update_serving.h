@@ -321,9 +321,23 @@ struct RegisterServing {
 };
 #endif
 
+// Tasks ahead whose memory run_tasks asks for: kPrefetchChannels on, or
+// none for calls whose bytes (x, out and the state rows they use) can stay
+// in a last-level cache between calls, where the prefetches cost more than
+// the waits they save. The bound is where calls back to back stopped
+// finding their bytes in a 32 MiB L3. (Unlike the upstream update's
+// loops, a speculative step lost time when it asked for its state rows
+// alone, in groups.)
+constexpr int64_t kPrefetchMinBytes = int64_t(24) << 20;
+template <typename X>
+int64_t serving_prefetch_tasks(const ConvParams& p, int64_t lanes) {
+  const int64_t values = p.batch * p.dim * (2 * p.seqlen + p.state_len);
+  if (values * static_cast<int64_t>(sizeof(X)) < kPrefetchMinBytes) return 0;
+  return (kPrefetchChannels + lanes - 1) / lanes;
+}
+
 // Asks for the memory task `task` of run_tasks reads and writes: x, out
-// and its state rows. Asked for a few tasks ahead, it arrives while the
-// tasks before compute (see prefetch_update_task).
+// and its state rows, a few tasks ahead (see prefetch_update_states).
 template <typename X>
 void prefetch_task(const ConvParams& p, int64_t task, int64_t blocks) {
   constexpr int64_t K = Rows<X>::kBlock;
@@ -365,7 +379,7 @@ void run_tasks(const ConvParams& p, Fast&& fast) {
     // row W-1+t token t; each input is widened once, whatever its layout.
     thread_local std::vector<A> stream_rows;
     alignas(64) A acc[K];
-    const int64_t ahead = decode_prefetch_tasks<X>(p, K);
+    const int64_t ahead = serving_prefetch_tasks<X>(p, K);
     for (int64_t task = begin; task < end; ++task) {
       if (ahead > 0 && task + ahead < end) prefetch_task<X>(p, task + ahead, blocks);
       const int64_t b = task / blocks, d0 = (task % blocks) * K, nd = std::min(K, D - d0);
