@@ -402,9 +402,11 @@ void prefetch_update_states(const ConvParams& p, int64_t task, int64_t count, in
   }
 }
 
+// Tasks of `lanes` channels in kPrefetchChannels.
+inline int64_t prefetch_group(int64_t lanes) { return (kPrefetchChannels + lanes - 1) / lanes; }
+
 // The upstream update's loops: every `group` tasks, the state rows of the
 // `group` tasks that start `group` tasks on.
-inline int64_t prefetch_group(int64_t lanes) { return (kPrefetchChannels + lanes - 1) / lanes; }
 struct UpdatePrefetch {
   int64_t group = 0;  // 0: none
   int64_t nblk = 1, lanes = 1, end = 0;

@@ -397,11 +397,11 @@ void store_tail(X* p, const Vec<float>& a, int64_t n) {
 // dst[i] = act(bias + sum_k w[k] * x[t + i - (W-1) + k]) for i < n,
 // reading the row's inputs xr in place (and for t = 0 the initial state
 // init, stride init_s2, or zeros); a last partial vector reads and writes
-// only its n % N elements, so a row's tail needs no staging. Each step loads the
-// next N inputs once and cuts the W-1 earlier windows from them and the
-// previous N with shuffles, instead of the W unaligned loads (all but one
-// crossing a cache line) of row_span: the load ports were what bounded
-// row_span, and the shuffles go to otherwise idle ones.
+// only its n % N elements, so a row's tail needs no staging. Each step
+// loads the next N inputs once and cuts the W-1 earlier windows from them
+// and the previous N with shuffles, instead of the W unaligned loads (all
+// but one crossing a cache line) of row_span: the load ports were what
+// bounded row_span, and the shuffles go to otherwise idle ones.
 template <int WC, typename X>
 void row_slide(const RowTaps<float>& tp, bool silu, const X* xr, const X* init, int64_t init_s2,
                X* dst, int64_t t, int64_t n) {

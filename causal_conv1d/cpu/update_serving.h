@@ -333,7 +333,7 @@ template <typename X>
 int64_t serving_prefetch_tasks(const ConvParams& p, int64_t lanes) {
   const int64_t values = p.batch * p.dim * (2 * p.seqlen + p.state_len);
   if (values * static_cast<int64_t>(sizeof(X)) < kPrefetchMinBytes) return 0;
-  return (kPrefetchChannels + lanes - 1) / lanes;
+  return prefetch_group(lanes);
 }
 
 // Asks for the memory task `task` of run_tasks reads and writes: x, out
