@@ -133,12 +133,14 @@ def test_spec_decode_runs(kernel, seeded, W, dtype):
     """x (B, D, 1 + k) and the pool (N, D, S) contiguous, so every channel's
     tokens and columns are a short run (the CPU's register path on AVX-512
     and AVX2, and its pairs path for 16-bit values at W = 4 and odd k; the
-    CUDA spec kernel's shared-memory copies): k = 0..9 drafts
-    (the CUDA spec kernels keep up to 8 tokens in registers, the general
-    kernel takes more), every width of those kernels, several whole channel
-    blocks and a partial one, a padding row."""
+    CUDA spec kernel's shared-memory copies): k = 0..11 drafts (the CPU's
+    register path takes runs of up to a register, 16 values on AVX-512 and
+    8 on AVX2, its rows path longer ones; the CUDA spec kernels keep up to 8
+    tokens in registers, the general kernel takes more), every width of
+    those kernels, several whole channel blocks and a partial one, a
+    padding row."""
     D2 = 3 * 64 + 13
-    spec_steps(kernel, seeded, W, dtype, D2, range(10),
+    spec_steps(kernel, seeded, W, dtype, D2, range(12),
                lambda S: make_pool(5, D2, S, dtype, "contiguous"), "contiguous")
 
 

@@ -164,9 +164,11 @@ struct Regs<float> {
 // n, so a call builds them once.
 template <typename X>
 struct Runs {
-  static constexpr int64_t kMaxRun = 8;
   using Rg = Regs<X>;
   static constexpr int64_t kR = Rg::kLanes;
+  // A channel's run fits in one register (16 values on AVX-512, 8 on AVX2),
+  // so every register holds every column and a column reads n / G groups.
+  static constexpr int64_t kMaxRun = kR;
   static constexpr int64_t kG = Rg::kGroup;  // registers one permute reads from
   using R = typename Rg::R;
   using Idx = typename Rg::Idx;
@@ -182,7 +184,6 @@ struct Runs {
   // spread_mask[c][m]. With n <= R every register holds every column.
   Idx spread_index[kMaxRun];
   Mask spread_mask[kMaxRun][kMaxRun];
-  static_assert(kMaxRun <= kR);
 
   explicit Runs(int64_t run) : n(run) {
     alignas(64) int32_t idx[kR];
@@ -240,7 +241,8 @@ struct Runs {
 
 template <typename X>
 struct RegisterDecode {
-  static constexpr int64_t kMaxS = Runs<X>::kMaxRun;  // states up to 8 columns (W <= 9)
+  static constexpr int64_t kMaxS = 8;  // states up to 8 columns (W <= 9): run()'s cases
+  static_assert(kMaxS <= Runs<X>::kMaxRun);
   using Rg = Regs<X>;
   static constexpr int64_t kR = Rg::kLanes;  // channels per register
   using R = typename Rg::R;

@@ -16,7 +16,8 @@
 // The default layout of a speculative step, x (B, D, L) and the state
 // (N, D, S) both contiguous, keeps each channel's tokens and columns in a
 // short run: a row of channels is then a strided gather, element by element.
-// On AVX-512 and AVX2 such tasks go through RegisterServing instead, which
+// On AVX-512 and AVX2 such tasks, with runs of up to a register (16 values
+// on AVX-512, 8 on AVX2), go through RegisterServing instead, which
 // loads the runs of a block of channels as whole registers and turns them
 // into columns (and back) with decode_regs.h's permutes; for fp16/bf16 on
 // AVX-512 at W = 4 with an odd number of drafts, PairServing
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "../serving.h"
@@ -159,6 +161,7 @@ struct RegisterServing {
   using Rg = Regs<X>;
   using R = typename Rg::R;
   using V = at::vec::Vectorized<float>;
+  using F = decltype(Rg::widen(std::declval<R>()));  // __m512 or __m256
   static constexpr int64_t kR = Rg::kLanes;
   static constexpr int64_t kMaxRun = Runs<X>::kMaxRun;
 
@@ -189,9 +192,11 @@ struct RegisterServing {
 
   // W, S and L as constants keep the columns in registers and unroll the
   // permutes, for the shapes engines use most: W = 4 (the Mamba2 family)
-  // decoding one token or verifying 1 to 5 drafts, S = W - 2 + L.
+  // decoding one token or verifying 1 to 7 drafts (5 on AVX2, whose
+  // registers hold runs of 8), S = W - 2 + L.
+  static constexpr int64_t kMaxConstantL = std::min<int64_t>(8, kMaxRun - 2);
   static bool constant_shape(const ConvParams& p) {
-    return p.width == 4 && p.state_len == p.seqlen + 2 && p.seqlen <= 6;
+    return p.width == 4 && p.state_len == p.seqlen + 2 && p.seqlen <= kMaxConstantL;
   }
 
   explicit RegisterServing(const ConvParams& params)
@@ -230,16 +235,25 @@ struct RegisterServing {
         case 4: return task_n<4, 4>(b, s, d0, n, taps);
         case 5: return task_n<4, 5>(b, s, d0, n, taps);
         case 6: return task_n<4, 6>(b, s, d0, n, taps);
+        case 7:
+          if constexpr (kMaxConstantL >= 7) return task_n<4, 7>(b, s, d0, n, taps);
+          break;
+        case 8:
+          if constexpr (kMaxConstantL >= 8) return task_n<4, 8>(b, s, d0, n, taps);
+          break;
       }
     }
     return task_n<0, 0>(b, s, d0, n, taps);
   }
 
   // kW, kL: W and L as constants (S = W - 2 + L), or 0, 0: all at run time.
+  // The arrays take the constant shapes' exact sizes, else the longest runs.
   template <int kW, int kL>
   void task_n(int64_t b, const SeqPlan& s, int64_t d0, int64_t n,
               const TapRows<float>& taps) const {
     constexpr int kS = kW > 0 ? kW - 2 + kL : 0;
+    constexpr int64_t kSA = kS ? kS : kMaxRun, kLA = kL ? kL : kMaxRun;
+    constexpr int64_t kWA = kW ? kW : kMaxRun + 2;  // W - 1 <= S
     const int64_t W = kW ? kW : p.width, S = kS ? kS : p.state_len, L = kL ? kL : p.seqlen;
     // Token j's tap k reads stream row j + k: rows 0..W-2 the window (state
     // columns first_col...), row W-1+t token t.
@@ -256,8 +270,9 @@ struct RegisterServing {
     const X* read = pool + s.read_row * p.conv_state.s0;
     X* write = pool + s.write_row * p.conv_state.s0;
     for (int64_t d = d0; d < d0 + n; d += 2 * kR) {
-      R st[2][kMaxRun], tok[2][kMaxRun], tcol[2][kMaxRun], wcol[2][kMaxRun + 1];
-      V rows[2][2 * kMaxRun];
+      R st[2][kSA], tok[2][kLA], tcol[2][kLA], wcol[2][kWA - 1];
+      // Raw registers: a V array would be zeroed first, every pass.
+      F rows[2][kWA - 1 + kLA];
       for (int h = 0; h < 2; ++h) {
         const int64_t dh = d + h * kR;
         for (int64_t m = 0; m < S; ++m) st[h][m] = Rg::load(read + dh * S + m * kR);
@@ -265,19 +280,19 @@ struct RegisterServing {
         for (int64_t c = 0; c + 1 < W; ++c) {
           wcol[h][c] = s.zero_history ? Rg::zero()
                                       : state_runs.template column<kS>(st[h], first_col + c);
-          rows[h][c] = V(Rg::widen(wcol[h][c]));
+          rows[h][c] = Rg::widen(wcol[h][c]);
         }
         for (int64_t t = 0; t < L; ++t) {
           tcol[h][t] = token_runs.template column<kL>(tok[h], t);
-          rows[h][W - 1 + t] = V(Rg::widen(tcol[h][t]));
+          rows[h][W - 1 + t] = Rg::widen(tcol[h][t]);
         }
       }
-      R res[2][kMaxRun];
+      R res[2][kLA];
       for (int64_t j = 0; j < L; ++j) {
         V a0 = V::loadu(taps.bias(d)), a1 = V::loadu(taps.bias(d + kR));
         for (int64_t k = 0; k < W; ++k) {
-          a0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), rows[0][j + k], a0);
-          a1 = at::vec::fmadd(V::loadu(taps.tap(k, d + kR)), rows[1][j + k], a1);
+          a0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), V(rows[0][j + k]), a0);
+          a1 = at::vec::fmadd(V::loadu(taps.tap(k, d + kR)), V(rows[1][j + k]), a1);
         }
         if (p.silu) {
           a0 = silu_vec<X>(a0);
@@ -301,7 +316,7 @@ struct RegisterServing {
           continue;
         }
         // New column c = stream column shift + c (c < count), else the old one.
-        R cols[kMaxRun];
+        R cols[kSA];
         for (int64_t c = 0; c < S; ++c) {
           const int64_t src = c < s.count ? s.shift + c : c;
           if (c < s.count && src >= s.hist_len) {
