@@ -144,6 +144,26 @@ def test_spec_decode_runs(kernel, seeded, W, dtype):
                lambda S: make_pool(5, D2, S, dtype, "contiguous"), "contiguous")
 
 
+@pytest.mark.parametrize("W", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_size_one_dims_any_stride(kernel, seeded, W, dtype):
+    """A dimension of size 1 may carry any stride: (B, 1, D).transpose(1, 2)
+    .contiguous() keeps D there. One token (x (B, D, 1)) and, at W = 2, a
+    one-column state (N, D, 1) made that way, for the spec step and the
+    plain update; whole CPU register blocks and a partial one."""
+    D2 = 3 * 64 + 13
+    weight = torch.randn(D2, W, dtype=dtype)
+    bias = torch.randn(D2, dtype=dtype)
+    B, S = 3, W - 1
+    x = torch.randn(B, 1, D2, dtype=dtype).transpose(1, 2).contiguous()
+    assert x.stride(2) == D2
+    for spec in (False, True):
+        pool = torch.randn(B, S, D2, dtype=dtype).transpose(1, 2).contiguous()
+        kw = dict(num_accepted_tokens=torch.ones(B, dtype=torch.int32)) if spec else {}
+        res = run_both(kernel, x, pool, weight, bias, "silu", **kw)
+        check(res, (dtype, dtype), f"seed={seeded} W={W} spec={spec} pool={pool.stride()}")
+
+
 @pytest.mark.parametrize("W", [2, 4, 5, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("aligned", [True, False])

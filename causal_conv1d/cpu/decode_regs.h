@@ -239,6 +239,11 @@ struct Runs {
   }
 };
 
+// t's values lie in per-channel runs of n: t.s1 == n, stride 1 along the
+// last dimension. With n == 1 that stride is never used, and torch leaves
+// any value there ((B, 1, D).transpose(1, 2).contiguous() keeps D).
+inline bool in_runs(const Strided& t, int64_t n) { return t.s1 == n && (n == 1 || t.s2 == 1); }
+
 template <typename X>
 struct RegisterDecode {
   static constexpr int64_t kMaxS = 8;  // states up to 8 columns (W <= 9): run()'s cases
@@ -258,8 +263,8 @@ struct RegisterDecode {
   // per-channel runs of exactly S <= 8 values, x and out channel-contiguous.
   static bool applies(const ConvParams& p) {
     return p.seqlen == 1 && p.state_len >= 1 && p.state_len <= kMaxS &&
-           p.width - 1 <= p.state_len && p.conv_state.s2 == 1 &&
-           p.conv_state.s1 == p.state_len && p.x.s1 == 1 && p.out.s1 == 1;
+           p.width - 1 <= p.state_len && in_runs(p.conv_state, p.state_len) && p.x.s1 == 1 &&
+           p.out.s1 == 1;
   }
 
   explicit RegisterDecode(const ConvParams& p)

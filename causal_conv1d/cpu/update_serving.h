@@ -180,10 +180,9 @@ struct RegisterServing {
   // either a write to its read row or a write of every column.
   static bool applies(const ConvParams& p) {
     const int64_t S = p.state_len, L = p.seqlen;
-    return S >= 1 && S <= kMaxRun && L >= 1 && L <= kMaxRun && p.conv_state.s2 == 1 &&
-           p.conv_state.s1 == S && p.x.s2 == 1 && p.x.s1 == L && p.out.s2 == 1 &&
-           p.out.s1 == L && p.query_start_loc.data == nullptr && !p.windows.given() &&
-           !p.parents.given() && p.block_size == 0;
+    return S >= 1 && S <= kMaxRun && L >= 1 && L <= kMaxRun && in_runs(p.conv_state, S) &&
+           in_runs(p.x, L) && in_runs(p.out, L) && p.query_start_loc.data == nullptr &&
+           !p.windows.given() && !p.parents.given() && p.block_size == 0;
   }
   static bool takes(const ConvParams& p, const SeqPlan& s) {
     return s.len == p.seqlen && s.read_row >= 0 &&
