@@ -336,17 +336,21 @@ struct RegisterServing {
 #endif
 
 // Tasks ahead whose memory run_tasks asks for: kPrefetchChannels on, or
-// none for calls whose bytes (x, out and the state rows they use) can stay
-// in a last-level cache between calls, where the prefetches cost more than
-// the waits they save. The bound is where calls back to back stopped
-// finding their bytes in a 32 MiB L3. (Unlike the upstream update's
-// loops, a speculative step lost time when it asked for its state rows
-// alone, in groups.)
+// none. In a model a layer's states are evicted between two of its steps
+// (x was just written by its projection), and where a channel's columns
+// are a short run (the default layout) asking ahead saves more than it
+// costs whatever the call's size. Where the columns are rows of channels
+// (vLLM's layout) the hardware prefetchers follow them, and asking ahead
+// costs more than it saves until the bytes (x, out and the state rows
+// used) pass kPrefetchMinBytes, where calls back to back stopped finding
+// them in a 32 MiB L3. (Unlike the upstream update's loops, a speculative
+// step lost time when it asked for its state rows alone, in groups.)
 constexpr int64_t kPrefetchMinBytes = int64_t(24) << 20;
 template <typename X>
 int64_t serving_prefetch_tasks(const ConvParams& p, int64_t lanes) {
   const int64_t values = p.batch * p.dim * (2 * p.seqlen + p.state_len);
-  if (values * static_cast<int64_t>(sizeof(X)) < kPrefetchMinBytes) return 0;
+  const bool channel_rows = p.conv_state.s1 == 1;
+  if (channel_rows && values * static_cast<int64_t>(sizeof(X)) < kPrefetchMinBytes) return 0;
   return prefetch_group(lanes);
 }
 
