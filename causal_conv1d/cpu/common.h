@@ -67,6 +67,20 @@ void dispatch_width(int64_t W, F&& f) {
 
 template <typename T> inline T* ptr(const Strided& v) { return static_cast<T*>(v.data); }
 
+// n vectors, left unset. at::vec's Vectorized zeroes itself when default
+// constructed, so an array of them declared in a loop over channels is
+// zeroed on every pass; sized for the widest convolution (the any-width
+// kernels) that took longer than the arithmetic.
+template <typename V, int64_t n>
+struct VecArray {
+  union {
+    V at[n];
+  };
+  VecArray() {}
+  V& operator[](int64_t i) { return at[i]; }
+  const V& operator[](int64_t i) const { return at[i]; }
+};
+
 template <typename A> inline A silu(A v) { return v / (A(1) + std::exp(-v)); }
 
 // ---------------------------------------------------------------------------

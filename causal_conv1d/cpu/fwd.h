@@ -210,7 +210,7 @@ void row_span(const Ctx<X>& c, const RowTaps<acc_t<X>>& tp, const acc_t<X>* src,
   constexpr int64_t N = Ctx<X>::N, S = Ctx<X>::S;
   const int64_t W = WC > 0 ? WC : c.W;
   const int64_t ss = c.p.seq_idx.s1;
-  V vw[WC > 0 ? WC : kMaxWidthCpu];
+  VecArray<V, (WC > 0 ? WC : kMaxWidthCpu)> vw;
   for (int64_t k = 0; k < W; ++k) vw[k] = V(tp.w[k]);
   const V vb(tp.bias);
   for (int64_t i = 0; i < n; i += S) {
@@ -582,14 +582,14 @@ void chan_group(const Ctx<X>& c, const ChanTile<X>& g, int64_t tg, int64_t end,
   const bool silu = c.p.silu;
   for (int64_t j = 0; j < g.nd; j += N) {
     const int64_t cnt = std::min(N, g.nd - j);
-    V h[RK + T];  // h[i]: the input at tg - (W-1) + i
+    VecArray<V, RK + T> h;  // h[i]: the input at tg - (W-1) + i
     for (int64_t i = 0; i < R; ++i) {
       const int64_t pos = tg - R + i;
       h[i] = pos >= g.t0 ? IO::load1(g.x + pos * g.xs + j, cnt)
                          : V::loadu(g.hist + (pos - g.t0 + R) * g.span + j);
     }
     for (int64_t i = 0; i < T; ++i) h[R + i] = IO::load1(g.x + (tg + i) * g.xs + j, cnt);
-    V w[RK + 1];
+    VecArray<V, RK + 1> w;
     for (int64_t k = 0; k < W; ++k) w[k] = V::loadu(g.w + k * c.Dpad + j);
     const V bias = V::loadu(g.bias + j);
     for (int64_t i = 0; i < T; ++i) {

@@ -27,7 +27,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <utility>
 #include <vector>
 
 #include "../serving.h"
@@ -96,7 +95,7 @@ struct ChannelServing {
     const X* read = pool + s.read_row * p.conv_state.s0;
     const int64_t first_col = s.hist_len - (W - 1);
     for (int64_t d = 0; d < Rows<X>::kBlock; d += 2 * N) {
-      V tap0[RK], tap1[RK], h0[RK], h1[RK];  // h[k]: tap k's input for the next token
+      VecArray<V, RK> tap0, tap1, h0, h1;  // h[k]: tap k's input for the next token
       for (int64_t k = 0; k < W; ++k) {
         tap0[k] = V::loadu(taps.tap(k, d0) + d);
         tap1[k] = V::loadu(taps.tap(k, d0) + d + N);
@@ -161,7 +160,6 @@ struct RegisterServing {
   using Rg = Regs<X>;
   using R = typename Rg::R;
   using V = at::vec::Vectorized<float>;
-  using F = decltype(Rg::widen(std::declval<R>()));  // __m512 or __m256
   static constexpr int64_t kR = Rg::kLanes;
   static constexpr int64_t kMaxRun = Runs<X>::kMaxRun;
 
@@ -270,8 +268,7 @@ struct RegisterServing {
     X* write = pool + s.write_row * p.conv_state.s0;
     for (int64_t d = d0; d < d0 + n; d += 2 * kR) {
       R st[2][kSA], tok[2][kLA], tcol[2][kLA], wcol[2][kWA - 1];
-      // Raw registers: a V array would be zeroed first, every pass.
-      F rows[2][kWA - 1 + kLA];
+      VecArray<V, kWA - 1 + kLA> rows[2];
       for (int h = 0; h < 2; ++h) {
         const int64_t dh = d + h * kR;
         for (int64_t m = 0; m < S; ++m) st[h][m] = Rg::load(read + dh * S + m * kR);
@@ -279,19 +276,19 @@ struct RegisterServing {
         for (int64_t c = 0; c + 1 < W; ++c) {
           wcol[h][c] = s.zero_history ? Rg::zero()
                                       : state_runs.template column<kS>(st[h], first_col + c);
-          rows[h][c] = Rg::widen(wcol[h][c]);
+          rows[h][c] = V(Rg::widen(wcol[h][c]));
         }
         for (int64_t t = 0; t < L; ++t) {
           tcol[h][t] = token_runs.template column<kL>(tok[h], t);
-          rows[h][W - 1 + t] = Rg::widen(tcol[h][t]);
+          rows[h][W - 1 + t] = V(Rg::widen(tcol[h][t]));
         }
       }
       R res[2][kLA];
       for (int64_t j = 0; j < L; ++j) {
         V a0 = V::loadu(taps.bias(d)), a1 = V::loadu(taps.bias(d + kR));
         for (int64_t k = 0; k < W; ++k) {
-          a0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), V(rows[0][j + k]), a0);
-          a1 = at::vec::fmadd(V::loadu(taps.tap(k, d + kR)), V(rows[1][j + k]), a1);
+          a0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), rows[0][j + k], a0);
+          a1 = at::vec::fmadd(V::loadu(taps.tap(k, d + kR)), rows[1][j + k], a1);
         }
         if (p.silu) {
           a0 = silu_vec<X>(a0);
