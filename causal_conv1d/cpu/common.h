@@ -69,8 +69,8 @@ template <typename T> inline T* ptr(const Strided& v) { return static_cast<T*>(v
 
 // n vectors, left unset. at::vec's Vectorized zeroes itself when default
 // constructed, so an array of them declared in a loop over channels is
-// zeroed on every pass; sized for the widest convolution (the any-width
-// kernels) that took longer than the arithmetic.
+// zeroed on every pass: for the any-width kernels' arrays, sized for
+// W = 32, that took longer than the arithmetic.
 template <typename V, int64_t n>
 struct VecArray {
   union {
