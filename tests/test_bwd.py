@@ -194,6 +194,18 @@ def test_wide_kernels(kernel, seeded, W, layout):
     check_against_reference(kernel, x, w, b, s, ini, what=f"W={W}")
 
 
+@pytest.mark.parametrize("W", [5, 6, 7, 8])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_fused_channel_last_widths(kernel, seeded, W, dtype):
+    """Channel-last x over several chunks of tokens without seq_idx: the
+    CPU backward's fused tiles, whose unrolled widths go to 8, with and
+    without the first and last tiles' initial and final states, silu or
+    none, and a length that ends a chunk inside a token group."""
+    for init_final, act in ((False, "silu"), (True, None)):
+        bwd_case(kernel, seeded, B=2, D=37, L=301, W=W, xdt=DTYPES[dtype], wdt=DTYPES[dtype],
+                 layout="channel_last", act=act, init=init_final, final=init_final)
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("layout", ["contiguous", "channel_last", "proj_slice"])
 def test_long_sequences(kernel, seeded, layout, dtype):

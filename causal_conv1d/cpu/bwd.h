@@ -424,10 +424,12 @@ void run_time_major(const Job<A>& job) {
 // segment at a time (what the hardware prefetchers follow), with everything
 // a channel carries from one group to the next (the last H inputs and g
 // values, the dweight / dbias sums) in a small per-task buffer. Tiles with
-// seq_idx cuts or padding, dinitial_states or dfinal_states take the
-// buffered path (cl_block), kBlockC channels at a time.
+// seq_idx cuts or padding, dinitial_states or dfinal_states, and widths
+// past kFusedMaxW take the buffered path (cl_block), kBlockC channels at a
+// time.
 
 constexpr int64_t kGroupC = 4;   // tokens per register pass of the fused path
+constexpr int64_t kFusedMaxW = 8;  // widths with a fused kernel (WC = W)
 constexpr int64_t kTasksC = 16;  // channel-last tasks to aim for before splitting D
 
 // Channels per channel-last task: whole rows (a tile is then one contiguous
@@ -693,8 +695,8 @@ void cl_group(const ClTile<X, A>& g, int64_t t, int skip, int ncore, int nx, boo
 template <typename A>
 bool cl_fusable(const Job<A>& job, const Span& s) {
   const ConvParams& p = *job.p;
-  return job.W <= 4 && !s.masked && !s.dead && s.ilo == 0 && p.dout.s1 == 1 && p.dx.s1 == 1 &&
-         !(p.dfinal_states.given() && s.t1 > job.L - job.H);
+  return job.W <= kFusedMaxW && !s.masked && !s.dead && s.ilo == 0 && p.dout.s1 == 1 &&
+         p.dx.s1 == 1 && !(p.dfinal_states.given() && s.t1 > job.L - job.H);
 }
 
 // Tile s, channels d0 .. d0 + nd - 1, in one pass over its tokens.
@@ -765,8 +767,8 @@ void run_channel_last(const Job<A>& job) {
   const int64_t tasks = job.B * job.n_chunks * job.n_blocks;
   // Taps and bias for the fused path, per vector of N channels: W + 1 rows of N lanes.
   const int64_t dpad = (D + span - 1) / span * span;
-  std::vector<A> taps(W <= 4 ? dpad * (W + 1) : 0, A(0));
-  if (W <= 4) {
+  std::vector<A> taps(W <= kFusedMaxW ? dpad * (W + 1) : 0, A(0));
+  if (W <= kFusedMaxW) {
     for (int64_t d = 0; d < D; ++d) {
       A* tv = taps.data() + (d / N) * N * (W + 1) + d % N;
       for (int64_t k = 0; k < W; ++k) tv[k * N] = job.w[d * W + k];
@@ -784,12 +786,16 @@ void run_channel_last(const Job<A>& job) {
       case 1: return go.template operator()<1>();
       case 2: return go.template operator()<2>();
       case 3: return go.template operator()<3>();
-      default: return go.template operator()<4>();
+      case 4: return go.template operator()<4>();
+      case 5: return go.template operator()<5>();
+      case 6: return go.template operator()<6>();
+      case 7: return go.template operator()<7>();
+      default: return go.template operator()<8>();
     }
   };
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     ClBlockBufs<A> bf(job.H);
-    std::vector<A> state(W <= 4 ? span * (3 * W - 1) : 0);  // ClState<W>::kSlots per channel
+    std::vector<A> state(W <= kFusedMaxW ? span * (3 * W - 1) : 0);  // ClState<W>::kSlots per channel
     for (int64_t task = begin; task < end; ++task) {
       const int64_t blk = task % job.n_blocks;
       const int64_t bc = task / job.n_blocks;
