@@ -795,7 +795,8 @@ void run_channel_last(const Job<A>& job) {
   };
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     ClBlockBufs<A> bf(job.H);
-    std::vector<A> state(W <= kFusedMaxW ? span * (3 * W - 1) : 0);  // ClState<W>::kSlots per channel
+    // ClState<W>::kSlots per channel
+    std::vector<A> state(W <= kFusedMaxW ? span * (3 * W - 1) : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t blk = task % job.n_blocks;
       const int64_t bc = task / job.n_blocks;
