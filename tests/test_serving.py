@@ -220,9 +220,11 @@ def test_spec_decode_layouts(kernel, seeded, x_layout, pool_layout, acc_dtype):
 @pytest.mark.parametrize("W", [1, 2, 4, 6, 32])
 @pytest.mark.parametrize("channels_first", [False, True])
 @pytest.mark.parametrize("spec", [False, True])
-def test_varlen_decode(kernel, seeded, W, channels_first, spec):
+@pytest.mark.parametrize("pool_layout", ["channel_last", "contiguous"])
+def test_varlen_decode(kernel, seeded, W, channels_first, spec, pool_layout):
     """Packed sequences of different lengths, 0 included, with a padding
-    sequence and tokens outside every sequence; (T, D) and (D, T)."""
+    sequence and tokens outside every sequence; (T, D) and (D, T); the pool
+    in vLLM's layout and contiguous (per-channel runs)."""
     lengths = [3, 0, 1, 4, 2, 1]
     B = len(lengths)
     k = max(lengths) - 1
@@ -236,7 +238,7 @@ def test_varlen_decode(kernel, seeded, W, channels_first, spec):
         weight = torch.randn(D, W, dtype=dtype)
         bias = torch.randn(D, dtype=dtype)
         x = torch.randn(D, T, dtype=dtype) if channels_first else torch.randn(T, D, dtype=dtype)
-        pool = make_pool(B + 3, D, S, dtype, "channel_last")
+        pool = make_pool(B + 3, D, S, dtype, pool_layout)
         idx = torch.randperm(B + 3)[:B].to(torch.int32)
         idx[4] = PAD
         kw = dict(conv_state_indices=idx, query_start_loc=qsl, channels_first=channels_first)
@@ -283,6 +285,44 @@ def test_tree_with_windows(kernel, seeded, W, spec, dtype):
                    None, conv_state_indices=idx, num_accepted_tokens=acc,
                    retrieve_parent_token=parents.long())
     check(res, (dtype, dtype), "no windows: " + msg)
+
+
+@pytest.mark.parametrize("W", [2, 3, 4, 5, 9, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("x_layout", ["channel_last", "contiguous"])
+def test_tree_windows_runs(kernel, seeded, W, dtype, x_layout):
+    """SGLang's verify step: the pool (N, D, W - 1) contiguous (per-channel
+    runs), x a (B * L, D) projection viewed as (B, D, L) or contiguous, the
+    windows (rows, L, D, W - 1) contiguous; chains and random trees of 1 to
+    9 tokens, a padding sequence and one without windows. Then the same
+    trees writing a pool of S = W - 2 + L columns (num_accepted_tokens).
+    Several whole channel blocks and a partial one; W - 1, S and L up to 16
+    and past 8 (the CPU's register path takes runs of up to a register, 16
+    values on AVX-512, 8 on AVX2, its rows path longer ones)."""
+    D2 = 3 * 64 + 13
+    B = 4
+    weight = torch.randn(D2, W, dtype=dtype)
+    bias = torch.randn(D2, dtype=dtype)
+    idx = torch.tensor([3, 0, PAD, 5], dtype=torch.int32)
+    win_idx = torch.tensor([4, -1, 2, 0], dtype=torch.int32)
+    for L in (1, 4, 9):
+        for parents in (None, random_tree(B, L)):
+            x = make_tokens(B, D2, L, dtype, x_layout)
+            pool = make_pool(6, D2, W - 1, dtype, "contiguous")
+            before = pool.clone()
+            windows = torch.randn(5, L + 1, D2, W - 1, dtype=dtype)
+            msg = f"seed={seeded} L={L} parents={None if parents is None else parents.tolist()}"
+            res = run_both(kernel, x, pool, weight, bias, "silu", windows=windows,
+                           conv_state_indices=idx, retrieve_parent_token=parents,
+                           intermediate_state_indices=win_idx)
+            check(res, (dtype, dtype), "windows: " + msg)
+            exact(pool, before, "with windows, conv_state is only read: " + msg)
+            S = W - 2 + L
+            pool = make_pool(6, D2, S, dtype, "contiguous")
+            acc = torch.randint(1, S - W + 3, (B,), dtype=torch.int32)
+            res = run_both(kernel, x, pool, weight, None, None, conv_state_indices=idx,
+                           num_accepted_tokens=acc, retrieve_parent_token=parents)
+            check(res, (dtype, dtype), f"pool written, acc={acc.tolist()}: " + msg)
 
 
 @pytest.mark.kernels_ci
@@ -712,7 +752,7 @@ def test_sanitizer_serving(backend):
         test_spec_decode(kernel, 0, pair, 4, layout)
         test_prefix_cached_decode(kernel, 0, 4, True, 3, layout)
     for channels_first in (False, True):
-        test_varlen_decode(kernel, 0, 4, channels_first, True)
+        test_varlen_decode(kernel, 0, 4, channels_first, True, "channel_last")
     test_tree_with_windows(kernel, 0, 4, True, torch.float32)
     test_prefix_cached_prefill(kernel, 0, 4, 3, False, torch.bfloat16)
     for case in BAD_SERVING:

@@ -39,7 +39,7 @@ struct PairServing {
   Pairs state_pairs, token_pairs;  // runs of S / 2 and L / 2 pairs
   __m512i interleave;              // word 2l <- word l, word 2l + 1 <- word 16 + l
 
-  // On top of RegisterServing::applies: the shapes above.
+  // On top of RegisterServing::applies and chain_of_runs: the shapes above.
   static bool applies(const ConvParams& p) {
     const int64_t L = p.seqlen;
     return p.width == kW && L % 2 == 0 && L >= 2 && L <= 6 && p.state_len == kW - 2 + L;

@@ -13,13 +13,15 @@
 // needs no staging: ChannelServing runs its tasks (without a token tree,
 // windows or block states) from memory to registers and back.
 //
-// The default layout of a speculative step, x (B, D, L) and the state
-// (N, D, S) both contiguous, keeps each channel's tokens and columns in a
-// short run: a row of channels is then a strided gather, element by element.
-// On AVX-512 and AVX2 such tasks, with runs of up to a register (16 values
-// on AVX-512, 8 on AVX2), go through RegisterServing instead, which
-// loads the runs of a block of channels as whole registers and turns them
-// into columns (and back) with decode_regs.h's permutes; for fp16/bf16 on
+// The default layout, the state (N, D, S) contiguous (SGLang's and
+// TensorRT-LLM's pools too), keeps each channel's columns in a short run, as
+// x (B, D, L) contiguous does its tokens, and the intermediate windows
+// (rows, L, D, W - 1) each token's window: a row of channels is then a
+// strided gather, element by element. On AVX-512 and AVX2 such tasks, with
+// runs of up to a register (16 values on AVX-512, 8 on AVX2), go through
+// RegisterServing instead, token trees and windows included, which loads
+// the runs of a block of channels as whole registers and turns them into
+// columns (and back) with decode_regs.h's permutes; for fp16/bf16 on
 // AVX-512 at W = 4 with an odd number of drafts, PairServing
 // (serving_pairs.h) permutes pairs of columns instead.
 #pragma once
@@ -147,14 +149,19 @@ struct ChannelServing {
 };
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// One task of run() when x, out and the state hold per-channel runs (of L
-// tokens, of S columns) and each token follows the one before it (no token
-// tree): 2R channels at a time, the runs loaded as registers, the stream's
-// rows widened from their columns (Runs), the outputs spread back into runs
-// and the new state either spread from its columns or, in the constant
-// shapes, permuted straight from the old state's and x's runs (restride).
-// Values the state keeps are permuted, never converted, so it stays
-// bit-exact; the arithmetic is run()'s, in its order.
+// One task of run() when the state holds per-channel runs of S columns (the
+// default layout, SGLang's pool) and x and out hold either per-channel runs
+// of L tokens (x (B, D, L) contiguous) or rows of channels (a (B * L, D)
+// projection viewed as (B, D, L), packed (T, D)): 2R channels at a time,
+// runs loaded as registers and turned into the stream's columns (Runs),
+// each widened once into a row. A token tree only changes which rows a
+// token reads; its intermediate windows, per-channel runs of W - 1, are
+// spread from the stream's columns. The outputs go back into runs or rows,
+// and the new state is either spread from its columns or, in the constant
+// shapes of a chain, permuted straight from the old state's and x's runs
+// (restride). Values the state and the windows keep are permuted, never
+// converted, so they stay bit-exact; the arithmetic is run()'s, in its
+// order.
 template <typename X>
 struct RegisterServing {
   using Rg = Regs<X>;
@@ -164,7 +171,7 @@ struct RegisterServing {
   static constexpr int64_t kMaxRun = Runs<X>::kMaxRun;
 
   const ConvParams& p;
-  Runs<X> state_runs, token_runs;
+  Runs<X> state_runs, token_runs, window_runs;
   // The constant shapes write the new state without going through
   // columns (restride): register m is the old one moved `shift` values on
   // (columns < W - 2, the kept history) with the tokens permuted in from
@@ -174,17 +181,41 @@ struct RegisterServing {
   typename Rg::Mask token_mask[kMaxRun];
   int64_t token_reg[kMaxRun] = {};
 
-  // The call's conditions; a task also needs a whole block of channels and
-  // either a write to its read row or a write of every column.
+  // x or out as per-channel runs of the call's L tokens (never packed).
+  static bool token_runs_fit(const ConvParams& p, const Strided& t) {
+    return p.query_start_loc.data == nullptr && p.seqlen <= kMaxRun && in_runs(t, p.seqlen);
+  }
+  static bool tokens_fit(const ConvParams& p, const Strided& t) {
+    return t.s1 == 1 || token_runs_fit(p, t);
+  }
+  // No windows, or windows whose W - 1 values per channel are a run.
+  static bool windows_fit(const ConvParams& p) {
+    const Strided4& w = p.windows;
+    const int64_t n = p.width - 1;
+    return !w.given() || n == 0 || (n <= kMaxRun && w.s2 == n && (n == 1 || w.s3 == 1));
+  }
+
+  // The call's conditions; a task also needs a whole block of channels, at
+  // most a register's run of tokens and either a write to its read row, a
+  // write of every column or no state write (windows instead).
   static bool applies(const ConvParams& p) {
-    const int64_t S = p.state_len, L = p.seqlen;
-    return S >= 1 && S <= kMaxRun && L >= 1 && L <= kMaxRun && in_runs(p.conv_state, S) &&
-           in_runs(p.x, L) && in_runs(p.out, L) && p.query_start_loc.data == nullptr &&
-           !p.windows.given() && !p.parents.given() && p.block_size == 0;
+    const int64_t S = p.state_len;
+    return S >= 1 && S <= kMaxRun && in_runs(p.conv_state, S) && tokens_fit(p, p.x) &&
+           tokens_fit(p, p.out) && windows_fit(p) && p.block_size == 0;
   }
   static bool takes(const ConvParams& p, const SeqPlan& s) {
-    return s.len == p.seqlen && s.read_row >= 0 &&
-           (s.write_row == s.read_row || s.count == p.state_len);
+    return s.len <= kMaxRun && s.read_row >= 0 &&
+           (s.count == 0 || s.write_row == s.read_row || s.count == p.state_len);
+  }
+
+  // Each token follows the one before it, L tokens a sequence (no token
+  // tree, no windows, not packed): the constant shapes.
+  static bool chain(const ConvParams& p) {
+    return !p.parents.given() && !p.windows.given() && p.query_start_loc.data == nullptr;
+  }
+  // A chain with x and out in runs: PairServing's inputs.
+  static bool chain_of_runs(const ConvParams& p) {
+    return chain(p) && token_runs_fit(p, p.x) && token_runs_fit(p, p.out);
   }
 
   // W, S and L as constants keep the columns in registers and unroll the
@@ -193,11 +224,14 @@ struct RegisterServing {
   // registers hold runs of 8), S = W - 2 + L.
   static constexpr int64_t kMaxConstantL = std::min<int64_t>(8, kMaxRun - 2);
   static bool constant_shape(const ConvParams& p) {
-    return p.width == 4 && p.state_len == p.seqlen + 2 && p.seqlen <= kMaxConstantL;
+    return p.width == 4 && p.state_len == p.seqlen + 2 && p.seqlen <= kMaxConstantL && chain(p);
   }
 
   explicit RegisterServing(const ConvParams& params)
-      : p(params), state_runs(params.state_len), token_runs(params.seqlen) {
+      : p(params),
+        state_runs(params.state_len),
+        token_runs(std::min(params.seqlen, kMaxRun)),  // unused past kMaxRun (rows)
+        window_runs(params.windows.given() ? params.width - 1 : 0) {
     if (!constant_shape(p)) return;
     const int64_t S = p.state_len, L = p.seqlen, keep = p.width - 2;
     alignas(64) int32_t idx[kR];
@@ -225,70 +259,110 @@ struct RegisterServing {
   // Channels [d0, d0 + n) of sequence b, n a multiple of 2R.
   void task(int64_t b, const SeqPlan& s, int64_t d0, int64_t n, const TapRows<float>& taps) const {
     if (constant_shape(p)) {
-      switch (p.seqlen) {
-        case 1: return task_n<4, 1>(b, s, d0, n, taps);
-        case 2: return task_n<4, 2>(b, s, d0, n, taps);
-        case 3: return task_n<4, 3>(b, s, d0, n, taps);
-        case 4: return task_n<4, 4>(b, s, d0, n, taps);
-        case 5: return task_n<4, 5>(b, s, d0, n, taps);
-        case 6: return task_n<4, 6>(b, s, d0, n, taps);
-        case 7:
-          if constexpr (kMaxConstantL >= 7) return task_n<4, 7>(b, s, d0, n, taps);
-          break;
-        case 8:
-          if constexpr (kMaxConstantL >= 8) return task_n<4, 8>(b, s, d0, n, taps);
-          break;
+      if (token_runs_fit(p, p.x) && token_runs_fit(p, p.out)) {
+        if (constant_task<true>(b, s, d0, n, taps)) return;
+      } else if (constant_task<false>(b, s, d0, n, taps)) {
+        return;
       }
     }
-    return task_n<0, 0>(b, s, d0, n, taps);
+    // SGLang's and TensorRT-LLM's verify step: W = 4, the state the window
+    // (S = W - 1), the windows written, any number of tokens.
+    if (p.width == 4 && p.state_len == 3) return task_n<4, 3, 0, false>(b, s, d0, n, taps);
+    return task_n<0, 0, 0, false>(b, s, d0, n, taps);
   }
 
-  // kW, kL: W and L as constants (S = W - 2 + L), or 0, 0: all at run time.
-  // The arrays take the constant shapes' exact sizes, else the longest runs.
-  template <int kW, int kL>
+  // The constant shapes (false: past the tier's longest, kMaxConstantL).
+  template <bool kRestride>
+  bool constant_task(int64_t b, const SeqPlan& s, int64_t d0, int64_t n,
+                     const TapRows<float>& taps) const {
+    auto run = [&]<int kL>() {
+      if constexpr (kL <= kMaxConstantL) task_n<4, kL + 2, kL, kRestride>(b, s, d0, n, taps);
+      return kL <= kMaxConstantL;
+    };
+    switch (p.seqlen) {
+      case 1: return run.template operator()<1>();
+      case 2: return run.template operator()<2>();
+      case 3: return run.template operator()<3>();
+      case 4: return run.template operator()<4>();
+      case 5: return run.template operator()<5>();
+      case 6: return run.template operator()<6>();
+      case 7: return run.template operator()<7>();
+      case 8: return run.template operator()<8>();
+      default: return false;
+    }
+  }
+
+  // kW, kS, kL: W, S and L as constants, or 0: known at run time. With kL
+  // a constant the shape is a chain with S = W - 2 + L; kRestride: x and
+  // out in runs, the new state permuted from the old one and x's runs. The
+  // arrays take the constants' exact sizes, else the longest runs.
+  template <int kW, int kS, int kL, bool kRestride>
   void task_n(int64_t b, const SeqPlan& s, int64_t d0, int64_t n,
               const TapRows<float>& taps) const {
-    constexpr int kS = kW > 0 ? kW - 2 + kL : 0;
+    constexpr bool kChain = kL > 0;
+    static_assert(!kChain || kS == kW - 2 + kL);
+    static_assert(kChain || !kRestride);
     constexpr int64_t kSA = kS ? kS : kMaxRun, kLA = kL ? kL : kMaxRun;
     constexpr int64_t kWA = kW ? kW : kMaxRun + 2;  // W - 1 <= S
-    const int64_t W = kW ? kW : p.width, S = kS ? kS : p.state_len, L = kL ? kL : p.seqlen;
-    // Token j's tap k reads stream row j + k: rows 0..W-2 the window (state
-    // columns first_col...), row W-1+t token t.
+    const int64_t W = kW ? kW : p.width, S = kS ? kS : p.state_len, L = kL ? kL : s.len;
+    // Stream rows: 0..W-2 the window (state columns first_col...), W-1+t
+    // token t. Token j's tap k reads row j + k, or along a token tree
+    // tap_row[j][k] (its ancestors).
     const int64_t first_col = s.hist_len - (W - 1);
+    int32_t tap_row[kLA][kWA];
+    if constexpr (!kChain) {
+      for (int64_t j = 0; j < L; ++j) {
+        int64_t walk = j;
+        for (int64_t i = 0; i < W; ++i) {
+          const int64_t src = step_back(p, b, s, i, &walk);
+          const int64_t row = src >= 0 ? W - 1 + src : -1 - src - first_col;
+          tap_row[j][W - 1 - i] = static_cast<int32_t>(row);
+        }
+      }
+    }
+    auto row_of = [&](int64_t j, int64_t k) -> int64_t { return kChain ? j + k : tap_row[j][k]; };
     typename Rg::Idx shift_index{};  // lane e: value e + shift of two registers
-    if constexpr (kW > 0) {
+    if constexpr (kRestride) {
       alignas(64) int32_t idx[kR];
       for (int64_t e = 0; e < kR; ++e) idx[e] = static_cast<int32_t>(e + s.shift);
       shift_index = Rg::index(idx);
     }
-    const X* x = ptr<const X>(p.x) + b * p.x.s0;
-    X* out = ptr<X>(p.out) + b * p.out.s0;
+    // Rows of channels, or runs of the call's L tokens per channel.
+    const bool x_rows = !kRestride && p.x.s1 == 1, out_rows = !kRestride && p.out.s1 == 1;
+    const X* x = ptr<const X>(p.x) + b * p.x.s0 + s.first * p.x.s2;
+    X* out = ptr<X>(p.out) + b * p.out.s0 + s.first * p.out.s2;
     X* pool = ptr<X>(p.conv_state);
     const X* read = pool + s.read_row * p.conv_state.s0;
     X* write = pool + s.write_row * p.conv_state.s0;
+    X* windows = s.window_row >= 0 && W > 1
+                     ? static_cast<X*>(p.windows.data) + s.window_row * p.windows.s0
+                     : nullptr;
     for (int64_t d = d0; d < d0 + n; d += 2 * kR) {
-      R st[2][kSA], tok[2][kLA], tcol[2][kLA], wcol[2][kWA - 1];
+      R st[2][kSA], tok[2][kLA], stream[2][kWA - 1 + kLA];
       VecArray<V, kWA - 1 + kLA> rows[2];
       for (int h = 0; h < 2; ++h) {
         const int64_t dh = d + h * kR;
         for (int64_t m = 0; m < S; ++m) st[h][m] = Rg::load(read + dh * S + m * kR);
-        for (int64_t m = 0; m < L; ++m) tok[h][m] = Rg::load(x + dh * L + m * kR);
         for (int64_t c = 0; c + 1 < W; ++c) {
-          wcol[h][c] = s.zero_history ? Rg::zero()
-                                      : state_runs.template column<kS>(st[h], first_col + c);
-          rows[h][c] = V(Rg::widen(wcol[h][c]));
+          stream[h][c] = s.zero_history ? Rg::zero()
+                                        : state_runs.template column<kS>(st[h], first_col + c);
         }
-        for (int64_t t = 0; t < L; ++t) {
-          tcol[h][t] = token_runs.template column<kL>(tok[h], t);
-          rows[h][W - 1 + t] = V(Rg::widen(tcol[h][t]));
+        if (x_rows) {
+          for (int64_t t = 0; t < L; ++t) stream[h][W - 1 + t] = Rg::load(x + t * p.x.s2 + dh);
+        } else {
+          for (int64_t m = 0; m < L; ++m) tok[h][m] = Rg::load(x + dh * L + m * kR);
+          for (int64_t t = 0; t < L; ++t)
+            stream[h][W - 1 + t] = token_runs.template column<kL>(tok[h], t);
         }
+        for (int64_t i = 0; i < W - 1 + L; ++i) rows[h][i] = V(Rg::widen(stream[h][i]));
       }
       R res[2][kLA];
       for (int64_t j = 0; j < L; ++j) {
         V a0 = V::loadu(taps.bias(d)), a1 = V::loadu(taps.bias(d + kR));
         for (int64_t k = 0; k < W; ++k) {
-          a0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), rows[0][j + k], a0);
-          a1 = at::vec::fmadd(V::loadu(taps.tap(k, d + kR)), rows[1][j + k], a1);
+          const int64_t r = row_of(j, k);
+          a0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), rows[0][r], a0);
+          a1 = at::vec::fmadd(V::loadu(taps.tap(k, d + kR)), rows[1][r], a1);
         }
         if (p.silu) {
           a0 = silu_vec<X>(a0);
@@ -298,9 +372,13 @@ struct RegisterServing {
       }
       for (int h = 0; h < 2; ++h) {
         const int64_t dh = d + h * kR;
-        for (int64_t m = 0; m < L; ++m)
-          Rg::store(out + dh * L + m * kR, token_runs.template spread<kL>(res[h], m));
-        if constexpr (kW > 0) {
+        if (out_rows) {
+          for (int64_t j = 0; j < L; ++j) Rg::store(out + j * p.out.s2 + dh, res[h][j]);
+        } else {
+          for (int64_t m = 0; m < L; ++m)
+            Rg::store(out + dh * L + m * kR, token_runs.template spread<kL>(res[h], m));
+        }
+        if constexpr (kRestride) {
           for (int64_t m = 0; m < kS; ++m) {
             const R next = st[h][std::min<int64_t>(m + 1, kS - 1)];
             const R kept =
@@ -311,14 +389,22 @@ struct RegisterServing {
           }
           continue;
         }
+        if (windows != nullptr) {  // token j's inputs from tap 1 on, oldest first
+          for (int64_t j = 0; j < L; ++j) {
+            R cols[kWA - 1];
+            for (int64_t c = 0; c + 1 < W; ++c) cols[c] = stream[h][row_of(j, c + 1)];
+            X* win = windows + j * p.windows.s1 + dh * (W - 1);
+            for (int64_t m = 0; m + 1 < W; ++m)
+              Rg::store(win + m * kR, window_runs.template spread<kW ? kW - 1 : 0>(cols, m));
+          }
+        }
+        if (s.count == 0) continue;
         // New column c = stream column shift + c (c < count), else the old one.
         R cols[kSA];
         for (int64_t c = 0; c < S; ++c) {
           const int64_t src = c < s.count ? s.shift + c : c;
-          if (c < s.count && src >= s.hist_len) {
-            cols[c] = tcol[h][src - s.hist_len];
-          } else if (c < s.count && src >= first_col) {
-            cols[c] = wcol[h][src - first_col];
+          if (c < s.count && src >= first_col) {
+            cols[c] = stream[h][src - first_col];
           } else {
             cols[c] = c < s.count && s.zero_history ? Rg::zero()
                                                     : state_runs.template column<kS>(st[h], src);
@@ -517,7 +603,8 @@ void run(const ConvParams& p) {
       };
 #if defined(CPU_CAPABILITY_AVX512)
       if constexpr (sizeof(X) == 2) {
-        if (PairServing<X>::applies(p)) return run_registers(PairServing<X>(p));
+        if (RegisterServing<X>::chain_of_runs(p) && PairServing<X>::applies(p))
+          return run_registers(PairServing<X>(p));
       }
 #endif
       return run_registers(RegisterServing<X>(p));
@@ -546,7 +633,8 @@ inline void update(const ConvParams& p) {
     bool serving_path = serving::ChannelServing<X>::applies(p);
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
     if constexpr (!std::is_same_v<X, double>)
-      serving_path = serving_path || serving::RegisterServing<X>::applies(p);
+      serving_path = serving_path || (serving::RegisterServing<X>::applies(p) &&
+                                      p.seqlen <= serving::RegisterServing<X>::kMaxRun);
 #endif
     if (p.seqlen > 1 && !p.cache_seqlens.given() && serving_path) return serving::run<X>(p);
     update_impl<X>(p);
