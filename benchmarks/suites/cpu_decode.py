@@ -23,6 +23,14 @@ with silu, for fp32 and bf16:
                    window, conv1d, write the state back)
            copy:   the step's bytes, x (B, D, 4) and the state (B, D, 6) read,
                    both written back: (B, D, 10) into (B, D, 10)
+  verify   SGLang's and TensorRT-LLM's verify step: L = 4 tokens a sequence,
+           x a (B * L, D) projection viewed as (B, D, L), the pool (B, D, 3)
+           only read, the intermediate windows (B, L, D, 3) written; a chain
+           and a token tree (parents 0, 0, 1: two branches)
+           torch:  the step in tensor ops (gather each token's inputs along
+                   its ancestors, multiply-add, silu, the windows copied out)
+           copy:   the step's bytes, x and the state read, y and the windows
+                   written: (B, D, 2 L + 3 + 3 L) values copied
   packed   prefill of 16 packed sequences of mixed lengths (8192 tokens in
            all, x (T, D) with D = 4096) into a pool of states, half of them
            starting from the pool's state
@@ -67,6 +75,9 @@ QUICK_DECODE_B, QUICK_DECODE_D = [1, 8], [256]
 QUICK_PACKED = dict(seqs=4, tokens=256, dim=128)
 SPEC = dict(B=[1, 64], D=[8192], drafts=3)
 QUICK_SPEC = dict(B=[8], D=[256], drafts=3)
+VERIFY = dict(B=[1, 64], D=[8192], tokens=4)
+QUICK_VERIFY = dict(B=[8], D=[256], tokens=4)
+TREES = {"chain": None, "tree": [-1, 0, 0, 1]}
 TARGET_SPEC = 1.5
 TARGET_DECODE, TARGET_DECODE_MIN_B, TARGET_PACKED = 5.0, 8, 4.0
 TOL = {torch.float32: dict(rtol=3e-4, atol=1e-3), torch.bfloat16: dict(rtol=1e-2, atol=5e-2)}
@@ -161,6 +172,68 @@ def bench_spec(cc, B, D, k, dtype, layout, repeats, warmup):
 
 
 # ---------------------------------------------------------------------------
+# tree verification with intermediate windows
+
+
+def torch_verify(x, state, weight, bias, parents, windows):
+    """The verify step in tensor ops: token j's inputs are rows of the
+    stream cat(state, x) along its ancestors (an index table built once, as
+    an engine builds it with the tree); returns the step."""
+    B, D, L = x.shape
+    W = weight.shape[1]
+    rows = []
+    for j in range(L):
+        walk, taps = j, []
+        for _ in range(W):
+            taps.append(W - 1 + walk)  # token walk, or history column W - 1 + walk
+            walk = (parents[walk] if parents is not None else walk - 1) if walk > 0 else walk - 1
+        rows.append(taps[::-1])
+    index = torch.tensor(rows).view(1, 1, L * W).expand(B, D, L * W)
+    w = weight.float().view(1, D, 1, W)
+    b = bias.float().view(1, D, 1)
+
+    def step():
+        stream = torch.cat([state, x], dim=-1)
+        inputs = torch.gather(stream, 2, index).view(B, D, L, W)
+        y = torch.nn.functional.silu((inputs.float() * w).sum(-1) + b).to(x.dtype)
+        windows[:, :L].copy_(inputs[..., 1:].transpose(1, 2))
+        return y
+
+    return step
+
+
+def bench_verify(cc, B, D, L, dtype, parents, repeats, warmup):
+    W = WIDTH
+    weight = torch.randn(D, W, dtype=dtype) / W
+    bias = torch.randn(D, dtype=dtype)
+    x = torch.randn(B, L, D, dtype=dtype).transpose(1, 2)
+    state = torch.randn(B, D, W - 1, dtype=dtype)
+    windows = torch.empty(B, L, D, W - 1, dtype=dtype)
+    tree = None if parents is None else torch.tensor([parents] * B, dtype=torch.int32)
+    kw = dict(retrieve_parent_token=tree)
+    ref_windows = torch.zeros(B, L, D, W - 1, dtype=torch.float64)
+    want = cc.causal_conv1d_update_ref(x.double(), state.double(), weight.double(),
+                                       bias.double(), "silu", intermediate_conv_window=ref_windows,
+                                       **kw)
+    got = cc.causal_conv1d_update(x, state, weight, bias, "silu",
+                                  intermediate_conv_window=windows, **kw)
+    torch.testing.assert_close(got.double(), want, **TOL[dtype])
+    assert torch.equal(windows.double(), ref_windows)
+    torch_windows = torch.zeros_like(windows)
+    step = torch_verify(x, state, weight, bias, parents, torch_windows)
+    torch.testing.assert_close(step().double(), want, **TOL[dtype])
+    assert torch.equal(torch_windows.double(), ref_windows), "PyTorch verify step: windows"
+    src, dst = copy_pair(B, D, 2 * L + (W - 1) * (1 + L), dtype)
+    fns = {
+        "kernel": lambda: cc.causal_conv1d_update(x, state, weight, bias, "silu",
+                                                  intermediate_conv_window=windows, **kw),
+        "torch": step,
+        "copy": lambda: dst.copy_(src),
+    }
+    return measure(fns, repeats, warmup)
+
+
+# ---------------------------------------------------------------------------
 # packed prefill
 
 
@@ -186,7 +259,7 @@ def bench_packed(cc, seqs, tokens, dim, dtype, repeats, warmup):
 
 def main() -> int:
     ap = cpu_arguments(__doc__, DTYPES, default_repeats=15, default_warmup=3, layouts=False)
-    ap.add_argument("--only", choices=["decode", "spec", "packed"], default=None)
+    ap.add_argument("--only", choices=["decode", "spec", "verify", "packed"], default=None)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall: elapsed time; cpu: the process's CPU time, all threads summed")
     args = parse_cpu_arguments(ap)
@@ -239,6 +312,23 @@ def main() -> int:
                         if not args.quick and B == 64 and sm / pm > TARGET_SPEC:
                             misses.append(f"spec {name} {layout} B={B} D={D}: "
                                           f"{sm / pm:.2f}x > {TARGET_SPEC}x")
+    if args.only in (None, "verify"):
+        verify = QUICK_VERIFY if args.quick else VERIFY
+        L = verify["tokens"]
+        head = (f"{'verify':6} {'dtype':5} {'tree':5} {'B':>4} {'D':>5} | {'kernel us':>17} "
+                f"{'torch us':>17} {'copy us':>17} | {'torch/kernel':>12} {'kernel/copy':>11}")
+        print(head)
+        print("-" * len(head))
+        for name in dtypes:
+            for tree, parents in TREES.items():
+                for D in verify["D"]:
+                    for B in verify["B"]:
+                        r = bench_verify(cc, B, D, L, DTYPES[name], parents, repeats, args.warmup)
+                        km, tm, cm = (r[c][0] for c in ("kernel", "torch", "copy"))
+                        cells = " ".join(f"{r[c][0] * 1e6:8.1f} ({r[c][1] * 1e6:6.1f})"
+                                         for c in ("kernel", "torch", "copy"))
+                        print(f"{'':6} {name:5} {tree:5} {B:>4} {D:>5} | {cells} | "
+                              f"{tm / km:11.1f}x {km / cm:10.2f}x")
     if args.only in (None, "packed"):
         head = (f"{'packed':6} {'dtype':5} {'seqs':>4} {'T':>5} {'D':>5} | {'ref ms':>15} "
                 f"{'kernel ms':>15} | {'speedup':>13}")
