@@ -294,18 +294,19 @@ def test_tree_windows_runs(kernel, seeded, W, dtype, x_layout):
     """SGLang's verify step: the pool (N, D, W - 1) contiguous (per-channel
     runs), x a (B * L, D) projection viewed as (B, D, L) or contiguous, the
     windows (rows, L, D, W - 1) contiguous; chains and random trees of 1 to
-    9 tokens, a padding sequence and one without windows. Then the same
+    65 tokens, a padding sequence and one without windows. Then the same
     trees writing a pool of S = W - 2 + L columns (num_accepted_tokens).
     Several whole channel blocks and a partial one; W - 1, S and L up to 16
     and past 8 (the CPU's register path takes runs of up to a register, 16
-    values on AVX-512, 8 on AVX2, its rows path longer ones)."""
+    values on AVX-512, 8 on AVX2, its rows path longer ones), and as rows
+    of channels up to 64 tokens and past them."""
     D2 = 3 * 64 + 13
     B = 4
     weight = torch.randn(D2, W, dtype=dtype)
     bias = torch.randn(D2, dtype=dtype)
     idx = torch.tensor([3, 0, PAD, 5], dtype=torch.int32)
     win_idx = torch.tensor([4, -1, 2, 0], dtype=torch.int32)
-    for L in (1, 4, 9):
+    for L in (1, 4, 9, 17, 64, 65):
         for parents in (None, random_tree(B, L)):
             x = make_tokens(B, D2, L, dtype, x_layout)
             pool = make_pool(6, D2, W - 1, dtype, "contiguous")

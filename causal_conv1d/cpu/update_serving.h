@@ -169,6 +169,9 @@ struct RegisterServing {
   using V = at::vec::Vectorized<float>;
   static constexpr int64_t kR = Rg::kLanes;
   static constexpr int64_t kMaxRun = Runs<X>::kMaxRun;
+  // Tokens a sequence: runs hold up to kMaxRun, rows of channels (only the
+  // stack's arrays bound them) this many, enough for engines' token trees.
+  static constexpr int64_t kMaxTokens = 64;
 
   const ConvParams& p;
   Runs<X> state_runs, token_runs, window_runs;
@@ -196,7 +199,7 @@ struct RegisterServing {
   }
 
   // The call's conditions; a task also needs a whole block of channels, at
-  // most a register's run of tokens and either a write to its read row, a
+  // most kMaxTokens tokens and either a write to its read row, a
   // write of every column or no state write (windows instead).
   static bool applies(const ConvParams& p) {
     const int64_t S = p.state_len;
@@ -204,7 +207,7 @@ struct RegisterServing {
            tokens_fit(p, p.out) && windows_fit(p) && p.block_size == 0;
   }
   static bool takes(const ConvParams& p, const SeqPlan& s) {
-    return s.len <= kMaxRun && s.read_row >= 0 &&
+    return s.len <= kMaxTokens && s.read_row >= 0 &&
            (s.count == 0 || s.write_row == s.read_row || s.count == p.state_len);
   }
 
@@ -302,7 +305,8 @@ struct RegisterServing {
     constexpr bool kChain = kL > 0;
     static_assert(!kChain || kS == kW - 2 + kL);
     static_assert(kChain || !kRestride);
-    constexpr int64_t kSA = kS ? kS : kMaxRun, kLA = kL ? kL : kMaxRun;
+    constexpr int64_t kSA = kS ? kS : kMaxRun, kLA = kL ? kL : kMaxTokens;
+    constexpr int64_t kRunA = kL ? kL : kMaxRun;  // x's runs
     constexpr int64_t kWA = kW ? kW : kMaxRun + 2;  // W - 1 <= S
     const int64_t W = kW ? kW : p.width, S = kS ? kS : p.state_len, L = kL ? kL : s.len;
     // Stream rows: 0..W-2 the window (state columns first_col...), W-1+t
@@ -338,7 +342,7 @@ struct RegisterServing {
                      ? static_cast<X*>(p.windows.data) + s.window_row * p.windows.s0
                      : nullptr;
     for (int64_t d = d0; d < d0 + n; d += 2 * kR) {
-      R st[2][kSA], tok[2][kLA], stream[2][kWA - 1 + kLA];
+      R st[2][kSA], tok[2][kRunA], stream[2][kWA - 1 + kLA];
       VecArray<V, kWA - 1 + kLA> rows[2];
       for (int h = 0; h < 2; ++h) {
         const int64_t dh = d + h * kR;
