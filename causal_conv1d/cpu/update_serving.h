@@ -298,7 +298,8 @@ struct RegisterServing {
   // kW, kS, kL: W, S and L as constants, or 0: known at run time. With kL
   // a constant the shape is a chain with S = W - 2 + L; kRestride: x and
   // out in runs, the new state permuted from the old one and x's runs. The
-  // arrays take the constants' exact sizes, else the longest runs.
+  // arrays take the constants' exact sizes, else the longest runs (and
+  // kMaxTokens tokens).
   template <int kW, int kS, int kL, bool kRestride>
   void task_n(int64_t b, const SeqPlan& s, int64_t d0, int64_t n,
               const TapRows<float>& taps) const {
