@@ -712,7 +712,12 @@ ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_sta
     for (size_t i = 0; i < inputs.size(); ++i)
       check_no_overlap(c, win, "intermediate_conv_window", *inputs[i], input_names[i]);
     check_no_overlap(c, win, "intermediate_conv_window", conv_state, "conv_state");
-    p.windows = {data_of(win), win.stride(0), win.stride(1), win.stride(2), win.stride(3)};
+    // windows.given() is what tells the kernels the pool is only read, and
+    // an empty tensor (width 1, no rows) may have no data pointer: it gets
+    // one through which no element is ever read or written.
+    static char no_elements;
+    void* win_data = win.numel() == 0 && !win.is_meta() ? &no_elements : data_of(win);
+    p.windows = {win_data, win.stride(0), win.stride(1), win.stride(2), win.stride(3)};
     p.num_windows = win.size(0);
     p.window_tokens = win.size(1);
   }

@@ -287,6 +287,23 @@ def test_tree_with_windows(kernel, seeded, W, spec, dtype):
     check(res, (dtype, dtype), "no windows: " + msg)
 
 
+@pytest.mark.parametrize("W, rows", [(1, 3), (4, 0)], ids=["width_1", "no_rows"])
+def test_empty_windows_keep_the_pool(kernel, seeded, W, rows):
+    """intermediate_conv_window with no elements still means the pool is only
+    read: windows of width - 1 = 0 values, or none of the sequences given
+    a row (intermediate_state_indices all negative)."""
+    B, L = 3, 2
+    weight = torch.randn(D, W)
+    pool = make_pool(B, D, W - 1 + 2, torch.float32, "contiguous")
+    before = pool.clone()
+    windows = torch.empty(rows, L, D, W - 1)
+    win_idx = torch.full((B,), -1, dtype=torch.int32) if rows == 0 else None
+    res = run_both(kernel, make_tokens(B, D, L, torch.float32, "contiguous"), pool, weight, None,
+                   "silu", windows=windows, intermediate_state_indices=win_idx)
+    check(res, (torch.float32, torch.float32), f"seed={seeded}")
+    exact(pool, before, "with windows, conv_state is only read")
+
+
 @pytest.mark.parametrize("W", [2, 3, 4, 5, 9, 17])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("x_layout", ["channel_last", "contiguous"])
