@@ -20,24 +20,30 @@ import torch
 
 pytest.importorskip("hypothesis", reason="property tests need hypothesis (requirements-dev.txt)")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from helpers import tolerance  # noqa: E402
 
 I32 = torch.int32
 SCALE = float(os.environ.get("CAUSAL_CONV1D_HYPOTHESIS_SCALE", "1"))
-EXAMPLES = {"fwd": 800, "bwd": 250, "update": 500, "varlen": 200, "packed": 450}
+EXAMPLES = {"fwd": 800, "bwd": 250, "update": 500, "serving": 1000, "varlen": 200,
+            "packed": 450}
 
 
-def examples(name: str) -> settings:
+def examples(name: str, fixtures: bool = False) -> settings:
+    """fixtures: the test takes the `backend` fixture, set up once for all
+    its examples (nothing in it changes between them)."""
+    checks = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    if fixtures:
+        checks.append(HealthCheck.function_scoped_fixture)
     return settings(
         max_examples=max(1, int(EXAMPLES[name] * SCALE)),
         derandomize=True,
         database=None,
         print_blob=True,
         deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        suppress_health_check=checks,
     )
 
 
@@ -297,6 +303,203 @@ def test_update_matches_reference(cc, p):
     assert out.shape == x.shape and out.dtype == x.dtype
     check_close(out, out_ref, p["xdt"], p["wdt"], what="out")
     check_exact(state, state_ref, what="conv_state")
+
+
+# ---------------------------------------------------------------------------
+# causal_conv1d_update: the serving engines' decode step (keyword-only
+# arguments), every option drawn together
+
+
+def fixed_layout(perm, steps=None, pads=None):
+    rank = len(perm)
+    return list(perm), steps or [1] * rank, pads or [0] * rank, False
+
+
+def contiguous(rank: int):
+    return fixed_layout(range(rank))
+
+
+def channels_last(rank: int, channel_dim: int):
+    """The channels along the last storage dim: vLLM's pool, a (tokens,
+    dim) projection viewed as (..., dim, tokens)."""
+    perm = list(range(rank))
+    return fixed_layout(perm[:channel_dim] + perm[channel_dim + 1 :] + [channel_dim])
+
+
+def engine_layouts(rank: int, channel_dim: int):
+    """The layouts engines hand over (layouts() alone rarely draws one), a
+    slice of every other row of a wider tensor, or any layout."""
+    sliced = fixed_layout(range(rank), [2] + [1] * (rank - 1), [1] + [0] * (rank - 2) + [2])
+    return st.one_of(st.just(contiguous(rank)), st.just(channels_last(rank, channel_dim)),
+                     st.just(sliced), layouts(rank))
+
+
+int_dtypes = st.sampled_from([torch.int32, torch.int64])
+# float64 (which no register path takes) a tenth of the draws
+serving_dtype_pairs = st.sampled_from(
+    [(x, w) for x in FLOATS for w in FLOATS] + [(torch.float64, torch.float64)])
+
+
+@st.composite
+def serving_problems(draw):
+    """Every option and combination, most draws aimed at one of the CPU's
+    fast paths (which layouts() alone would rarely reach): "register", the
+    state's columns per-channel runs (the default layout, SGLang's pool)
+    with whole blocks of channels; "constant", its W = 4 speculative chains
+    (S = W - 2 + L) with x as runs or rows; "channels", everything with
+    stride 1 along dim (vLLM's layout); "any", any layouts and sizes."""
+    target = draw(st.sampled_from(["register", "constant", "channels", "any"]))
+    constant = target == "constant"
+    W = 4 if constant else draw(st.one_of(st.just(4), widths))
+    xdt, wdt = draw(serving_dtype_pairs)
+    B = draw(st.integers(1, 5))
+    tokens = draw(st.sampled_from(["one", "runs", "runs"] if constant else
+                                  ["one", "runs", "packed", "channels_first"]))
+    if tokens in ("packed", "channels_first"):
+        lens = draw(st.lists(st.integers(0, 8), min_size=B, max_size=B))
+    elif tokens == "one":
+        lens = [1] * B
+    else:
+        lengths = list(range(1, 10)) if constant else list(range(1, 10)) + [15, 16, 17, 18]
+        lens = [draw(st.sampled_from(lengths))] * B
+    spec = constant or draw(st.booleans())
+    L = max(lens)
+    extra = 0 if constant else draw(st.sampled_from([0, 0, 1, 3]))
+    S = (max(W - 1, W - 2 + L) if spec else W - 1) + extra
+    x_rank = 3 if tokens == "runs" else 2
+    x_channels = 0 if tokens == "channels_first" else 1
+    if target == "any":
+        D = draw(st.one_of(st.integers(1, 10), st.sampled_from([16, 31, 32, 33, 64, 77])))
+        x_layout = draw(engine_layouts(x_rank, x_channels))
+        pool_layout = draw(engine_layouts(3, 1))
+        windows_layout = draw(engine_layouts(4, 2))
+    else:
+        D = draw(st.sampled_from([32, 33, 64, 77, 128]))
+        rows = st.just(channels_last(x_rank, x_channels))
+        x_layout = draw(rows if target == "channels" else st.one_of(rows, st.just(contiguous(x_rank))))
+        pool_layout = channels_last(3, 1) if target == "channels" else contiguous(3)
+        windows_layout = contiguous(4)
+    return dict(
+        target=target, W=W, xdt=xdt, wdt=wdt, B=B, lens=lens, S=S, spec=spec, D=D,
+        tokens=tokens, x_layout=x_layout, pool_layout=pool_layout,
+        lead=draw(st.integers(0, 2)), trail=draw(st.integers(0, 2)),
+        qsl_dtype=draw(int_dtypes),
+        acc_dtype=draw(int_dtypes),
+        tree=None if constant else draw(st.sampled_from([None, None, torch.int32, torch.int64])),
+        tree_cols=draw(st.integers(0, 2)),
+        tree_layout=draw(layouts(2)),
+        windows="none" if constant else draw(
+            st.sampled_from(["none", "none", "per_sequence", "indexed"])),
+        windows_layout=windows_layout,
+        windows_extra=draw(st.tuples(st.integers(0, 2), st.integers(0, 2))),
+        rows=draw(st.sampled_from(["batch", "indices", "table"])),
+        blocks=draw(st.integers(1, 3)),
+        extra_rows=draw(st.integers(0, 3)),
+        padding=draw(st.sampled_from([None, -1, "in_range", "past_end"])),
+        w_layout=draw(layouts(2)),
+        bias=draw(st.booleans()),
+        activation=draw(activations),
+        seed=draw(seeds),
+    )
+
+
+def build_serving(p, device="cpu"):
+    """The call's tensors and keyword arguments from a serving_problems draw,
+    made on `device` (where the backend's kernels run)."""
+    g = torch.Generator(device).manual_seed(p["seed"])
+
+    def randint(lo, hi, shape=()):
+        return torch.randint(lo, hi, shape, generator=g)
+
+    W, B, D, S, lens = p["W"], p["B"], p["D"], p["S"], p["lens"]
+    L = max(lens)
+    kw = {}
+    if p["tokens"] in ("packed", "channels_first"):
+        T = p["lead"] + sum(lens) + p["trail"]
+        starts = torch.tensor([0] + lens).cumsum(0) + p["lead"]
+        kw["query_start_loc"] = starts.to(p["qsl_dtype"])
+        kw["channels_first"] = p["tokens"] == "channels_first"
+        shape = (D, T) if kw["channels_first"] else (T, D)
+    else:
+        shape = (B, D) if p["tokens"] == "one" else (B, D, L)
+    x = make(g, shape, p["xdt"], p["x_layout"])
+    w = make(g, (D, W), p["wdt"], p["w_layout"])
+    bias = torch.randn(D, generator=g).to(p["wdt"]) if p["bias"] else None
+    windows = p["windows"] != "none"
+
+    # pool rows: each sequence reads and writes its own (with windows the
+    # pool is only read, and rows may be shared); some sequences padding
+    N = B if p["rows"] == "batch" else B * p["blocks"] + p["extra_rows"]
+    pad = {None: -1, -1: -1, "in_range": N, "past_end": N + 5}[p["padding"]]
+    if p["rows"] == "batch":
+        pad = N - 1 if p["padding"] == "in_range" else pad  # the last sequence's own row
+    elif p["padding"] == "in_range":
+        N += 1  # a real row that only padding names
+    if p["rows"] != "batch":
+        cols = p["blocks"] if p["rows"] == "table" else 1
+        if windows:
+            table = randint(0, N - (pad == N - 1), (B, cols))
+        else:
+            table = torch.randperm(N - (pad == N - 1), generator=g)[: B * cols]
+            table = table.view(B, cols)
+        table = table.to(I32)
+        read = randint(0, cols, (B,)).to(I32)
+        write = randint(0, cols, (B,)).to(I32)
+        if p["padding"] is not None:
+            padded = torch.rand(B, generator=g) < 0.3
+            table[padded, read[padded].long()] = pad
+            table[padded, write[padded].long()] = pad
+        if p["rows"] == "table":
+            kw["conv_state_indices"] = table
+            kw["initial_state_idx"] = read
+            kw["block_idx_last_scheduled_token"] = write
+        else:
+            kw["conv_state_indices"] = table[:, 0]
+    if p["padding"] is not None:
+        kw["pad_slot_id"] = pad
+    pool = make(g, (N, D, S), p["xdt"], p["pool_layout"])
+
+    if p["spec"]:
+        kw["num_accepted_tokens"] = randint(1, S - W + 3, (B,)).to(p["acc_dtype"])
+    if p["tree"] is not None:
+        cols = L + p["tree_cols"]
+        parents = make(g, (B, cols), p["tree"], p["tree_layout"])
+        parents.fill_(-1)
+        for j in range(1, cols):
+            parents[:, j] = randint(0, j, (B,))
+        kw["retrieve_parent_token"] = parents
+    win = None
+    if windows:
+        rows_extra, tokens_extra = p["windows_extra"]
+        n2 = B + rows_extra
+        win = make(g, (n2, L + tokens_extra, D, W - 1), p["xdt"], p["windows_layout"])
+        if p["windows"] == "indexed":
+            idx = torch.randperm(n2, generator=g)[:B].to(I32)
+            idx[torch.rand(B, generator=g) < 0.3] = -1
+            kw["intermediate_state_indices"] = idx
+    return x, pool, w, bias, win, kw
+
+
+@examples("serving", fixtures=True)
+@given(p=serving_problems())
+def test_update_serving_matches_reference(backend, p):
+    """Every backend: the CUDA kernels too (on the emulator in CI), which
+    share the CPU's plan of each sequence's reads and writes but not its
+    paths."""
+    assume(backend.float64 or p["xdt"] != torch.float64)  # the CUDA kernels refuse it
+    x, pool, w, b, win, kw = build_serving(p, backend.device)
+    pool_ref = pool.to(torch.float64, copy=True)
+    win_ref = None if win is None else win.to(torch.float64, copy=True)
+    cc = backend.module
+    out = cc.causal_conv1d_update(x, pool, w, b, p["activation"], intermediate_conv_window=win,
+                                  **kw)
+    out_ref = cc.causal_conv1d_update_ref(dbl(x), pool_ref, dbl(w), dbl(b), p["activation"],
+                                          intermediate_conv_window=win_ref, **kw)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    check_close(out, out_ref, p["xdt"], p["wdt"], what="out")
+    check_exact(pool, pool_ref, what="conv_state")
+    if win is not None:
+        check_exact(win, win_ref, what="intermediate_conv_window")
 
 
 # ---------------------------------------------------------------------------
