@@ -194,8 +194,8 @@ def fwd_problems(draw, small: bool = False):
     )
 
 
-def build_fwd(p):
-    g = torch.Generator().manual_seed(p["seed"])
+def build_fwd(p, device="cpu"):
+    g = torch.Generator(device).manual_seed(p["seed"])
     B, D, L, W = p["B"], p["D"], p["L"], p["W"]
     x = make(g, (B, D, L), p["xdt"], p["x_layout"])
     w = make(g, (D, W), p["wdt"], p["w_layout"])
@@ -208,15 +208,17 @@ def build_fwd(p):
     return x, w, b, s, init
 
 
-@examples("fwd")
+@examples("fwd", fixtures=True)
 @given(p=fwd_problems())
-def test_fwd_matches_reference(cc, p):
-    x, w, b, s, init = build_fwd(p)
+def test_fwd_matches_reference(backend, p):
+    assume(backend.float64 or p["xdt"] != torch.float64)  # the CUDA kernels refuse it
+    cc = backend.module
+    x, w, b, s, init = build_fwd(p, backend.device)
     B, D, W = p["B"], p["D"], p["W"]
     kw = dict(seq_idx=s, initial_states=init, activation=p["activation"])
     fso = None
     if p["final"] == "out":
-        g = torch.Generator().manual_seed(p["seed"] + 1)
+        g = torch.Generator(backend.device).manual_seed(p["seed"] + 1)
         fso = make(g, (B, D, W - 1), p["xdt"], p["final_layout"])
     got = cc.causal_conv1d_fn(x, w, b, return_final_states=p["final"] != "none",
                               final_states_out=fso, **kw)
@@ -239,14 +241,16 @@ def test_fwd_matches_reference(cc, p):
 # backward (autograd through causal_conv1d_fn)
 
 
-@examples("bwd")
+@examples("bwd", fixtures=True)
 @given(p=fwd_problems(small=True))
-def test_bwd_matches_reference(cc, p):
-    x, w, b, s, init = build_fwd(p)
+def test_bwd_matches_reference(backend, p):
+    assume(backend.float64 or p["xdt"] != torch.float64)
+    cc = backend.module
+    x, w, b, s, init = build_fwd(p, backend.device)
     final = p["final"] != "none"
     leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, w, b, init)]
     refs = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b, init)]
-    g = torch.Generator().manual_seed(p["seed"] + 2)
+    g = torch.Generator(backend.device).manual_seed(p["seed"] + 2)
     dout = torch.randn(x.shape, generator=g).to(x.dtype)
     dfin = torch.randn(p["B"], p["D"], p["W"] - 1, generator=g).to(x.dtype)
 
@@ -306,10 +310,12 @@ def update_problems(draw):
     )
 
 
-@examples("update")
+@examples("update", fixtures=True)
 @given(p=update_problems())
-def test_update_matches_reference(cc, p):
-    g = torch.Generator().manual_seed(p["seed"])
+def test_update_matches_reference(backend, p):
+    assume(backend.float64 or p["xdt"] != torch.float64)
+    cc = backend.module
+    g = torch.Generator(backend.device).manual_seed(p["seed"])
     B, D, W, L, S = p["B"], p["D"], p["W"], p["L"], p["S"]
     if p["cache_seqlens"] and S == 0:
         S = 1  # a circular buffer needs a slot (S == 0 is refused, see test_bad_inputs)
@@ -535,10 +541,12 @@ def varlen_problems(draw):
     )
 
 
-@examples("varlen")
+@examples("varlen", fixtures=True)
 @given(p=varlen_problems())
-def test_varlen_states_matches_reference(cc, p):
-    g = torch.Generator().manual_seed(p["seed"])
+def test_varlen_states_matches_reference(backend, p):
+    assume(backend.float64 or p["dtype"] != torch.float64)
+    cc = backend.module
+    g = torch.Generator(backend.device).manual_seed(p["seed"])
     x = make(g, (p["T"], p["D"]), p["dtype"], p["layout"])
     got = cc.causal_conv1d_varlen_states(x, p["cu"], p["state_len"])
     want = cc.causal_conv1d_varlen_states_ref(x, p["cu"], p["state_len"])
@@ -573,10 +581,12 @@ def packed_problems(draw):
     )
 
 
-@examples("packed")
+@examples("packed", fixtures=True)
 @given(p=packed_problems())
-def test_packed_fwd_matches_reference(cc, p):
-    g = torch.Generator().manual_seed(p["seed"])
+def test_packed_fwd_matches_reference(backend, p):
+    assume(backend.float64 or p["xdt"] != torch.float64)
+    cc = backend.module
+    g = torch.Generator(backend.device).manual_seed(p["seed"])
     T, D, W, S, cu = p["T"], p["D"], p["W"], p["S"], p["cu"]
     B = cu.numel() - 1
     N = B + p["extra_rows"]
