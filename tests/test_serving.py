@@ -452,6 +452,26 @@ def test_prefix_cached_prefill(kernel, seeded, W, S_extra, channels_first, dtype
     assert not torch.equal(pool, before), "block states were written: " + msg
 
 
+def test_prefix_cached_prefill_default_zero_states(kernel, seeded):
+    """Without has_initial_state, prefix-cached prefill starts every
+    sequence from zeros (the documented default, as without prefix
+    caching), not from the rows initial_state_idx names."""
+    W, S = 4, 3
+    lengths, computed = [13, 5, 9], [8, 6, 0]
+    kw, pool = prefix_case(lengths, computed, 8, S)
+    weight, bias = torch.randn(D, W), torch.randn(D)
+    x = torch.randn(sum(lengths), D)
+    qsl, table = kw.pop("cu_seqlens"), kw.pop("cache_indices")
+    kw.pop("has_initial_state")
+    zeros = torch.zeros(len(lengths), dtype=torch.bool)
+    pool_zeros = pool.clone()
+    want = kernel.causal_conv1d_packed_fwd(x, weight, bias, qsl, pool_zeros, table, zeros,
+                                           "silu", **kw)
+    got = kernel.causal_conv1d_packed_fwd(x, weight, bias, qsl, pool, table, None, "silu", **kw)
+    exact(got, want, f"seed={seeded}: out with has_initial_state None and all False")
+    exact(pool, pool_zeros, f"seed={seeded}: pool with has_initial_state None and all False")
+
+
 @pytest.mark.kernels_ci
 def test_prefix_cached_resume(kernel, seeded):
     """Chunked prefill then resumption from a cached block: prefilling a

@@ -485,6 +485,11 @@ def causal_conv1d_packed_fwd(
         if not all(t is None or isinstance(t, _Tensor) for _, t in prefix):
             _refuse_types(fn, optional=prefix)
         block_size = _int(fn, "block_size", block_size)
+        if has_initial_state is None and cu_seqlens.dim() == 1 and cu_seqlens.numel() > 0:
+            # the default, no initial states: the serving op, which also
+            # runs decode steps, reads the rows unless told otherwise
+            has_initial_state = torch.zeros(cu_seqlens.numel() - 1, dtype=torch.bool,
+                                            device=x.device)
         # the serving op's packed prefill (serving.h): one sequence per task
         out = ops.update_serving.default(
             x_dt, conv_states, weight, bias, cache_indices, None, cu_seqlens, None, None, None,
