@@ -560,25 +560,54 @@ def test_varlen_states_matches_reference(backend, p):
 
 @st.composite
 def packed_problems(draw):
+    """Pools by batch, by indices (some padding) or by a block table with
+    prefix caching's block states (vLLM's block_size, num_computed_tokens
+    and three table columns per sequence)."""
     T = draw(st.integers(0, 40))
     W = draw(widths)
     xdt, wdt = draw(dtype_pairs)
     cu = draw(cu_seqlens(T))
+    channels_first = draw(st.booleans())
     return dict(
-        T=T, D=draw(st.integers(1, 10)), W=W, xdt=xdt, wdt=wdt, cu=cu,
+        T=T, D=draw(st.one_of(st.integers(1, 10), st.sampled_from([32, 33, 64, 77]))),
+        W=W, xdt=xdt, wdt=wdt, cu=cu,
         S=W - 1 + draw(st.integers(0, 4)),
-        channels_first=draw(st.booleans()),
-        x_layout=draw(layouts(2)),
+        channels_first=channels_first,
+        x_layout=draw(engine_layouts(2, 0 if channels_first else 1)),
         w_layout=draw(layouts(2)),
-        pool_layout=draw(layouts(3)),
+        pool_layout=draw(engine_layouts(3, 1)),
         bias=draw(st.booleans()),
-        indices=draw(st.sampled_from(["none", "perm", "padded"])),
+        indices=draw(st.sampled_from(["none", "perm", "padded", "blocks", "blocks_padded"])),
+        block_size=draw(st.integers(1, 9)),
         pad_slot_id=draw(st.sampled_from([-1, "past_end", "in_range"])),
         extra_rows=draw(st.integers(0, 3)),
         has_init=draw(st.sampled_from(["none", "random", "all"])),
         activation=draw(activations),
         seed=draw(seeds),
     )
+
+
+def block_states(g, p, N_extra, lengths, pad):
+    """Prefix caching's arguments for sequences of these lengths: each
+    computed 0..20 tokens earlier, its blocks' rows a (B, blocks) table of
+    distinct rows (whole sequences padding with "blocks_padded"), the
+    initial state in the block of its last computed token. The pool's last
+    row is in no table (an in-range pad_slot_id names it). Returns the
+    table, the keyword arguments and the pool's row count."""
+    bs, B = p["block_size"], len(lengths)
+    computed = torch.randint(0, 21, (B,), generator=g, dtype=I32)
+    first = computed // bs
+    last = (computed + lengths.clamp(min=1) - 1) // bs  # a length-0 sequence: first
+    cols = int(last.max()) + 1 if B else 1
+    N = B * cols + N_extra + 1
+    table = torch.randperm(N - 1, generator=g)[: B * cols].view(B, cols).to(I32)
+    if p["indices"] == "blocks_padded" and B:
+        table[torch.rand(B, generator=g) < 0.3] = pad
+    kw = dict(initial_state_idx=((computed - 1).clamp(min=0) // bs).to(I32),
+              block_idx_first_scheduled_token=first.to(I32),
+              block_idx_last_scheduled_token=last.to(I32),
+              num_computed_tokens=computed, block_size=bs)
+    return table, kw, N
 
 
 @examples("packed", fixtures=True)
@@ -590,18 +619,28 @@ def test_packed_fwd_matches_reference(backend, p):
     T, D, W, S, cu = p["T"], p["D"], p["W"], p["S"], p["cu"]
     B = cu.numel() - 1
     N = B + p["extra_rows"]
+    blocks = p["indices"].startswith("blocks")
+    kw = {}
+    if blocks:
+        lengths = (cu[1:] - cu[:-1]).to(torch.int64)
+        pad = {-1: -1, "past_end": 10**6, "in_range": -2}[p["pad_slot_id"]]
+        idx, kw, N = block_states(g, p, p["extra_rows"], lengths, pad)
+        if pad == -2:  # the pool's last row, which the table leaves out
+            pad = N - 1
+            idx[idx == -2] = pad
     shape = (D, T) if p["channels_first"] else (T, D)
     x = make(g, shape, p["xdt"], p["x_layout"])
     w = make(g, (D, W), p["wdt"], p["w_layout"])
     b = torch.randn(D, generator=g).to(p["wdt"]) if p["bias"] else None
     pool = make(g, (N, D, S), p["xdt"], p["pool_layout"])
-    pad = {-1: -1, "past_end": N + 7, "in_range": N - 1}[p["pad_slot_id"]]
-    idx = None
-    if p["indices"] != "none":
+    if not blocks:
+        pad = {-1: -1, "past_end": N + 7, "in_range": N - 1}[p["pad_slot_id"]]
+        idx = None
+    if p["indices"] in ("perm", "padded"):
         idx = torch.randperm(N, generator=g)[:B].to(I32)
         if p["indices"] == "padded" and B:
             idx[torch.rand(B, generator=g) < 0.3] = pad
-    elif pad >= 0:
+    elif p["indices"] == "none" and pad >= 0:
         pad = N + 7  # with implicit indices 0..B-1 an in-range pad id would skip rows
     has_init = None
     if p["has_init"] == "random":
@@ -610,10 +649,10 @@ def test_packed_fwd_matches_reference(backend, p):
         has_init = torch.ones(B, dtype=torch.bool)
     pool_ref = pool.to(torch.float64, copy=True)
     out = cc.causal_conv1d_packed_fwd(x, w, b, cu, pool, idx, has_init, activation=p["activation"],
-                                      pad_slot_id=pad, channels_first=p["channels_first"])
+                                      pad_slot_id=pad, channels_first=p["channels_first"], **kw)
     x_td = x.t() if p["channels_first"] else x
     out_ref = cc.causal_conv1d_packed_fwd_ref(dbl(x_td), dbl(w), dbl(b), cu, pool_ref, idx, has_init,
-                                              activation=p["activation"], pad_slot_id=pad)
+                                              activation=p["activation"], pad_slot_id=pad, **kw)
     assert out.shape == x.shape and out.dtype == x.dtype
     check_close(out.t() if p["channels_first"] else out, out_ref, p["xdt"], p["wdt"], what="out")
     check_exact(pool, pool_ref, what="conv_states")
