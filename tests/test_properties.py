@@ -173,14 +173,17 @@ def check_exact(got, want, what=""):
 
 @st.composite
 def fwd_problems(draw, small: bool = False):
+    """D past a vector of channels in part of the draws (the channel path's
+    full vectors), x in the layouts models pass in part."""
     B = draw(st.integers(1, 3))
-    D = draw(st.integers(1, 10))
+    D = draw(st.one_of(st.integers(1, 10), st.sampled_from([16, 17, 32, 33, 64])))
     L = draw(st.integers(0, 12 if small else 40))
     W = draw(widths)
     xdt, wdt = draw(dtype_pairs)
+    x_layouts = layouts(3, expandable=not small)
     return dict(
         B=B, D=D, L=L, W=W, xdt=xdt, wdt=wdt,
-        x_layout=draw(layouts(3, expandable=not small)),
+        x_layout=draw(st.one_of(x_layouts, st.sampled_from([contiguous(3), channels_last(3, 1)]))),
         w_layout=draw(layouts(2)),
         bias=draw(st.booleans()),
         seq=draw(seq_kinds),
