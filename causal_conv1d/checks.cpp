@@ -187,6 +187,15 @@ void check_writable(const Ctx& c, const at::Tensor& t, const char* name) {
 // none (ops only check them, see ops.cpp).
 void* data_of(const at::Tensor& t) { return t.is_meta() ? nullptr : t.data_ptr(); }
 
+// An optional tensor's data for the kernels, which learn from a non-null
+// pointer that it was given (given()): an empty tensor (e.g. windows of
+// width - 1 = 0 values) may have none, and gets one through which no
+// element is ever read or written. Meta tensors keep none: no kernel runs.
+void* given_data(const at::Tensor& t) {
+  static char no_elements;
+  return t.numel() == 0 && !t.is_meta() ? &no_elements : data_of(t);
+}
+
 Strided view3(const at::Tensor& t) {
   const auto st = t.strides();
   return {data_of(t), st[0], st[1], st[2]};
@@ -684,7 +693,8 @@ ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_sta
     TORCH_CHECK_VALUE(par.size(1) >= max_len, c.op,
                       ": retrieve_parent_token needs an entry per token: ", max_len,
                       " columns, got shape ", shape_str(par));
-    p.parents = {data_of(par), par.stride(0), par.stride(1), par.scalar_type() == at::kLong};
+    p.parents = {given_data(par), par.stride(0), par.stride(1), par.scalar_type() == at::kLong,
+                 par.size(1)};
     read_only(retrieve_parent_token, "retrieve_parent_token");
   }
   if (intermediate_state_indices) {
@@ -712,12 +722,7 @@ ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_sta
     for (size_t i = 0; i < inputs.size(); ++i)
       check_no_overlap(c, win, "intermediate_conv_window", *inputs[i], input_names[i]);
     check_no_overlap(c, win, "intermediate_conv_window", conv_state, "conv_state");
-    // windows.given() is what tells the kernels the pool is only read, and
-    // an empty tensor (width 1, no rows) may have no data pointer: it gets
-    // one through which no element is ever read or written.
-    static char no_elements;
-    void* win_data = win.numel() == 0 && !win.is_meta() ? &no_elements : data_of(win);
-    p.windows = {win_data, win.stride(0), win.stride(1), win.stride(2), win.stride(3)};
+    p.windows = {given_data(win), win.stride(0), win.stride(1), win.stride(2), win.stride(3)};
     p.num_windows = win.size(0);
     p.window_tokens = win.size(1);
   }

@@ -44,6 +44,7 @@ struct IntTable {
   const void* data = nullptr;
   int64_t s0 = 0, s1 = 0;
   bool is_int64 = false;
+  int64_t cols = 0;
   CAUSAL_CONV1D_HOST_DEVICE bool given() const { return data != nullptr; }
   CAUSAL_CONV1D_HOST_DEVICE int64_t operator()(int64_t i, int64_t j) const {
     return is_int64 ? static_cast<const int64_t*>(data)[i * s0 + j * s1]

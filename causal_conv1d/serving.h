@@ -61,6 +61,12 @@ CAUSAL_CONV1D_HOST_DEVICE inline SeqPlan plan_sequence(const ConvParams& p, int6
     const int64_t start = clamp_index(p.query_start_loc[b], 0, p.seqlen);
     s.first = start;
     s.len = clamp_index(p.query_start_loc[b + 1], start, p.seqlen) - start;
+    // Offsets on the device are not checked against the token tree's or
+    // the windows' columns (the host checks need their values): a longer
+    // sequence is cut to them, its other tokens output 0 like tokens
+    // outside every sequence, rather than read or write past them.
+    if (p.parents.given()) s.len = clamp_index(s.len, 0, p.parents.cols);
+    if (p.windows.given()) s.len = clamp_index(s.len, 0, p.window_tokens);
   } else {
     s.len = p.seqlen;
   }

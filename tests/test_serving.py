@@ -535,7 +535,7 @@ VALUE_CHECKS = {
     "parent negative", "block index past the table", "read column past the table",
     "table rows written twice", "row read by another sequence's write", "table row out of range",
     "query_start_loc past x", "query_start_loc decreasing", "window index out of range",
-    "window rows twice",
+    "window rows twice", "packed parents too short", "packed windows too few tokens",
 }
 
 
@@ -607,6 +607,10 @@ BAD_SERVING = [
                                              dtype=torch.int32)), "retrieve_parent_token"),
     ("parents too short", dict(retrieve_parent_token=torch.zeros(3, 2, dtype=torch.int32)),
      "retrieve_parent_token"),
+    ("packed parents too short", dict(
+        x=torch.randn(6, D), query_start_loc=torch.tensor([0, 1, 2, 6], dtype=torch.int32),
+        num_accepted_tokens=None, retrieve_parent_token=torch.zeros(3, 2, dtype=torch.int32)),
+     "retrieve_parent_token"),
     ("block index past the table",
      dict(conv_state_indices=torch.tensor([[0, 1], [2, 3], [4, 0]], dtype=torch.int32),
           initial_state_idx=torch.tensor([0, 0, 0], dtype=torch.int32),
@@ -655,6 +659,10 @@ BAD_SERVING = [
     ("windows wrong width", dict(intermediate_conv_window=torch.zeros(3, 3, D, 2)),
      "intermediate_conv_window"),
     ("windows too few tokens", dict(intermediate_conv_window=torch.zeros(3, 2, D, 3)),
+     "intermediate_conv_window"),
+    ("packed windows too few tokens", dict(
+        x=torch.randn(6, D), query_start_loc=torch.tensor([0, 1, 2, 6], dtype=torch.int32),
+        num_accepted_tokens=None, intermediate_conv_window=torch.zeros(3, 2, D, 3)),
      "intermediate_conv_window"),
     ("windows wrong dtype",
      dict(intermediate_conv_window=torch.zeros(3, 3, D, 3, dtype=torch.float64)),
