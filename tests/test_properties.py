@@ -1,6 +1,12 @@
 """Property-based tests: hypothesis draws shapes, strides and views, dtypes,
 widths 1..32, options, seq_idx patterns and pool layouts for every public
-function, and each result is compared with the float64 reference.
+function, and each result is compared with the float64 reference, on
+every backend under test (the CUDA kernels on the emulator in CI).
+
+Random strides alone almost never give the layouts and sizes the fast
+paths take (whole vectors of channels, contiguous per-channel runs), so
+part of each test's draws is aimed at them: a mutation of a fast path
+that no draw reaches goes unnoticed.
 
 Tensor values come from a torch.Generator seeded by a drawn integer, so an
 example is fully described by what hypothesis drew. The runs are
@@ -93,6 +99,7 @@ def make(gen: torch.Generator, shape, dtype, layout) -> torch.Tensor:
 
 
 def fixed_layout(perm, steps=None, pads=None):
+    """A layout (as layouts() draws them) given outright."""
     rank = len(perm)
     return list(perm), steps or [1] * rank, pads or [0] * rank, False
 
