@@ -624,6 +624,11 @@ ConvParams update_serving_params(const at::Tensor& x, const at::Tensor& conv_sta
     check_int32(c, idx, "conv_state_indices");
     if (table) {
       check_shape(c, idx, "conv_state_indices", {B, -1}, "(batch, blocks)");
+      // (a shape check, so device tables get it too: the kernels would take
+      // a table without entries for no table at all)
+      TORCH_CHECK_VALUE(idx.size(1) >= 1 || B == 0, c.op,
+                        ": the conv_state_indices table needs at least one column (block), "
+                        "got shape ", shape_str(idx));
       check_per_sequence(c, *initial_state_idx, "initial_state_idx", B, false);
       check_per_sequence(c, *block_idx_last_scheduled_token, "block_idx_last_scheduled_token", B,
                          false);
