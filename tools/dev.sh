@@ -76,6 +76,23 @@ case "${1:-}" in
     "${pytest[@]}" "${xdist[@]}" tests benchmarks tools -m "not slow and not serial"
     step "tests that need a process to themselves: threads (serial), tensors past 2^31 elements (slow)"
     "${pytest[@]}" tests benchmarks tools -m "slow or serial"
+    # Each tier is its own compilation of the kernels, and the decode and
+    # serving steps' register paths differ per tier (vector width, bf16
+    # rounding, PairServing on AVX-512 only); the forward's and backward's
+    # per-tier grid is tests/test_fwd_cpu_paths.py.
+    lower="$(python - <<'PY'
+import pathlib, kernels
+best = kernels.get_local_kernel(pathlib.Path("build")).kernel_tier()
+for order in (["default", "avx2", "avx512", "avx512_bf16"], ["neon", "sve", "sve_bf16"]):
+    if best in order:
+        print(" ".join(order[:order.index(best)]))
+PY
+)"
+    for tier in $lower; do
+      step "update, serving, packed and property tests on the lower CPU tier $tier"
+      CAUSAL_CONV1D_CPU_TIER="$tier" "${pytest[@]}" "${xdist[@]}" -m "not slow and not serial" \
+        tests/test_update.py tests/test_serving.py tests/test_packed.py tests/test_properties.py
+    done
     step "kernel-builder's ci-test: the Nix source set, pytest -m kernels_ci (tools/ci/kernels_ci.sh)"
     bash tools/ci/kernels_ci.sh
     step "the loader-facing tests under the newest kernels and transformers (tools/ci/kernels_latest.sh)"
