@@ -91,8 +91,14 @@ def bwd_scenario(cc, dtype, layout):
     return run
 
 
+# The update's tasks are (row, block of 32 channels), split among threads in
+# chunks of at least about 2^17 / (32 (L + W + S)) tasks (cpu/update.h):
+# these sizes make at least two chunks, and chunk boundaries fall inside a
+# row (a row of the pool must not be worked on by two threads).
+
+
 def update_scenario(cc, dtype, layout):
-    B, D, L, W, S, N = 8, 67, 2, 4, 6, 16
+    B, D, L, W, S, N = 25, 1043, 2, 4, 6, 32  # 825 tasks, chunks of >= 341
     x = randn_layout(B, D, L, layout, dtype)
     w, b = torch.randn(D, W).to(dtype), torch.randn(D).to(dtype)
     pool0 = torch.randn(N, D, S).to(dtype)
@@ -104,6 +110,23 @@ def update_scenario(cc, dtype, layout):
         pool = pool0.clone()
         out = cc.causal_conv1d_update(x, pool, w, b, activation="silu", cache_seqlens=cache,
                                       conv_state_indices=idx)
+        return [out, pool]
+
+    return run
+
+
+def decode_scenario(cc, dtype, layout):
+    """One token a row, the pool in `layout` (channel_last: vLLM's)."""
+    B, D, W, S, N = 13, 2083, 4, 3, 16  # 858 tasks, chunks of >= 512
+    x = torch.randn(B, D).to(dtype)
+    w, b = torch.randn(D, W).to(dtype), torch.randn(D).to(dtype)
+    pool0 = randn_layout(N, D, S, layout, dtype)
+    idx = torch.randperm(N)[:B].to(I32)
+    idx[5] = -1
+
+    def run():
+        pool = pool0.clone()
+        out = cc.causal_conv1d_update(x, pool, w, b, activation="silu", conv_state_indices=idx)
         return [out, pool]
 
     return run
@@ -141,6 +164,7 @@ SCENARIOS = {
     "fn": fn_scenario,
     "bwd": bwd_scenario,
     "update": update_scenario,
+    "decode": decode_scenario,
     "varlen": varlen_scenario,
     "packed": packed_scenario,
 }
