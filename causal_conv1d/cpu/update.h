@@ -342,10 +342,6 @@ void update_impl(const ConvParams& p) {
       const int64_t next = seqlens ? seqlens[b * p.cache_seqlens.s0] : 0;
       for (int64_t k = 0; k + 1 < W; ++k)
         col[k] = seqlens ? wrap_index(next - (W - 1) + k, S) : S - (W - 1) + k;
-      if (channel_rows) {
-        decode_channel_rows<X>(p, taps, d0, n, x, out, st, col, seqlens ? wrap_index(next, S) : -1);
-        return;
-      }
       blk.bind(taps, d0, n);
       blk.load_window(st, s_ch, s_col, col);
       blk.run(x, p.x.s1, p.x.s2, L, out, p.out.s1, p.out.s2);
@@ -356,6 +352,35 @@ void update_impl(const ConvParams& p) {
         shift_state(st, s_ch, s_col, S, n, x, p.x.s1, p.x.s2, L, /*keep_old=*/true);
       }
     };
+    if (channel_rows) {
+      // A row's blocks in one loop: its pool row, window columns and
+      // pointers are found once, not once per block of kLanes channels,
+      // which is only a few dozen instructions of work. Nothing is
+      // prefetched: each state column is a long run of channels that the
+      // hardware prefetchers follow.
+      for (int64_t t = begin; t < end;) {
+        const int64_t b = t / nblk, c0 = t % nblk, c1 = std::min(nblk, c0 + (end - t));
+        t += c1 - c0;
+        const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
+        if (row < 0) {  // padding row: task's zeros
+          for (int64_t c = c0; c < c1; ++c) task(b, c);
+          continue;
+        }
+        const X* x = ptr<X>(p.x) + b * p.x.s0;
+        X* out = ptr<X>(p.out) + b * p.out.s0;
+        X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0;
+        const int64_t next = seqlens ? seqlens[b * p.cache_seqlens.s0] : 0;
+        for (int64_t k = 0; k + 1 < W; ++k)
+          col[k] = seqlens ? wrap_index(next - (W - 1) + k, S) : S - (W - 1) + k;
+        const int64_t write_col = seqlens ? wrap_index(next, S) : -1;
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t d0 = c * kLanes;
+          decode_channel_rows<X>(p, taps, d0, std::min(kLanes, D - d0), x + d0, out + d0,
+                                 st + d0, col, write_col);
+        }
+      }
+      return;
+    }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
     if constexpr (!std::is_same_v<X, double>) {
       static_assert(kLanes == 2 * RegisterDecode<X>::kR);
@@ -365,9 +390,7 @@ void update_impl(const ConvParams& p) {
       }
     }
 #endif
-    // vLLM's layout needs no help: each state column is a long run of
-    // channels that the hardware prefetchers follow.
-    const UpdatePrefetch ahead{channel_rows ? 0 : prefetch_group(kLanes), nblk, kLanes, end};
+    const UpdatePrefetch ahead{prefetch_group(kLanes), nblk, kLanes, end};
     for (int64_t t = begin; t < end; ++t) {
       ahead.before<X>(p, t);
       task(t / nblk, t % nblk);
