@@ -324,24 +324,31 @@ void update_impl(const ConvParams& p) {
     // layout): no transposed buffer needed.
     const bool channel_rows = L == 1 && S >= 1 && s_ch == 1 && s_col >= D && p.x.s1 == 1 &&
                               p.out.s1 == 1;
+    // Batch row b's pool row (negative: a padding row).
+    auto pool_row = [&](int64_t b) { return indices ? indices[b * p.state_indices.s0] : b; };
+    // Fills col with batch row b's window columns and returns its next
+    // write column (0 for a linear state). Circular buffer: the next write
+    // goes to column seqlens[b] % S and the W-1 columns before it
+    // (circularly) are the window. Linear: the last W-1 columns are.
+    auto window = [&](int64_t b) {
+      const int64_t next = seqlens ? seqlens[b * p.cache_seqlens.s0] : 0;
+      for (int64_t k = 0; k + 1 < W; ++k)
+        col[k] = seqlens ? wrap_index(next - (W - 1) + k, S) : S - (W - 1) + k;
+      return next;
+    };
     // One task in the engine: any layout, any token count.
     auto task = [&](int64_t b, int64_t c) {
       const int64_t d0 = c * kLanes, n = std::min(kLanes, D - d0);
       const X* x = ptr<X>(p.x) + b * p.x.s0 + d0 * p.x.s1;
       X* out = ptr<X>(p.out) + b * p.out.s0 + d0 * p.out.s1;
-      const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
+      const int64_t row = pool_row(b);
       if (row < 0) {  // padding row: output 0, state untouched
         for (int64_t t = 0; t < L; ++t)
           for (int64_t j = 0; j < n; ++j) out[j * p.out.s1 + t * p.out.s2] = X(0);
         return;
       }
       X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0 + d0 * s_ch;
-      // Circular buffer: the next write goes to column seqlens[b] % S and the
-      // W-1 columns before it (circularly) are the window. Linear: the last
-      // W-1 columns are.
-      const int64_t next = seqlens ? seqlens[b * p.cache_seqlens.s0] : 0;
-      for (int64_t k = 0; k + 1 < W; ++k)
-        col[k] = seqlens ? wrap_index(next - (W - 1) + k, S) : S - (W - 1) + k;
+      const int64_t next = window(b);
       blk.bind(taps, d0, n);
       blk.load_window(st, s_ch, s_col, col);
       blk.run(x, p.x.s1, p.x.s2, L, out, p.out.s1, p.out.s2);
@@ -361,7 +368,7 @@ void update_impl(const ConvParams& p) {
       for (int64_t t = begin; t < end;) {
         const int64_t b = t / nblk, c0 = t % nblk, c1 = std::min(nblk, c0 + (end - t));
         t += c1 - c0;
-        const int64_t row = indices ? indices[b * p.state_indices.s0] : b;
+        const int64_t row = pool_row(b);
         if (row < 0) {  // padding row: task's zeros
           for (int64_t c = c0; c < c1; ++c) task(b, c);
           continue;
@@ -369,9 +376,7 @@ void update_impl(const ConvParams& p) {
         const X* x = ptr<X>(p.x) + b * p.x.s0;
         X* out = ptr<X>(p.out) + b * p.out.s0;
         X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0;
-        const int64_t next = seqlens ? seqlens[b * p.cache_seqlens.s0] : 0;
-        for (int64_t k = 0; k + 1 < W; ++k)
-          col[k] = seqlens ? wrap_index(next - (W - 1) + k, S) : S - (W - 1) + k;
+        const int64_t next = window(b);
         const int64_t write_col = seqlens ? wrap_index(next, S) : -1;
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t d0 = c * kLanes;
