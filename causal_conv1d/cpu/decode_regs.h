@@ -337,29 +337,37 @@ struct RegisterDecode {
   // R channels: returns bias + conv before the activation and updates the
   // state st (R*S values). `next` < 0: linear state (shift left, token
   // last); else the circular write column, next = cache_seqlens % S.
+  // Inlined into run_s's task loop so the permute indices stay in registers
+  // and the arrays below never reach the stack.
   template <int kS>
-  V step_s(X* st, const X* x, const float* taps, int64_t tap_stride, const float* bias,
-           int64_t next) const {
+  __attribute__((always_inline)) V step_s(X* st, const X* x, const float* taps,
+                                          int64_t tap_stride, const float* bias,
+                                          int64_t next) const {
     R regs[kS];
     for (int m = 0; m < kS; ++m) regs[m] = Rg::load(st + kR * m);
-    R shifted[kS];  // value e of register m = old value R*m + e + 1
-    if (next < 0) {
-      for (int m = 0; m + 1 < kS; ++m) shifted[m] = Rg::load(st + kR * m + 1);
-      shifted[kS - 1] = Rg::permute(last_shift, regs[kS - 1]);
-    }
     const R token = Rg::load(x);
     V acc = V::loadu(bias);
+    // A constant trip count (W - 1 <= S) so the loop unrolls; taps in
+    // order, as every other path sums them.
     const int64_t first = next < 0 ? kS - (W - 1) : next - (W - 1) + kS;  // column of tap 0
-    for (int64_t k = 0; k + 1 < W; ++k) {
+    for (int k = 0; k < kS && k + 1 < W; ++k) {
       const int64_t c = next < 0 ? first + k : (first + k) % kS;
       const V column(Rg::widen(runs.template column<kS>(regs, c)));
       acc = at::vec::fmadd(V::loadu(taps + k * tap_stride), column, acc);
     }
     acc = at::vec::fmadd(V::loadu(taps + (W - 1) * tap_stride), V(Rg::widen(token)), acc);
     if (next < 0) {
-      for (int m = 0; m < kS; ++m)
-        Rg::store(st + kR * m, Rg::permute_into(shifted[m], runs.spread_mask[kS - 1][m],
+      for (int m = 0; m < kS; ++m) {
+        // value e = old value R*m + e + 1. The load reaches one value into
+        // register m + 1's range, which is stored after it; the last
+        // register is permuted instead so nothing past the block is read.
+        // Loaded here rather than with regs: fewer registers live across
+        // the taps.
+        const R shifted =
+            m + 1 < kS ? Rg::load(st + kR * m + 1) : Rg::permute(last_shift, regs[kS - 1]);
+        Rg::store(st + kR * m, Rg::permute_into(shifted, runs.spread_mask[kS - 1][m],
                                                 runs.spread_index[m], token));
+      }
     } else {
       for (int m = 0; m < kS; ++m) {
         Rg::store(st + kR * m, Rg::permute_into(regs[m], runs.spread_mask[next][m],
