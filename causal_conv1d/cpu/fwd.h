@@ -568,10 +568,13 @@ struct ChanTile {
 // Tokens tg .. tg+T-1 of a tile. Masked (seq_idx): tap k of token i counts
 // only when use[i][k]; pad[i] marks padding tokens (output 0). One vector of
 // channels at a time: with two, the windows, taps and silu's constants would
-// not fit in the registers.
+// not fit in the registers. Always inlined: out of line (as GCC left it
+// for bf16 once the prefetches below grew it) the sweep ran slower.
 template <int WC, int T, bool Masked, typename X>
-void chan_group(const Ctx<X>& c, const ChanTile<X>& g, int64_t tg, int64_t end,
-                const bool (*use)[kMaxWidthCpu], const bool* pad) {
+__attribute__((always_inline)) inline void chan_group(const Ctx<X>& c, const ChanTile<X>& g,
+                                                      int64_t tg, int64_t end,
+                                                      const bool (*use)[kMaxWidthCpu],
+                                                      const bool* pad) {
   using A = acc_t<X>;
   using V = Vec<A>;
   using IO = VecIO<X>;
@@ -580,8 +583,19 @@ void chan_group(const Ctx<X>& c, const ChanTile<X>& g, int64_t tg, int64_t end,
   const int64_t W = WC > 0 ? WC : c.W;
   const int64_t R = W - 1;
   const bool silu = c.p.silu;
+  // Asks for the next group's rows of x and out a sweep ahead, one cache
+  // line at a time: each group reads T new rows and writes T, streams too
+  // short for the hardware prefetchers to pick up early (on Zen 4 the
+  // loads of the new rows waited on memory, and stores on their lines).
+  const bool ahead = tg + 2 * T <= end;
   for (int64_t j = 0; j < g.nd; j += N) {
     const int64_t cnt = std::min(N, g.nd - j);
+    if (ahead && (j * int64_t(sizeof(X))) % 64 == 0) {
+      for (int64_t i = T; i < 2 * T; ++i) {
+        prefetch_line(g.x + (tg + i) * g.xs + j, false);
+        prefetch_line(g.out + (tg + i) * g.os + j, true);
+      }
+    }
     VecArray<V, RK + T> h;  // h[i]: the input at tg - (W-1) + i
     for (int64_t i = 0; i < R; ++i) {
       const int64_t pos = tg - R + i;
