@@ -206,6 +206,28 @@ def test_fused_channel_last_widths(kernel, seeded, W, dtype):
                  layout="channel_last", act=act, init=init_final, final=init_final)
 
 
+# (L, bias, silu, initial_states, return_final_states)
+ROW_PASS_CASES = [(2100, True, True, False, False), (1030, False, False, False, True),
+                  (2100, True, True, True, True), (13, True, True, False, False),
+                  (1, False, True, False, False)]
+
+
+@pytest.mark.parametrize("W", [1, 2, 3, 4, 5, 6, 7, 8, 9])
+@pytest.mark.parametrize("dtypes", [(torch.float32,) * 2, (torch.bfloat16,) * 2,
+                                    (torch.float16, torch.float32), (F64, F64)], ids=pair_id)
+def test_rows_single_pass(kernel, seeded, dtypes, W):
+    """x contiguous along L over several chunks of tokens, without seq_idx:
+    the CPU backward's single-pass rows (widths to 8; every chunk but the
+    first with initial states and the last with final states) beside its
+    buffered ones (those chunks, W = 9). D = 13 crosses a block of
+    channels; lengths end a chunk inside a vector, or are shorter than one."""
+    xdt, wdt = dtypes
+    for L, bias, silu, init, fin in ROW_PASS_CASES:
+        x, w, b, s, ini = make_inputs(2, 13, L, W, xdt, wdt, "contiguous", bias, False, init)
+        check_against_reference(kernel, x, w, b, s, ini, silu=silu, fin=fin,
+                                what=f"W={W} L={L} bias={bias} silu={silu} init={init} fin={fin}")
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("layout", ["contiguous", "channel_last", "proj_slice"])
 def test_long_sequences(kernel, seeded, layout, dtype):

@@ -205,6 +205,32 @@ def test_bwd_propagates_like_reference(cc, seeded, dtype, value):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=_dt)
+@pytest.mark.parametrize("L", [13, 2100])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_bwd_last_token_nonfinite(cc, seeded, dtype, L, activation):
+    """A non-finite x at the last position of contiguous rows without
+    seq_idx, at lengths that end inside a vector: no token past the end may
+    take part (without silu, dweight's taps before the last keep finite)."""
+    B, D, W = 2, 5, 4
+    x = torch.randn(B, D, L).to(dtype)
+    x[1, 3, L - 1] = math.inf
+    w, b = torch.randn(D, W).to(dtype), torch.randn(D).to(dtype)
+    dout = torch.randn(B, D, L).to(dtype)
+
+    def run(fn, cast):
+        leaves = [t.detach().requires_grad_() for t in (cast(x), cast(w), cast(b))]
+        fn(*leaves, activation=activation).backward(cast(dout))
+        return [t.grad for t in leaves]
+
+    got = run(cc.causal_conv1d_fn, lambda t: t)
+    want = run(cc.causal_conv1d_ref, lambda t: t.double())
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, want):
+        assert_nonfinite_like(g, r, (dtype,), name)
+    if activation is None:
+        assert torch.isfinite(got[1][3, : W - 1]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=_dt)
 @pytest.mark.parametrize("value", SPECIALS, ids=["nan", "inf", "-inf"])
 def test_bwd_padding_tokens_do_not_matter(cc, seeded, dtype, value):
     """Padding tokens (seq_idx < 0) output a constant 0, so whatever their x

@@ -45,6 +45,7 @@ using at::vec::Vectorized;
 constexpr int64_t kChunkT = 1024;  // vectors along t
 constexpr int64_t kGroupT = 8;     // channels per task (amortizes seq_idx masks)
 constexpr int64_t kChunkC = 128;   // vectors along channels (channel-last)
+constexpr int64_t kFusedMaxW = 8;  // widths with a fused kernel (WC = W), both layouts
 constexpr int64_t kBlockC = 32;    // lanes per cl_block call, a multiple of every vector size
 // Rows (tokens) ahead that cl_block asks the cache for: its rows are kBlockC
 // channels wide and one row of the tensor apart, a pattern the hardware
@@ -364,6 +365,148 @@ void time_channel(const Job<A>& job, const Span& s, int64_t d, TimeBufs<A>& bufs
   }
 }
 
+// One channel's chunk of rows straight from the tensors, for the common
+// case: x, dout and dx contiguous along t, no seq_idx cuts, no
+// dinitial_states or dfinal_states in this chunk, W <= kFusedMaxW. One pass
+// reads each vector of N tokens of x and dout (its W shifted windows come
+// from L1), writes its g to the chunk's buffer and adds to the dweight /
+// dbias sums held in registers; a second pass over that buffer writes dx.
+// (Computing dx in the first pass made its loads wait for g stores still
+// in flight.) time_channel instead copies the rows into buffers first and
+// walks them several times.
+template <typename X>
+struct RowsAhead {
+  // The next channel's x (from its t0 - H), dout and dx (from its t0);
+  // null when there is none.
+  const X* x = nullptr;
+  const X* dy = nullptr;
+  X* dx = nullptr;
+};
+
+template <int WC, bool Silu, typename X, typename A>
+void time_fused(const Job<A>& job, const Span& s, int64_t d, A* gb, const RowsAhead<X>& ahead) {
+  using V = Vectorized<A>;
+  using IO = VecIO<X>;
+  constexpr int64_t N = V::size();
+  constexpr int64_t H = WC - 1;
+  static_assert(H <= N, "TimeBufs' slack holds one vector past the chunk and its halo");
+  static_assert(kChunkT % N == 0, "only the last chunk ends inside a vector");
+  const ConvParams& p = *job.p;
+  const int64_t b = s.b, t0 = s.t0;
+  const int64_t n = s.t1 - t0, ng = s.te - t0;
+  const X* x = ptr<X>(p.x) + b * p.x.s0 + d * p.x.s1;  // x[pos]
+  const X* dy = ptr<X>(p.dout) + b * p.dout.s0 + d * p.dout.s1 + t0;
+  X* dx = ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1 + t0;
+
+  V w[WC];
+  for (int k = 0; k < WC; ++k) w[k] = V(job.w[d * WC + k]);
+  const V bias(job.bias ? job.bias[d] : A(0));
+  // x at positions pos .. pos + N - 1, only those below lim (zeros past
+  // it: a value there may be non-finite and must not reach g or dweight),
+  // and zeros before position 0 (time_fusable: no initial states here).
+  auto xload = [&](int64_t pos, int64_t lim) -> V {
+    if (pos >= 0) return pos < lim ? IO::load1(x + pos, std::min(N, lim - pos)) : V(A(0));
+    __at_align__ A tmp[N];
+    for (int64_t l = 0; l < N; ++l) tmp[l] = pos + l >= 0 && pos + l < lim ? A(x[pos + l]) : A(0);
+    return V::loadu(tmp);
+  };
+  // dx for tokens q .. q + N - 1 (those below n).
+  auto dx_at = [&](int64_t q) {
+    V a(A(0));
+    for (int k = 0; k < WC; ++k) a = at::vec::fmadd(w[k], V::loadu(gb + q + 2 * H - k), a);
+    IO::store1(dx + q, a, std::min(N, n - q));
+  };
+
+  V dw[WC];
+  for (int k = 0; k < WC; ++k) dw[k] = V(A(0));
+  V db(A(0));
+  const int64_t te = s.te;
+  // Tokens j .. j + N - 1. Edge: a vector at the chunk's ends, where x may
+  // start before position 0, or tokens reach past te or n.
+  constexpr int64_t kLine = 64 / sizeof(X);  // elements per cache line
+  auto step = [&]<bool Edge>(int64_t j) __attribute__((always_inline)) {
+    const int64_t pos = t0 + j - H;
+    if (ahead.x && j % kLine == 0) {
+      // The next channel's lines, one per stream per line of this one:
+      // paced by the work, a whole channel ahead.
+      prefetch_line(ahead.x + j, false);
+      prefetch_line(ahead.dy + j, false);
+      prefetch_line(ahead.dx + j, true);
+    }
+    V xk[WC];
+    for (int k = 0; k < WC; ++k)
+      xk[k] = Edge ? xload(pos + k, te) : IO::load1(x + pos + k, N);
+    const V dyv = Edge ? IO::load1(dy + j, std::min(N, ng - j)) : IO::load1(dy + j, N);
+    V g = dyv;
+    if constexpr (Silu) {
+      V pre = bias;
+      for (int k = 0; k < WC; ++k) pre = at::vec::fmadd(w[k], xk[k], pre);
+      g = dsilu_mul(pre, dyv);
+    }
+    if constexpr (Edge) g = V::set(V(A(0)), g, std::min(N, ng - j));  // no g past te
+    g.store(gb + H + j);
+    if (!Edge || j + N <= n) {
+      for (int k = 0; k < WC; ++k) dw[k] = at::vec::fmadd(g, xk[k], dw[k]);
+      db = db + g;
+    } else if (j < n) {
+      // Tokens n .. are past the end of the sequence (only the last chunk
+      // ends inside a vector, so n == ng) and have g = 0, but their
+      // windows reach back into it: x is cut at n, so that 0 * Inf cannot
+      // turn a finite sum into NaN.
+      for (int k = 0; k < WC; ++k)
+        dw[k] = at::vec::fmadd(g, xload(pos + k, t0 + n - H + k), dw[k]);
+      db = db + g;
+    }
+  };
+  // Vectors with every x position in [0, te) and every token below n.
+  const int64_t j_lo = t0 >= H ? 0 : (H - t0 + N - 1) / N * N;
+  const int64_t j_hi = std::max(j_lo, n / N * N);
+  int64_t j = 0;
+  for (; j < j_lo && j < ng; j += N) step.template operator()<true>(j);
+  for (; j < j_hi; j += N) step.template operator()<false>(j);
+  for (; j < ng; j += N) step.template operator()<true>(j);
+  // g for the H tokens after the last vector: zeros, for the last dx vector.
+  std::fill(gb + H + j, gb + 2 * H + j, A(0));
+  for (int64_t q = 0; q < n; q += N) dx_at(q);
+
+  const int64_t r = b * job.n_chunks + s.c;
+  A* pw = job.part_w + (r * job.D + d) * WC;
+  for (int k = 0; k < WC; ++k) pw[k] = sum_lanes(dw[k]);
+  if (job.part_b) job.part_b[r * job.D + d] = sum_lanes(db);
+}
+
+// Whether time_fused serves channel rows of span s.
+template <typename X, typename A>
+bool time_fusable(const Job<A>& job, const Span& s) {
+  const ConvParams& p = *job.p;
+  return job.W <= kFusedMaxW && job.H <= Vectorized<A>::size() && !s.masked && !s.dead &&
+         s.ilo == 0 && !(p.initial_states.given() && s.t0 < job.H) && p.x.s2 == 1 &&
+         p.dout.s2 == 1 && p.dx.s2 == 1 && !(p.dfinal_states.given() && s.t1 > job.L - job.H);
+}
+
+template <typename X, typename A>
+void time_fused_any(const Job<A>& job, const Span& s, int64_t d, A* gb,
+                    const RowsAhead<X>& ahead) {
+  auto go = [&]<int WC>() {
+    if constexpr (WC - 1 <= Vectorized<A>::size()) {
+      if (job.p->silu)
+        time_fused<WC, true, X, A>(job, s, d, gb, ahead);
+      else
+        time_fused<WC, false, X, A>(job, s, d, gb, ahead);
+    }
+  };
+  switch (job.W) {
+    case 1: return go.template operator()<1>();
+    case 2: return go.template operator()<2>();
+    case 3: return go.template operator()<3>();
+    case 4: return go.template operator()<4>();
+    case 5: return go.template operator()<5>();
+    case 6: return go.template operator()<6>();
+    case 7: return go.template operator()<7>();
+    default: return go.template operator()<8>();
+  }
+}
+
 template <typename X, typename A>
 void prefetch_channel(const Job<A>& job, int64_t b, int64_t c, int64_t d) {
   const ConvParams& p = *job.p;
@@ -373,6 +516,17 @@ void prefetch_channel(const Job<A>& job, int64_t b, int64_t c, int64_t d) {
   prefetch_row(ptr<X>(p.dout) + b * p.dout.s0 + d * p.dout.s1 + t0 * p.dout.s2, p.dout.s2,
                te - t0, false);
   prefetch_row(ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1 + t0 * p.dx.s2, p.dx.s2, t1 - t0, true);
+}
+
+template <typename X, typename A>
+RowsAhead<X> rows_ahead(const Job<A>& job, int64_t b, int64_t c, int64_t d) {
+  const ConvParams& p = *job.p;
+  const int64_t t0 = c * job.chunk;
+  // Positions before 0 are never read: the first line is position 0's.
+  const int64_t xs = std::max<int64_t>(0, t0 - job.H);
+  return {ptr<X>(p.x) + b * p.x.s0 + d * p.x.s1 + xs,
+          ptr<X>(p.dout) + b * p.dout.s0 + d * p.dout.s1 + t0,
+          ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1 + t0};
 }
 
 template <typename X, typename A>
@@ -396,15 +550,23 @@ void run_time_major(const Job<A>& job) {
       where(task, b, c, blk);
       const Span s = make_span(job, b, c, bufs.ids);
       if (s.masked) build_masks(s, job.W, bufs);
+      const bool fusable = time_fusable<X>(job, s);
       const int64_t d1 = std::min(job.D, (blk + 1) * job.block);
       for (int64_t d = blk * job.block; d < d1; ++d) {
-        if (d + 1 < d1) {
-          prefetch_channel<X>(job, b, c, d + 1);
-        } else if (task + 1 < end) {
-          int64_t nb, nc, nblk;
+        // The next channel: in this task, else the next task's first.
+        int64_t nb = b, nc = c, nd = d + 1;
+        const bool more = d + 1 < d1 || task + 1 < end;
+        if (d + 1 >= d1 && more) {
+          int64_t nblk;
           where(task + 1, nb, nc, nblk);
-          prefetch_channel<X>(job, nb, nc, nblk * job.block);
+          nd = nblk * job.block;
         }
+        if (fusable) {
+          time_fused_any<X, A>(job, s, d, bufs.gb.data(),
+                               more ? rows_ahead<X>(job, nb, nc, nd) : RowsAhead<X>{});
+          continue;
+        }
+        if (more) prefetch_channel<X>(job, nb, nc, nd);
         if (s.masked)
           time_channel<X, A, true>(job, s, d, bufs);
         else
@@ -429,7 +591,6 @@ void run_time_major(const Job<A>& job) {
 // time.
 
 constexpr int64_t kGroupC = 4;   // tokens per register pass of the fused path
-constexpr int64_t kFusedMaxW = 8;  // widths with a fused kernel (WC = W)
 constexpr int64_t kTasksC = 16;  // channel-last tasks to aim for before splitting D
 
 // Channels per channel-last task: whole rows (a tile is then one contiguous
