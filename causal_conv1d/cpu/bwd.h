@@ -820,6 +820,10 @@ void cl_group(const ClTile<X, A>& g, int64_t t, int skip, int ncore, int nx, boo
     V dw[WC];
     for (int k = 0; k < WC; ++k) dw[k] = V::loadu(st + (S::kDw + k) * N);
     V db = V::loadu(st + S::kDb * N);
+    // Unrolled, xw and gw live in registers. GCC kept this loop rolled in
+    // the 16-bit instances, with the two arrays on the stack: every g and
+    // x went through a store and a reload.
+#pragma GCC unroll 8
     for (int i = 0; i < T; ++i) {
       if (Full || i < nx) {
         xw[H + i] = IO::load1(g.x + (t + i) * g.xs + j, cnt);
