@@ -57,7 +57,11 @@ def bench_case(cc, name, B, D, L, channel_last, repeats, warmup):
     inputs = (x, weight, bias)
     y_ref = conv_silu_ref(x, weight, bias)
     y_ker = cc.causal_conv1d_fn(x, weight, bias, activation="silu")
-    dout = torch.randn_like(y_ref)
+    # dout in the kernel output's layout (channel-last with --channel-last),
+    # as a model's next layer hands it back; PyTorch's conv output is
+    # contiguous whatever x is, and a dout in that layout would time the
+    # mixed-layout backward instead.
+    dout = torch.randn_like(y_ker)
 
     def ref():
         return torch.autograd.grad(y_ref, inputs, dout, retain_graph=True)
