@@ -228,6 +228,54 @@ def test_rows_single_pass(kernel, seeded, dtypes, W):
                                 what=f"W={W} L={L} bias={bias} silu={silu} init={init} fin={fin}")
 
 
+# (x layout, dout layout): dout laid out against x's compute layout (x
+# contiguous along L and a gradient back through a (B * L, D) projection of
+# the output, channel-last; or the reverse), then strided and unaligned
+# views of either.
+OTHER_DOUT_LAYOUTS = [("contiguous", "channel_last"), ("channel_last", "contiguous"),
+                      ("proj_slice", "unaligned"), ("contiguous", "strided"),
+                      ("channel_last", "strided")]
+
+
+def in_layout_of(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """t's values in x's compute layout: contiguous along L or along D."""
+    if x.stride(1) == 1 and x.stride(2) != 1:
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    return t.contiguous()
+
+
+@pytest.mark.backends("cpu")  # the CPU backward's staging; CUDA: test_bwd_dout_layout_differs
+@pytest.mark.parametrize("W", [1, 4, 8])
+@pytest.mark.parametrize("dtypes", [(torch.float32,) * 2, (torch.bfloat16,) * 2,
+                                    (torch.float16, torch.float32), (F64, F64)], ids=pair_id)
+@pytest.mark.parametrize("layouts", OTHER_DOUT_LAYOUTS, ids="-".join)
+def test_bwd_dout_other_layout(kernel, seeded, layouts, dtypes, W):
+    """dout laid out against x, over several chunks of tokens and blocks of
+    channels (D = 300 crosses both layouts' blocks), without seq_idx: the
+    CPU backward's fused tiles copy their dout into x's layout first. The
+    reference's gradients within tolerance, and bit for bit the gradients
+    of the same dout in x's layout; every chunk but the first with initial
+    states and the last with final states."""
+    x_layout, dout_layout = layouts
+    xdt, wdt = dtypes
+    B, D = 1, 300
+    for L, bias, silu, init, fin in ((2100, True, True, False, False),
+                                     (1030, False, False, False, True),
+                                     (2100, True, True, True, True), (13, True, True, False, False)):
+        x, w, b, s, ini = make_inputs(B, D, L, W, xdt, wdt, x_layout, bias, False, init)
+        dout = randn_layout(B, D, L, dout_layout, xdt)
+        dfin = torch.randn(B, D, W - 1, dtype=F64).to(xdt)
+        what = f"W={W} L={L} bias={bias} silu={silu} init={init} fin={fin}"
+        got = check_against_reference(kernel, x, w, b, s, ini, silu=silu, fin=fin, dout=dout,
+                                      dfin=dfin, what=what)
+        same = grads(kernel.causal_conv1d_fn, x, w, b, s, ini, silu, fin, in_layout_of(x, dout),
+                     dfin, lambda t: t)
+        for name, g, r in zip(("dx", "dweight", "dbias", "dinitial_states"), got, same):
+            assert (g is None) == (r is None), f"{what} {name}"
+            if g is not None:
+                assert torch.equal(g, r), f"{what} {name}: differs from dout in x's layout"
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("layout", ["contiguous", "channel_last", "proj_slice"])
 def test_long_sequences(kernel, seeded, layout, dtype):

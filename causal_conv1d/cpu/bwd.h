@@ -53,6 +53,63 @@ constexpr int64_t kBlockC = 32;    // lanes per cl_block call, a multiple of eve
 constexpr int64_t kAheadC = 8;
 
 // ---------------------------------------------------------------------------
+// dout in another layout than x
+//
+// The fused paths read dout along the compute layout's vectors. A dout laid
+// out the other way (x contiguous along L and a gradient that came back
+// through a (B * L, D) projection of the output, channel-last; or the
+// reverse) would be a gather per element, so each fused task first copies
+// its slice of dout into a small buffer in x's layout, transposing blocks
+// of kStageB x kStageB.
+
+constexpr int kStageB = 16;
+
+// dst[c * ld + r] = src[r * rs + c * cs] for r < rows, c < cols.
+template <typename X>
+void stage_transposed(const X* src, int64_t rs, int64_t cs, int64_t rows, int64_t cols, X* dst,
+                      int64_t ld) {
+  if (cs != 1) {
+    for (int64_t c = 0; c < cols; ++c)
+      for (int64_t r = 0; r < rows; ++r) dst[c * ld + r] = src[r * rs + c * cs];
+    return;
+  }
+  for (int64_t r = 0; r < rows; r += kStageB) {
+    const int m = int(std::min<int64_t>(kStageB, rows - r));
+    for (int64_t c = 0; c < cols; c += kStageB) {
+      const int n = int(std::min<int64_t>(kStageB, cols - c));
+      if (m == kStageB && n == kStageB)
+        at::vec::transpose_mxn<X, kStageB, kStageB>(src + r * rs + c, rs, dst + c * ld + r, ld);
+      else
+        at::vec::transpose_mxn<X>(src + r * rs + c, rs, dst + c * ld + r, ld, m, n);
+    }
+  }
+}
+
+// Part i of `parts` of the lines of dout's block (batch row b, channels d0 ..
+// d0 + nd - 1, tokens t0 .. t0 + n - 1), into L2: a task asks for the block
+// the next task stages a part at a time, so that the lines arrive paced by
+// its work. Its rows are a few lines long and a tensor row apart, a
+// pattern the hardware prefetchers do not follow across pages.
+struct DoutBlock {
+  int64_t b = 0, d0 = 0, nd = 0, t0 = 0, n = 0;  // n == 0: no block
+};
+
+template <typename X>
+void prefetch_dout_part(const ConvParams& p, const DoutBlock& k, int64_t i, int64_t parts) {
+  if (k.n == 0) return;
+  const X* at = ptr<X>(p.dout) + k.b * p.dout.s0 + k.d0 * p.dout.s1 + k.t0 * p.dout.s2;
+  int64_t outer = k.n, so = p.dout.s2, inner = k.nd, si = p.dout.s1;
+  if (so < si) std::swap(outer, inner), std::swap(so, si);
+  constexpr int64_t kLine = 64 / sizeof(X);
+  const int64_t step = si == 1 ? kLine : std::max<int64_t>(1, inner - 1);
+  for (int64_t o = outer * i / parts; o < outer * (i + 1) / parts; ++o) {
+    const X* row = at + o * so;
+    for (int64_t j = 0; j < inner; j += step) prefetch_line_l2(row + j * si);
+    prefetch_line_l2(row + (inner - 1) * si);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // silu'
 
 // dy * silu'(z), silu'(z) = s * (1 + z * (1 - s)), s = sigmoid(z).
@@ -85,6 +142,7 @@ struct Job {
   const A* bias;  // (D,) or nullptr
   A* part_w;      // (B * n_chunks, D, W): partial dweight of one (b, chunk)
   A* part_b;      // (B * n_chunks, D) or nullptr
+  bool stage_dy;  // dout is not in the compute layout: fused tasks stage it
 };
 
 // One task's token range and the segment ids around it.
@@ -384,7 +442,8 @@ struct RowsAhead {
 };
 
 template <int WC, bool Silu, typename X, typename A>
-void time_fused(const Job<A>& job, const Span& s, int64_t d, A* gb, const RowsAhead<X>& ahead) {
+void time_fused(const Job<A>& job, const Span& s, int64_t d, const X* dy, A* gb,
+                const RowsAhead<X>& ahead) {
   using V = Vectorized<A>;
   using IO = VecIO<X>;
   constexpr int64_t N = V::size();
@@ -395,7 +454,6 @@ void time_fused(const Job<A>& job, const Span& s, int64_t d, A* gb, const RowsAh
   const int64_t b = s.b, t0 = s.t0;
   const int64_t n = s.t1 - t0, ng = s.te - t0;
   const X* x = ptr<X>(p.x) + b * p.x.s0 + d * p.x.s1;  // x[pos]
-  const X* dy = ptr<X>(p.dout) + b * p.dout.s0 + d * p.dout.s1 + t0;
   X* dx = ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1 + t0;
 
   V w[WC];
@@ -481,18 +539,18 @@ bool time_fusable(const Job<A>& job, const Span& s) {
   const ConvParams& p = *job.p;
   return job.W <= kFusedMaxW && job.H <= Vectorized<A>::size() && !s.masked && !s.dead &&
          s.ilo == 0 && !(p.initial_states.given() && s.t0 < job.H) && p.x.s2 == 1 &&
-         p.dout.s2 == 1 && p.dx.s2 == 1 && !(p.dfinal_states.given() && s.t1 > job.L - job.H);
+         p.dx.s2 == 1 && !(p.dfinal_states.given() && s.t1 > job.L - job.H);
 }
 
 template <typename X, typename A>
-void time_fused_any(const Job<A>& job, const Span& s, int64_t d, A* gb,
+void time_fused_any(const Job<A>& job, const Span& s, int64_t d, const X* dy, A* gb,
                     const RowsAhead<X>& ahead) {
   auto go = [&]<int WC>() {
     if constexpr (WC - 1 <= Vectorized<A>::size()) {
       if (job.p->silu)
-        time_fused<WC, true, X, A>(job, s, d, gb, ahead);
+        time_fused<WC, true, X, A>(job, s, d, dy, gb, ahead);
       else
-        time_fused<WC, false, X, A>(job, s, d, gb, ahead);
+        time_fused<WC, false, X, A>(job, s, d, dy, gb, ahead);
     }
   };
   switch (job.W) {
@@ -518,6 +576,18 @@ void prefetch_channel(const Job<A>& job, int64_t b, int64_t c, int64_t d) {
   prefetch_row(ptr<X>(p.dx) + b * p.dx.s0 + d * p.dx.s1 + t0 * p.dx.s2, p.dx.s2, t1 - t0, true);
 }
 
+// The block of dout that task (b, c, blk) stages.
+template <typename A>
+DoutBlock staged_block(const Job<A>& job, int64_t b, int64_t c, int64_t blk) {
+  DoutBlock k;
+  k.b = b;
+  k.d0 = blk * job.block;
+  k.nd = std::min(job.block, job.D - k.d0);
+  k.t0 = c * job.chunk;
+  k.n = std::min(job.L, k.t0 + job.chunk + job.H) - k.t0;
+  return k;
+}
+
 template <typename X, typename A>
 RowsAhead<X> rows_ahead(const Job<A>& job, int64_t b, int64_t c, int64_t d) {
   const ConvParams& p = *job.p;
@@ -535,6 +605,9 @@ void run_time_major(const Job<A>& job) {
   const int64_t tasks = job.B * job.n_chunks * job.n_blocks;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     TimeBufs<A> bufs(job.W, p.seq_idx.given());
+    // A fused task's staged dout (Job::stage_dy): channel d0 + i from token t0 at row i.
+    constexpr int64_t kStageLd = kChunkT + kFusedMaxW;
+    std::vector<X> dys(job.stage_dy ? job.block * kStageLd : 0);
     // task = (b * n_chunks + c) * n_blocks + blk
     auto where = [&](int64_t task, int64_t& b, int64_t& c, int64_t& blk) {
       blk = task % job.n_blocks;
@@ -551,19 +624,28 @@ void run_time_major(const Job<A>& job) {
       const Span s = make_span(job, b, c, bufs.ids);
       if (s.masked) build_masks(s, job.W, bufs);
       const bool fusable = time_fusable<X>(job, s);
-      const int64_t d1 = std::min(job.D, (blk + 1) * job.block);
-      for (int64_t d = blk * job.block; d < d1; ++d) {
+      const int64_t d0 = blk * job.block, d1 = std::min(job.D, d0 + job.block);
+      const bool staged = fusable && job.stage_dy;
+      if (staged)
+        stage_transposed(ptr<X>(p.dout) + b * p.dout.s0 + d0 * p.dout.s1 + s.t0 * p.dout.s2,
+                         p.dout.s2, p.dout.s1, s.te - s.t0, d1 - d0, dys.data(), kStageLd);
+      int64_t tb = b, tc = c, tblk = blk;  // the next task
+      if (task + 1 < end) where(task + 1, tb, tc, tblk);
+      for (int64_t d = d0; d < d1; ++d) {
         // The next channel: in this task, else the next task's first.
         int64_t nb = b, nc = c, nd = d + 1;
         const bool more = d + 1 < d1 || task + 1 < end;
-        if (d + 1 >= d1 && more) {
-          int64_t nblk;
-          where(task + 1, nb, nc, nblk);
-          nd = nblk * job.block;
-        }
+        if (d + 1 >= d1 && more) nb = tb, nc = tc, nd = tblk * job.block;
+        if (job.stage_dy && task + 1 < end)
+          prefetch_dout_part<X>(p, staged_block(job, tb, tc, tblk), d - d0, d1 - d0);
         if (fusable) {
-          time_fused_any<X, A>(job, s, d, bufs.gb.data(),
-                               more ? rows_ahead<X>(job, nb, nc, nd) : RowsAhead<X>{});
+          const X* dy = staged ? dys.data() + (d - d0) * kStageLd
+                               : ptr<X>(p.dout) + b * p.dout.s0 + d * p.dout.s1 + s.t0;
+          RowsAhead<X> ahead;
+          if (more) ahead = rows_ahead<X>(job, nb, nc, nd);
+          // A staged row is already in cache; the next task's is not staged yet.
+          if (more && staged) ahead.dy = d + 1 < d1 ? dy + kStageLd : dy;
+          time_fused_any<X, A>(job, s, d, dy, bufs.gb.data(), ahead);
           continue;
         }
         if (more) prefetch_channel<X>(job, nb, nc, nd);
@@ -592,6 +674,20 @@ void run_time_major(const Job<A>& job) {
 
 constexpr int64_t kGroupC = 4;   // tokens per register pass of the fused path
 constexpr int64_t kTasksC = 16;  // channel-last tasks to aim for before splitting D
+
+// A staged dout tile (Job::stage_dy) has kClStageRows rows: the tile's
+// tokens, the H after it, and a group more for cl_group's prefetches of the
+// next group. Its tasks take at most kClStageSpan channels, so that the
+// tile stays in L2 between its copy and its use.
+constexpr int64_t kClStageRows = kChunkC + kFusedMaxW + kGroupC;
+constexpr int64_t kClStageSpan = 256;
+
+// Elements between a staged tile's rows: nd rounded up to a block, plus a
+// block, so that the rows a transposed block writes do not all fall into
+// the same L1 sets.
+inline int64_t cl_stage_ld(int64_t nd) {
+  return (nd + kStageB - 1) / kStageB * kStageB + kStageB;
+}
 
 // Channels per channel-last task: whole rows (a tile is then one contiguous
 // stretch of x, dout and dx), unless that leaves fewer than kTasksC tasks to
@@ -760,8 +856,9 @@ void cl_block(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, ClBlockB
   }
 }
 
-// Where a fused tile reads and writes: channel j of token t at x[t * xs + j],
-// dout[t * ys + j], dx[t * dxs + j] (the tile's first channel at j = 0).
+// Where a fused tile reads and writes: channel j of token t0 + t at x[t * xs + j],
+// dout[t * ys + j], dx[t * dxs + j] (the tile's first token at t = 0, its
+// first channel at j = 0).
 template <typename X, typename A>
 struct ClTile {
   const X* x;
@@ -863,24 +960,28 @@ void cl_group(const ClTile<X, A>& g, int64_t t, int skip, int ncore, int nx, boo
 template <typename A>
 bool cl_fusable(const Job<A>& job, const Span& s) {
   const ConvParams& p = *job.p;
-  return job.W <= kFusedMaxW && !s.masked && !s.dead && s.ilo == 0 && p.dout.s1 == 1 &&
-         p.dx.s1 == 1 && !(p.dfinal_states.given() && s.t1 > job.L - job.H);
+  return job.W <= kFusedMaxW && !s.masked && !s.dead && s.ilo == 0 && p.dx.s1 == 1 &&
+         !(p.dfinal_states.given() && s.t1 > job.L - job.H);
 }
 
-// Tile s, channels d0 .. d0 + nd - 1, in one pass over its tokens.
+// Tile s, channels d0 .. d0 + nd - 1, in one pass over its tokens. With
+// Job::stage_dy its dout is first copied into dyb, kClStageRows rows of nd.
 template <int WC, bool Silu, typename X, typename A>
 void cl_fused_tile(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, const A* taps,
-                   A* state) {
+                   A* state, X* dyb, const DoutBlock& next) {
   using S = ClState<WC>;
   constexpr int64_t N = Vectorized<A>::size();
   constexpr int H = S::H;
   const ConvParams& p = *job.p;
   const int64_t b = s.b, t0 = s.t0, t1 = s.t1, L = job.L, D = job.D;
   const int64_t nv = (nd + N - 1) / N;
-  const ClTile<X, A> g{ptr<X>(p.x) + b * p.x.s0 + d0,
-                       ptr<X>(p.dout) + b * p.dout.s0 + d0,
-                       ptr<X>(p.dx) + b * p.dx.s0 + d0,
-                       p.x.s2, p.dout.s2, p.dx.s2, nd,
+  const X* dy = ptr<X>(p.dout) + b * p.dout.s0 + d0 * p.dout.s1 + t0 * p.dout.s2;
+  const int64_t ld = cl_stage_ld(nd);
+  if (job.stage_dy) stage_transposed(dy, p.dout.s1, p.dout.s2, nd, s.te - t0, dyb, ld);
+  const ClTile<X, A> g{ptr<X>(p.x) + b * p.x.s0 + t0 * p.x.s2 + d0,
+                       job.stage_dy ? dyb : dy,
+                       ptr<X>(p.dx) + b * p.dx.s0 + t0 * p.dx.s2 + d0,
+                       p.x.s2, job.stage_dy ? ld : p.dout.s2, p.dx.s2, nd,
                        taps + d0 * (WC + 1), state};
   // Prime: x at the H positions before t0 (the initial state or zeros before
   // position 0), g and the sums zero. Lanes past nd stay zero throughout.
@@ -890,7 +991,7 @@ void cl_fused_tile(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, con
     for (int64_t l = 0; l < nd; ++l) {
       A v = A(0);
       if (pos >= 0) {
-        v = A(g.x[pos * g.xs + l]);
+        v = A(g.x[(pos - t0) * g.xs + l]);
       } else if (p.initial_states.given()) {
         v = A(ptr<X>(p.initial_states)[b * p.initial_states.s0 + (d0 + l) * p.initial_states.s1 +
                                        (H + pos) * p.initial_states.s2]);
@@ -899,16 +1000,18 @@ void cl_fused_tile(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, con
     }
   }
   constexpr int G = kGroupC;
+  const int64_t parts = (t1 - t0 + G - 1) / G;
   for (int64_t t = t0; t < t1;) {
+    prefetch_dout_part<X>(p, next, (t - t0) / G, parts);
     const int skip = int(std::clamp<int64_t>(t0 + H - t, 0, G));
     if (t1 - t >= G) {
       if (skip == 0)
-        cl_group<WC, G, Silu, true>(g, t, 0, G, G, t + 2 * G <= L);
+        cl_group<WC, G, Silu, true>(g, t - t0, 0, G, G, t + 2 * G <= L);
       else
-        cl_group<WC, G, Silu, false>(g, t, skip, G, G);
+        cl_group<WC, G, Silu, false>(g, t - t0, skip, G, G);
       t += G;
     } else {
-      cl_group<WC, 1, Silu, false>(g, t, skip, 1, 1);
+      cl_group<WC, 1, Silu, false>(g, t - t0, skip, 1, 1);
       t += 1;
     }
   }
@@ -916,7 +1019,7 @@ void cl_fused_tile(const Job<A>& job, const Span& s, int64_t d0, int64_t nd, con
   if constexpr (H > 0) {
     const int skip = int(std::clamp<int64_t>(t0 + H - t1, 0, H));
     const int nx = int(std::clamp<int64_t>(L - t1, 0, H));
-    cl_group<WC, H, Silu, false>(g, t1, skip, 0, nx);
+    cl_group<WC, H, Silu, false>(g, t1 - t0, skip, 0, nx);
   }
   // This tile's partial dweight / dbias.
   const int64_t r = b * job.n_chunks + s.c;
@@ -943,12 +1046,13 @@ void run_channel_last(const Job<A>& job) {
       tv[W * N] = job.bias ? job.bias[d] : A(0);
     }
   }
-  auto fused = [&](const Span& s, int64_t d0, int64_t nd, A* state) {
+  auto fused = [&](const Span& s, int64_t d0, int64_t nd, A* state, X* dyb,
+                   const DoutBlock& next) {
     auto go = [&]<int WC>() {
       if (p.silu)
-        cl_fused_tile<WC, true, X, A>(job, s, d0, nd, taps.data(), state);
+        cl_fused_tile<WC, true, X, A>(job, s, d0, nd, taps.data(), state, dyb, next);
       else
-        cl_fused_tile<WC, false, X, A>(job, s, d0, nd, taps.data(), state);
+        cl_fused_tile<WC, false, X, A>(job, s, d0, nd, taps.data(), state, dyb, next);
     };
     switch (W) {
       case 1: return go.template operator()<1>();
@@ -965,13 +1069,20 @@ void run_channel_last(const Job<A>& job) {
     ClBlockBufs<A> bf(job.H);
     // ClState<W>::kSlots per channel
     std::vector<A> state(W <= kFusedMaxW ? span * (3 * W - 1) : 0);
+    std::vector<X> dyb(W <= kFusedMaxW && job.stage_dy ? cl_stage_ld(span) * kClStageRows : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t blk = task % job.n_blocks;
       const int64_t bc = task / job.n_blocks;
       const Span s = make_span(job, bc / job.n_chunks, bc % job.n_chunks, bf.ids);
       const int64_t d0 = blk * span, nd = std::min(span, D - d0);
       if (cl_fusable(job, s)) {
-        fused(s, d0, nd, state.data());
+        DoutBlock next;
+        if (job.stage_dy && task + 1 < end) {
+          const int64_t nbc = (task + 1) / job.n_blocks;
+          next = staged_block(job, nbc / job.n_chunks, nbc % job.n_chunks,
+                              (task + 1) % job.n_blocks);
+        }
+        fused(s, d0, nd, state.data(), dyb.data(), next);
       } else {
         for (int64_t c0 = d0; c0 < d0 + nd; c0 += kBlockC)
           cl_block<X, A>(job, s, c0, std::min(kBlockC, d0 + nd - c0), bf);
@@ -1034,9 +1145,17 @@ void bwd_typed(const ConvParams& p) {
   job.bias = p.bias.given() ? bias.data() : nullptr;
 
   const bool channel_last = p.x.s1 == 1 && p.x.s2 != 1 && D > 1;
+  job.stage_dy = channel_last ? p.dout.s1 != 1 : p.dout.s2 != 1;
   job.chunk = channel_last ? kChunkC : kChunkT;
   job.n_chunks = (job.L + job.chunk - 1) / job.chunk;
-  job.block = channel_last ? cl_span(job.B, job.n_chunks, D) : kGroupT;
+  // A staged task along t takes a cache line of channels: each line of dout
+  // it reads is then read once.
+  const int64_t line = std::max<int64_t>(kGroupT, 64 / sizeof(X));
+  if (channel_last)
+    job.block = job.stage_dy ? std::min(kClStageSpan, cl_span(job.B, job.n_chunks, D))
+                             : cl_span(job.B, job.n_chunks, D);
+  else
+    job.block = job.stage_dy ? line : kGroupT;
   job.n_blocks = (D + job.block - 1) / job.block;
   const int64_t R = job.B * job.n_chunks;
   std::vector<A> part_w(R * D * W), part_b(p.dbias_acc ? R * D : 0);

@@ -365,6 +365,19 @@ inline void prefetch_line(const void* p, bool write) {
 #endif
 }
 
+// Asks for the cache line holding p into L2 only, to read: for lines wanted
+// a whole task later, which in L1 would evict the current task's.
+inline void prefetch_line_l2(const void* p) {
+  const char* c = static_cast<const char*>(p);
+#if defined(__x86_64__)
+  asm volatile("prefetcht1 %0" : : "m"(*c));
+#elif defined(__aarch64__)
+  asm volatile("prfm pldl2keep, [%0]" : : "r"(c));
+#else
+  __builtin_prefetch(c, 0, 2);
+#endif
+}
+
 // Asks for the cache lines of n elements at p (contiguous rows only), so that
 // memory is read while the previous rows compute: a task's buffered loads and
 // stores alone leave the core nothing to overlap with them.
