@@ -113,6 +113,7 @@ PY
     for suite in fwd bwd decode host e2e; do
       python benchmarks/bench.py "$suite" --quick
     done
+    python benchmarks/bench.py bwd --quick --channel-last --dout-other-layout
     step "kernels benchmark: benchmarks/benchmark.py on build/, each workload verified (smoke run)"
     kernels benchmark . --iterations 2 --warmup 1
     step "aarch64-linux CPU variant: cross-built, tested under qemu-user on every tier"

@@ -19,6 +19,7 @@ speedup = ref / kernel.
     python benchmarks/bench.py bwd                      # full table
     python benchmarks/bench.py bwd --quick              # CI smoke run: tiny shapes
     python benchmarks/bench.py bwd --channel-last       # x as (B, L, D).transpose(1, 2)
+    python benchmarks/bench.py bwd --dout-other-layout  # dout laid out against x
     python benchmarks/bench.py bwd --layout-ratio       # channel-last / rows, same values
 
 --layout-ratio times ops.bwd itself (dx, dweight, dbias with silu) for x
@@ -52,7 +53,7 @@ def check(name, got, want):
         assert err <= TOL_PARAM[name], f"{name}: dweight/dbias differ by {err:.2e} (relative)"
 
 
-def bench_case(cc, name, B, D, L, channel_last, repeats, warmup):
+def bench_case(cc, name, B, D, L, channel_last, dout_other, repeats, warmup):
     x, weight, bias = make_inputs(B, D, L, WIDTH, DTYPES[name], channel_last, requires_grad=True)
     inputs = (x, weight, bias)
     y_ref = conv_silu_ref(x, weight, bias)
@@ -62,6 +63,11 @@ def bench_case(cc, name, B, D, L, channel_last, repeats, warmup):
     # contiguous whatever x is, and a dout in that layout would time the
     # mixed-layout backward instead.
     dout = torch.randn_like(y_ker)
+    if dout_other:
+        # The other layout: what a gradient that comes back through a
+        # transpose (e.g. a (B * L, D) projection of the output) looks like.
+        dout = (dout.contiguous() if channel_last
+                else dout.transpose(1, 2).contiguous().transpose(1, 2))
 
     def ref():
         return torch.autograd.grad(y_ref, inputs, dout, retain_graph=True)
@@ -94,6 +100,9 @@ def layout_cases(cc):
 def main() -> int:
     ap = cpu_arguments(__doc__, DTYPES, default_repeats=7, default_warmup=1)
     add_layout_ratio_argument(ap)
+    ap.add_argument("--dout-other-layout", action="store_true",
+                    help="dout laid out against x: contiguous along L for a channel-last x, "
+                         "channel-last for a contiguous one")
     args = parse_cpu_arguments(ap)
     repeats, dtypes = args.repeats, args.dtype
     shapes = QUICK_SHAPES if args.quick else SHAPES
@@ -106,6 +115,8 @@ def main() -> int:
             repeats, args.warmup, LAYOUT_QUICK_SHAPES if args.quick else LAYOUT_SHAPES,
             layout_clock(args))
     layout = "channel-last" if args.channel_last else "contiguous"
+    if args.dout_other_layout:
+        layout += ", dout " + ("contiguous" if args.channel_last else "channel-last")
     print(f"causal_conv1d CPU backward (dx, dweight, dbias), W={WIDTH}, silu, x {layout}; "
           f"{cpu_setting(cc)}; {repeats} repeats, median (min) in ms")
     head = (f"{'dtype':5} {'B':>2} {'D':>5} {'L':>5} | {'ref autograd':>19} "
@@ -115,7 +126,8 @@ def main() -> int:
     misses = []
     for name in dtypes:
         for B, D, L in shapes:
-            r = bench_case(cc, name, B, D, L, args.channel_last, repeats, args.warmup)
+            r = bench_case(cc, name, B, D, L, args.channel_last, args.dout_other_layout, repeats,
+                           args.warmup)
             med = {k: v[0] * 1e3 for k, v in r.items()}
             mn = {k: v[1] * 1e3 for k, v in r.items()}
             speed = med["ref"] / med["kernel"]
