@@ -326,13 +326,18 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.backends("cpu")  # the CPU backend's threads (torch.set_num_threads)
+@pytest.mark.parametrize("seq", [True, False])
+@pytest.mark.parametrize("dout_layout", ["contiguous", "channel_last"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
-def test_deterministic_across_threads(kernel, seeded, layout, dtype):
+def test_deterministic_across_threads(kernel, seeded, layout, dtype, dout_layout, seq):
+    """Bitwise the same gradients at 1, the default and 3 threads and run
+    again: with seq_idx (buffered tasks) and without (fused tasks, staged
+    where dout is laid out against x)."""
     dt = DTYPES[dtype]
     B, D, L, W = 3, 70, 2100, 4
-    x, w, b, s, ini = make_inputs(B, D, L, W, dt, dt, layout, True, True, True)
-    dout = torch.randn(B, D, L).to(dt)
+    x, w, b, s, ini = make_inputs(B, D, L, W, dt, dt, layout, True, seq, True)
+    dout = randn_layout(B, D, L, dout_layout, dt)
     dfin = torch.randn(B, D, W - 1).to(dt)
 
     def run():
