@@ -6,7 +6,8 @@
 # source of this host's build and of the aarch64 build is compiled again
 # with Debian 13's g++ 14 and aarch64-linux-gnu-g++ 14, down to assembly,
 # and the CUDA variant's sources with g++ 14 as nvcc's host compiler: what
-# the builder compiles, short of linking.
+# the builder compiles, short of linking. A warning fails the check as an
+# error does: under the builder's compiler the sources compile silently.
 #
 #   tools/ci/gcc14.sh    # after tools/dev.sh's build, tools/ci/cuda.sh and aarch64.sh
 #
@@ -98,17 +99,22 @@ def run(job):
 
 
 jobs = [job for ninja in builds for job in commands(ninja)]
-failed = []
+failed, warnings = [], set()
 with ThreadPoolExecutor(max_workers=2) as pool:
     for build, src, rc, err in pool.map(run, jobs):
         if rc != 0:
             failed.append(f"{build}: {src}")
             print("\n".join(err.splitlines()[-15:]))
+        # GCC's "file:line:col: warning: ..." and nvcc's "file(line): warning #N-D: ..."
+        warnings.update(f"{build}: {l}" for l in err.splitlines() if re.search(r": warning( #|:)", l))
+for w in sorted(warnings):
+    print("  WARNING", w)
+print(f"[gcc14] {len(warnings)} distinct warnings")
 shutil.rmtree(out_dir)
 for ninja in builds:
     print(f"[gcc14] {ninja.parent.name}: {sum(j[0] == ninja.parent.name for j in jobs)} units")
 print(f"[gcc14] {len(jobs)} translation units, {len(failed)} failed")
 for f in failed:
     print("  FAILED", f)
-sys.exit(1 if failed else 0)
+sys.exit(1 if failed or warnings else 0)
 PY
