@@ -6,10 +6,11 @@
 // CPUID. CAUSAL_CONV1D_CPU_TIER=default|avx2|avx512|avx512_bf16 asks for a
 // tier at or below that best one (tests run every tier this way).
 //
-// aarch64: neon (every ARMv8 core), sve, sve_bf16, from the kernel's HWCAP
-// bits. ATen's own capability is no guide there (it reports SVE only for
-// 256-bit vectors, for its fixed-length SVE kernels), so only
-// ATEN_CPU_CAPABILITY=default is followed, as a cap to neon.
+// aarch64 Linux: neon (every ARMv8 core), sve, sve_bf16, from the kernel's
+// HWCAP bits. ATen's own capability is no guide there (it reports SVE only
+// for 256-bit vectors, for its fixed-length SVE kernels), so only
+// ATEN_CPU_CAPABILITY=default is followed, as a cap to neon. Where tiers.h
+// builds the baseline alone (aarch64-darwin, clang), it is the only choice.
 #include <array>
 #include <cstdlib>
 #include <string>
@@ -17,15 +18,16 @@
 #include <ATen/Version.h>
 #include <c10/util/Exception.h>
 
-#if defined(__x86_64__) || defined(_M_X64)
+#include "tiers.h"
+
+#if defined(CAUSAL_CONV1D_X86_TIERS)
 #include <cpuid.h>
-#elif defined(__aarch64__) && defined(__linux__)
+#elif defined(CAUSAL_CONV1D_SVE_TIERS)
 #include <sys/auxv.h>
 #endif
 
 #include "../backend.h"
 #include "../checks.h"
-#include "tiers.h"
 
 static_assert(causal_conv1d::cpu::kMaxWidthCpu == causal_conv1d::kMaxWidth);
 
@@ -40,7 +42,7 @@ struct Tier {
 };
 
 // Lowest first.
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(CAUSAL_CONV1D_X86_TIERS)
 constexpr std::array<Tier, 4> kTiers{{{"default", &default_table},
                                       {"avx2", &avx2_table},
                                       {"avx512", &avx512_table},
@@ -61,7 +63,7 @@ size_t best_tier() {
   if (capability == "AVX2") return 1;
   return 0;
 }
-#elif defined(__aarch64__) && defined(__linux__)
+#elif defined(CAUSAL_CONV1D_SVE_TIERS)
 constexpr std::array<Tier, 3> kTiers{{{"neon", &default_table},
                                       {"sve", &sve_table},
                                       {"sve_bf16", &sve_bf16_table}}};
@@ -76,7 +78,11 @@ size_t best_tier() {
   return (getauxval(AT_HWCAP2) & kHwcap2Bf16) ? 2 : 1;
 }
 #else
+#if defined(__aarch64__)
+constexpr std::array<Tier, 1> kTiers{{{"neon", &default_table}}};  // its name in tier_default.cpp
+#else
 constexpr std::array<Tier, 1> kTiers{{{"default", &default_table}}};
+#endif
 size_t best_tier() { return 0; }
 #endif
 

@@ -3,8 +3,9 @@
 // every inline function this file instantiates are compiled for this target
 // (what -mavx2 -mfma -mf16c on the command line did; build.toml stays free
 // of per-architecture flags). CPU_CAPABILITY_AVX2 selects at::vec's AVX2
-// Vectorized<T>. Empty on other architectures.
-#if defined(__x86_64__)
+// Vectorized<T>. Empty where tiers.h leaves it out.
+#include "tiers.h"  // before the pragma: which tiers this compiler and system build
+#if defined(CAUSAL_CONV1D_X86_TIERS)
 #include "std_first.h"  // before the pragma: std_first.h says why
 #pragma GCC target("avx2,fma,f16c")
 // The feature macros the pragma leaves undefined (isa_macros.h says why).

@@ -2,8 +2,9 @@
 // FMA, F16C). The pragma comes before every include, so at::vec, the
 // intrinsics and every inline function this file instantiates are compiled
 // for this target, as command-line -m flags would; CPU_CAPABILITY_AVX512
-// selects at::vec's 512-bit Vectorized<T>. Empty on other architectures.
-#if defined(__x86_64__)
+// selects at::vec's 512-bit Vectorized<T>. Empty where tiers.h leaves it out.
+#include "tiers.h"  // before the pragma: which tiers this compiler and system build
+#if defined(CAUSAL_CONV1D_X86_TIERS)
 #include "std_first.h"  // before the pragma: std_first.h says why
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 // The feature macros the pragma leaves undefined (isa_macros.h says why).

@@ -3,8 +3,10 @@
 // about eight instructions per vector in every bf16 store. Its VDPBF16PS
 // is not used: in the forward's rows it needs a VPERMW per pair of taps
 // and was slower than widening x to fp32 for row_slide's VALIGND windows.
-// Target selected in the source as in tier_avx512.cpp. Empty elsewhere.
-#if defined(__x86_64__)
+// Target selected in the source as in tier_avx512.cpp. Empty where tiers.h
+// leaves it out.
+#include "tiers.h"  // before the pragma: which tiers this compiler and system build
+#if defined(CAUSAL_CONV1D_X86_TIERS)
 #include "std_first.h"  // before the pragma: std_first.h says why
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
 // The feature macros the pragma leaves undefined (isa_macros.h says why).

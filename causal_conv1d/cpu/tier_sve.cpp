@@ -6,9 +6,10 @@
 // loops (fwd row_slide/row_span, the channel-last tiles) are the neon
 // tier's; SVE enters only where the compiler vectorizes loops itself
 // (weight transposes, parts of the backward's channel-last and update
-// bookkeeping), several hundred instructions in all. Empty on other
-// architectures.
-#if defined(__aarch64__)
+// bookkeeping), several hundred instructions in all. Empty where tiers.h
+// leaves it out.
+#include "tiers.h"  // before the pragma: which tiers this compiler and system build
+#if defined(CAUSAL_CONV1D_SVE_TIERS)
 #include "std_first.h"  // before the pragma: std_first.h says why
 #pragma GCC target("arch=armv8.2-a+sve")
 // The feature macros the pragma leaves undefined (isa_macros.h says why).

@@ -6,9 +6,10 @@
 // narrow). BFDOT/BFMMLA are not used yet: they sum the products of
 // neighbouring bf16 lanes, i.e. two taps of one channel, so the depthwise
 // window needs a lane permutation per pair of taps, which on AVX-512
-// (VPERMW + VDPBF16PS) was slower than widening to fp32. Empty on other
-// architectures.
-#if defined(__aarch64__)
+// (VPERMW + VDPBF16PS) was slower than widening to fp32. Empty where tiers.h
+// leaves it out.
+#include "tiers.h"  // before the pragma: which tiers this compiler and system build
+#if defined(CAUSAL_CONV1D_SVE_TIERS)
 #include "std_first.h"  // before the pragma: std_first.h says why
 #pragma GCC target("arch=armv8.2-a+sve+bf16")
 // The feature macros the pragma leaves undefined (isa_macros.h says why).
