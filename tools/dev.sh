@@ -118,6 +118,8 @@ PY
     kernels benchmark . --iterations 2 --warmup 1
     step "aarch64-linux CPU variant: cross-built, tested under qemu-user on every tier"
     cached bash tools/ci/aarch64.sh
+    step "clang (kernel-builder's compiler for aarch64-darwin): every aarch64 unit with libc++, and its build tested under qemu"
+    bash tools/ci/clang.sh
     step "GCC 14, kernel-builder's compiler: every CPU translation unit, x86_64 and aarch64"
     bash tools/ci/gcc14.sh
     step "done"
