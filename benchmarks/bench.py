@@ -23,6 +23,7 @@ SUITES = {
     "fwd": ("cpu_fwd", "CPU forward against PyTorch's conv1d and against a copy"),
     "bwd": ("cpu_bwd", "CPU backward against PyTorch autograd"),
     "decode": ("cpu_decode", "CPU decode, speculative decode and packed prefill against PyTorch"),
+    "peers": ("cpu_peers", "CPU serving ops against vLLM's and SGLang's CPU kernels"),
     "host": ("cpu_host", "CPU host time per call on tiny tensors, against torch.add"),
     "e2e": ("cpu_e2e", "whole transformers models on CPU, kernelized against their fallback"),
     "gpu": ("gpu", "CUDA kernels against upstream, FLA, PyTorch and a copy (needs a GPU)"),

@@ -11,10 +11,13 @@ the verify step each candidate passes before it is timed (suites/gpu.py).
   extension replaced by our kernels (the emulator's on CPU), passes: this
   checks the adapter's argument order, layouts and state handling;
 - the flash-linear-attention adapter passes with FLA's real Triton kernels
-  run by Triton's CPU interpreter.
+  run by Triton's CPU interpreter;
+- the CPU peers' adapters (vLLM's CPU kernels, tools/peers.sh cpu) pass
+  with the real kernels, and the CPU suite (suites/cpu_peers.py) times only
+  what it verified.
 
-The last two need the peers (tools/peers.sh build): they skip, saying so,
-where the wheels or packages are absent.
+These need the peers (tools/peers.sh build, or cpu): they skip, saying so,
+where the wheels, packages or the CPU build are absent.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 import zipfile
 from pathlib import Path
@@ -302,6 +306,70 @@ def test_bench_row_on_cpu(kernel, monkeypatch, op, layout):
     assert row["of_copy"] > 0 and row["width"] == 8
     text = gpu.table([row], list(impls))
     assert "WRONG" in text and text.count("\n") == 2
+
+
+# -- the CPU peers: vLLM's CPU kernels (tools/peers.sh cpu) --------------------------
+
+def _cpu_peer(name):
+    found, missing = peers.detect_cpu()
+    if name not in found:
+        pytest.skip(f"{name}: {missing[name]}")
+    return found[name]
+
+
+CPU_PEER_CASES = [
+    pytest.param(name, op, layout, dtype, width,
+                 id=f"{name}-{op}-{layout}-{str(dtype)[6:]}-{width}")
+    for name, cls in peers.CPU_PEERS.items()
+    for op, layout in [("decode", "-"), ("spec", "default"), ("spec", "vllm"),
+                       ("varlen", "channel_last")]
+    for dtype in (torch.float32, torch.bfloat16, torch.float16)
+    for width in (2, 4, 5)
+    if peers.supports(cls.__new__(cls), op, width, dtype) is None]
+
+
+@pytest.mark.parametrize("name,op,layout,dtype,width", CPU_PEER_CASES)
+def test_cpu_peer_adapter(kernel, name, op, layout, dtype, width):
+    """Each CPU peer computes what our reference does wherever supports()
+    lets the suite time it (D = 64: SGLang's kernels take multiples of 32;
+    B = 5: accepted counts 1 to 4 all occur), in both state layouts."""
+    adapter = _cpu_peer(name)
+    case = gpu.make_case(op, dtype, layout, 5, 64, {"spec": 4, "varlen": 111}.get(op, 37), width,
+                         device="cpu", n_seqs=4)
+    want = peers.reference(kernel, op, case["x"], case["w"], case["b"], state=case.get("state"),
+                           seq_idx=case.get("seq_idx"), accepted=case.get("accepted"))
+    ok, detail = run_verify(adapter, op, case, want)
+    assert ok, f"{name} {op}: {detail}"
+
+
+def test_cpu_peer_support():
+    vllm, sgl = peers.VllmCpu.__new__(peers.VllmCpu), peers.SglCpu.__new__(peers.SglCpu)
+    assert peers.supports(vllm, "decode", 7, torch.float32) is None
+    assert peers.supports(vllm, "spec", 4, torch.float32) == "no spec"
+    assert peers.supports(sgl, "spec", 4, torch.bfloat16) is None
+    assert peers.supports(sgl, "decode", 4, torch.float32) == "float32 unsupported"
+    assert peers.supports(sgl, "varlen", 5, torch.bfloat16) == "width 5 unsupported"
+
+
+@pytest.mark.parametrize("op", ["decode", "spec", "varlen"])
+def test_cpu_suite_row(kernel, op):
+    """suites/cpu_peers.run_row: ours and the peers verified, then timed; a
+    wrong candidate is reported WRONG and left untimed; what a peer lacks
+    is named."""
+    from suites import cpu_peers
+
+    found, _ = peers.detect_cpu()
+    impls = {"ours": cpu_peers.OursServing(kernel), "buggy": _Buggy(kernel), **found}
+    make = {"decode": lambda: cpu_peers.decode_case(kernel, 3, 64, torch.bfloat16),
+            "spec": lambda: cpu_peers.spec_case(kernel, 3, 64, 3, torch.bfloat16),
+            "varlen": lambda: cpu_peers.prefill_case(kernel, [1, 17, 40], 64, torch.bfloat16)}
+    row = cpu_peers.run_row(kernel, impls, op, make[op](), torch.bfloat16, 2, 1, time.perf_counter)
+    assert row["ours"][0] > 0 and row["copy"][0] > 0
+    assert row["buggy"].startswith("WRONG")
+    for name in found:
+        want = "no spec" if (name, op) == ("vllm-cpu", "spec") else None
+        want = "no varlen" if (name, op) == ("vllm-cpu", "varlen") else want
+        assert row[name] == want if want else row[name][0] > 0, (name, row[name])
 
 
 if __name__ == "__main__":  # the child of fla_results

@@ -66,6 +66,8 @@ case "${1:-}" in
     setup
     build
     cd "$ROOT"
+    step "the CPU peers (tools/peers.sh cpu): vLLM's CPU kernels for benchmarks/test_peers.py"
+    cached bash tools/peers.sh cpu
     # pytest-xdist: JOBS workers, each running torch on one thread
     # (tests/conftest.py). The CUDA variant's build/load test runs in
     # tools/ci/cuda.sh with a CUDA torch; tests on a GPU run where one is
@@ -110,7 +112,7 @@ PY
     step "AddressSanitizer + UndefinedBehaviorSanitizer"
     cached bash tools/ci/sanitize.sh
     step "benchmark smoke runs"
-    for suite in fwd bwd decode host e2e; do
+    for suite in fwd bwd decode peers host e2e; do
       python benchmarks/bench.py "$suite" --quick
     done
     python benchmarks/bench.py bwd --quick --channel-last --dout-other-layout

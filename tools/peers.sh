@@ -10,6 +10,8 @@
 #   tools/peers.sh install D  # on the GPU machine: install .peers/ into D (no network); builds
 #                             # upstream from the sdist there when no wheel was staged
 #   tools/peers.sh check      # install .peers/ into a scratch dir, import each peer (no GPU needed)
+#   tools/peers.sh cpu        # the CPU peers (`bench.py peers`): vLLM's and SGLang's CPU conv
+#                             # kernels from vLLM's sdist, built here against python's torch
 #
 # The GPU call, after `build` and `stage` here: the device tool's run with
 # carry [".peers"] and timeout_s 560, command
@@ -31,6 +33,8 @@ torch_v="${PEER_TORCH:-2.11.0}"
 upstream_v="1.7.0"
 fla_v="0.5.2"
 stage="$repo/.peers"
+vllm_v="0.34.0"
+vllm_sha256="fcad848b246a9d8652b47e6425af92334dc02492f9802720f54e27b823cf0113"
 sdist="causal_conv1d-$upstream_v.tar.gz"
 
 peer_python() {
@@ -91,8 +95,60 @@ build() {
   ls -la "$wheels"
 }
 
+# cpu: vLLM's CPU causal-conv1d kernels (its own decode kernel and the
+# SGLang kernels it vendors) with tools/peers_cpu.cpp's op registrations,
+# one shared library per torch version, compiled with the flags of vLLM's
+# AVX-512 + AMX build (its release images' x86 flavour). The sdist comes
+# from PyPI's file host with its hash checked: pip cannot download it
+# without building vLLM's metadata.
+cpu() {
+  local py="${PYTHON:-python}" torch_version out src
+  torch_version="$("$py" -c 'import torch; print(torch.__version__)')"
+  # keyed by the binding's hash too: a clean clone's checkout is newer than any cache
+  out="$cache/cpu-vllm$vllm_v-torch$torch_version-$(sha256sum "$repo/tools/peers_cpu.cpp" | cut -c1-12)"
+  if [[ "$(uname -m)" != x86_64 ]] || ! grep -qw avx512_bf16 /proc/cpuinfo; then
+    echo "peers.sh cpu: vLLM's CPU kernels are built for x86-64 with AVX512-BF16; this host has not"
+    return 0
+  fi
+  if [[ -f "$out/cpu_peers.so" ]]; then
+    echo "$out/cpu_peers.so"
+    return 0
+  fi
+  src="$cache/src/vllm-$vllm_v"
+  if [[ ! -d "$src/csrc/cpu" ]]; then
+    local tarball="$cache/src/vllm-$vllm_v.tar.gz" url
+    mkdir -p "$cache/src"
+    if [[ ! -f "$tarball" ]]; then
+      url="$(curl -fsS "https://pypi.org/simple/vllm/" |
+        grep -o "https://[^\"#]*/vllm-$vllm_v\.tar\.gz" | head -n 1)"
+      curl -fsS -o "$tarball.part" "$url"
+      echo "$vllm_sha256  $tarball.part" | sha256sum -c --quiet
+      mv "$tarball.part" "$tarball"
+    fi
+    tar xzf "$tarball" -C "$cache/src" "vllm-$vllm_v/csrc/cpu"
+  fi
+  mkdir -p "$out/build"
+  "$py" - "$repo/tools/peers_cpu.cpp" "$src/csrc" "$out" <<'EOF'
+import shutil, sys
+from pathlib import Path
+from torch.utils import cpp_extension
+
+binding, csrc, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+flags = ["-O3", "-std=c++20", "-fopenmp", "-mf16c", "-mavx512f", "-mavx512vl", "-mavx512bw",
+         "-mavx512dq", "-mavx512bf16", "-mavx512vnni", "-mamx-bf16", "-mamx-tile", "-w"]
+cpp_extension.load(
+    name="cpu_peers", sources=[binding, str(csrc / "cpu/mamba_cpu.cpp"),
+                               str(csrc / "cpu/sgl-kernels/conv.cpp")],
+    extra_include_paths=[str(csrc), str(csrc / "cpu")], extra_cflags=flags,
+    extra_ldflags=["-fopenmp"], build_directory=str(out / "build"), is_python_module=False)
+shutil.copy(out / "build/cpu_peers.so", out / "cpu_peers.so")
+EOF
+  echo "$out/cpu_peers.so"
+}
+
 case "${1:-}" in
   build) build ;;
+  cpu) cpu ;;
   stage)
     mkdir -p "$stage"
     cp "$cache"/wheels/*.whl "$cache/src/$sdist" "$stage"/

@@ -1,6 +1,7 @@
 """The kernels a user could pick instead of ours, behind one interface, for
-the GPU suite (gpu.py). None of their code is in this repository: each peer
-is imported when installed (tools/peers.sh builds and stages the wheels) and
+the GPU suite (gpu.py) and the CPU one (cpu_peers.py). None of their code is
+in this repository: each peer is imported when installed (tools/peers.sh
+builds and stages the wheels, or with `cpu` builds the CPU peers) and
 reported as "not installed" otherwise.
 
 Every adapter takes our conventions and calls the peer the way its users do:
@@ -216,12 +217,114 @@ def detect() -> tuple[dict, dict]:
     return found, missing
 
 
-def supports(adapter, op: str, width: int) -> Optional[str]:
-    """None if adapter runs op at this width, else why not."""
+# -- the CPU peers: vLLM's CPU backend (tools/peers.sh cpu builds them) ----------
+
+def cpu_peers_library() -> Optional[str]:
+    """Where tools/peers.sh cpu put the CPU peers for this torch, or None."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cache = Path(os.environ.get("CAUSAL_CONV1D_CACHE", Path.home() / ".cache/causal-conv1d"))
+    binding = hashlib.sha256((root / "tools/peers_cpu.cpp").read_bytes()).hexdigest()[:12]
+    found = sorted(cache.glob(f"peers/cpu-vllm*-torch{torch.__version__}-{binding}/cpu_peers.so"))
+    return str(found[-1]) if found else None
+
+
+def _cpu_peer_ops():
+    if not hasattr(torch.ops, "cpu_peers") or not hasattr(torch.ops.cpu_peers, "sgl_fwd"):
+        lib = cpu_peers_library()
+        if lib is None:
+            raise ImportError("not built for this torch (tools/peers.sh cpu)")
+        torch.ops.load_library(lib)
+    return torch.ops.cpu_peers
+
+
+def _dim_minor(state):
+    """The same values with stride 1 along D (vLLM's and SGLang's pool layout)."""
+    return state.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+class VllmCpu:
+    """vLLM's CPU causal_conv1d_update (csrc/cpu/mamba_cpu.cpp), which its
+    Mamba layers call on CPU: x (B, D), the pool in any strides. vLLM's CPU
+    wrapper drops num_accepted_tokens, and its prefill is F.conv1d in a
+    Python loop over sequences (the torch peer), so decode only."""
+
+    name = "vllm-cpu"
+    widths = None
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    fwd = bwd = spec = varlen = None
+
+    def __init__(self):
+        self.ops = _cpu_peer_ops()
+
+    def decode(self, x, state, w, b):
+        st, f = state.clone(), self.ops.vllm_update
+        return (lambda: f(x, st, w, b, "silu", None, None, -1)), (lambda: st)
+
+
+class SglCpu:
+    """SGLang's CPU kernels as vLLM vendors them (csrc/cpu/sgl-kernels/
+    conv.cpp), which vLLM's gated delta-net layers call on CPU: W = 4, bf16
+    (its fp16 path needs AVX512-FP16), D a multiple of 32, the weight packed
+    once at load, the pool with stride 1 along D (other strides are
+    converted in place on the first call, so the adapter hands it that
+    layout), and the prefill always writes a pool (here a scratch one, no
+    initial states)."""
+
+    name = "sgl-cpu"
+    widths = (4,)
+    dtypes = (torch.bfloat16,)
+    fwd = bwd = None
+
+    def __init__(self):
+        self.ops = _cpu_peer_ops()
+
+    def decode(self, x, state, w, b):
+        st, pw, f = _dim_minor(state), self.ops.sgl_weight_pack(w), self.ops.sgl_update
+        xc = x.contiguous()
+        return (lambda: f(xc, st, pw, b, True, None, None, -1, True)), (lambda: st)
+
+    def spec(self, x, state, w, b, accepted):
+        st, pw, f = _dim_minor(state), self.ops.sgl_weight_pack(w), self.ops.sgl_update
+        xt = x.transpose(1, 2).contiguous()  # (B, 1 + k, D): tokens of a projection
+        rows = torch.arange(x.shape[0], dtype=torch.int32)
+        n = accepted.to(torch.int32)
+        return (lambda: f(xt, st, pw, b, True, n, rows, -1, True).transpose(1, 2)), (lambda: st)
+
+    def varlen(self, x, w, b, cu_seqlens, seq_idx):
+        xt, pw, f = x[0], self.ops.sgl_weight_pack(w), self.ops.sgl_fwd  # (D, T), stride 1 along D
+        n, D, W = cu_seqlens.numel() - 1, x.shape[1], w.shape[1]
+        pool = torch.empty(n, W - 1, D, dtype=x.dtype).transpose(1, 2)
+        rows, fresh = torch.arange(n, dtype=torch.int32), torch.zeros(n, dtype=torch.bool)
+        cu = cu_seqlens.to(torch.int32)
+        return lambda: f(xt, pw, b, pool, cu, rows, fresh, True, -1, True).unsqueeze(0)
+
+
+CPU_PEERS = {"vllm-cpu": VllmCpu, "sgl-cpu": SglCpu}
+
+
+def detect_cpu() -> tuple[dict, dict]:
+    """detect() for the CPU peers."""
+    found, missing = {}, {}
+    for name, cls in CPU_PEERS.items():
+        try:
+            found[name] = cls()
+        except (ImportError, OSError, RuntimeError) as e:
+            missing[name] = f"not installed ({type(e).__name__}: {e})"
+    return found, missing
+
+
+def supports(adapter, op: str, width: int, dtype: Optional[torch.dtype] = None) -> Optional[str]:
+    """None if adapter runs op at this width (and dtype), else why not."""
     if getattr(adapter, op, None) is None:
         return f"no {op}"
     if adapter.widths is not None and width not in adapter.widths:
         return f"width {width} unsupported"
+    if dtype is not None and dtype not in getattr(adapter, "dtypes", (dtype,)):
+        return f"{str(dtype).removeprefix('torch.')} unsupported"
     return None
 
 
