@@ -248,53 +248,51 @@ void shift_state(X* st, int64_t s_ch, int64_t s_col, int64_t S, int64_t n, const
 }
 
 
-// One token of n (<= 2 kLanes<A>) channels whose state columns are rows of
-// channels (stride 1 between channels, s_col >= n between columns: vLLM's
-// layout), straight from memory to registers and back: window column k is
-// col[k]; write_col < 0 shifts the state one column left with the token
-// last, else the token goes to column write_col. The arithmetic is
-// ChannelBlock's, in its order; the state moves as raw values.
-template <typename X>
+// One token of channels [d0, d1) whose state columns are rows of channels
+// (stride 1 between channels, s_col >= D between columns: vLLM's layout),
+// straight from memory to registers: window column k is col[k]. Blocks of
+// 2 kLanes<A> channels go through registers and their outputs are stored;
+// then the state moves as whole column runs, write_col < 0 shifting it one
+// column left with the token last, else the token going to column
+// write_col. Moving each block's few lines between the blocks' arithmetic
+// was slower: short copies that each load from the addresses, modulo
+// 4 KiB, that the copy before them stored to when D is a power of two.
+// kW is W, or 0 for any width. The arithmetic is ChannelBlock's, in its
+// order; the state moves as raw values.
+template <typename X, int kW>
 void decode_channel_rows(const ConvParams& p, const TapRows<acc_t<X>>& taps, int64_t d0,
-                         int64_t n, const X* x, X* out, X* st, const int64_t* col,
+                         int64_t d1, const X* x, X* out, X* st, const int64_t* col,
                          int64_t write_col) {
   using A = acc_t<X>;
   using V = Vec<A>;
   using IO = VecIO<X>;
   constexpr int64_t N = kLanes<A>;
-  const int64_t W = p.width, S = p.state_len, sc = p.conv_state.s2;
-  V a0 = V::loadu(taps.bias(d0)), a1 = V::loadu(taps.bias(d0) + N);
-  auto tap = [&](int64_t k, const V& v0, const V& v1) {
-    a0 = at::vec::fmadd(V::loadu(taps.tap(k, d0)), v0, a0);
-    a1 = at::vec::fmadd(V::loadu(taps.tap(k, d0) + N), v1, a1);
-  };
-  V v0, v1;
-  for (int64_t k = 0; k + 1 < W; ++k) {
-    IO::load2(st + col[k] * sc, n, v0, v1);
-    tap(k, v0, v1);
-  }
-  IO::load2(x, n, v0, v1);
-  tap(W - 1, v0, v1);
-  if (p.silu) {
-    a0 = silu_vec<X>(a0);
-    a1 = silu_vec<X>(a1);
-  }
-  IO::store2(out, a0, a1, n);
-  // A whole block is a copy of constant size, which the compiler inlines as
-  // vector moves (a library call per column costs as much as the arithmetic).
-  auto move = [n](const X* src, X* dst) {
-    if (n == 2 * N) {
-      std::memcpy(dst, src, sizeof(X) * 2 * N);
-    } else {
-      copy_channels(src, 1, dst, 1, n);
+  const int64_t W = kW ? kW : p.width, S = p.state_len, sc = p.conv_state.s2;
+  const bool silu = p.silu;
+  for (int64_t d = d0; d < d1; d += 2 * N) {
+    const int64_t n = std::min(2 * N, d1 - d);
+    V a0 = V::loadu(taps.bias(d)), a1 = V::loadu(taps.bias(d) + N);
+    V v0, v1;
+    auto tap = [&](int64_t k, const X* src) {
+      IO::load2(src, n, v0, v1);
+      a0 = at::vec::fmadd(V::loadu(taps.tap(k, d)), v0, a0);
+      a1 = at::vec::fmadd(V::loadu(taps.tap(k, d) + N), v1, a1);
+    };
+    for (int64_t k = 0; k + 1 < W; ++k) tap(k, st + col[k] * sc + d);
+    tap(W - 1, x + d);
+    if (silu) {
+      a0 = silu_vec<X>(a0);
+      a1 = silu_vec<X>(a1);
     }
-  };
+    IO::store2(out + d, a0, a1, n);
+  }
+  const size_t bytes = sizeof(X) * (d1 - d0);
   if (write_col >= 0) {
-    move(x, st + write_col * sc);
+    std::memcpy(st + write_col * sc + d0, x + d0, bytes);
     return;
   }
-  for (int64_t i = 0; i + 1 < S; ++i) move(st + (i + 1) * sc, st + i * sc);
-  move(x, st + (S - 1) * sc);
+  for (int64_t i = 0; i + 1 < S; ++i) std::memcpy(st + i * sc + d0, st + (i + 1) * sc + d0, bytes);
+  std::memcpy(st + (S - 1) * sc + d0, x + d0, bytes);
 }
 
 // Tasks of about this many channel-token steps share a thread; below it a
@@ -378,11 +376,10 @@ void update_impl(const ConvParams& p) {
         X* st = ptr<X>(p.conv_state) + row * p.conv_state.s0;
         const int64_t next = window(b);
         const int64_t write_col = seqlens ? wrap_index(next, S) : -1;
-        for (int64_t c = c0; c < c1; ++c) {
-          const int64_t d0 = c * kLanes;
-          decode_channel_rows<X>(p, taps, d0, std::min(kLanes, D - d0), x + d0, out + d0,
-                                 st + d0, col, write_col);
-        }
+        dispatch_width(W, [&]<int kW>() {
+          decode_channel_rows<X, kW>(p, taps, c0 * kLanes, std::min(c1 * kLanes, D), x, out, st,
+                                     col, write_col);
+        });
       }
       return;
     }
