@@ -66,8 +66,9 @@ case "${1:-}" in
     setup
     build
     cd "$ROOT"
-    step "the CPU peers (tools/peers.sh cpu): vLLM's CPU kernels for benchmarks/test_peers.py"
+    step "vLLM's kernels (tools/peers.sh): CPU ones for benchmarks/test_peers.py, Triton ones for tests/test_vllm_parity.py"
     cached bash tools/peers.sh cpu
+    bash tools/peers.sh triton
     # pytest-xdist: JOBS workers, each running torch on one thread
     # (tests/conftest.py). The CUDA variant's build/load test runs in
     # tools/ci/cuda.sh with a CUDA torch; tests on a GPU run where one is

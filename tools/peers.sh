@@ -12,6 +12,8 @@
 #   tools/peers.sh check      # install .peers/ into a scratch dir, import each peer (no GPU needed)
 #   tools/peers.sh cpu        # the CPU peers (`bench.py peers`): vLLM's and SGLang's CPU conv
 #                             # kernels from vLLM's sdist, built here against python's torch
+#   tools/peers.sh triton     # vLLM's Triton causal_conv1d.py and Triton, for
+#                             # tests/test_vllm_parity.py (Triton's CPU interpreter)
 #
 # The GPU call, after `build` and `stage` here: the device tool's run with
 # carry [".peers"] and timeout_s 560, command
@@ -35,6 +37,7 @@ fla_v="0.5.2"
 stage="$repo/.peers"
 vllm_v="0.34.0"
 vllm_sha256="fcad848b246a9d8652b47e6425af92334dc02492f9802720f54e27b823cf0113"
+triton_v="3.9.0"
 sdist="causal_conv1d-$upstream_v.tar.gz"
 
 peer_python() {
@@ -95,12 +98,30 @@ build() {
   ls -la "$wheels"
 }
 
+# vllm_source PATH: PATH of vLLM's sdist (a file or folder under its root),
+# extracted into the cache; prints the sdist's root there. The sdist comes
+# from PyPI's file host with its hash checked: pip cannot download it
+# without building vLLM's metadata.
+vllm_source() {
+  local root="$cache/src/vllm-$vllm_v" tarball="$cache/src/vllm-$vllm_v.tar.gz" url
+  if [[ ! -e "$root/$1" ]]; then
+    mkdir -p "$cache/src"
+    if [[ ! -f "$tarball" ]]; then
+      url="$(curl -fsS "https://pypi.org/simple/vllm/" |
+        grep -o "https://[^\"#]*/vllm-$vllm_v\.tar\.gz" | head -n 1)"
+      curl -fsS -o "$tarball.part" "$url"
+      echo "$vllm_sha256  $tarball.part" | sha256sum -c --quiet >&2
+      mv "$tarball.part" "$tarball"
+    fi
+    tar xzf "$tarball" -C "$cache/src" "vllm-$vllm_v/$1"
+  fi
+  echo "$root"
+}
+
 # cpu: vLLM's CPU causal-conv1d kernels (its own decode kernel and the
 # SGLang kernels it vendors) with tools/peers_cpu.cpp's op registrations,
 # one shared library per torch version, compiled with the flags of vLLM's
-# AVX-512 + AMX build (its release images' x86 flavour). The sdist comes
-# from PyPI's file host with its hash checked: pip cannot download it
-# without building vLLM's metadata.
+# AVX-512 + AMX build (its release images' x86 flavour).
 cpu() {
   local py="${PYTHON:-python}" torch_version out src
   torch_version="$("$py" -c 'import torch; print(torch.__version__)')"
@@ -114,19 +135,7 @@ cpu() {
     echo "$out/cpu_peers.so"
     return 0
   fi
-  src="$cache/src/vllm-$vllm_v"
-  if [[ ! -d "$src/csrc/cpu" ]]; then
-    local tarball="$cache/src/vllm-$vllm_v.tar.gz" url
-    mkdir -p "$cache/src"
-    if [[ ! -f "$tarball" ]]; then
-      url="$(curl -fsS "https://pypi.org/simple/vllm/" |
-        grep -o "https://[^\"#]*/vllm-$vllm_v\.tar\.gz" | head -n 1)"
-      curl -fsS -o "$tarball.part" "$url"
-      echo "$vllm_sha256  $tarball.part" | sha256sum -c --quiet
-      mv "$tarball.part" "$tarball"
-    fi
-    tar xzf "$tarball" -C "$cache/src" "vllm-$vllm_v/csrc/cpu"
-  fi
+  src="$(vllm_source csrc/cpu)"
   mkdir -p "$out/build"
   "$py" - "$repo/tools/peers_cpu.cpp" "$src/csrc" "$out" <<'EOF'
 import shutil, sys
@@ -146,9 +155,28 @@ EOF
   echo "$out/cpu_peers.so"
 }
 
+# triton: what tests/test_vllm_parity.py runs under Triton's interpreter:
+# vLLM's causal_conv1d.py (its Triton kernels and their Python wrappers)
+# from the sdist, and Triton installed into its own folder of the cache
+# (python's version in the name), which the test puts on the path of the
+# process it starts; the venv itself stays without Triton.
+triton() {
+  local py="${PYTHON:-python}" target
+  target="$cache/triton$triton_v-py$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  vllm_source vllm/model_executor/layers/mamba/ops/causal_conv1d.py >/dev/null
+  if [[ ! -f "$target/.complete" ]]; then
+    rm -rf "$target"
+    "$py" -m pip install --quiet --disable-pip-version-check --no-deps --target "$target" \
+      "triton==$triton_v"
+    touch "$target/.complete"
+  fi
+  echo "$target"
+}
+
 case "${1:-}" in
   build) build ;;
   cpu) cpu ;;
+  triton) triton ;;
   stage)
     mkdir -p "$stage"
     cp "$cache"/wheels/*.whl "$cache/src/$sdist" "$stage"/

@@ -1,0 +1,253 @@
+"""vLLM parity: our serving ops against vLLM's own Triton kernels, called
+the way vLLM's Mamba layers call them, on the same random inputs.
+
+vLLM's `vllm/model_executor/layers/mamba/ops/causal_conv1d.py` (from its
+sdist, version in tools/peers.sh) runs under Triton's CPU interpreter in a
+process of its own (TRITON_INTERPRET must be set before Triton is
+imported), with stand-ins for the three vLLM modules it imports (the
+platform: not a CPU, no PDL; triton_utils: Triton itself; the padding
+constants). Three shims fix the interpreter, not vLLM: it hands masks that
+are integer 0/1 arrays to its loads (they become booleans); it passes the
+launch's own argument dict to a grid function, whose writes into it
+(vLLM's prefill grid stores its chunk map there) would replace the
+interpreter's pointer objects (the grid gets a copy); and it does bf16
+arithmetic on the raw 16-bit patterns (it computes in fp32 and rounds to
+bf16, as a GPU's bf16 multiply does: vLLM's taps multiply in x's dtype).
+
+Cases, at every width vLLM takes (2 to 7), fp32 and bf16, D = 40 (a partial
+block), the pool in vLLM's layout (stride 1 along D) with rows left
+unused, and padding as vLLM 0.34 marks it (pool row 0, the null block; our
+pad_slot_id=0):
+
+  update       x (B, D), one token a sequence
+  spec         x (B, D, 1 + k) a view of a (B, 1 + k, D) projection, the pool
+               (N, D, W - 1 + k), num_accepted_tokens from 1 to k + 1
+  varlen_spec  the same packed (T, D) with query_start_loc, lengths 0 to k + 1
+  varlen       packed (T, D), lengths 0 and 1: without num_accepted_tokens
+               vLLM's kernel shifts the state by max_query_len whatever a
+               sequence's length, so longer ones are outside its contract
+  prefill      causal_conv1d_fn on x (D, T) (a (T, D) projection transposed)
+               against causal_conv1d_packed_fwd on (T, D): lengths across
+               vLLM's 8-token chunks, initial states for some sequences
+
+Outputs agree within the dtype's tolerance on the sequences both compute
+(vLLM leaves a padding row's output unwritten, ours writes zeros), and the
+whole pool is bit-identical. Needs tools/peers.sh triton; skips otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("CAUSAL_CONV1D_CACHE", Path.home() / ".cache/causal-conv1d")) / "peers"
+VLLM_FILE = "vllm/model_executor/layers/mamba/ops/causal_conv1d.py"
+OPS = ["update", "spec", "varlen_spec", "varlen", "prefill"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+WIDTHS = [2, 3, 4, 5, 7]
+CASES = [f"{op}-{d}-W{w}" for op in OPS for d in DTYPES for w in WIDTHS]
+TOL = {"fp32": (3e-4, 1e-3), "bf16": (1e-2, 5e-2)}  # (rtol, atol), as the peers' checks
+D, N, K = 40, 9, 3  # channels, pool rows, drafts
+
+
+def sources() -> tuple[Path, Path] | None:
+    """(vLLM's causal_conv1d.py, Triton's folder) from tools/peers.sh triton."""
+    tag = "py%d.%d" % sys.version_info[:2]
+    files = sorted(CACHE.glob(f"src/vllm-*/{VLLM_FILE}"))
+    tritons = sorted(p for p in CACHE.glob(f"triton*-{tag}") if (p / ".complete").exists())
+    return (files[-1], tritons[-1]) if files and tritons else None
+
+
+# -- the parent: one child process per backend, one test per case -------------------
+
+_results: dict = {}
+
+
+@pytest.fixture(scope="module")
+def vllm_sources():
+    found = sources()
+    if found is None:
+        pytest.skip(f"vLLM's causal_conv1d.py or Triton not in {CACHE} (tools/peers.sh triton)")
+    return found
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_vllm(backend, vllm_sources, case):
+    if backend.device != "cpu":
+        pytest.skip("Triton's interpreter runs on CPU tensors")
+    if backend.name not in _results:
+        vllm_file, triton_dir = vllm_sources
+        env = dict(os.environ, TRITON_INTERPRET="1",
+                   PYTHONPATH=os.pathsep.join([str(triton_dir), str(HERE)]))
+        spec = dict(path=str(backend.spec.path or ""), vllm=str(vllm_file))
+        run = subprocess.run([sys.executable, __file__, json.dumps(spec)], env=env,
+                             capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stderr[-3000:]
+        _results[backend.name] = json.loads(run.stdout.strip().splitlines()[-1])
+    ok, detail = _results[backend.name][case]
+    assert ok, detail
+
+
+# -- the child ----------------------------------------------------------------------
+
+def load_vllm(path: str):
+    """vLLM's module, with stand-ins for what it imports from vLLM."""
+    import numpy as np  # noqa: F401  (Triton's interpreter needs it)
+    import triton
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    def as_bool(mask):
+        if mask.data.dtype == bool:
+            return mask
+        return interpreter.TensorHandle(mask.data != 0, tl.int1)
+
+    builder = interpreter.InterpreterBuilder
+    load, store = builder.create_masked_load, builder.create_masked_store
+    builder.create_masked_load = lambda self, p, m, *a: load(self, p, as_bool(m), *a)
+    builder.create_masked_store = lambda self, p, v, m, *a: store(self, p, v, as_bool(m), *a)
+    init = interpreter.GridExecutor.__init__
+
+    def init_copying_meta(self, fn, arg_names, grid, *a, **k):
+        if callable(grid):
+            grid = (lambda g: lambda meta: g(dict(meta)))(grid)
+        init(self, fn, arg_names, grid, *a, **k)
+
+    interpreter.GridExecutor.__init__ = init_copying_meta
+    binary = builder.binary_op
+
+    def binary_in_fp32(self, lhs, rhs, op):
+        if lhs.dtype.scalar != tl.bfloat16:
+            return binary(self, lhs, rhs, op)
+        widen = lambda h: self.cast_impl(h, tl.float32)  # noqa: E731
+        return self.cast_impl(binary(self, widen(lhs), widen(rhs), op), tl.bfloat16)
+
+    builder.binary_op = binary_in_fp32
+
+    def stub(name, **attrs):
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        sys.modules[name] = module
+
+    platform = types.SimpleNamespace(is_cpu=lambda: False, is_arch_support_pdl=lambda: False)
+    for name in ("vllm", "vllm.v1", "vllm.v1.attention", "vllm.v1.attention.backends"):
+        stub(name)
+    stub("vllm.platforms", current_platform=platform)
+    stub("vllm.triton_utils", tl=tl, triton=triton)
+    stub("vllm.v1.attention.backends.utils", NULL_BLOCK_ID=0, PAD_SLOT_ID=-1)
+    spec = importlib.util.spec_from_file_location("vllm_causal_conv1d", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def chunk_metadata(lengths, block_m=8):
+    """The (sequence, chunk) map of the prefill's programs that vLLM's
+    attention metadata carries (causal_conv1d_fn's `metadata`)."""
+    chunks = [-(-n // block_m) for n in lengths]
+    seq = torch.tensor([i for i, c in enumerate(chunks) for _ in range(c)], dtype=torch.int32)
+    offset = torch.tensor([j for c in chunks for j in range(c)], dtype=torch.int32)
+    entry = dict(tot=len(seq), mlist=seq, mlist_len=len(seq), offsetlist=offset, batch_ptr=seq,
+                 token_chunk_offset_ptr=offset)
+    return types.SimpleNamespace(nums_dict={block_m: entry}, batch_ptr=seq,
+                                 token_chunk_offset_ptr=offset)
+
+
+def pool(S, dtype):
+    """(N, D, S) with stride 1 along D, as vLLM allocates it."""
+    return torch.randn(N, S, D).to(dtype).transpose(1, 2)
+
+
+def compare(name, got, want, live, tol):
+    """(ok, detail) of our output against vLLM's on the live rows."""
+    rtol, atol = tol
+    g, w = got[live].double(), want[live].double()
+    err = ((g - w).abs() / (atol + rtol * w.abs())).max().item() if g.numel() else 0.0
+    return err <= 1.0, f"{name}: worst {err:.2f} of tolerance"
+
+
+def run_case(vllm, cc, case):
+    op, dname, w = case.split("-")
+    dtype, W = DTYPES[dname], int(w[1:])
+    weight, bias = torch.randn(D, W).to(dtype), torch.randn(D).to(dtype)
+    rows = torch.tensor([3, 0, 5, 1, 8, 6], dtype=torch.int32)  # 0: the null block
+    B = len(rows)
+    live_seq = rows != 0
+    if op in ("update", "spec"):
+        L = 1 if op == "update" else 1 + K
+        x = torch.randn(B, L, D).to(dtype).transpose(1, 2)
+        if op == "update":
+            x = x[..., 0].contiguous()
+        state = pool(W - 1 + (L - 1), dtype)
+        kw = dict(num_accepted_tokens=torch.randint(1, L + 1, (B,), dtype=torch.int32)) \
+            if op == "spec" else {}
+        ours_state, vllm_state = state.clone(), state.clone()
+        want = vllm.causal_conv1d_update(x.clone(), vllm_state, weight, bias, "silu",
+                                         conv_state_indices=rows, **kw)
+        got = cc.causal_conv1d_update(x, ours_state, weight, bias, "silu",
+                                      conv_state_indices=rows, pad_slot_id=0, **kw)
+        live = live_seq
+    elif op in ("varlen_spec", "varlen"):
+        top = 1 + K if op == "varlen_spec" else 1
+        lengths = torch.tensor([top, 0, 2 % (top + 1), top, 1, 0])
+        qsl = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(torch.int32)
+        x = torch.randn(int(lengths.sum()), D).to(dtype)
+        state = pool(W - 1 + (top - 1), dtype)
+        kw = dict(num_accepted_tokens=torch.randint(1, top + 1, (B,), dtype=torch.int32)) \
+            if op == "varlen_spec" else {}
+        ours_state, vllm_state = state.clone(), state.clone()
+        want = vllm.causal_conv1d_update(x.clone(), vllm_state, weight, bias, "silu",
+                                         conv_state_indices=rows, query_start_loc=qsl,
+                                         max_query_len=top, out=torch.zeros_like(x), **kw)
+        got = cc.causal_conv1d_update(x, ours_state, weight, bias, "silu", conv_state_indices=rows,
+                                      query_start_loc=qsl, pad_slot_id=0, **kw)
+        live = torch.repeat_interleave(live_seq, lengths)
+    elif op == "prefill":
+        lengths = [5, 1, 17, 9, 33, 8]
+        qsl = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+        x = torch.randn(sum(lengths), D).to(dtype)  # (T, D); vLLM takes its transpose
+        has_initial = torch.tensor([True, True, False, True, False, True])
+        state = pool(W - 1, dtype)
+        ours_state, vllm_state = state.clone(), state.clone()
+        want = vllm.causal_conv1d_fn(x.t(), weight, bias, vllm_state, qsl, cache_indices=rows,
+                                     has_initial_state=has_initial, activation="silu",
+                                     metadata=chunk_metadata(lengths)).t()
+        got = cc.causal_conv1d_packed_fwd(x, weight, bias, qsl, ours_state, rows, has_initial,
+                                          activation="silu", pad_slot_id=0)
+        live = torch.repeat_interleave(live_seq, torch.tensor(lengths))
+    else:
+        raise ValueError(op)
+    ok, detail = compare("y", got, want, live, TOL[dname])
+    if not torch.equal(ours_state, vllm_state):
+        bad = [r for r in range(N) if not torch.equal(ours_state[r], vllm_state[r])]
+        return False, f"pool rows {bad} differ ({detail})"
+    return ok, detail
+
+
+def child(spec: dict) -> dict:
+    from helpers import load_kernel
+
+    vllm = load_vllm(spec["vllm"])
+    cc = load_kernel(Path(spec["path"]), backend="cpu") if spec["path"] else \
+        load_kernel(backend=os.environ.get("CAUSAL_CONV1D_TEST_BACKEND"))
+    out = {}
+    for i, case in enumerate(CASES):
+        torch.manual_seed(i)
+        try:
+            out[case] = run_case(vllm, cc, case)
+        except Exception as e:  # a refusal or a crash is a failed case, with its reason
+            out[case] = (False, f"{type(e).__name__}: {e}")
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(child(json.loads(sys.argv[1]))))
