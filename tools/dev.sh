@@ -66,7 +66,7 @@ case "${1:-}" in
     setup
     build
     cd "$ROOT"
-    step "vLLM's kernels (tools/peers.sh): CPU ones for benchmarks/test_peers.py, Triton ones for tests/test_vllm_parity.py"
+    step "vLLM's kernels (tools/peers.sh): CPU ones for benchmarks/test_peers.py, Triton ones (and SGLang's) for tests/test_engine_parity.py"
     cached bash tools/peers.sh cpu
     bash tools/peers.sh triton
     # pytest-xdist: JOBS workers, each running torch on one thread

@@ -12,8 +12,8 @@
 #   tools/peers.sh check      # install .peers/ into a scratch dir, import each peer (no GPU needed)
 #   tools/peers.sh cpu        # the CPU peers (`bench.py peers`): vLLM's and SGLang's CPU conv
 #                             # kernels from vLLM's sdist, built here against python's torch
-#   tools/peers.sh triton     # vLLM's Triton causal_conv1d.py and Triton, for
-#                             # tests/test_vllm_parity.py (Triton's CPU interpreter)
+#   tools/peers.sh triton     # vLLM's and SGLang's Triton causal_conv1d and Triton, for
+#                             # tests/test_engine_parity.py (Triton's CPU interpreter)
 #
 # The GPU call, after `build` and `stage` here: the device tool's run with
 # carry [".peers"] and timeout_s 560, command
@@ -38,6 +38,7 @@ stage="$repo/.peers"
 vllm_v="0.34.0"
 vllm_sha256="fcad848b246a9d8652b47e6425af92334dc02492f9802720f54e27b823cf0113"
 triton_v="3.9.0"
+sglang_v="0.5.23"
 sdist="causal_conv1d-$upstream_v.tar.gz"
 
 peer_python() {
@@ -155,15 +156,25 @@ EOF
   echo "$out/cpu_peers.so"
 }
 
-# triton: what tests/test_vllm_parity.py runs under Triton's interpreter:
-# vLLM's causal_conv1d.py (its Triton kernels and their Python wrappers)
-# from the sdist, and Triton installed into its own folder of the cache
-# (python's version in the name), which the test puts on the path of the
-# process it starts; the venv itself stays without Triton.
+# triton: what tests/test_engine_parity.py runs under Triton's interpreter:
+# vLLM's causal_conv1d.py from its sdist and SGLang's causal_conv1d_triton.py
+# from its wheel (pure Python; pip checks the wheel's hash), and Triton
+# installed into its own folder of the cache (python's version in the
+# name), which the test puts on the path of the process it starts; the
+# venv itself stays without Triton.
 triton() {
-  local py="${PYTHON:-python}" target
+  local py="${PYTHON:-python}" target sglang="$cache/src/sglang-$sglang_v" wheels
+  local sglang_file="sglang/kernels/ops/mamba/causal_conv1d_triton.py"
   target="$cache/triton$triton_v-py$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
   vllm_source vllm/model_executor/layers/mamba/ops/causal_conv1d.py >/dev/null
+  if [[ ! -f "$sglang/$sglang_file" ]]; then
+    wheels="$(mktemp -d)"
+    "$py" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary :all: \
+      --python-version 3.11 --platform manylinux_2_34_x86_64 "sglang==$sglang_v" -d "$wheels"
+    "$py" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
+      "$(ls "$wheels"/sglang-*.whl)" "$sglang_file" "$sglang"
+    rm -rf "$wheels"
+  fi
   if [[ ! -f "$target/.complete" ]]; then
     rm -rf "$target"
     "$py" -m pip install --quiet --disable-pip-version-check --no-deps --target "$target" \
