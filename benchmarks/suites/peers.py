@@ -205,14 +205,21 @@ class Fla:
 PEERS = {"upstream": Upstream, "fla": Fla}
 
 
-def detect() -> tuple[dict, dict]:
-    """({name: adapter} for the peers that import, {name: reason} for the rest)."""
+def instantiate(classes: dict) -> tuple[dict, dict]:
+    """({name: adapter} for the classes whose peer loads, {name: reason} for
+    the rest)."""
     found, missing = {}, {}
-    for name, cls in PEERS.items():
+    for name, cls in classes.items():
         try:
             found[name] = cls()
-        except ImportError as e:  # a missing module or an extension that does not load
+        except (ImportError, OSError) as e:  # a missing module, a library that does not load
             missing[name] = f"not installed ({type(e).__name__}: {e})"
+    return found, missing
+
+
+def detect() -> tuple[dict, dict]:
+    """instantiate(PEERS), and why vLLM is not among them."""
+    found, missing = instantiate(PEERS)
     missing["vllm"] = VLLM_REASON
     return found, missing
 
@@ -307,14 +314,8 @@ CPU_PEERS = {"vllm-cpu": VllmCpu, "sgl-cpu": SglCpu}
 
 
 def detect_cpu() -> tuple[dict, dict]:
-    """detect() for the CPU peers."""
-    found, missing = {}, {}
-    for name, cls in CPU_PEERS.items():
-        try:
-            found[name] = cls()
-        except (ImportError, OSError, RuntimeError) as e:
-            missing[name] = f"not installed ({type(e).__name__}: {e})"
-    return found, missing
+    """instantiate(CPU_PEERS)."""
+    return instantiate(CPU_PEERS)
 
 
 def supports(adapter, op: str, width: int, dtype: Optional[torch.dtype] = None) -> Optional[str]:
