@@ -114,7 +114,13 @@ vllm_source() {
       echo "$vllm_sha256  $tarball.part" | sha256sum -c --quiet >&2
       mv "$tarball.part" "$tarball"
     fi
-    tar xzf "$tarball" -C "$cache/src" "vllm-$vllm_v/$1"
+    # into a scratch folder first: an interrupted extraction leaves no
+    # half folder that a later run would take for the whole
+    local scratch="$cache/src/.extract.$$"
+    rm -rf "$scratch" && mkdir -p "$scratch" "$(dirname "$root/$1")"
+    tar xzf "$tarball" -C "$scratch" "vllm-$vllm_v/$1"
+    mv "$scratch/vllm-$vllm_v/$1" "$root/$1"
+    rm -rf "$scratch"
   fi
   echo "$root"
 }
