@@ -38,7 +38,8 @@ each sequence's windows row from intermediate_state_indices:
 
   chain        the tokens in a line
   tree         an EAGLE token tree (0 -> 1, 2; 1 -> 3) that SGLang takes as
-               first-child and next-sibling tables and we as parents
+               first-child and next-sibling tables, and we as the parents
+               tree_parents derives from them
   spec         num_accept_tokens (SGLang's name), no windows, as vLLM's spec
 
 Outputs agree within the dtype's tolerance on the sequences both compute
@@ -291,7 +292,10 @@ def sglang_case(sglang, cc, op, dname, W):
         next_sibling = torch.tensor([[-1, 2, -1, -1]] * B, dtype=torch.int32)
         sglang_kw = dict(retrieve_next_token=first_child, retrieve_next_sibling=next_sibling,
                          retrieve_parent_token=torch.zeros(B, L, dtype=torch.int32))
-        ours_kw = dict(retrieve_parent_token=torch.tensor([[-1, 0, 0, 1]] * B, dtype=torch.int32))
+        parents = cc.tree_parents(first_child, next_sibling)  # SGLang's tables, as parents
+        if not torch.equal(parents, torch.tensor([[-1, 0, 0, 1]] * B, dtype=torch.int32)):
+            return False, f"tree_parents gave {parents.tolist()}"
+        ours_kw = dict(retrieve_parent_token=parents)
     ours_state, sglang_state = state.clone(), state.clone()
     want = sglang.causal_conv1d_update(x, sglang_state, weight, bias, "silu",
                                        conv_state_indices=rows,

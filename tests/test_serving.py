@@ -304,6 +304,61 @@ def test_empty_windows_keep_the_pool(kernel, seeded, W, rows):
     exact(pool, before, "with windows, conv_state is only read")
 
 
+def tree_tables(parents):
+    """SGLang's tables of a tree given as parents: each token's first child
+    and the next child of its parent (-1: none), children in token order."""
+    B, L = parents.shape
+    first_child = torch.full((B, L), -1, dtype=torch.int32)
+    next_sibling = torch.full((B, L), -1, dtype=torch.int32)
+    for b in range(B):
+        last_child = {}
+        for j in range(1, L):
+            p = int(parents[b, j])
+            if p in last_child:
+                next_sibling[b, last_child[p]] = j
+            else:
+                first_child[b, p] = j
+            last_child[p] = j
+    return first_child, next_sibling
+
+
+@pytest.mark.parametrize("L", [1, 2, 5, 16, 33])
+def test_tree_parents_from_sglang_tables(kernel, seeded, L):
+    """tree_parents gives back the parents of random trees from SGLang's
+    first-child and next-sibling tables, int32 and int64, on the backend's
+    device; a token no entry reaches gets the root, as SGLang's kernel."""
+    parents = random_tree(6, L)
+    first_child, next_sibling = tree_tables(parents)
+    for dtype in (torch.int32, torch.int64):
+        got = kernel.tree_parents(on_backend(first_child.to(dtype)),
+                                  on_backend(next_sibling.to(dtype)))
+        assert got.dtype == torch.int32 and got.device == torch.get_default_device()
+        exact(got.cpu(), parents, f"seed={seeded} parents={parents.tolist()}")
+    if L >= 3:  # token L - 1 cut off: no entry names it
+        first_child[first_child == L - 1] = -1
+        next_sibling[next_sibling == L - 1] = -1
+        got = kernel.tree_parents(on_backend(first_child), on_backend(next_sibling)).cpu()
+        assert (got[:, L - 1] == 0).all() and torch.equal(got[:, :-1], parents[:, :-1])
+
+
+@pytest.mark.parametrize("case,tables,match", [
+    ("child before its parent", ([[2, -1, 1]], [[-1, -1, -1]]),
+     r"retrieve_next_token\[0, 2\] = 1: must be -1 or a later token"),
+    ("sibling past the end", ([[1, -1, -1]], [[-1, 3, -1]]),
+     r"retrieve_next_sibling\[0, 1\] = 3"),
+    ("a token reached twice", ([[1, 2, -1]], [[-1, 2, -1]]), "token 2 of sequence 0 is reached twice"),
+    ("float table", ([[1.0, -1.0]], [[-1, -1]]), "retrieve_next_token must be a 2-D int32 or int64"),
+    ("1-D table", ([1, -1], [-1, -1]), "retrieve_next_token must be a 2-D"),
+    ("shapes differ", ([[1, -1]], [[-1, -1, -1]]), "must match"),
+])
+def test_tree_parents_refusals(cc, case, tables, match):
+    first, sibling = (torch.tensor(t) for t in tables)
+    with pytest.raises(ValueError, match=match):
+        cc.tree_parents(first, sibling)
+    with pytest.raises(TypeError, match="retrieve_next_sibling must be a torch.Tensor"):
+        cc.tree_parents(first, [[-1, -1]])
+
+
 @pytest.mark.parametrize("W", [2, 3, 4, 5, 9, 17])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("x_layout", ["channel_last", "contiguous"])

@@ -17,6 +17,7 @@ from .functions import (
     causal_conv1d_update,
     causal_conv1d_varlen_states,
     kernel_tier,
+    tree_parents,
 )
 from .reference import (
     causal_conv1d_packed_fwd_ref,
@@ -31,6 +32,7 @@ __all__ = [
     "causal_conv1d_update",
     "causal_conv1d_varlen_states",
     "causal_conv1d_packed_fwd",
+    "tree_parents",
     "kernel_tier",
     "causal_conv1d_ref",
     "causal_conv1d_update_ref",

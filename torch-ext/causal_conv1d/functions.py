@@ -25,6 +25,7 @@ __all__ = [
     "causal_conv1d_update",
     "causal_conv1d_varlen_states",
     "causal_conv1d_packed_fwd",
+    "tree_parents",
     "kernel_tier",
 ]
 
@@ -502,6 +503,74 @@ def causal_conv1d_packed_fwd(
         pad_slot_id, silu,
     )
     return out if channels_first else out.transpose(-1, -2)
+
+
+def tree_parents(retrieve_next_token: torch.Tensor,
+                 retrieve_next_sibling: torch.Tensor) -> torch.Tensor:
+    """Token trees as SGLang passes them, as the parents
+    `causal_conv1d_update`'s `retrieve_parent_token` takes.
+
+    retrieve_next_token:   (B, L) int32 or int64, token i's first child, or -1
+    retrieve_next_sibling: (B, L) int32 or int64, the next child of token i's
+                           parent, or -1
+    returns:               (B, L) int32 on their device: token j's parent;
+                           -1 for token 0 (the root); 0 for a token no entry
+                           reaches, as SGLang's verify kernel takes it
+
+    Tensor ops without a host synchronisation (a CUDA graph can hold it):
+    each token's first sibling comes from pointer jumping along the sibling
+    links, its parent is whoever names that sibling its first child. A
+    child comes after its parent and a sibling after the one naming it, as
+    SGLang's kernel computes them in token order; on host tensors a table
+    that breaks this, points outside [-1, L) or reaches a token twice raises
+    a ValueError naming it (device tensors are not read back: an index
+    outside is treated as -1, and a parent out of order is then refused or
+    clamped by `causal_conv1d_update` itself).
+    """
+    fn = "tree_parents"
+    tables = (("retrieve_next_token", retrieve_next_token),
+              ("retrieve_next_sibling", retrieve_next_sibling))
+    if not all(isinstance(t, _Tensor) for _, t in tables):
+        _refuse_types(fn, tensors=tables)
+    for name, t in tables:
+        if t.dtype not in (torch.int32, torch.int64) or t.dim() != 2:
+            raise ValueError(f"{fn}: {name} must be a 2-D int32 or int64 tensor, got "
+                             f"{t.dim()}-D {t.dtype}")
+    if retrieve_next_token.shape != retrieve_next_sibling.shape or \
+            retrieve_next_token.device != retrieve_next_sibling.device:
+        raise ValueError(f"{fn}: retrieve_next_token ({tuple(retrieve_next_token.shape)} on "
+                         f"{retrieve_next_token.device}) and retrieve_next_sibling "
+                         f"({tuple(retrieve_next_sibling.shape)} on "
+                         f"{retrieve_next_sibling.device}) must match")
+    B, L = retrieve_next_token.shape
+    tokens = torch.arange(L, device=retrieve_next_token.device).expand(B, L)
+    if retrieve_next_token.device.type == "cpu":
+        claimed = torch.zeros(B, L, dtype=torch.int64)
+        for name, t in tables:
+            bad = (t != -1) & ((t <= tokens) | (t >= L))
+            if bad.any():
+                b, i = (int(v) for v in bad.nonzero()[0])
+                raise ValueError(f"{fn}: {name}[{b}, {i}] = {int(t[b, i])}: must be -1 or a "
+                                 f"later token, in ({i}, {L})")
+            live = t != -1
+            claimed.scatter_add_(1, torch.where(live, t, 0).long(), live.long())
+        if (claimed > 1).any():
+            b, j = (int(v) for v in (claimed > 1).nonzero()[0])
+            raise ValueError(f"{fn}: token {j} of sequence {b} is reached twice "
+                             f"(a first child or next sibling of two tokens)")
+    # -1 entries scatter into a spare column L, dropped afterwards
+    def inverse(t):
+        to = torch.where((t >= 0) & (t < L), t.long(), L)
+        return torch.full((B, L + 1), -1, dtype=torch.int64, device=t.device) \
+            .scatter_(1, to, tokens)[:, :L]
+
+    owner, previous = inverse(retrieve_next_token), inverse(retrieve_next_sibling)
+    first = torch.where(previous >= 0, previous, tokens)
+    for _ in range(max(1, (L - 1).bit_length())):  # chains of up to L - 1 links
+        first = first.gather(1, first)
+    parents = owner.gather(1, first)
+    parents = torch.where((parents < 0) & (tokens > 0), 0, parents)
+    return parents.to(torch.int32)
 
 
 def kernel_tier() -> str:
