@@ -57,8 +57,6 @@ is the cost of one call, unaffected by time slicing.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from . import harness, peers
@@ -83,8 +81,7 @@ TARGET_DECODE, TARGET_DECODE_MIN_B, TARGET_PACKED = 5.0, 8, 4.0
 TOL = {torch.float32: dict(rtol=3e-4, atol=1e-3), torch.bfloat16: dict(rtol=1e-2, atol=5e-2)}
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = CLOCKS["wall"]
+clock = harness.CLOCKS["wall"]
 
 
 def measure(fns: dict, repeats: int, warmup: int) -> dict:
@@ -258,13 +255,12 @@ def bench_packed(cc, seqs, tokens, dim, dtype, repeats, warmup):
 
 
 def main() -> int:
-    ap = cpu_arguments(__doc__, DTYPES, default_repeats=15, default_warmup=3, layouts=False)
+    ap = cpu_arguments(__doc__, DTYPES, default_repeats=15, default_warmup=3, layouts=False,
+                       clock=True)
     ap.add_argument("--only", choices=["decode", "spec", "verify", "packed"], default=None)
-    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                    help="wall: elapsed time; cpu: the process's CPU time, all threads summed")
     args = parse_cpu_arguments(ap)
     global clock
-    clock = CLOCKS[args.clock]
+    clock = harness.CLOCKS[args.clock]
     repeats, dtypes = args.repeats, args.dtype
     Bs, Ds = (QUICK_DECODE_B, QUICK_DECODE_D) if args.quick else (DECODE_B, DECODE_D)
     packed = QUICK_PACKED if args.quick else PACKED

@@ -28,8 +28,6 @@ repeats (minimum in parentheses), candidates run round-robin.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from . import harness, peers
@@ -39,7 +37,6 @@ DECODE = dict(B=[1, 8, 64, 256], D=[8192])
 SPEC = dict(B=[1, 64], D=[8192], drafts=3)
 PREFILL = dict(lengths=[1, 17, 1000, 3000, 64, 500, 2000, 1610], D=[4096])
 QUICK = dict(B=[1, 8], D=[256], lengths=[1, 17, 70, 40])
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def dim_minor(B, D, S, dtype):
@@ -140,9 +137,8 @@ def cell(r, ours) -> str:
 
 
 def main() -> int:
-    ap = cpu_arguments(__doc__, DTYPES, default_repeats=15, default_warmup=3, layouts=False)
-    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                    help="wall: elapsed time; cpu: the process's CPU time, all threads summed")
+    ap = cpu_arguments(__doc__, DTYPES, default_repeats=15, default_warmup=3, layouts=False,
+                       clock=True)
     args = parse_cpu_arguments(ap)
     cc = load_kernel()
     found, missing = peers.detect_cpu()
@@ -172,7 +168,7 @@ def main() -> int:
     print("-" * len(head))
     for op, dname, shape, case in rows:
         r = run_row(cc, impls, "varlen" if op == "prefill" else op, case, DTYPES[dname],
-                    args.repeats, args.warmup, CLOCKS[args.clock])
+                    args.repeats, args.warmup, harness.CLOCKS[args.clock])
         ours = r["ours"][0]
         print(f"{op:7} {dname:5} {shape:15} | {r['ours'][0] * 1e6:9.1f} ({r['ours'][1] * 1e6:8.1f}) "
               f"{r['copy'][0] * 1e6:9.1f} ({r['copy'][1] * 1e6:8.1f}) {ours / r['copy'][0]:8.2f}x | "

@@ -74,11 +74,15 @@ def measure(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
     return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 
+# --clock: what a timed sample measures
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def cpu_arguments(doc: str, dtypes, default_repeats: int, default_warmup: int,
-                  layouts: bool = True) -> argparse.ArgumentParser:
+                  layouts: bool = True, clock: bool = False) -> argparse.ArgumentParser:
     """The options every CPU benchmark takes (--quick, --repeats, --warmup,
-    --threads, --dtype and, with layouts, --channel-last); add more, then
-    call parse_cpu_arguments."""
+    --threads, --dtype, with layouts --channel-last and with clock --clock,
+    a key of CLOCKS); add more, then call parse_cpu_arguments."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (CI smoke run)")
     ap.add_argument("--repeats", type=int, default=None,
@@ -88,6 +92,9 @@ def cpu_arguments(doc: str, dtypes, default_repeats: int, default_warmup: int,
     if layouts:
         ap.add_argument("--channel-last", action="store_true",
                         help="x as a (B, L, D) tensor transposed to (B, D, L) instead of contiguous")
+    if clock:
+        ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: elapsed time; cpu: the process's CPU time, all threads summed")
     ap.add_argument("--dtype", choices=sorted(dtypes), action="append",
                     help="restrict to these dtypes (repeatable)")
     ap.set_defaults(default_repeats=default_repeats, all_dtypes=list(dtypes))
