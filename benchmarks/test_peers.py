@@ -349,6 +349,8 @@ def test_cpu_peer_support():
     assert peers.supports(sgl, "spec", 4, torch.bfloat16) is None
     assert peers.supports(sgl, "decode", 4, torch.float32) == "float32 unsupported"
     assert peers.supports(sgl, "varlen", 5, torch.bfloat16) == "width 5 unsupported"
+    assert peers.supports(sgl, "decode", 4, torch.bfloat16, dim=40) == "D not a multiple of 32"
+    assert peers.supports(sgl, "decode", 4, torch.bfloat16, dim=64) is None
 
 
 @pytest.mark.parametrize("op", ["decode", "spec", "varlen"])

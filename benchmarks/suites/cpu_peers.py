@@ -110,9 +110,7 @@ def run_row(cc, impls, op, case, dtype, repeats, warmup, clock):
     w, b = weights(x.shape[1], dtype)
     fns, out = {}, {}
     for name, adapter in impls.items():
-        why = peers.supports(adapter, op, WIDTH, dtype)
-        if why is None and x.shape[1] % 32 and isinstance(adapter, peers.SglCpu):
-            why = "D not a multiple of 32"
+        why = peers.supports(adapter, op, WIDTH, dtype, dim=x.shape[1])
         if why:
             out[name] = why
             continue

@@ -284,6 +284,7 @@ class SglCpu:
     name = "sgl-cpu"
     widths = (4,)
     dtypes = (torch.bfloat16,)
+    dim_multiple = 32
     fwd = bwd = None
 
     def __init__(self):
@@ -318,14 +319,19 @@ def detect_cpu() -> tuple[dict, dict]:
     return instantiate(CPU_PEERS)
 
 
-def supports(adapter, op: str, width: int, dtype: Optional[torch.dtype] = None) -> Optional[str]:
-    """None if adapter runs op at this width (and dtype), else why not."""
+def supports(adapter, op: str, width: int, dtype: Optional[torch.dtype] = None,
+             dim: Optional[int] = None) -> Optional[str]:
+    """None if adapter runs op at this width (and dtype, and number of
+    channels), else why not."""
     if getattr(adapter, op, None) is None:
         return f"no {op}"
     if adapter.widths is not None and width not in adapter.widths:
         return f"width {width} unsupported"
     if dtype is not None and dtype not in getattr(adapter, "dtypes", (dtype,)):
         return f"{str(dtype).removeprefix('torch.')} unsupported"
+    multiple = getattr(adapter, "dim_multiple", 1)
+    if dim is not None and dim % multiple:
+        return f"D not a multiple of {multiple}"
     return None
 
 
