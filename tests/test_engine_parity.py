@@ -195,7 +195,7 @@ def pool(S, dtype):
 
 
 def compare(name, got, want, live, tol):
-    """(ok, detail) of our output against vLLM's on the live rows."""
+    """(ok, detail) of our output against the engine's on the live rows."""
     rtol, atol = tol
     g, w = got[live].double(), want[live].double()
     err = ((g - w).abs() / (atol + rtol * w.abs())).max().item() if g.numel() else 0.0
@@ -253,11 +253,7 @@ def vllm_case(vllm, cc, op, dname, W):
     else:
         raise ValueError(op)
     ok, detail = compare("y", got, want, live, TOL[dname])
-    return ok and same_pool(ours_state, vllm_state), detail + pool_detail(ours_state, vllm_state)
-
-
-def same_pool(a, b) -> bool:
-    return torch.equal(a, b)
+    return ok and torch.equal(ours_state, vllm_state), detail + pool_detail(ours_state, vllm_state)
 
 
 def pool_detail(ours, want) -> str:
@@ -281,7 +277,7 @@ def sglang_case(sglang, cc, op, dname, W):
         got = cc.causal_conv1d_update(x, ours_state, weight, bias, "silu",
                                       conv_state_indices=rows, num_accepted_tokens=accepted)
         ok, detail = compare("y", got, want, slice(None), TOL[dname])
-        return ok and same_pool(ours_state, sglang_state), \
+        return ok and torch.equal(ours_state, sglang_state), \
             detail + pool_detail(ours_state, sglang_state)
     state = pool(W - 1, dtype)
     window_rows = torch.tensor([2, 0, 6, 3, 4], dtype=torch.int32)
