@@ -117,6 +117,7 @@ PY
       python benchmarks/bench.py "$suite" --quick
     done
     python benchmarks/bench.py bwd --quick --channel-last --dout-other-layout
+    python benchmarks/bench.py decode --quick --only spec --cold
     step "kernels benchmark: benchmarks/benchmark.py on build/, each workload verified (smoke run)"
     kernels benchmark . --iterations 2 --warmup 1
     step "aarch64-linux CPU variant: cross-built, tested under qemu-user on every tier"

@@ -47,19 +47,23 @@ def load_kernel():
 
 
 def measure(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
-            min_sample_s: float = 0.0, clock: Callable[[], float] = time.perf_counter) -> dict:
+            min_sample_s: float = 0.0, clock: Callable[[], float] = time.perf_counter,
+            cold: bool = False) -> dict:
     """Times each candidate and returns {name: (median_s, min_s)} per call.
 
     The candidates run round-robin, so drift in machine load hits them all
     alike. With min_sample_s, each sample times enough back-to-back calls to
     last about that long (microsecond calls are otherwise timer noise).
+    With cold, each sample is one call after evict_caches(), untimed: what
+    a call costs in a model, whose other layers evict its bytes between two
+    of its steps (min_sample_s is then ignored).
     """
     inner = {}
     for name, fn in fns.items():
         for _ in range(warmup):
             fn()
         inner[name] = 1
-        if min_sample_s > 0:
+        if min_sample_s > 0 and not cold:
             t0 = time.perf_counter()
             fn()
             inner[name] = max(1, int(min_sample_s / max(time.perf_counter() - t0, 1e-7)))
@@ -67,11 +71,25 @@ def measure(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
     for _ in range(repeats):
         for name, fn in fns.items():
             n = inner[name]
+            if cold:
+                evict_caches()
             t0 = clock()
             for _ in range(n):
                 fn()
             times[name].append((clock() - t0) / n)
     return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
+
+
+# Twice the largest last-level cache the benchmarks ran on (32 MiB).
+EVICT_BYTES = 64 << 20
+_evict_buffer: list[torch.Tensor] = []
+
+
+def evict_caches() -> None:
+    """Writes EVICT_BYTES, so no earlier call's bytes stay in the caches."""
+    if not _evict_buffer:
+        _evict_buffer.append(torch.zeros(EVICT_BYTES, dtype=torch.uint8))
+    _evict_buffer[0].add_(1)
 
 
 # --clock: what a timed sample measures
