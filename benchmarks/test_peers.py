@@ -355,7 +355,8 @@ def test_cpu_peer_support():
 
 @pytest.mark.parametrize("op", ["decode", "spec", "varlen"])
 def test_cpu_suite_row(kernel, op):
-    """suites/cpu_peers.run_row: ours and the peers verified, then timed; a
+    """suites/cpu_peers.run_row: ours and the peers verified, then timed
+    (the spec row with the caches evicted before each call, --cold); a
     wrong candidate is reported WRONG and left untimed; what a peer lacks
     is named."""
     from suites import cpu_peers
@@ -365,7 +366,8 @@ def test_cpu_suite_row(kernel, op):
     make = {"decode": lambda: cpu_peers.decode_case(kernel, 3, 64, torch.bfloat16),
             "spec": lambda: cpu_peers.spec_case(kernel, 3, 64, 3, torch.bfloat16),
             "varlen": lambda: cpu_peers.prefill_case(kernel, [1, 17, 40], 64, torch.bfloat16)}
-    row = cpu_peers.run_row(kernel, impls, op, make[op](), torch.bfloat16, 2, 1, time.perf_counter)
+    row = cpu_peers.run_row(kernel, impls, op, make[op](), torch.bfloat16, 2, 1, time.perf_counter,
+                            cold=op == "spec")
     assert row["ours"][0] > 0 and row["copy"][0] > 0
     assert row["buggy"].startswith("WRONG")
     for name in found:

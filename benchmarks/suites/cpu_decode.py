@@ -272,9 +272,6 @@ def main() -> int:
     ap = cpu_arguments(__doc__, DTYPES, default_repeats=15, default_warmup=3, layouts=False,
                        clock=True)
     ap.add_argument("--only", choices=["decode", "spec", "verify", "packed"], default=None)
-    ap.add_argument("--cold", action="store_true",
-                    help="evict the caches before each timed call, as a model's other layers "
-                         "do between two steps of one layer (each sample is then one call)")
     args = parse_cpu_arguments(ap)
     global clock, cold
     clock, cold = harness.CLOCKS[args.clock], args.cold

@@ -23,6 +23,7 @@ repeats (minimum in parentheses), candidates run round-robin.
 
     python benchmarks/bench.py peers                  # all threads
     python benchmarks/bench.py peers --threads 1 --clock cpu
+    python benchmarks/bench.py peers --threads 1 --clock cpu --cold   # bytes from memory
     python benchmarks/bench.py peers --quick          # CI smoke run
 """
 
@@ -104,7 +105,7 @@ def step_of(adapter, op, x, w, b, kw):
     return adapter.varlen(x, w, b, kw["cu_seqlens"], kw["seq_idx"])
 
 
-def run_row(cc, impls, op, case, dtype, repeats, warmup, clock):
+def run_row(cc, impls, op, case, dtype, repeats, warmup, clock, cold):
     """{name: (median_s, min_s) or a reason} for ours, every peer and the copy."""
     (x, kw), want, values = case
     w, b = weights(x.shape[1], dtype)
@@ -124,7 +125,7 @@ def run_row(cc, impls, op, case, dtype, repeats, warmup, clock):
     src = torch.zeros(values // 2, dtype=dtype)  # half the values read, half written
     dst = torch.empty_like(src)
     fns["copy"] = lambda: dst.copy_(src)
-    out.update(harness.measure(fns, repeats, warmup, min_sample_s=2e-3, clock=clock))
+    out.update(harness.measure(fns, repeats, warmup, min_sample_s=2e-3, clock=clock, cold=cold))
     return out
 
 
@@ -143,7 +144,8 @@ def main() -> int:
     impls = {"ours": OursServing(cc), **found}
     names = [n for n in impls if n != "ours"]
     print(f"causal_conv1d CPU serving ops against the CPU peers, W={WIDTH}, silu; {cpu_setting(cc)}; "
-          f"{args.clock} clock, {args.repeats} samples, median (min)")
+          f"{args.clock} clock{', caches evicted before each call' if args.cold else ''}, "
+          f"{args.repeats} samples, median (min)")
     for name, why in missing.items():
         print(f"{name}: {why}")
     Bs, Ds = (QUICK["B"], QUICK["D"]) if args.quick else (DECODE["B"], DECODE["D"])
@@ -166,7 +168,7 @@ def main() -> int:
     print("-" * len(head))
     for op, dname, shape, case in rows:
         r = run_row(cc, impls, "varlen" if op == "prefill" else op, case, DTYPES[dname],
-                    args.repeats, args.warmup, harness.CLOCKS[args.clock])
+                    args.repeats, args.warmup, harness.CLOCKS[args.clock], args.cold)
         ours = r["ours"][0]
         print(f"{op:7} {dname:5} {shape:15} | {r['ours'][0] * 1e6:9.1f} ({r['ours'][1] * 1e6:8.1f}) "
               f"{r['copy'][0] * 1e6:9.1f} ({r['copy'][1] * 1e6:8.1f}) {ours / r['copy'][0]:8.2f}x | "

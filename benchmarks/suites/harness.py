@@ -100,7 +100,8 @@ def cpu_arguments(doc: str, dtypes, default_repeats: int, default_warmup: int,
                   layouts: bool = True, clock: bool = False) -> argparse.ArgumentParser:
     """The options every CPU benchmark takes (--quick, --repeats, --warmup,
     --threads, --dtype, with layouts --channel-last and with clock --clock,
-    a key of CLOCKS); add more, then call parse_cpu_arguments."""
+    a key of CLOCKS, and --cold, measure's cold); add more, then call
+    parse_cpu_arguments."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (CI smoke run)")
     ap.add_argument("--repeats", type=int, default=None,
@@ -113,6 +114,9 @@ def cpu_arguments(doc: str, dtypes, default_repeats: int, default_warmup: int,
     if clock:
         ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall: elapsed time; cpu: the process's CPU time, all threads summed")
+        ap.add_argument("--cold", action="store_true",
+                        help="evict the caches before each timed call, as a model's other layers "
+                             "do between two steps of one layer (each sample is then one call)")
     ap.add_argument("--dtype", choices=sorted(dtypes), action="append",
                     help="restrict to these dtypes (repeatable)")
     ap.set_defaults(default_repeats=default_repeats, all_dtypes=list(dtypes))
