@@ -55,7 +55,9 @@ def decode_case(cc, B, D, dtype):
 def spec_case(cc, B, D, k, dtype):
     x = torch.randn(B, k + 1, D, dtype=dtype).transpose(1, 2)
     state = dim_minor(B, D, WIDTH - 1 + k, dtype)
-    kw = dict(state=state, accepted=torch.randint(1, k + 2, (B,), dtype=torch.int32))
+    # Every count from 1 on in turn, shuffled (as gpu.make_case): random
+    # draws could make all of them k + 1, where counts are not needed.
+    kw = dict(state=state, accepted=(torch.randperm(B) % (k + 1) + 1).to(torch.int32))
     return (x, kw), peers.reference(cc, "spec", x, *weights(D, dtype), **kw), \
         B * D * 2 * (k + 1 + WIDTH - 1 + k)
 
