@@ -41,9 +41,18 @@ def test_warm_samples_repeat_calls_and_never_evict(monkeypatch):
     assert r["a"] == (1.0 / per_sample, 1.0 / per_sample)
 
 
-def test_evict_caches_writes_more_than_a_last_level_cache():
+def test_evict_caches_writes_twice_the_largest_cache():
     harness._evict_buffer.clear()
     harness.evict_caches()
     buffer = harness._evict_buffer[0]
-    assert buffer.numel() * buffer.element_size() >= 2 * (32 << 20)
+    written = buffer.numel() * buffer.element_size()
+    assert written >= 2 * max(32 << 20, harness.largest_cache_bytes())
     assert int(buffer[0]) == 1 and int(buffer[-1]) == 1  # every byte written
+
+
+def test_largest_cache_bytes_reads_sysfs(tmp_path):
+    for index, size in enumerate(["48K", "1024K", "32768K", "junk"]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    assert harness.largest_cache_bytes(tmp_path) == 32 << 20
+    assert harness.largest_cache_bytes(tmp_path / "absent") == 0
