@@ -281,8 +281,7 @@ def main() -> int:
 
     cc = load_kernel()
     print(f"causal_conv1d CPU decode/serving, W={WIDTH}, S={STATE_LEN}, silu; {cpu_setting(cc)}; "
-          f"{args.clock} clock{', caches evicted before each call' if cold else ''}, "
-          f"{repeats} samples, median (min)")
+          f"{harness.cpu_timing(args)}")
     misses = []
     if args.only in (None, "decode"):
         head = (f"{'decode':6} {'dtype':5} {'B':>4} {'D':>5} | {'ref us':>17} {'kernel us':>17} "

@@ -146,8 +146,7 @@ def main() -> int:
     impls = {"ours": OursServing(cc), **found}
     names = [n for n in impls if n != "ours"]
     print(f"causal_conv1d CPU serving ops against the CPU peers, W={WIDTH}, silu; {cpu_setting(cc)}; "
-          f"{args.clock} clock{', caches evicted before each call' if args.cold else ''}, "
-          f"{args.repeats} samples, median (min)")
+          f"{harness.cpu_timing(args)}")
     for name, why in missing.items():
         print(f"{name}: {why}")
     Bs, Ds = (QUICK["B"], QUICK["D"]) if args.quick else (DECODE["B"], DECODE["D"])

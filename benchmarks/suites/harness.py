@@ -154,6 +154,13 @@ def cpu_setting(cc) -> str:
             f"kernel tier {cc.kernel_tier()}")
 
 
+def cpu_timing(args) -> str:
+    """How the samples were taken (--clock, --cold, --repeats), for a
+    benchmark's header."""
+    cold = ", caches evicted before each call" if args.cold else ""
+    return f"{args.clock} clock{cold}, {args.repeats} samples, median (min)"
+
+
 # --layout-ratio (issue 21): the channel-last path against the rows path on
 # the same values, as (B, L, D) the way transformers hands x over.
 LAYOUT_SHAPES = [(1, 2048, 5376), (4, 1024, 2304), (8, 512, 1536)] + \
